@@ -1,0 +1,125 @@
+//! Command-line interface: clap types and one file per subcommand.
+//!
+//! Exit codes: 0 success, 1 the command's own failure (validation errors, a
+//! failed session), 2 usage errors (clap) and operational errors.
+
+mod schema;
+mod validate;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Runs autonomous AI-agent sessions in ephemeral Podman containers,
+/// reconciling a desired dir of profile and request files.
+///
+/// Operators drop profiles into DESIRED/profiles/ and session requests into
+/// DESIRED/requests/ (TOML or YAML); agentd turns each request into exactly
+/// one session and records it under the audit root.
+#[derive(Debug, Parser)]
+#[command(
+    name = "agentd",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command understands (CONTRACT.md section 1).
+#[derive(Debug, Clone, clap::Args)]
+pub struct GlobalArgs {
+    /// The desired dir: profiles/ and requests/ live here (often a git checkout).
+    #[arg(
+        long,
+        env = "AGENTD_DESIRED",
+        default_value = "./desired",
+        global = true,
+        value_name = "DIR"
+    )]
+    pub desired: PathBuf,
+    /// The daemon's own state: status files, lock, work folders
+    /// [default: $XDG_STATE_HOME/agentd, else ~/.local/state/agentd].
+    #[arg(long, env = "AGENTD_STATE", global = true, value_name = "DIR")]
+    pub state: Option<PathBuf>,
+    /// Where audit records go [default: <state>/audit].
+    #[arg(long, env = "AGENTD_AUDIT_ROOT", global = true, value_name = "DIR")]
+    pub audit_root: Option<PathBuf>,
+    /// Running sessions at once, across all profiles.
+    #[arg(long, env = "AGENTD_MAX_SESSIONS", default_value_t = 4, global = true, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_sessions: u32,
+}
+
+impl GlobalArgs {
+    /// The state dir, resolved from the flag, `XDG_STATE_HOME` or `HOME`.
+    pub fn state_dir(&self) -> anyhow::Result<PathBuf> {
+        if let Some(s) = &self.state {
+            return Ok(s.clone());
+        }
+        if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|x| !x.is_empty()) {
+            return Ok(PathBuf::from(x).join("agentd"));
+        }
+        match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+            Some(h) => Ok(PathBuf::from(h).join(".local/state/agentd")),
+            None => anyhow::bail!(
+                "cannot find a state dir: set --state, AGENTD_STATE, XDG_STATE_HOME or HOME"
+            ),
+        }
+    }
+
+    /// The audit root: the flag, else `<state>/audit`.
+    pub fn audit_root(&self) -> anyhow::Result<PathBuf> {
+        match &self.audit_root {
+            Some(a) => Ok(a.clone()),
+            None => Ok(self.state_dir()?.join("audit")),
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate a desired dir (or single files) without Podman.
+    ///
+    /// Prints every problem as `path:line:col: message` and exits 0 when
+    /// clean, 1 when not.
+    Validate(validate::Args),
+    /// Print or write the JSON Schemas of profile and request files.
+    Schema(schema::Args),
+}
+
+/// Parse arguments, run, and turn the result into an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            if is_broken_pipe(&e) {
+                return ExitCode::SUCCESS;
+            }
+            let _ = writeln!(std::io::stderr(), "agentd: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Validate(a) => validate::run(&cli.global, &a),
+        Command::Schema(a) => schema::run(&a),
+    }
+}
+
+/// A closed stdout (`agentd status | head`) is not an error.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}

@@ -1,0 +1,131 @@
+//! `agentd validate [PATH...]`: check a desired dir, or single files, without
+//! Podman. Output is one `path:line:col: message` line per problem.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use crate::desired::{self, Diagnostic, Kind};
+use crate::source::{self, FOLDERS, RealHost, SourceError};
+
+use super::GlobalArgs;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Desired dirs (holding profiles/ and requests/) or single profile or
+    /// request files [default: the --desired dir].
+    #[arg(value_name = "PATH")]
+    paths: Vec<PathBuf>,
+}
+
+pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
+    let paths = if args.paths.is_empty() {
+        vec![global.desired.clone()]
+    } else {
+        args.paths.clone()
+    };
+    let mut files: Vec<(Kind, PathBuf)> = Vec::new();
+    let mut diags: Vec<Diagnostic> = Vec::new();
+    for p in &paths {
+        collect(p, &mut files, &mut diags);
+    }
+    let contents: Vec<(Kind, &Path, Vec<u8>)> = files
+        .iter()
+        .filter_map(
+            |(k, p)| match source::read_capped(p, desired::MAX_FILE_BYTES) {
+                Ok(b) => Some((*k, p.as_path(), b)),
+                Err(e) => {
+                    diags.push(Diagnostic::new(p, None, format!("cannot read file: {e}")));
+                    None
+                }
+            },
+        )
+        .collect();
+    let borrowed: Vec<(Kind, &Path, &[u8])> = contents
+        .iter()
+        .map(|(k, p, b)| (*k, *p, b.as_slice()))
+        .collect();
+    let (model, found) = desired::load(&borrowed, &RealHost);
+    diags.extend(found);
+    diags.sort();
+    diags.dedup();
+
+    let mut out = std::io::stdout().lock();
+    for d in &diags {
+        writeln!(out, "{d}")?;
+    }
+    let files_with_errors = diags
+        .iter()
+        .map(|d| &d.path)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    eprintln!(
+        "{} profile(s), {} request(s) checked: {}",
+        model.profiles.len() + model.invalid_profiles.len(),
+        model.requests.len(),
+        if diags.is_empty() {
+            "no problems".to_string()
+        } else {
+            format!("{} problem(s) in {files_with_errors} file(s)", diags.len())
+        }
+    );
+    Ok(if diags.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Gather the files `path` stands for: a desired dir's candidates, or one file.
+fn collect(path: &Path, files: &mut Vec<(Kind, PathBuf)>, diags: &mut Vec<Diagnostic>) {
+    if path.is_file() {
+        match kind_of_file(path) {
+            Some(k) => files.push((k, path.to_path_buf())),
+            None => diags.push(
+                Diagnostic::new(
+                    path,
+                    None,
+                    "cannot tell whether this is a profile or a request",
+                )
+                .hint("keep it under a `profiles/` or `requests/` folder"),
+            ),
+        }
+        return;
+    }
+    if !path.is_dir() {
+        diags.push(Diagnostic::new(path, None, "no such file or folder"));
+        return;
+    }
+    let mut any_folder = false;
+    for (folder, kind) in FOLDERS {
+        match source::scan_folder(path, folder, kind) {
+            Ok(found) => {
+                any_folder = true;
+                files.extend(found.into_iter().map(|f| (f.kind, f.path)));
+            }
+            // A desired dir may lack one folder (git keeps no empty folders).
+            Err(SourceError::Unavailable { .. }) => {}
+        }
+    }
+    if !any_folder {
+        diags.push(
+            Diagnostic::new(
+                path,
+                None,
+                "not a desired dir: it has neither profiles/ nor requests/",
+            )
+            .hint("point at the folder holding profiles/ and requests/"),
+        );
+    }
+}
+
+/// A file's kind from the nearest `profiles` or `requests` folder above it.
+fn kind_of_file(path: &Path) -> Option<Kind> {
+    path.ancestors()
+        .skip(1)
+        .find_map(|a| match a.file_name()?.to_str()? {
+            "profiles" => Some(Kind::Profile),
+            "requests" => Some(Kind::Request),
+            _ => None,
+        })
+}

@@ -1,0 +1,71 @@
+//! The desired state: profile and request files, parsed and validated.
+//!
+//! PURE: no IO and no panics on any input. The few facts validation needs
+//! from the host (does a mount source exist, what does an artifact file or
+//! schema hold) come through [`HostView`], so tests pass a fake and the
+//! daemon passes the real filesystem. Finding files is `source`'s job.
+
+mod assemble;
+mod diag;
+mod model;
+mod parse;
+mod rules;
+mod validate;
+pub mod wire;
+
+use std::path::Path;
+
+pub use assemble::{FileResult, assemble};
+pub use diag::{Diagnostic, Pos, locate_key};
+pub use model::*;
+pub use parse::{Format, MAX_FILE_BYTES};
+pub use validate::{profile as validate_profile, request as validate_request, sha256_hex, stem};
+
+/// What validation may ask of the host. Implementations must not panic.
+pub trait HostView {
+    fn exists(&self, path: &Path) -> bool;
+    fn is_dir(&self, path: &Path) -> bool;
+    /// The bytes of a small file (artifact, schema), or `None` if unreadable.
+    fn read(&self, path: &Path) -> Option<Vec<u8>>;
+}
+
+/// Which kind of desired file a path is, from the folder it lives under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Profile,
+    Request,
+}
+
+/// Whether a file name is one agentd reads: not hidden, not an editor or temp
+/// file, and ending in `.toml`, `.yaml` or `.yml`.
+pub fn is_candidate(name: &str) -> bool {
+    !(name.starts_with('.')
+        || name.ends_with('~')
+        || name.ends_with(".swp")
+        || name.ends_with(".swx")
+        || name.ends_with(".tmp")
+        || name.starts_with('#')
+        || name.chars().all(|c| c.is_ascii_digit()))
+        && Format::of(Path::new(name)).is_some()
+}
+
+/// Validate a set of files already read into memory. `files` holds each
+/// file's kind, path and bytes; the result is the model plus every problem.
+pub fn load(files: &[(Kind, &Path, &[u8])], host: &dyn HostView) -> (Desired, Vec<Diagnostic>) {
+    let mut profiles = Vec::new();
+    let mut requests = Vec::new();
+    for (kind, path, bytes) in files {
+        match kind {
+            Kind::Profile => {
+                profiles.push((path.to_path_buf(), validate_profile(path, bytes, host)))
+            }
+            Kind::Request => {
+                requests.push((path.to_path_buf(), validate_request(path, bytes, host)))
+            }
+        }
+    }
+    assemble(profiles, requests, host)
+}
+
+#[cfg(test)]
+mod tests;

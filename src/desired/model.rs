@@ -1,0 +1,160 @@
+//! Domain types of the desired state: what validation produced, with every
+//! rule of the contract already checked. The planner and executor only ever
+//! see these, never the wire structs.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::Diagnostic;
+
+/// The whole desired dir, as one value.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Desired {
+    /// Valid profiles by name.
+    pub profiles: BTreeMap<String, Profile>,
+    /// Profiles whose file was rejected, by name (the stem), with why.
+    pub invalid_profiles: BTreeMap<String, Rejected>,
+    /// Every request file by id, valid or not.
+    pub requests: BTreeMap<String, RequestEntry>,
+}
+
+/// A file that was rejected, with the diagnostics that say why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejected {
+    pub path: PathBuf,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Rejected {
+    /// One line for a status message: the first problem, plus a count of the rest.
+    pub fn summary(&self) -> String {
+        match self.diagnostics.as_slice() {
+            [] => format!("{}: rejected", self.path.display()),
+            [only] => only.to_string(),
+            [first, rest @ ..] => format!("{first} (and {} more problems)", rest.len()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RequestEntry {
+    Valid(Request),
+    Invalid(Rejected),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConcurrencyPolicy {
+    #[default]
+    Allow,
+    Forbid,
+    Replace,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Profile {
+    pub name: String,
+    /// The file it came from.
+    pub path: PathBuf,
+    pub base_image: String,
+    pub command: Vec<String>,
+    pub repo: Option<Repo>,
+    pub schedule: Option<Schedule>,
+    pub concurrency_policy: ConcurrencyPolicy,
+    pub history_limit: u32,
+    pub methodology_dir: Option<PathBuf>,
+    pub credentials: Vec<Credential>,
+    pub repo_token_source: Option<String>,
+    pub env: BTreeMap<String, String>,
+    pub mounts: Vec<Mount>,
+    pub timeout: Option<Duration>,
+    pub memory: Option<String>,
+    pub cpus: Option<f64>,
+    pub pids_limit: Option<i64>,
+    pub network: Network,
+    pub max_concurrent: Option<u32>,
+    pub suspend: bool,
+}
+
+/// A validated cron schedule; the expression is kept as written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Schedule {
+    pub expr: String,
+}
+
+/// A repository to clone: a URL of an allowed scheme, or an absolute local path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Repo {
+    Url(String),
+    Local(PathBuf),
+}
+
+impl Repo {
+    /// The repository as the operator wrote it (it never carries credentials).
+    pub fn as_str(&self) -> String {
+        match self {
+            Repo::Url(u) => u.clone(),
+            Repo::Local(p) => p.display().to_string(),
+        }
+    }
+
+    /// The host folder of a `file://` URL or local path, when the repo is on this host.
+    pub fn local_path(&self) -> Option<PathBuf> {
+        match self {
+            Repo::Local(p) => Some(p.clone()),
+            Repo::Url(u) => u.strip_prefix("file://").map(PathBuf::from),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credential {
+    /// Env var name inside the session.
+    pub name: String,
+    /// Env var of the daemon holding the value.
+    pub source: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub source: PathBuf,
+    pub target: PathBuf,
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Network {
+    #[default]
+    Default,
+    None,
+    Named(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub id: String,
+    pub path: PathBuf,
+    pub profile: String,
+    pub repo: Option<Repo>,
+    pub input: Input,
+    pub timeout: Option<Duration>,
+    pub scheduled_for: Option<jiff::Timestamp>,
+    /// sha256 of the file's bytes, lower-case hex: the frozen spec's identity.
+    pub spec_sha256: String,
+}
+
+/// What the session is asked to work on; the three forms are exclusive.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Input {
+    #[default]
+    None,
+    WorkUnit(String),
+    Text(String),
+    Artifact {
+        kind: String,
+        /// Name of the file under `/agentd/input/<kind>/`, without `.json`.
+        stem: String,
+        /// The artifact, already parsed and schema-checked.
+        json: serde_json::Value,
+    },
+}

@@ -1,0 +1,526 @@
+//! Wire structs to domain types: every rule of CONTRACT.md sections 2-3 that
+//! concerns one file. Problems are collected, not short-circuited, so an
+//! operator sees all of them at once. Cross-file rules live in `assemble.rs`.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::HostView;
+use super::diag::{Diagnostic, locate_key};
+use super::model::{
+    ConcurrencyPolicy, Credential, Input, Mount, Network, Profile, Request, Schedule,
+};
+use super::parse::{self, Format};
+use super::rules::{self, Problem};
+use super::wire::{ConcurrencyPolicyWire, ProfileFile, RequestFile};
+use crate::schedule;
+
+/// Collects diagnostics for one file, placing each at its field when the
+/// field can be found in the text.
+struct Sink<'a> {
+    path: &'a Path,
+    text: &'a str,
+    out: Vec<Diagnostic>,
+}
+
+impl Sink<'_> {
+    fn at(&mut self, key: &str, nth: usize, (msg, hint): Problem) {
+        let pos = locate_key(self.text, key, nth);
+        let mut d = Diagnostic::new(self.path, pos, msg);
+        d.hint = hint;
+        self.out.push(d);
+    }
+
+    fn field(&mut self, key: &str, msg: impl Into<String>, hint: impl Into<String>) {
+        self.at(key, 0, (msg.into(), Some(hint.into())));
+    }
+}
+
+/// The file stem: a profile's name or a request's id.
+pub fn stem(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Lower-case hex of sha256(bytes).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    Sha256::digest(bytes)
+        .iter()
+        .fold(String::with_capacity(64), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+fn read_text<'a, T: serde::de::DeserializeOwned>(
+    path: &Path,
+    bytes: &'a [u8],
+) -> Result<(&'a str, T), Vec<Diagnostic>> {
+    let format = Format::of(path).ok_or_else(|| {
+        vec![Diagnostic::new(
+            path,
+            None,
+            "not a .toml, .yaml or .yml file",
+        )]
+    })?;
+    let text = parse::as_text(path, bytes).map_err(|d| vec![d])?;
+    let wire = parse::parse::<T>(path, format, text).map_err(|d| vec![d])?;
+    Ok((text, wire))
+}
+
+/// Validate one profile file.
+pub fn profile(path: &Path, bytes: &[u8], host: &dyn HostView) -> Result<Profile, Vec<Diagnostic>> {
+    let (text, w) = read_text::<ProfileFile>(path, bytes)?;
+    let mut s = Sink {
+        path,
+        text,
+        out: Vec::new(),
+    };
+    let name = stem(path);
+
+    if let Err(p) = rules::profile_name(&name) {
+        s.out
+            .push(Diagnostic::new(path, None, p.0).hint(p.1.unwrap_or_default()));
+    }
+    if let Some(n) = &w.name
+        && n != &name
+    {
+        s.field(
+            "name",
+            format!("name `{n}` does not match the file name `{name}`"),
+            "remove `name` or rename the file; the file stem is the profile's identity",
+        );
+    }
+    if !rules::image_ref(&w.base_image) {
+        s.field(
+            "base_image",
+            "base_image is empty or not an image reference",
+            "name a local or pullable image, e.g. `localhost/agent:latest`",
+        );
+    }
+    if w.command.is_empty() {
+        s.field(
+            "command",
+            "command is empty",
+            "give the argv to run, e.g. [\"/bin/sh\", \"-c\", \"make review\"]",
+        );
+    } else if w.command[0].trim().is_empty() {
+        s.field(
+            "command",
+            "command[0] (the program) is empty",
+            "name the program to run first",
+        );
+    }
+    let repo = w.repo.as_deref().and_then(|r| match rules::repo(r) {
+        Ok(r) => Some(r),
+        Err(p) => {
+            s.at("repo", 0, p);
+            None
+        }
+    });
+    let schedule_v = w.schedule.as_deref().and_then(|e| match schedule::parse(e) {
+        Ok(_) => Some(Schedule { expr: e.to_string() }),
+        Err(msg) => {
+            s.field("schedule", format!("invalid schedule `{e}`: {msg}"),
+                "use 5 fields (minute hour day-of-month month day-of-week) or a macro like @hourly");
+            None
+        }
+    });
+    if w.schedule.is_some() && w.repo.is_none() {
+        s.field(
+            "schedule",
+            "schedule requires repo",
+            "scheduled requests carry the profile's repo; add `repo`",
+        );
+    }
+    let methodology_dir = w.methodology_dir.as_deref().and_then(|m| {
+        let p = resolve(path, m);
+        if host.is_dir(&p) {
+            Some(p)
+        } else {
+            s.field("methodology_dir", format!("methodology_dir `{}` is not an existing folder", p.display()),
+                "create it, or give an absolute path (relative paths start at the profile file's folder)");
+            None
+        }
+    });
+    let mut seen_env = BTreeSet::new();
+    for (i, c) in w.credentials.iter().enumerate() {
+        if !rules::env_name(&c.name) || rules::reserved_env(&c.name) {
+            s.at("name", i + usize::from(w.name.is_some()), (
+                format!("credentials[{i}].name `{}` is not a usable env var name", c.name),
+                Some("use letters, digits and _, not starting with a digit; AGENTD_*, HOME, USER and LOGNAME are set by agentd".into()),
+            ));
+        }
+        if !rules::env_name(&c.source) {
+            s.at(
+                "source",
+                i,
+                (
+                    format!(
+                        "credentials[{i}].source `{}` is not an env var name",
+                        c.source
+                    ),
+                    Some("name the daemon's environment variable that holds the secret".into()),
+                ),
+            );
+        }
+        if !seen_env.insert(c.name.clone()) {
+            s.at(
+                "credentials",
+                0,
+                (format!("credential `{}` is listed twice", c.name), None),
+            );
+        }
+    }
+    if let Some(t) = &w.repo_token_source
+        && !rules::env_name(t)
+    {
+        s.field(
+            "repo_token_source",
+            format!("repo_token_source `{t}` is not an env var name"),
+            "name the daemon's environment variable holding the clone token",
+        );
+    }
+    for k in w.env.keys() {
+        if !rules::env_name(k) || rules::reserved_env(k) {
+            s.at(k, 0, (format!("env key `{k}` is not a usable env var name"),
+                Some("use letters, digits and _; AGENTD_*, HOME, USER and LOGNAME are set by agentd".into())));
+        } else if seen_env.contains(k) {
+            s.at(
+                k,
+                0,
+                (
+                    format!("env key `{k}` is also a credential name"),
+                    Some("a variable comes from either `env` or `credentials`, not both".into()),
+                ),
+            );
+        }
+    }
+    let mounts = mounts(&mut s, &w, &name, host);
+    let timeout = w
+        .timeout
+        .as_deref()
+        .and_then(|t| rules::duration(t).map_err(|p| s.at("timeout", 0, p)).ok());
+    if let Some(m) = &w.memory
+        && !rules::memory(m)
+    {
+        s.field(
+            "memory",
+            format!("invalid memory limit `{m}`"),
+            "use Podman syntax: a number with b, k, m or g, e.g. `512m`",
+        );
+    }
+    if let Some(c) = w.cpus
+        && !(c.is_finite() && c > 0.0 && c <= 1024.0)
+    {
+        s.field(
+            "cpus",
+            format!("cpus must be a positive number, got {c}"),
+            "e.g. `cpus = 1.5`",
+        );
+    }
+    if let Some(p) = w.pids_limit
+        && p < 1
+    {
+        s.field(
+            "pids_limit",
+            format!("pids_limit must be at least 1, got {p}"),
+            "omit it for Podman's default",
+        );
+    }
+    if w.max_concurrent == Some(0) {
+        s.field(
+            "max_concurrent",
+            "max_concurrent must be at least 1",
+            "to admit nothing, set `suspend = true`",
+        );
+    }
+    let network = match w.network.as_deref() {
+        None | Some("default") => Network::Default,
+        Some("none") => Network::None,
+        Some(n) if rules::network_name(n) => Network::Named(n.to_string()),
+        Some(n) => {
+            s.field(
+                "network",
+                format!("invalid network `{n}`"),
+                "use `default`, `none`, or a Podman network name",
+            );
+            Network::Default
+        }
+    };
+    if !s.out.is_empty() {
+        return Err(s.out);
+    }
+    Ok(Profile {
+        name,
+        path: path.to_path_buf(),
+        base_image: w.base_image,
+        command: w.command,
+        repo,
+        schedule: schedule_v,
+        concurrency_policy: match w.concurrency_policy {
+            None | Some(ConcurrencyPolicyWire::Allow) => ConcurrencyPolicy::Allow,
+            Some(ConcurrencyPolicyWire::Forbid) => ConcurrencyPolicy::Forbid,
+            Some(ConcurrencyPolicyWire::Replace) => ConcurrencyPolicy::Replace,
+        },
+        history_limit: w.history_limit.unwrap_or(10),
+        methodology_dir,
+        credentials: w
+            .credentials
+            .into_iter()
+            .map(|c| Credential {
+                name: c.name,
+                source: c.source,
+            })
+            .collect(),
+        repo_token_source: w.repo_token_source,
+        env: w.env,
+        mounts,
+        timeout,
+        memory: w.memory,
+        cpus: w.cpus,
+        pids_limit: w.pids_limit,
+        network,
+        max_concurrent: w.max_concurrent,
+        suspend: w.suspend.unwrap_or(false),
+    })
+}
+
+fn mounts(s: &mut Sink<'_>, w: &ProfileFile, profile: &str, host: &dyn HostView) -> Vec<Mount> {
+    let mut out = Vec::new();
+    for (i, m) in w.mounts.iter().enumerate() {
+        let source = match rules::clean_absolute(&m.source) {
+            Some(p) if host.exists(&p) => Some(p),
+            Some(p) => {
+                s.at(
+                    "source",
+                    i + w.credentials.len(),
+                    (
+                        format!("mounts[{i}].source `{}` does not exist", p.display()),
+                        Some("create it on the host, or fix the path".into()),
+                    ),
+                );
+                None
+            }
+            None => {
+                s.at(
+                    "source",
+                    i + w.credentials.len(),
+                    (
+                        format!(
+                            "mounts[{i}].source `{}` is not a clean absolute path",
+                            m.source
+                        ),
+                        Some("write it from `/`, without `.` or `..`".into()),
+                    ),
+                );
+                None
+            }
+        };
+        let target = match rules::clean_absolute(&m.target) {
+            None => {
+                s.at(
+                    "target",
+                    i,
+                    (
+                        format!(
+                            "mounts[{i}].target `{}` is not a clean absolute path",
+                            m.target
+                        ),
+                        Some("write it from `/`, without `.` or `..`".into()),
+                    ),
+                );
+                None
+            }
+            Some(t) => {
+                match rules::reserved_target(&t, profile) {
+                    Some(why) => {
+                        s.at("target", i, (format!("mounts[{i}].target `{}` is reserved: {why}", t.display()),
+                        Some("mount somewhere else, e.g. under /mnt or /home/<profile>/<dir>".into())));
+                        None
+                    }
+                    None => Some(t),
+                }
+            }
+        };
+        if let (Some(source), Some(target)) = (source, target) {
+            out.push(Mount {
+                source,
+                target,
+                read_only: m.read_only.unwrap_or(true),
+            });
+        }
+    }
+    for (i, a) in out.iter().enumerate() {
+        for b in &out[i + 1..] {
+            if a.target.starts_with(&b.target) || b.target.starts_with(&a.target) {
+                s.at(
+                    "mounts",
+                    0,
+                    (
+                        format!(
+                            "mount targets `{}` and `{}` overlap",
+                            a.target.display(),
+                            b.target.display()
+                        ),
+                        Some("targets must not be equal or nested".into()),
+                    ),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Resolve a path written in a file: absolute as is, relative to the file's folder.
+fn resolve(file: &Path, written: &str) -> PathBuf {
+    let p = Path::new(written);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        file.parent().unwrap_or(Path::new(".")).join(p)
+    }
+}
+
+/// Validate one request file (everything that does not need the profile).
+pub fn request(path: &Path, bytes: &[u8], host: &dyn HostView) -> Result<Request, Vec<Diagnostic>> {
+    let (text, w) = read_text::<RequestFile>(path, bytes)?;
+    let mut s = Sink {
+        path,
+        text,
+        out: Vec::new(),
+    };
+    let id = stem(path);
+    if let Err(p) = rules::request_id(&id) {
+        s.out
+            .push(Diagnostic::new(path, None, p.0).hint(p.1.unwrap_or_default()));
+    }
+    if w.profile.is_empty() {
+        s.field("profile", "profile is empty", "name the profile to run");
+    }
+    let repo = w
+        .repo
+        .as_deref()
+        .and_then(|r| rules::repo(r).map_err(|p| s.at("repo", 0, p)).ok());
+    let timeout = w
+        .timeout
+        .as_deref()
+        .and_then(|t| rules::duration(t).map_err(|p| s.at("timeout", 0, p)).ok());
+    let scheduled_for = w.scheduled_for.as_deref().and_then(|t| {
+        t.parse::<jiff::Timestamp>()
+            .map_err(|e| {
+                s.field(
+                    "scheduled_for",
+                    format!("scheduled_for `{t}` is not an RFC 3339 time: {e}"),
+                    "e.g. 2026-01-31T09:00:00+01:00",
+                )
+            })
+            .ok()
+    });
+    let given: Vec<&str> = [
+        w.work_unit.as_ref().map(|_| "work_unit"),
+        w.request.as_ref().map(|_| "request"),
+        w.artifact.as_ref().map(|_| "artifact"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let mut input = Input::None;
+    if given.len() > 1 {
+        s.field(
+            given[1],
+            format!("{} are mutually exclusive", given.join(" and ")),
+            "a request carries at most one of work_unit, request, artifact",
+        );
+    } else if let Some(wu) = w.work_unit {
+        input = Input::WorkUnit(wu);
+    } else if let Some(t) = w.request {
+        input = Input::Text(t);
+    } else if let Some(a) = w.artifact {
+        if !rules::path_component(&a.kind) {
+            s.field(
+                "type",
+                format!("artifact type `{}` is not a plain name", a.kind),
+                "use letters, digits, . _ -; it names a folder under /agentd/input",
+            );
+        }
+        let value = match (a.path, a.json) {
+            (Some(_), Some(_)) | (None, None) => {
+                s.field("artifact", "artifact needs exactly one of `path` and `json`",
+                    "`path` names a JSON file (relative to this file's folder), `json` holds it inline");
+                None
+            }
+            (Some(p), None) => {
+                let full = resolve(path, &p);
+                let stem = stem(&full);
+                match host.read(&full) {
+                    None => {
+                        s.field(
+                            "path",
+                            format!("artifact file `{}` cannot be read", full.display()),
+                            "check the path; relative paths start at the request file's folder",
+                        );
+                        None
+                    }
+                    Some(bytes) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
+                        Ok(v) => Some((stem, v)),
+                        Err(e) => {
+                            s.field(
+                                "path",
+                                format!(
+                                    "artifact file `{}` is not valid JSON: {e}",
+                                    full.display()
+                                ),
+                                "fix the JSON",
+                            );
+                            None
+                        }
+                    },
+                }
+            }
+            (None, Some(serde_json::Value::String(t))) => match serde_json::from_str(&t) {
+                Ok(v) => Some((id.clone(), v)),
+                Err(e) => {
+                    s.field(
+                        "json",
+                        format!("artifact json is not valid JSON: {e}"),
+                        "fix the JSON text, or write it as a structured value",
+                    );
+                    None
+                }
+            },
+            (None, Some(v)) => Some((id.clone(), v)),
+        };
+        if let Some((stem, json)) = value {
+            if !rules::path_component(&stem) {
+                s.field(
+                    "path",
+                    format!("artifact file name `{stem}` is not a plain name"),
+                    "rename the file: letters, digits, . _ -",
+                );
+            }
+            input = Input::Artifact {
+                kind: a.kind,
+                stem,
+                json,
+            };
+        }
+    }
+    if !s.out.is_empty() {
+        return Err(s.out);
+    }
+    Ok(Request {
+        id,
+        path: path.to_path_buf(),
+        profile: w.profile,
+        repo,
+        input,
+        timeout,
+        scheduled_for,
+        spec_sha256: sha256_hex(bytes),
+    })
+}

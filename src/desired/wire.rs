@@ -1,0 +1,133 @@
+//! Wire types: the only serde structs for profile and request files.
+//!
+//! They mirror CONTRACT.md sections 2 and 3 field for field, reject unknown
+//! fields, and carry no meaning beyond "what the file said". `validate.rs`
+//! turns them into the domain types of `model.rs`. The JSON Schemas in
+//! `schemas/` are generated from these structs (`agentd schema`), so the doc
+//! comments here are what editors show as completion help.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+/// An agent profile: what image to run, which command, with which repository,
+/// credentials and limits. One profile per file; the file stem is its name.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "agentd profile")]
+pub struct ProfileFile {
+    /// Must equal the file stem when present. Also the in-container user name.
+    pub name: Option<String>,
+    /// Image the session container runs (it needs `/bin/sh`).
+    pub base_image: String,
+    /// argv run as the session user from the repository folder.
+    pub command: Vec<String>,
+    /// Default repository: `https://`, `http://`, `git://`, `file://` URL or an
+    /// absolute local path. Credentials in the URL are rejected: use
+    /// `repo_token_source`.
+    pub repo: Option<String>,
+    /// 5-field cron expression or `@hourly`-style macro, daemon-local time.
+    /// Requires `repo`.
+    pub schedule: Option<String>,
+    /// What a scheduled fire does while an earlier one still runs.
+    pub concurrency_policy: Option<ConcurrencyPolicyWire>,
+    /// Finished scheduled requests kept (default 10).
+    pub history_limit: Option<u32>,
+    /// Host folder mounted read-only at `/agentd/methodology`.
+    pub methodology_dir: Option<String>,
+    /// Environment variables of the session filled from the daemon's environment.
+    #[serde(default)]
+    pub credentials: Vec<CredentialWire>,
+    /// Daemon environment variable holding a token used only to clone.
+    pub repo_token_source: Option<String>,
+    /// Plain, non-secret environment variables.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Extra bind mounts.
+    #[serde(default)]
+    pub mounts: Vec<MountWire>,
+    /// Session wall-clock limit: `90s`, `30m`, `2h`.
+    pub timeout: Option<String>,
+    /// Container memory limit, Podman syntax (`512m`, `2g`).
+    pub memory: Option<String>,
+    /// Container CPU limit (`1.5`).
+    pub cpus: Option<f64>,
+    /// Container process limit.
+    pub pids_limit: Option<i64>,
+    /// `default`, `none`, or a Podman network name.
+    pub network: Option<String>,
+    /// Running sessions of this profile at once.
+    pub max_concurrent: Option<u32>,
+    /// True: admit no new sessions (running ones finish).
+    pub suspend: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ConcurrencyPolicyWire {
+    /// Start every fire.
+    Allow,
+    /// Skip a fire while an earlier scheduled session of the profile is pending or running.
+    Forbid,
+    /// Cancel the running one and start the new one.
+    Replace,
+}
+
+/// Session env var `name` gets the value of the daemon's env var `source`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialWire {
+    /// Environment variable name inside the session.
+    pub name: String,
+    /// Environment variable of the daemon holding the value.
+    pub source: String,
+}
+
+/// An extra bind mount.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MountWire {
+    /// Absolute, existing host path.
+    pub source: String,
+    /// Absolute path inside the container.
+    pub target: String,
+    /// Mount read-only (default true: write access is opt-in).
+    pub read_only: Option<bool>,
+}
+
+/// A one-shot session request. The file stem is the request id.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "agentd request")]
+pub struct RequestFile {
+    /// Profile name.
+    pub profile: String,
+    /// Overrides the profile's `repo`.
+    pub repo: Option<String>,
+    /// Exported as `AGENTD_WORK_UNIT`.
+    pub work_unit: Option<String>,
+    /// Operator text, materialized as `/agentd/input/request.json`.
+    pub request: Option<String>,
+    /// JSON artifact materialized at `/agentd/input/<type>/<stem>.json`.
+    pub artifact: Option<ArtifactWire>,
+    /// Overrides the profile's timeout: `90s`, `30m`, `2h`.
+    pub timeout: Option<String>,
+    /// RFC 3339 time; set by the scheduler on the requests it materializes.
+    pub scheduled_for: Option<String>,
+}
+
+/// `{type, path}` (a JSON file, relative to the request file's folder or
+/// absolute) or `{type, json}` (inline JSON text).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactWire {
+    /// Artifact type: names the input folder and the schema
+    /// `<methodology_dir>/schemas/<type>.schema.json`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Path of a JSON file.
+    pub path: Option<String>,
+    /// Inline JSON: a string holding JSON text, or a structured value.
+    pub json: Option<serde_json::Value>,
+}

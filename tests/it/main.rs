@@ -1,0 +1,8 @@
+//! The one integration test binary: drives the real `agentd` binary in temp
+//! dirs, and real Podman where sessions are involved.
+
+mod cli;
+mod podman;
+mod tidy;
+mod util;
+mod validate;
