@@ -1,7 +1,15 @@
 //! agentd: a declarative reconciler that runs AI-agent sessions in ephemeral
 //! Podman containers. See ARCHITECTURE.md for the map of modules.
 
+pub mod audit;
 pub mod cli;
+pub mod daemon;
 pub mod desired;
+pub mod execute;
+pub mod fsutil;
+pub mod observed;
+pub mod plan;
+pub mod runtime;
 pub mod schedule;
 pub mod source;
+pub mod status;

@@ -3,7 +3,11 @@
 //! Exit codes: 0 success, 1 the command's own failure (validation errors, a
 //! failed session), 2 usage errors (clap) and operational errors.
 
+mod daemon;
+mod logs;
+mod run;
 mod schema;
+mod status;
 mod validate;
 
 use std::io::Write;
@@ -28,8 +32,9 @@ use clap::{Parser, Subcommand};
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
+    /// With no command, `agentd` runs the daemon.
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 /// Options every command understands (CONTRACT.md section 1).
@@ -85,6 +90,18 @@ impl GlobalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the reconciler in the foreground (the default command).
+    ///
+    /// One daemon per state dir. The first SIGINT/SIGTERM stops admitting
+    /// and waits for running sessions; a second exits at once (running
+    /// containers are adopted by the next start). SIGHUP forces a rescan.
+    Daemon(daemon::Args),
+    /// Request a session: write a request file and print its id.
+    Run(run::Args),
+    /// Show requests: id, profile, phase, outcome, exit code, age, duration.
+    Status(status::Args),
+    /// Print a session's console output (live with -f).
+    Logs(logs::Args),
     /// Validate a desired dir (or single files) without Podman.
     ///
     /// Prints every problem as `path:line:col: message` and exits 0 when
@@ -111,8 +128,38 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Validate(a) => validate::run(&cli.global, &a),
-        Command::Schema(a) => schema::run(&a),
+        None => daemon::run(&cli.global, &daemon::Args::default()),
+        Some(Command::Daemon(a)) => daemon::run(&cli.global, &a),
+        Some(Command::Run(a)) => run::run(&cli.global, &a),
+        Some(Command::Status(a)) => status::run(&cli.global, &a),
+        Some(Command::Logs(a)) => logs::run(&cli.global, &a),
+        Some(Command::Validate(a)) => validate::run(&cli.global, &a),
+        Some(Command::Schema(a)) => schema::run(&a),
+    }
+}
+
+/// Logs go to stderr: JSON lines when stderr is not a terminal (journald,
+/// files, CI), human-readable when it is. `AGENTD_LOG` (or `RUST_LOG`) sets
+/// the filter, default `info`.
+pub fn init_tracing() {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("AGENTD_LOG")
+        .ok()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .or_else(|| EnvFilter::try_from_default_env().ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::io::stderr().is_terminal() {
+        builder.init();
+    } else {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init();
     }
 }
 

@@ -19,6 +19,7 @@ pub use assemble::{FileResult, assemble};
 pub use diag::{Diagnostic, Pos, locate_key};
 pub use model::*;
 pub use parse::{Format, MAX_FILE_BYTES};
+pub use rules::{duration as parse_duration, request_id as check_request_id};
 pub use validate::{profile as validate_profile, request as validate_request, sha256_hex, stem};
 
 /// What validation may ask of the host. Implementations must not panic.

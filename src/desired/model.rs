@@ -83,7 +83,7 @@ pub struct Schedule {
 }
 
 /// A repository to clone: a URL of an allowed scheme, or an absolute local path.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Repo {
     Url(String),
     Local(PathBuf),
@@ -130,7 +130,9 @@ pub enum Network {
     Named(String),
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// A validated request. Serializable because the executor freezes it at
+/// admission (`<state>/specs/<id>.json`) and starts the session from that copy.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Request {
     pub id: String,
     pub path: PathBuf,
@@ -144,7 +146,7 @@ pub struct Request {
 }
 
 /// What the session is asked to work on; the three forms are exclusive.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub enum Input {
     #[default]
     None,

@@ -156,9 +156,12 @@ pub fn reserved_env(name: &str) -> bool {
 }
 
 /// A lexically clean absolute path: starts at `/`, no `.` or `..` parts.
+///
+/// Commas and control characters are refused too: Podman's `--mount`
+/// option is comma-separated, so such a path cannot be passed safely.
 pub fn clean_absolute(text: &str) -> Option<PathBuf> {
     let p = Path::new(text);
-    if !p.is_absolute() {
+    if !p.is_absolute() || text.contains(',') || text.chars().any(char::is_control) {
         return None;
     }
     let clean = p
@@ -301,5 +304,6 @@ mod tests {
         assert!(env_name("GH_TOKEN") && !env_name("1X") && !env_name("A-B"));
         assert!(clean_absolute("/a/b").is_some() && clean_absolute("/a/../b").is_none());
         assert!(clean_absolute("a/b").is_none());
+        assert!(clean_absolute("/a,b").is_none() && clean_absolute("/a\nb").is_none());
     }
 }

@@ -139,7 +139,11 @@ pub fn profile(path: &Path, bytes: &[u8], host: &dyn HostView) -> Result<Profile
     }
     let methodology_dir = w.methodology_dir.as_deref().and_then(|m| {
         let p = resolve(path, m);
-        if host.is_dir(&p) {
+        if p.to_string_lossy().contains(',') {
+            s.field("methodology_dir", format!("methodology_dir `{}` contains a comma", p.display()),
+                "Podman cannot bind-mount such a path; rename the folder");
+            None
+        } else if host.is_dir(&p) {
             Some(p)
         } else {
             s.field("methodology_dir", format!("methodology_dir `{}` is not an existing folder", p.display()),
@@ -315,7 +319,7 @@ fn mounts(s: &mut Sink<'_>, w: &ProfileFile, profile: &str, host: &dyn HostView)
                             "mounts[{i}].source `{}` is not a clean absolute path",
                             m.source
                         ),
-                        Some("write it from `/`, without `.` or `..`".into()),
+                        Some("write it from `/`, without `.`, `..` or commas".into()),
                     ),
                 );
                 None
@@ -331,7 +335,7 @@ fn mounts(s: &mut Sink<'_>, w: &ProfileFile, profile: &str, host: &dyn HostView)
                             "mounts[{i}].target `{}` is not a clean absolute path",
                             m.target
                         ),
-                        Some("write it from `/`, without `.` or `..`".into()),
+                        Some("write it from `/`, without `.`, `..` or commas".into()),
                     ),
                 );
                 None

@@ -1,0 +1,305 @@
+//! The daemon: one loop that wakes on events (desired-dir changes, container
+//! events, finished tasks, signals, timers), loads the desired state, reads
+//! the observed state, plans and applies. Events carry no state; every pass
+//! looks at everything, so a missed event only delays convergence until the
+//! next periodic resync (`RESYNC`).
+
+mod lock;
+mod watch;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use lock::{LockError, acquire};
+
+use crate::desired::Desired;
+use crate::execute::{ContainerTable, Event, Settings, Shared, lock as guard};
+use crate::observed::{Observed, Phase};
+use crate::plan::{PlanConfig, plan};
+use crate::runtime::podman::Podman;
+use crate::source::{Cache, RealHost};
+use crate::status::StatusStore;
+
+/// Worst-case delay for a change whose events were all lost: a full rescan
+/// of the desired dir and of Podman happens at least this often.
+pub const RESYNC: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    Status(#[from] crate::status::StatusError),
+}
+
+/// The instance id: derived from the state dir's canonical path, so two
+/// daemons with different state dirs never touch each other's resources.
+pub fn instance_id(state: &Path) -> String {
+    let canon = std::fs::canonicalize(state).unwrap_or_else(|_| state.to_path_buf());
+    crate::desired::sha256_hex(canon.as_os_str().as_encoded_bytes())[..12].to_string()
+}
+
+/// Run until drained (after `Event::Drain`) or until `hard_stop` fires.
+/// `events` is the loop's inbox; signal handlers feed it too.
+pub async fn run(
+    settings: Settings,
+    podman: Podman,
+    hard_stop: CancellationToken,
+    tx: mpsc::Sender<Event>,
+    mut rx: mpsc::Receiver<Event>,
+) -> Result<(), DaemonError> {
+    let _lock = acquire(&settings.state)?;
+    let (store, problems) = StatusStore::open(&settings.state)?;
+    for p in problems {
+        tracing::warn!(problem = %p, "skipping unreadable status record");
+    }
+    tracing::info!(
+        desired = %settings.desired.display(),
+        state = %settings.state.display(),
+        audit_root = %settings.audit_root.display(),
+        instance = %settings.instance,
+        max_sessions = settings.max_sessions,
+        "agentd starting"
+    );
+    let sh = Arc::new(Shared {
+        settings,
+        podman,
+        store: Mutex::new(store),
+        containers: Mutex::new(ContainerTable::default()),
+        busy: Mutex::new(BTreeSet::new()),
+        wake: tx.clone(),
+        tasks: TaskTracker::new(),
+        clone_cache: tokio::sync::Mutex::new(()),
+    });
+    resync_containers(&sh).await;
+    remove_stale_work_dirs(&sh);
+    let events_task = tokio::spawn(follow_container_events(Arc::clone(&sh)));
+
+    let mut watcher = start_watcher(&sh.settings.desired, &tx);
+    let mut cache = Cache::default();
+    let mut last_desired = Desired::default();
+    let mut source_was_available = true;
+    let mut admitting = true;
+    let mut next_resync = Instant::now() + RESYNC;
+
+    loop {
+        let loaded = cache.load(&sh.settings.desired, &RealHost);
+        let source_available = loaded.is_ok();
+        match loaded {
+            Ok(l) => {
+                if !source_was_available {
+                    tracing::info!("desired dir available again");
+                }
+                last_desired = l.desired;
+            }
+            Err(e) => {
+                if source_was_available {
+                    tracing::warn!(error = %e, "desired dir unavailable; keeping running work, retrying");
+                }
+            }
+        }
+        if source_available && watcher.is_none() {
+            watcher = start_watcher(&sh.settings.desired, &tx);
+        }
+        source_was_available = source_available;
+
+        let observed = observe(&sh);
+        let cfg = PlanConfig {
+            now: jiff::Timestamp::now(),
+            max_sessions: sh.settings.max_sessions,
+            status_retention: sh.settings.status_retention,
+            source_available,
+            admitting,
+        };
+        for action in plan(&last_desired, &observed, &cfg) {
+            if action.is_change() {
+                tracing::debug!(action = %action, request = action.request().unwrap_or(""), "applying");
+            }
+            sh.apply(action, &last_desired);
+        }
+
+        if !admitting && idle(&sh) {
+            tracing::info!("drained: no sessions left; exiting");
+            break;
+        }
+
+        let wake_at = next_wake(&sh, next_resync);
+        tokio::select! {
+            ev = rx.recv() => {
+                let mut evs = vec![ev];
+                while let Ok(more) = rx.try_recv() {
+                    evs.push(Some(more));
+                }
+                for ev in evs.into_iter().flatten() {
+                    match ev {
+                        Event::Drain => {
+                            if admitting {
+                                tracing::info!("draining: admitting nothing new; waiting for running sessions (signal again to exit now)");
+                            }
+                            admitting = false;
+                        }
+                        Event::Hangup | Event::Rescan => {
+                            tracing::info!(reason = ?ev, "full rescan");
+                            cache = Cache::default();
+                            watcher = None;
+                            next_resync = Instant::now();
+                        }
+                        Event::Resync => next_resync = Instant::now(),
+                        Event::Desired | Event::Container | Event::TaskDone => {}
+                    }
+                }
+            }
+            () = tokio::time::sleep_until(wake_at) => {}
+            () = hard_stop.cancelled() => {
+                tracing::warn!("exiting now; running containers are left for the next start to adopt");
+                break;
+            }
+        }
+        if Instant::now() >= next_resync {
+            resync_containers(&sh).await;
+            next_resync = Instant::now() + RESYNC;
+            if watcher.is_none() {
+                watcher = start_watcher(&sh.settings.desired, &tx);
+            }
+        }
+    }
+    drop(watcher);
+    events_task.abort();
+    if !hard_stop.is_cancelled() {
+        sh.tasks.close();
+        sh.tasks.wait().await;
+    }
+    Ok(())
+}
+
+fn start_watcher(dir: &Path, tx: &mpsc::Sender<Event>) -> Option<watch::Watcher> {
+    match watch::watch(dir, tx.clone()) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch desired dir; relying on periodic rescans");
+            None
+        }
+    }
+}
+
+fn observe(sh: &Shared) -> Observed {
+    let statuses = guard(&sh.store).all().clone();
+    let t = guard(&sh.containers);
+    Observed {
+        statuses,
+        containers: t.by_request.clone(),
+        orphans: t.orphans.clone(),
+        busy: guard(&sh.busy).clone(),
+        containers_known: t.known,
+    }
+}
+
+/// No session holds a slot and no task runs.
+fn idle(sh: &Shared) -> bool {
+    guard(&sh.busy).is_empty() && !guard(&sh.store).all().values().any(|s| s.phase.is_active())
+}
+
+/// The next moment a pass is due without any event: the resync, a session
+/// deadline, or a status retention expiry.
+fn next_wake(sh: &Shared, next_resync: Instant) -> Instant {
+    let now_unix = jiff::Timestamp::now().as_second();
+    let mut at = next_resync;
+    let in_secs = |unix: i64| {
+        Instant::now()
+            + Duration::from_secs(u64::try_from(unix.saturating_sub(now_unix)).unwrap_or(0))
+    };
+    for c in guard(&sh.containers).by_request.values() {
+        if let Some(d) = c.deadline {
+            at = at.min(in_secs(d));
+        }
+    }
+    let retention = i64::try_from(sh.settings.status_retention.as_secs()).unwrap_or(i64::MAX / 4);
+    for s in guard(&sh.store).all().values() {
+        if s.phase == Phase::Done
+            && let Some(f) = s.finished_at
+        {
+            at = at.min(in_secs(f.as_second().saturating_add(retention)));
+        }
+    }
+    at
+}
+
+/// Replace the container table with a fresh `podman ps`.
+async fn resync_containers(sh: &Shared) {
+    match sh.podman.list(&sh.settings.instance).await {
+        Ok(listing) => {
+            let busy = guard(&sh.busy).clone();
+            let known: BTreeSet<String> = guard(&sh.store).all().keys().cloned().collect();
+            guard(&sh.containers).replace(listing, &busy, &|r| known.contains(r));
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list containers; retrying at the next resync");
+            guard(&sh.containers).known = false;
+        }
+    }
+}
+
+/// Follow `podman events`, updating the container table and waking the
+/// loop; restart the stream (with a resync) whenever it ends.
+async fn follow_container_events(sh: Arc<Shared>) {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        match sh.podman.events(&sh.settings.instance) {
+            Ok(mut stream) => {
+                while let Some(ev) = stream.next().await {
+                    backoff = Duration::from_millis(500);
+                    if let Some(r) = &ev.request {
+                        let mut t = guard(&sh.containers);
+                        match ev.status.as_str() {
+                            "died" => {
+                                if let Some(c) = t.by_request.get_mut(r) {
+                                    c.state = crate::observed::ContainerState::Exited(
+                                        ev.exit_code.unwrap_or(-1),
+                                    );
+                                }
+                            }
+                            "remove" if t.by_request.get(r).is_some_and(|c| c.name == ev.name) => {
+                                t.by_request.remove(r);
+                            }
+                            _ => {}
+                        }
+                    }
+                    let _ = sh.wake.try_send(Event::Container);
+                }
+                tracing::warn!("podman events stream ended; restarting");
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot follow podman events"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+        let _ = sh.wake.try_send(Event::Resync);
+    }
+}
+
+/// Work folders of sessions that no longer run hold clones and credential
+/// files: remove them at start-up.
+fn remove_stale_work_dirs(sh: &Shared) {
+    let live: BTreeSet<String> = guard(&sh.store)
+        .all()
+        .values()
+        .filter(|s| s.phase.is_active())
+        .filter_map(|s| s.session_id.clone())
+        .collect();
+    let Ok(entries) = std::fs::read_dir(sh.settings.state.join("work")) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !live.contains(&name) {
+            tracing::info!(work_dir = %e.path().display(), "removing stale work folder");
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}

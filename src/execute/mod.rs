@@ -1,0 +1,307 @@
+//! The executor: the only code that mutates the world (containers, status
+//! records, audit records, work folders). It applies the planner's actions;
+//! quick ones inline, slow ones (start, finish, stop, clean-up) as tasks that
+//! mark their request busy and wake the loop when done.
+//!
+//! Per-session failures end that session (`start_failed`, a status message)
+//! and never stop the loop.
+
+mod clone;
+mod finish;
+mod start;
+
+pub use start::new_session_id;
+mod workdir;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
+
+use crate::desired::{Desired, Request, RequestEntry};
+use crate::observed::{Container, Origin, Phase, Status};
+use crate::plan::{Action, EDITED_MESSAGE, StopReason};
+use crate::runtime::podman::Podman;
+use crate::status::StatusStore;
+
+/// Daemon-wide settings the executor needs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub desired: PathBuf,
+    pub state: PathBuf,
+    pub audit_root: PathBuf,
+    /// This daemon's identity on shared Podman resources (from the state dir).
+    pub instance: String,
+    pub max_sessions: u32,
+    pub status_retention: Duration,
+    /// uid and gid the session command runs as (not root).
+    pub session_uid: u32,
+    /// How long a stopped session gets between SIGTERM and SIGKILL.
+    pub stop_grace: Duration,
+    /// Cap on a record's console capture.
+    pub audit_max_bytes: u64,
+}
+
+impl Settings {
+    pub fn container_name(&self, request: &str) -> String {
+        format!("agentd-{}-{request}", self.instance)
+    }
+    pub fn work_dir(&self, session_id: &str) -> PathBuf {
+        self.state.join("work").join(session_id)
+    }
+    pub fn spec_path(&self, request: &str) -> PathBuf {
+        self.state.join("specs").join(format!("{request}.json"))
+    }
+}
+
+/// This instance's containers as last seen (listing + events + own actions).
+#[derive(Debug, Default)]
+pub struct ContainerTable {
+    pub by_request: BTreeMap<String, Container>,
+    pub orphans: Vec<Container>,
+    /// A listing succeeded since the last Podman failure.
+    pub known: bool,
+}
+
+impl ContainerTable {
+    /// Replace the table with a fresh listing, keeping entries of requests
+    /// whose operations are under way (they may have changed since).
+    pub fn replace(
+        &mut self,
+        listing: Vec<Container>,
+        busy: &BTreeSet<String>,
+        known_requests: &dyn Fn(&str) -> bool,
+    ) {
+        let mut by_request: BTreeMap<String, Container> = self
+            .by_request
+            .iter()
+            .filter(|(r, _)| busy.contains(*r))
+            .map(|(r, c)| (r.clone(), c.clone()))
+            .collect();
+        let mut orphans = Vec::new();
+        for c in listing {
+            match c.request.clone() {
+                Some(r) if known_requests(&r) => {
+                    by_request.entry(r).or_insert(c);
+                }
+                _ => orphans.push(c),
+            }
+        }
+        self.by_request = by_request;
+        self.orphans = orphans;
+        self.known = true;
+    }
+}
+
+/// What the loop wakes up for. Events carry no state: each only means
+/// "look again" (the reason is kept for logs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Something changed in the desired dir.
+    Desired,
+    /// The watcher lost events or failed: rescan everything.
+    Rescan,
+    /// A container of this instance changed.
+    Container,
+    /// An executor task finished.
+    TaskDone,
+    /// Re-list containers (the events stream restarted).
+    Resync,
+    /// SIGHUP: full rescan and resync.
+    Hangup,
+    /// First SIGINT/SIGTERM: stop admitting, drain.
+    Drain,
+}
+
+/// State shared by the loop and the executor's tasks.
+pub struct Shared {
+    pub settings: Settings,
+    pub podman: Podman,
+    pub store: Mutex<StatusStore>,
+    pub containers: Mutex<ContainerTable>,
+    pub busy: Mutex<BTreeSet<String>>,
+    pub wake: mpsc::Sender<Event>,
+    pub tasks: TaskTracker,
+    /// Serializes updates of the shared clone cache.
+    pub clone_cache: tokio::sync::Mutex<()>,
+}
+
+/// Lock a std mutex, recovering from poisoning (a panicked task must not
+/// wedge the daemon; the data is plain records).
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Shared {
+    fn now() -> jiff::Timestamp {
+        jiff::Timestamp::now()
+    }
+
+    /// Write a status change; log (never propagate) a failure to persist.
+    pub fn update_status(&self, id: &str, f: impl FnOnce(&mut Status)) -> Option<Status> {
+        match lock(&self.store).update(id, f) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(request = id, error = %e, "cannot persist status");
+                None
+            }
+        }
+    }
+
+    fn put_status(&self, s: Status) {
+        let id = s.request.clone();
+        if let Err(e) = lock(&self.store).put(s) {
+            tracing::error!(request = id, error = %e, "cannot persist status");
+        }
+    }
+
+    /// Run `fut` as a task owning `request`: the planner leaves the request
+    /// alone until the task ends, then the loop looks again.
+    fn spawn_for(
+        self: &Arc<Self>,
+        request: String,
+        fut: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        lock(&self.busy).insert(request.clone());
+        let sh = Arc::clone(self);
+        self.tasks.spawn(async move {
+            fut.await;
+            lock(&sh.busy).remove(&request);
+            let _ = sh.wake.try_send(Event::TaskDone);
+        });
+    }
+
+    /// Apply one planned action.
+    pub fn apply(self: &Arc<Self>, action: Action, desired: &Desired) {
+        match action {
+            Action::Admit { request } => {
+                if let Some(RequestEntry::Valid(r)) = desired.requests.get(&request) {
+                    self.admit(r, desired);
+                }
+            }
+            Action::Reject {
+                request,
+                profile,
+                message,
+            } => {
+                tracing::warn!(request = %request, profile = %profile, message = %message, "request invalid");
+                let mut s = lock(&self.store)
+                    .get(&request)
+                    .cloned()
+                    .unwrap_or_else(|| Status::new(&request, &profile));
+                s.phase = Phase::Invalid;
+                s.message = Some(message);
+                if !profile.is_empty() {
+                    s.profile = profile;
+                }
+                self.put_status(s);
+            }
+            Action::Hold { request, message } => {
+                self.update_status(&request, |s| s.message = Some(message));
+            }
+            Action::NoteEdited { request } => {
+                tracing::info!(request = %request, "request file changed after admission; spec kept");
+                self.update_status(&request, |s| s.message = Some(EDITED_MESSAGE.into()));
+            }
+            Action::Start { request } => {
+                let profile_name = lock(&self.store).get(&request).map(|s| s.profile.clone());
+                let Some(profile) = profile_name.and_then(|p| desired.profiles.get(&p).cloned())
+                else {
+                    return;
+                };
+                let sh = Arc::clone(self);
+                self.spawn_for(request.clone(), async move {
+                    start::start(&sh, &request, profile).await
+                });
+            }
+            Action::Adopt { request } => {
+                let c = lock(&self.containers).by_request.get(&request).cloned();
+                tracing::info!(request = %request, "adopting running session");
+                self.update_status(&request, |s| {
+                    s.phase = Phase::Running;
+                    s.container = c.map(|c| c.name);
+                    s.started_at = s.started_at.or(Some(Self::now()));
+                });
+            }
+            Action::Stop { request, reason } => {
+                let sh = Arc::clone(self);
+                self.spawn_for(request.clone(), async move {
+                    finish::stop(&sh, &request, reason).await
+                });
+            }
+            Action::Finish { request, cancelled } => {
+                let sh = Arc::clone(self);
+                self.spawn_for(request.clone(), async move {
+                    finish::finish(&sh, &request, cancelled).await
+                });
+            }
+            Action::Prune { request } => {
+                tracing::info!(request = %request, "pruning status of removed request");
+                let _ = std::fs::remove_file(self.settings.spec_path(&request));
+                if let Err(e) = lock(&self.store).remove(&request) {
+                    tracing::error!(request = %request, error = %e, "cannot prune status");
+                }
+            }
+            Action::RemoveContainer { container, why } => {
+                let sh = Arc::clone(self);
+                let key = format!("container:{container}");
+                self.spawn_for(key, async move {
+                    tracing::info!(container = %container, why = %why, "removing container");
+                    match sh.podman.rm(&container).await {
+                        Ok(()) => {
+                            let mut t = lock(&sh.containers);
+                            t.orphans.retain(|c| c.name != container);
+                            t.by_request.retain(|_, c| c.name != container);
+                        }
+                        Err(e) => tracing::warn!(container = %container, error = %e, "cannot remove container"),
+                    }
+                });
+            }
+        }
+    }
+
+    /// Freeze a valid request: snapshot its validated spec, record `pending`.
+    fn admit(&self, r: &Request, desired: &Desired) {
+        let path = self.settings.spec_path(&r.id);
+        let bytes = serde_json::to_vec_pretty(r).unwrap_or_default();
+        if let Err(e) = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| crate::fsutil::write_atomic(&path, &bytes, 0o600))
+        {
+            tracing::error!(request = %r.id, error = %e, "cannot freeze request spec; will retry");
+            return;
+        }
+        let profile_repo = desired
+            .profiles
+            .get(&r.profile)
+            .and_then(|p| p.repo.clone());
+        let mut s = Status::new(&r.id, &r.profile);
+        s.phase = Phase::Pending;
+        s.spec_sha256 = Some(r.spec_sha256.clone());
+        s.created_at = Some(Self::now());
+        s.repo = r.repo.clone().or(profile_repo).map(|r| r.as_str());
+        s.work_unit = match &r.input {
+            crate::desired::Input::WorkUnit(w) => Some(w.clone()),
+            _ => None,
+        };
+        s.origin = if r.scheduled_for.is_some() {
+            Origin::Schedule
+        } else {
+            Origin::File
+        };
+        tracing::info!(request = %r.id, profile = %r.profile, spec_sha256 = %r.spec_sha256, "request admitted");
+        self.put_status(s);
+    }
+}
+
+/// The status message while a session is being stopped.
+fn stop_message(reason: StopReason) -> String {
+    match reason {
+        StopReason::Cancelled => "cancelling: the request file was removed".into(),
+        StopReason::TimedOut => "timed out; stopping".into(),
+    }
+}

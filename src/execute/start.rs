@@ -1,0 +1,287 @@
+//! Starting a session: allocate its id and audit record, prepare the work
+//! folder (clone, input, credentials), then one `podman run`.
+
+use std::sync::Arc;
+
+use super::workdir::WorkDir;
+use super::{Shared, lock};
+use crate::audit::{Record, SessionRecord};
+use crate::desired::{Network, Profile, Request};
+use crate::observed::{Container, ContainerState, Phase};
+use crate::runtime::podman::{BindMount, RunSpec, labels};
+
+/// Where the credentials file appears in the container.
+const CREDENTIALS_TARGET: &str = "/agentd/credentials.sh";
+
+/// 16 lowercase hex characters from the kernel's random source.
+pub fn new_session_id() -> String {
+    use std::io::Read;
+    let mut b = [0u8; 8];
+    let ok = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .is_ok();
+    if !ok {
+        // Fall back to time and pid: unique enough for one host.
+        let t = jiff::Timestamp::now().as_nanosecond() as u64
+            ^ u64::from(std::process::id()).rotate_left(40);
+        b = t.to_be_bytes();
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+pub async fn start(sh: &Arc<Shared>, request: &str, profile: Profile) {
+    let st = &sh.settings;
+    let spec: Request = match std::fs::read(st.spec_path(request))
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            super::finish::fail_start(
+                sh,
+                request,
+                None,
+                &format!("cannot read the frozen spec of {request}: {e}"),
+            )
+            .await;
+            return;
+        }
+    };
+    let session_id = new_session_id();
+    let record = match Record::create(&st.audit_root, &profile.name, &session_id, st.session_uid) {
+        Ok(r) => r,
+        Err(e) => {
+            // No record could be created: nothing to finalize but the status.
+            super::finish::fail_start(sh, request, None, &e.to_string()).await;
+            return;
+        }
+    };
+    let repo = spec.repo.clone().or(profile.repo.clone());
+    let start_ts = jiff::Timestamp::now();
+    sh.update_status(request, |s| {
+        s.phase = Phase::Starting;
+        s.session_id = Some(session_id.clone());
+        s.audit_dir = Some(record.dir.clone());
+        s.message = None;
+    });
+    tracing::info!(request, session = %session_id, profile = %profile.name, "session starting");
+    let work_unit = match &spec.input {
+        crate::desired::Input::WorkUnit(w) => Some(w.clone()),
+        _ => None,
+    };
+    let session_rec = SessionRecord {
+        schema_version: crate::audit::SCHEMA_VERSION,
+        session_id: session_id.clone(),
+        profile: profile.name.clone(),
+        request: request.to_string(),
+        spec_sha256: spec.spec_sha256.clone(),
+        repo: repo.as_ref().map(|r| r.as_str()).unwrap_or_default(),
+        work_unit: work_unit.clone(),
+        start_timestamp: start_ts,
+        end_timestamp: None,
+        outcome: None,
+        exit_code: None,
+        image: profile.base_image.clone(),
+        image_id: None,
+        image_digest: None,
+        message: None,
+    };
+    if let Err(e) = record.write_session(&session_rec) {
+        super::finish::fail_start(sh, request, Some(&session_id), &e.to_string()).await;
+        return;
+    }
+
+    let run_spec = match prepare(sh, &session_id, &profile, &spec, repo.as_ref(), &record).await {
+        Ok(s) => s,
+        Err(msg) => {
+            super::finish::fail_start(sh, request, Some(&session_id), &msg).await;
+            return;
+        }
+    };
+    let deadline = run_spec
+        .labels
+        .iter()
+        .find(|(k, _)| k == labels::DEADLINE)
+        .and_then(|(_, v)| v.parse().ok());
+    match sh.podman.run(&run_spec).await {
+        Ok(id) => {
+            lock(&sh.containers).by_request.insert(
+                request.to_string(),
+                Container {
+                    id,
+                    name: run_spec.name.clone(),
+                    request: Some(request.to_string()),
+                    session_id: Some(session_id.clone()),
+                    state: ContainerState::Running,
+                    deadline,
+                },
+            );
+            sh.update_status(request, |s| {
+                s.phase = Phase::Running;
+                s.container = Some(run_spec.name.clone());
+                s.started_at = Some(jiff::Timestamp::now());
+            });
+            tracing::info!(request, session = %session_id, container = %run_spec.name, "session running");
+        }
+        Err(e) => {
+            let msg = if e.to_string().contains("image not known")
+                || e.to_string().contains("no such image")
+            {
+                format!(
+                    "image `{}` is not available locally (agentd never pulls): {e}",
+                    profile.base_image
+                )
+            } else {
+                format!("podman run failed: {e}")
+            };
+            super::finish::fail_start(sh, request, Some(&session_id), &msg).await;
+        }
+    }
+}
+
+/// Build the work folder and the `podman run` spec. Errors are the status
+/// message of a `start_failed` session.
+async fn prepare(
+    sh: &Shared,
+    session_id: &str,
+    profile: &Profile,
+    spec: &Request,
+    repo: Option<&crate::desired::Repo>,
+    record: &Record,
+) -> Result<RunSpec, String> {
+    let st = &sh.settings;
+    let uid = st.session_uid;
+    let home = format!("/home/{}", profile.name);
+    let work = WorkDir::create(st.work_dir(session_id))
+        .map_err(|e| format!("cannot create work folder: {e}"))?;
+    let env_lookup = |name: &str| std::env::var(name).ok();
+    let has_credentials = work.write_credentials(profile, uid, &env_lookup)?;
+    let token = match &profile.repo_token_source {
+        Some(src) => Some(env_lookup(src).ok_or_else(|| {
+            format!("repo_token_source: the daemon's environment variable `{src}` is not set")
+        })?),
+        None => None,
+    };
+    let repo = repo.ok_or_else(|| {
+        "no repository to clone (neither request nor profile sets `repo`)".to_string()
+    })?;
+    super::clone::clone(
+        repo,
+        &work.repo(),
+        token.as_deref(),
+        &st.state.join("cache/git"),
+        &sh.clone_cache,
+    )
+    .await?;
+    work.give_home_to(uid)
+        .map_err(|e| format!("cannot hand the home folder to the session user: {e}"))?;
+    let has_input = work
+        .write_input(&spec.input)
+        .map_err(|e| format!("cannot write input files: {e}"))?;
+
+    let mut mounts = vec![
+        BindMount {
+            source: work.home(),
+            target: home.clone(),
+            read_only: false,
+        },
+        BindMount {
+            source: record.session_dir(),
+            target: format!("{home}/.agentd/audit"),
+            read_only: false,
+        },
+    ];
+    if let Some(m) = &profile.methodology_dir {
+        mounts.push(BindMount {
+            source: m.clone(),
+            target: "/agentd/methodology".into(),
+            read_only: true,
+        });
+    }
+    if has_input {
+        mounts.push(BindMount {
+            source: work.input(),
+            target: "/agentd/input".into(),
+            read_only: true,
+        });
+    }
+    if has_credentials {
+        mounts.push(BindMount {
+            source: work.credentials(),
+            target: CREDENTIALS_TARGET.into(),
+            read_only: true,
+        });
+    }
+    for m in &profile.mounts {
+        mounts.push(BindMount {
+            source: m.source.clone(),
+            target: m.target.display().to_string(),
+            read_only: m.read_only,
+        });
+    }
+
+    let mut env: Vec<(String, String)> = vec![
+        ("HOME".into(), home.clone()),
+        ("USER".into(), profile.name.clone()),
+        ("LOGNAME".into(), profile.name.clone()),
+        ("AGENTD_SESSION_ID".into(), session_id.into()),
+        ("AGENTD_PROFILE".into(), profile.name.clone()),
+        ("AGENTD_REQUEST".into(), spec.id.clone()),
+        ("AGENTD_AUDIT_DIR".into(), format!("{home}/.agentd/audit")),
+    ];
+    if let crate::desired::Input::WorkUnit(w) = &spec.input {
+        env.push(("AGENTD_WORK_UNIT".into(), w.clone()));
+    }
+    env.extend(profile.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+
+    let mut labels_v = vec![
+        (labels::MANAGED.to_string(), "true".to_string()),
+        (labels::INSTANCE.to_string(), st.instance.clone()),
+        (labels::SESSION.to_string(), session_id.to_string()),
+        (labels::PROFILE.to_string(), profile.name.clone()),
+        (labels::REQUEST.to_string(), spec.id.clone()),
+    ];
+    let timeout = spec.timeout.or(profile.timeout);
+    if let Some(t) = timeout {
+        let deadline = jiff::Timestamp::now()
+            .as_second()
+            .saturating_add(i64::try_from(t.as_secs()).unwrap_or(i64::MAX / 2));
+        labels_v.push((labels::DEADLINE.to_string(), deadline.to_string()));
+    }
+
+    let mut command = Vec::new();
+    if has_credentials {
+        // Source the credentials, then become the agent's command (argv is
+        // passed through untouched as "$@").
+        command.extend([
+            "/bin/sh".to_string(),
+            "-c".into(),
+            format!(". {CREDENTIALS_TARGET} && exec \"$@\""),
+            "agentd-session".into(),
+        ]);
+    }
+    command.extend(profile.command.iter().cloned());
+
+    Ok(RunSpec {
+        name: st.container_name(&spec.id),
+        image: profile.base_image.clone(),
+        labels: labels_v,
+        uid,
+        gid: uid,
+        user: profile.name.clone(),
+        home: home.clone(),
+        workdir: format!("{home}/repo"),
+        env,
+        mounts,
+        log_path: work.console(),
+        network: match &profile.network {
+            Network::Default => None,
+            Network::None => Some("none".into()),
+            Network::Named(n) => Some(n.clone()),
+        },
+        memory: profile.memory.clone(),
+        cpus: profile.cpus,
+        pids_limit: profile.pids_limit,
+        command,
+    })
+}

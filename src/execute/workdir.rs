@@ -1,0 +1,137 @@
+//! A session's work folder on the host, `<state>/work/<session_id>/`:
+//!
+//! - `home/`            bind-mounted at `/home/<profile>`, owned by the session user;
+//!   `home/repo` is the clone, `home/.agentd/audit` the mount point of the
+//!   record's `session/` folder
+//! - `input/`           `/agentd/input`, read-only: request.json or `<type>/<stem>.json`
+//! - `credentials.sh`   `/agentd/credentials.sh`, read-only, mode 0400, owned by
+//!   the session user: `export NAME='value'` lines the entry wrapper sources.
+//!   Values live only here (never argv, never `podman inspect`), and the
+//!   file goes with the work folder when the session ends.
+//! - `console.k8s.log`  conmon's capture of stdout/stderr
+//!
+//! The folder itself is 0700 root, so other host users see nothing inside.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::desired::{Input, Profile};
+
+pub struct WorkDir {
+    pub root: PathBuf,
+}
+
+impl WorkDir {
+    pub fn home(&self) -> PathBuf {
+        self.root.join("home")
+    }
+    pub fn repo(&self) -> PathBuf {
+        self.root.join("home/repo")
+    }
+    pub fn input(&self) -> PathBuf {
+        self.root.join("input")
+    }
+    pub fn credentials(&self) -> PathBuf {
+        self.root.join("credentials.sh")
+    }
+    pub fn console(&self) -> PathBuf {
+        self.root.join("console.k8s.log")
+    }
+
+    /// Create the folder skeleton (before the clone).
+    pub fn create(root: PathBuf) -> io::Result<WorkDir> {
+        let _ = fs::remove_dir_all(&root);
+        if let Some(parent) = root.parent() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)?;
+        }
+        fs::DirBuilder::new().mode(0o700).create(&root)?;
+        let w = WorkDir { root };
+        fs::create_dir_all(w.home().join(".agentd/audit"))?;
+        Ok(w)
+    }
+
+    /// Hand the home folder (with the clone) to the session user.
+    pub fn give_home_to(&self, uid: u32) -> io::Result<()> {
+        for entry in walkdir::WalkDir::new(self.home()).follow_links(false) {
+            let entry = entry.map_err(io::Error::other)?;
+            std::os::unix::fs::lchown(entry.path(), Some(uid), Some(uid))?;
+        }
+        fs::set_permissions(self.home(), fs::Permissions::from_mode(0o700))
+    }
+
+    /// Materialize the request's input; returns whether there is any.
+    pub fn write_input(&self, input: &Input) -> io::Result<bool> {
+        let (rel, value) = match input {
+            Input::None | Input::WorkUnit(_) => return Ok(false),
+            Input::Text(t) => (
+                PathBuf::from("request.json"),
+                serde_json::json!({"description": t, "source": "operator"}),
+            ),
+            Input::Artifact { kind, stem, json } => {
+                (Path::new(kind).join(format!("{stem}.json")), json.clone())
+            }
+        };
+        let path = self.input().join(rel);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        let mut bytes = serde_json::to_vec_pretty(&value).unwrap_or_default();
+        bytes.push(b'\n');
+        fs::write(&path, bytes)?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o444))?;
+        for dir in walkdir::WalkDir::new(self.input())
+            .into_iter()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_dir())
+        {
+            fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o555))?;
+        }
+        Ok(true)
+    }
+
+    /// Write the credentials file from the daemon's environment. An unset
+    /// source variable is an error naming it; a value is never logged.
+    pub fn write_credentials(
+        &self,
+        profile: &Profile,
+        uid: u32,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<bool, String> {
+        if profile.credentials.is_empty() {
+            return Ok(false);
+        }
+        let mut text = String::new();
+        for c in &profile.credentials {
+            let value = lookup(&c.source).ok_or_else(|| {
+                format!(
+                    "credential `{}`: the daemon's environment variable `{}` is not set",
+                    c.name, c.source
+                )
+            })?;
+            text.push_str(&format!(
+                "export {}='{}'\n",
+                c.name,
+                value.replace('\'', "'\\''")
+            ));
+        }
+        let path = self.credentials();
+        let write = || -> io::Result<()> {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o400)
+                .open(&path)?;
+            f.write_all(text.as_bytes())?;
+            std::os::unix::fs::fchown(&f, Some(uid), Some(uid))
+        };
+        write().map_err(|e| format!("cannot write credentials file: {e}"))?;
+        Ok(true)
+    }
+}

@@ -1,0 +1,232 @@
+//! What the world shows, as plain data: the status store's records and the
+//! containers Podman reports for this instance. PURE: built by the daemon's
+//! IO layers, read by the planner; no IO here.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Lifecycle of a request (CONTRACT.md section 4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Admitted, waiting for a slot.
+    Pending,
+    /// Session allocated; work folder, clone and container being prepared.
+    Starting,
+    /// The container runs.
+    Running,
+    /// Teardown and audit sealing.
+    Finishing,
+    Done,
+    /// The file or its profile is rejected; `message` says why.
+    Invalid,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "pending",
+            Phase::Starting => "starting",
+            Phase::Running => "running",
+            Phase::Finishing => "finishing",
+            Phase::Done => "done",
+            Phase::Invalid => "invalid",
+        }
+    }
+
+    /// Holds a session slot.
+    pub fn is_active(self) -> bool {
+        matches!(self, Phase::Starting | Phase::Running | Phase::Finishing)
+    }
+}
+
+/// How a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Success,
+    GenericFailure,
+    UsageError,
+    Blocked,
+    NothingReady,
+    WorkFailed,
+    InfrastructureFailure,
+    CommandNotExecutable,
+    CommandNotFound,
+    TerminatedBySignal,
+    TimedOut,
+    Cancelled,
+    StartFailed,
+}
+
+impl Outcome {
+    /// The contract's mapping from a container exit code.
+    pub fn from_exit_code(code: i32) -> Outcome {
+        match code {
+            0 => Outcome::Success,
+            2 => Outcome::UsageError,
+            3 => Outcome::Blocked,
+            4 => Outcome::NothingReady,
+            5 => Outcome::WorkFailed,
+            6 => Outcome::InfrastructureFailure,
+            126 => Outcome::CommandNotExecutable,
+            127 => Outcome::CommandNotFound,
+            c if c >= 129 => Outcome::TerminatedBySignal,
+            _ => Outcome::GenericFailure,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::GenericFailure => "generic_failure",
+            Outcome::UsageError => "usage_error",
+            Outcome::Blocked => "blocked",
+            Outcome::NothingReady => "nothing_ready",
+            Outcome::WorkFailed => "work_failed",
+            Outcome::InfrastructureFailure => "infrastructure_failure",
+            Outcome::CommandNotExecutable => "command_not_executable",
+            Outcome::CommandNotFound => "command_not_found",
+            Outcome::TerminatedBySignal => "terminated_by_signal",
+            Outcome::TimedOut => "timed_out",
+            Outcome::Cancelled => "cancelled",
+            Outcome::StartFailed => "start_failed",
+        }
+    }
+
+    /// Outcomes `agentd run --wait` treats as a good end (exit 0).
+    pub fn is_ok(self) -> bool {
+        matches!(
+            self,
+            Outcome::Success | Outcome::Blocked | Outcome::NothingReady
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    #[default]
+    File,
+    Schedule,
+}
+
+/// The status object (CONTRACT.md section 7), one per request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub request: String,
+    pub profile: String,
+    pub phase: Phase,
+    pub outcome: Option<Outcome>,
+    pub exit_code: Option<i32>,
+    pub session_id: Option<String>,
+    pub container: Option<String>,
+    pub repo: Option<String>,
+    pub work_unit: Option<String>,
+    pub origin: Origin,
+    pub spec_sha256: Option<String>,
+    pub created_at: Option<jiff::Timestamp>,
+    pub started_at: Option<jiff::Timestamp>,
+    pub finished_at: Option<jiff::Timestamp>,
+    pub audit_dir: Option<PathBuf>,
+    pub message: Option<String>,
+}
+
+impl Status {
+    /// A fresh record for a request that has not been admitted.
+    pub fn new(request: &str, profile: &str) -> Status {
+        Status {
+            request: request.to_string(),
+            profile: profile.to_string(),
+            phase: Phase::Invalid,
+            outcome: None,
+            exit_code: None,
+            session_id: None,
+            container: None,
+            repo: None,
+            work_unit: None,
+            origin: Origin::File,
+            spec_sha256: None,
+            created_at: None,
+            started_at: None,
+            finished_at: None,
+            audit_dir: None,
+            message: None,
+        }
+    }
+}
+
+/// A container of this instance as Podman reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Container {
+    pub id: String,
+    pub name: String,
+    /// The request and session it belongs to, from its labels.
+    pub request: Option<String>,
+    pub session_id: Option<String>,
+    pub state: ContainerState,
+    /// Unix seconds after which the session is timed out, from its label.
+    pub deadline: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerState {
+    /// Created, not (yet) started.
+    Created,
+    Running,
+    /// Stopped with an exit code.
+    Exited(i32),
+    /// Paused, removing, or anything else Podman may say.
+    Other,
+}
+
+/// Everything the planner looks at besides the desired state.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    /// Status records by request id.
+    pub statuses: BTreeMap<String, Status>,
+    /// This instance's containers by request id (`None` key never stored).
+    pub containers: BTreeMap<String, Container>,
+    /// Containers of this instance that name no known request.
+    pub orphans: Vec<Container>,
+    /// Requests with an executor operation under way: no new action for them.
+    pub busy: BTreeSet<String>,
+    /// True when the container table is known to be complete (a listing
+    /// succeeded); false after a Podman failure, so nothing is concluded
+    /// from a container's absence.
+    pub containers_known: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_map_to_outcomes() {
+        let table = [
+            (0, "success"),
+            (1, "generic_failure"),
+            (2, "usage_error"),
+            (3, "blocked"),
+            (4, "nothing_ready"),
+            (5, "work_failed"),
+            (6, "infrastructure_failure"),
+            (7, "generic_failure"),
+            (125, "generic_failure"),
+            (126, "command_not_executable"),
+            (127, "command_not_found"),
+            (128, "generic_failure"),
+            (129, "terminated_by_signal"),
+            (137, "terminated_by_signal"),
+            (255, "terminated_by_signal"),
+            (-1, "generic_failure"),
+        ];
+        for (code, label) in table {
+            assert_eq!(Outcome::from_exit_code(code).as_str(), label, "exit {code}");
+            let json = serde_json::to_string(&Outcome::from_exit_code(code)).unwrap_or_default();
+            assert_eq!(json, format!("\"{label}\""));
+        }
+    }
+}

@@ -1,0 +1,390 @@
+//! The reconcile planner: `plan(desired, observed, config) -> Vec<Action>`.
+//!
+//! PURE and level-triggered: it compares the whole desired state with what
+//! the status store and Podman show, and says what would converge them. It
+//! has no memory; running it twice on the same inputs gives the same plan,
+//! so missed events, crashes and restarts all converge. `agentd plan` prints
+//! its output; the daemon's executor applies it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use crate::desired::{Desired, RequestEntry};
+use crate::observed::{ContainerState, Observed, Phase, Status};
+
+/// Knobs and facts the planner needs besides the two states.
+#[derive(Debug, Clone)]
+pub struct PlanConfig {
+    pub now: jiff::Timestamp,
+    pub max_sessions: u32,
+    /// How long the status of a request whose file is gone is kept.
+    pub status_retention: Duration,
+    /// False when the desired dir could not be read this pass: nothing is
+    /// admitted, cancelled or pruned on its account.
+    pub source_available: bool,
+    /// False while draining for shutdown: admit and start nothing new.
+    pub admitting: bool,
+}
+
+/// Why a session is being stopped before its command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    Cancelled,
+    TimedOut,
+}
+
+/// One step toward convergence. Actions name requests; the executor reads
+/// what else it needs from the states it was planned from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Record a valid request as admitted (`pending`), freezing its spec.
+    Admit { request: String },
+    /// Record why a request cannot be admitted (phase `invalid`).
+    Reject {
+        request: String,
+        profile: String,
+        message: String,
+    },
+    /// Start a session for an admitted request: a slot is free.
+    Start { request: String },
+    /// A session whose start was interrupted has a running container:
+    /// record it as running and supervise it.
+    Adopt { request: String },
+    /// An admitted request waits; the message says for what.
+    Hold { request: String, message: String },
+    /// Note in the status that the file changed after admission.
+    NoteEdited { request: String },
+    /// Stop a running container (grace period, then kill).
+    Stop { request: String, reason: StopReason },
+    /// The session is over (container exited, or it never got one): collect
+    /// the exit, finalize the audit record, remove the container.
+    Finish { request: String, cancelled: bool },
+    /// Forget the status of a request whose file is gone.
+    Prune { request: String },
+    /// Remove a container of this instance that belongs to no live session.
+    RemoveContainer { container: String, why: String },
+}
+
+impl Action {
+    pub fn request(&self) -> Option<&str> {
+        match self {
+            Action::Admit { request }
+            | Action::Reject { request, .. }
+            | Action::Start { request }
+            | Action::Adopt { request }
+            | Action::Hold { request, .. }
+            | Action::NoteEdited { request }
+            | Action::Stop { request, .. }
+            | Action::Finish { request, .. }
+            | Action::Prune { request } => Some(request),
+            Action::RemoveContainer { .. } => None,
+        }
+    }
+
+    /// True for actions that change something (not a plain hold).
+    pub fn is_change(&self) -> bool {
+        !matches!(self, Action::Hold { .. })
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::Admit { request } => write!(f, "admit {request}"),
+            Action::Reject {
+                request, message, ..
+            } => write!(f, "invalid {request}: {message}"),
+            Action::Start { request } => write!(f, "start {request}"),
+            Action::Adopt { request } => write!(f, "adopt {request}"),
+            Action::Hold { request, message } => write!(f, "wait {request}: {message}"),
+            Action::NoteEdited { request } => write!(f, "note-edited {request}"),
+            Action::Stop {
+                request,
+                reason: StopReason::Cancelled,
+            } => write!(f, "stop {request} (cancelled)"),
+            Action::Stop {
+                request,
+                reason: StopReason::TimedOut,
+            } => write!(f, "stop {request} (timed out)"),
+            Action::Finish {
+                request,
+                cancelled: false,
+            } => write!(f, "finish {request}"),
+            Action::Finish {
+                request,
+                cancelled: true,
+            } => write!(f, "finish {request} (cancelled)"),
+            Action::Prune { request } => write!(f, "prune {request}"),
+            Action::RemoveContainer { container, why } => {
+                write!(f, "clean-up container {container}: {why}")
+            }
+        }
+    }
+}
+
+/// Message recorded when a request's file changes after admission.
+pub const EDITED_MESSAGE: &str = "file changed after admission; the admitted spec is kept (requests are one-shot: drop a new file for a new session)";
+
+/// Compute the actions that converge `observed` toward `desired`.
+pub fn plan(desired: &Desired, observed: &Observed, cfg: &PlanConfig) -> Vec<Action> {
+    let mut actions = Vec::new();
+    let mut pending: Vec<&Status> = Vec::new();
+
+    for (id, status) in &observed.statuses {
+        if observed.busy.contains(id) {
+            continue;
+        }
+        let entry = desired.requests.get(id);
+        let file_gone = cfg.source_available && entry.is_none();
+        match status.phase {
+            Phase::Invalid => {
+                if file_gone {
+                    actions.push(Action::Prune {
+                        request: id.clone(),
+                    });
+                }
+            }
+            Phase::Pending => {
+                if file_gone {
+                    actions.push(Action::Finish {
+                        request: id.clone(),
+                        cancelled: true,
+                    });
+                } else {
+                    note_edit(&mut actions, id, status, entry);
+                    pending.push(status);
+                }
+            }
+            Phase::Starting => {
+                // An interrupted start (the daemon died mid-way): clean up
+                // what exists and try again, or end it if it was cancelled.
+                match observed.containers.get(id) {
+                    Some(c) if c.state == ContainerState::Running => {
+                        actions.push(Action::Adopt {
+                            request: id.clone(),
+                        });
+                        running(&mut actions, id, status, observed, cfg, file_gone);
+                    }
+                    Some(c) if matches!(c.state, ContainerState::Exited(_)) => {
+                        running(&mut actions, id, status, observed, cfg, file_gone);
+                    }
+                    Some(c) => actions.push(Action::RemoveContainer {
+                        container: c.name.clone(),
+                        why: format!("half-created by an interrupted start of {id}"),
+                    }),
+                    _ if file_gone => actions.push(Action::Finish {
+                        request: id.clone(),
+                        cancelled: true,
+                    }),
+                    _ if observed.containers_known => {
+                        note_edit(&mut actions, id, status, entry);
+                        pending.push(status);
+                    }
+                    _ => {}
+                }
+            }
+            Phase::Running => {
+                note_edit(&mut actions, id, status, entry);
+                running(&mut actions, id, status, observed, cfg, file_gone);
+            }
+            Phase::Finishing => actions.push(Action::Finish {
+                request: id.clone(),
+                cancelled: file_gone,
+            }),
+            Phase::Done => {
+                if let Some(c) = observed.containers.get(id) {
+                    actions.push(Action::RemoveContainer {
+                        container: c.name.clone(),
+                        why: format!("request {id} is done"),
+                    });
+                }
+                let expired = status.finished_at.is_none_or(|t| {
+                    cfg.now.duration_since(t).unsigned_abs() >= cfg.status_retention
+                });
+                if file_gone && expired {
+                    actions.push(Action::Prune {
+                        request: id.clone(),
+                    });
+                }
+            }
+        }
+    }
+
+    // Files not admitted yet: admit the valid ones, explain the others.
+    for (id, entry) in &desired.requests {
+        if observed.busy.contains(id) {
+            continue;
+        }
+        let status = observed.statuses.get(id);
+        if status.is_some_and(|s| s.phase != Phase::Invalid) {
+            continue;
+        }
+        let rejection = match entry {
+            RequestEntry::Invalid(r) => Some((String::new(), r.summary())),
+            RequestEntry::Valid(r) => desired.invalid_profiles.get(&r.profile).map(|bad| {
+                (
+                    r.profile.clone(),
+                    format!("profile `{}` is invalid: {}", r.profile, bad.summary()),
+                )
+            }),
+        };
+        match rejection {
+            Some((profile, message)) => {
+                let profile = if profile.is_empty() {
+                    status.map(|s| s.profile.clone()).unwrap_or_default()
+                } else {
+                    profile
+                };
+                if status.is_none_or(|s| s.message.as_deref() != Some(&message)) {
+                    actions.push(Action::Reject {
+                        request: id.clone(),
+                        profile,
+                        message,
+                    });
+                }
+            }
+            None if cfg.admitting => actions.push(Action::Admit {
+                request: id.clone(),
+            }),
+            None => {}
+        }
+    }
+
+    schedule_starts(&mut actions, desired, observed, cfg, pending);
+
+    for orphan in &observed.orphans {
+        actions.push(Action::RemoveContainer {
+            container: orphan.name.clone(),
+            why: "it belongs to no request this instance knows".into(),
+        });
+    }
+    actions
+}
+
+fn note_edit(actions: &mut Vec<Action>, id: &str, status: &Status, entry: Option<&RequestEntry>) {
+    let sha = match entry {
+        Some(RequestEntry::Valid(r)) => Some(r.spec_sha256.as_str()),
+        Some(RequestEntry::Invalid(_)) => None,
+        None => return,
+    };
+    if sha != status.spec_sha256.as_deref() && status.message.as_deref() != Some(EDITED_MESSAGE) {
+        actions.push(Action::NoteEdited {
+            request: id.to_string(),
+        });
+    }
+}
+
+/// A session that should have a container: finish it when the container
+/// exited or vanished, stop it when cancelled or past its deadline.
+fn running(
+    actions: &mut Vec<Action>,
+    id: &str,
+    _status: &Status,
+    observed: &Observed,
+    cfg: &PlanConfig,
+    file_gone: bool,
+) {
+    match observed.containers.get(id) {
+        Some(c) => match c.state {
+            ContainerState::Exited(_) => actions.push(Action::Finish {
+                request: id.to_string(),
+                cancelled: file_gone,
+            }),
+            ContainerState::Running | ContainerState::Created | ContainerState::Other => {
+                if file_gone {
+                    actions.push(Action::Stop {
+                        request: id.to_string(),
+                        reason: StopReason::Cancelled,
+                    });
+                } else if c.deadline.is_some_and(|d| cfg.now.as_second() >= d) {
+                    actions.push(Action::Stop {
+                        request: id.to_string(),
+                        reason: StopReason::TimedOut,
+                    });
+                }
+            }
+        },
+        None if observed.containers_known => {
+            actions.push(Action::Finish {
+                request: id.to_string(),
+                cancelled: file_gone,
+            });
+        }
+        None => {}
+    }
+}
+
+/// Hand free slots to pending requests, oldest admitted first, within the
+/// global limit and each profile's `max_concurrent`.
+fn schedule_starts(
+    actions: &mut Vec<Action>,
+    desired: &Desired,
+    observed: &Observed,
+    cfg: &PlanConfig,
+    mut pending: Vec<&Status>,
+) {
+    let mut active_total = 0u32;
+    let mut active_by_profile: BTreeMap<&str, u32> = BTreeMap::new();
+    for s in observed.statuses.values() {
+        if s.phase.is_active() && !pending.iter().any(|p| p.request == s.request) {
+            active_total += 1;
+            *active_by_profile.entry(s.profile.as_str()).or_default() += 1;
+        }
+    }
+    pending.sort_by(|a, b| (a.created_at, &a.request).cmp(&(b.created_at, &b.request)));
+    for s in pending {
+        let id = s.request.clone();
+        let hold = |message: String| Action::Hold {
+            request: id.clone(),
+            message,
+        };
+        if !cfg.admitting {
+            actions.push(hold(
+                "daemon is shutting down; not starting new sessions".into(),
+            ));
+            continue;
+        }
+        let Some(profile) = desired.profiles.get(&s.profile) else {
+            let why = match desired.invalid_profiles.get(&s.profile) {
+                Some(bad) => format!("profile `{}` is invalid: {}", s.profile, bad.summary()),
+                None if !cfg.source_available => {
+                    "desired dir unavailable; waiting for it to return".to_string()
+                }
+                None => format!("profile `{}` not found; waiting for it", s.profile),
+            };
+            actions.push(hold(why));
+            continue;
+        };
+        if profile.suspend {
+            actions.push(hold(format!("profile `{}` is suspended", profile.name)));
+            continue;
+        }
+        let mine = active_by_profile
+            .get(profile.name.as_str())
+            .copied()
+            .unwrap_or(0);
+        if let Some(max) = profile.max_concurrent
+            && mine >= max
+        {
+            actions.push(hold(format!(
+                "waiting for a slot of profile `{}` ({mine}/{max} running)",
+                profile.name
+            )));
+            continue;
+        }
+        if active_total >= cfg.max_sessions {
+            actions.push(hold(format!(
+                "waiting for a slot ({active_total}/{} running)",
+                cfg.max_sessions
+            )));
+            continue;
+        }
+        active_total += 1;
+        *active_by_profile.entry(profile.name.as_str()).or_default() += 1;
+        actions.push(Action::Start { request: id });
+    }
+}
+
+#[cfg(test)]
+mod tests;

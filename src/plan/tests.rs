@@ -1,0 +1,486 @@
+//! Planner cases as data: a fixture in a tiny line language, and the actions
+//! it must produce (their Display form, one per line).
+//!
+//! ```text
+//! config max=N now=SECS retention=SECS unavailable draining unknown-containers
+//! profile NAME [max=N] [suspend]      bad-profile NAME
+//! file ID PROFILE [sha=S]             bad-file ID
+//! status ID PHASE [profile=P] [sha=S] [created=SECS] [finished=SECS] [msg=TEXT_WITHOUT_SPACES]
+//! container ID running|created|exited:CODE [deadline=SECS]
+//! orphan NAME                         busy ID
+//! ```
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::*;
+use crate::desired::{Diagnostic, Input, Network, Profile, Rejected, Request};
+use crate::observed::{Container, Outcome};
+
+fn ts(secs: i64) -> jiff::Timestamp {
+    jiff::Timestamp::from_second(secs).expect("valid time")
+}
+
+fn profile(name: &str) -> Profile {
+    Profile {
+        name: name.into(),
+        path: PathBuf::from(format!("d/profiles/{name}.toml")),
+        base_image: "img".into(),
+        command: vec!["true".into()],
+        repo: None,
+        schedule: None,
+        concurrency_policy: Default::default(),
+        history_limit: 10,
+        methodology_dir: None,
+        credentials: vec![],
+        repo_token_source: None,
+        env: Default::default(),
+        mounts: vec![],
+        timeout: None,
+        memory: None,
+        cpus: None,
+        pids_limit: None,
+        network: Network::Default,
+        max_concurrent: None,
+        suspend: false,
+    }
+}
+
+fn rejected(path: &str) -> Rejected {
+    Rejected {
+        path: path.into(),
+        diagnostics: vec![Diagnostic::new(std::path::Path::new(path), None, "broken")],
+    }
+}
+
+fn run(fixture: &str) -> String {
+    let mut desired = Desired::default();
+    let mut observed = Observed {
+        containers_known: true,
+        ..Default::default()
+    };
+    let mut cfg = PlanConfig {
+        now: ts(1000),
+        max_sessions: 4,
+        status_retention: Duration::from_secs(100),
+        source_available: true,
+        admitting: true,
+    };
+    for line in fixture.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let mut words = line.split_whitespace();
+        let kind = words.next().unwrap_or_default();
+        let args: Vec<&str> = words.collect();
+        let opt = |key: &str| args.iter().find_map(|a| a.strip_prefix(&format!("{key}=")));
+        let num = |key: &str| opt(key).and_then(|v| v.parse::<i64>().ok());
+        match kind {
+            "config" => {
+                if let Some(m) = num("max") {
+                    cfg.max_sessions = m as u32;
+                }
+                if let Some(n) = num("now") {
+                    cfg.now = ts(n);
+                }
+                if let Some(r) = num("retention") {
+                    cfg.status_retention = Duration::from_secs(r as u64);
+                }
+                cfg.source_available = !args.contains(&"unavailable");
+                cfg.admitting = !args.contains(&"draining");
+                observed.containers_known = !args.contains(&"unknown-containers");
+            }
+            "profile" => {
+                let mut p = profile(args[0]);
+                p.max_concurrent = num("max").map(|m| m as u32);
+                p.suspend = args.contains(&"suspend");
+                desired.profiles.insert(args[0].into(), p);
+            }
+            "bad-profile" => {
+                desired.invalid_profiles.insert(
+                    args[0].into(),
+                    rejected(&format!("d/profiles/{}.toml", args[0])),
+                );
+            }
+            "file" => {
+                let r = Request {
+                    id: args[0].into(),
+                    path: PathBuf::from(format!("d/requests/{}.toml", args[0])),
+                    profile: args[1].into(),
+                    repo: None,
+                    input: Input::None,
+                    timeout: None,
+                    scheduled_for: None,
+                    spec_sha256: opt("sha").unwrap_or("s").into(),
+                };
+                desired
+                    .requests
+                    .insert(args[0].into(), RequestEntry::Valid(r));
+            }
+            "bad-file" => {
+                desired.requests.insert(
+                    args[0].into(),
+                    RequestEntry::Invalid(rejected(&format!("d/requests/{}.toml", args[0]))),
+                );
+            }
+            "status" => {
+                let mut s = Status::new(args[0], opt("profile").unwrap_or("p"));
+                s.phase = serde_json::from_str(&format!("\"{}\"", args[1])).expect("phase");
+                s.spec_sha256 = Some(opt("sha").unwrap_or("s").into());
+                s.created_at = num("created").map(ts);
+                s.finished_at = num("finished").map(ts);
+                s.message = opt("msg").map(|m| {
+                    if m == "EDITED" {
+                        EDITED_MESSAGE.to_string()
+                    } else {
+                        m.replace('_', " ")
+                    }
+                });
+                if s.phase == Phase::Done {
+                    s.outcome = Some(Outcome::Success);
+                }
+                observed.statuses.insert(args[0].into(), s);
+            }
+            "container" | "orphan" => {
+                let state = match args.get(1).copied().unwrap_or("running") {
+                    "running" => ContainerState::Running,
+                    "created" => ContainerState::Created,
+                    s => ContainerState::Exited(
+                        s.trim_start_matches("exited:").parse().expect("exit code"),
+                    ),
+                };
+                let c = Container {
+                    id: format!("id-{}", args[0]),
+                    name: format!("agentd-x-{}", args[0]),
+                    request: Some(args[0].into()),
+                    session_id: Some("0123456789abcdef".into()),
+                    state,
+                    deadline: num("deadline"),
+                };
+                if kind == "orphan" {
+                    observed.orphans.push(c);
+                } else {
+                    observed.containers.insert(args[0].into(), c);
+                }
+            }
+            "busy" => {
+                observed.busy.insert(args[0].into());
+            }
+            other => panic!("unknown fixture line kind `{other}`"),
+        }
+    }
+    plan(&desired, &observed, &cfg)
+        .iter()
+        .map(|a| format!("{a}\n"))
+        .collect()
+}
+
+fn check(fixture: &str, expect: &str) {
+    let got = run(fixture);
+    let want: String = expect
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(
+        got, want,
+        "\n--- fixture ---\n{fixture}\n--- got ---\n{got}--- want ---\n{want}"
+    );
+}
+
+// --- admission ---
+
+#[test]
+fn new_valid_file_is_admitted() {
+    check("profile p\nfile r1 p", "admit r1");
+}
+
+#[test]
+fn invalid_file_is_rejected_with_its_message() {
+    check(
+        "profile p\nbad-file r1",
+        "invalid r1: d/requests/r1.toml: broken",
+    );
+}
+
+#[test]
+fn rejection_is_not_rewritten_when_unchanged() {
+    check(
+        "profile p\nbad-file r1\nstatus r1 invalid msg=d/requests/r1.toml:_broken",
+        "",
+    );
+}
+
+#[test]
+fn request_for_invalid_profile_is_rejected_naming_the_profile_file() {
+    check(
+        "bad-profile q\nfile r1 q",
+        "invalid r1: profile `q` is invalid: d/profiles/q.toml: broken",
+    );
+}
+
+#[test]
+fn fixed_file_is_admitted_after_being_invalid() {
+    check(
+        "profile p\nfile r1 p\nstatus r1 invalid msg=old",
+        "admit r1",
+    );
+}
+
+#[test]
+fn nothing_is_admitted_while_draining() {
+    check("config draining\nprofile p\nfile r1 p", "");
+}
+
+#[test]
+fn busy_requests_get_no_actions() {
+    check("profile p\nfile r1 p\nbusy r1", "");
+}
+
+// --- starting and slots ---
+
+#[test]
+fn pending_request_starts_when_a_slot_is_free() {
+    check(
+        "profile p\nfile r1 p\nstatus r1 pending created=5",
+        "start r1",
+    );
+}
+
+#[test]
+fn pending_requests_start_oldest_first_within_max_sessions() {
+    check(
+        "config max=2\nprofile p\nfile a p\nfile b p\nfile c p\nstatus a pending created=30\nstatus b pending created=10\nstatus c pending created=20",
+        "start b\nstart c\nwait a: waiting for a slot (2/2 running)",
+    );
+}
+
+#[test]
+fn running_sessions_hold_slots() {
+    check(
+        "config max=1\nprofile p\nfile a p\nfile b p\nstatus a running\ncontainer a running\nstatus b pending created=1",
+        "wait b: waiting for a slot (1/1 running)",
+    );
+}
+
+#[test]
+fn profile_max_concurrent_limits_its_sessions_only() {
+    check(
+        "profile p max=1\nprofile q\nfile a p\nfile b p\nfile c q\nstatus a running\ncontainer a running\nstatus b pending created=1\nstatus c pending profile=q created=2",
+        "wait b: waiting for a slot of profile `p` (1/1 running)\nstart c",
+    );
+}
+
+#[test]
+fn suspended_profile_admits_but_starts_nothing() {
+    check(
+        "profile p suspend\nfile a p\nstatus a pending created=1",
+        "wait a: profile `p` is suspended",
+    );
+}
+
+#[test]
+fn pending_request_waits_while_its_profile_is_invalid() {
+    check(
+        "bad-profile p\nfile a p\nstatus a pending created=1",
+        "wait a: profile `p` is invalid: d/profiles/p.toml: broken",
+    );
+}
+
+#[test]
+fn pending_request_waits_while_draining() {
+    check(
+        "config draining\nprofile p\nfile a p\nstatus a pending created=1",
+        "wait a: daemon is shutting down; not starting new sessions",
+    );
+}
+
+#[test]
+fn interrupted_start_without_container_is_retried() {
+    check(
+        "profile p\nfile a p\nstatus a starting created=1",
+        "start a",
+    );
+}
+
+#[test]
+fn interrupted_start_is_left_alone_while_containers_are_unknown() {
+    check(
+        "config unknown-containers\nprofile p\nfile a p\nstatus a starting created=1",
+        "",
+    );
+}
+
+#[test]
+fn interrupted_start_with_running_container_is_adopted() {
+    check(
+        "profile p\nfile a p\nstatus a starting\ncontainer a running",
+        "adopt a",
+    );
+}
+
+#[test]
+fn interrupted_start_with_half_created_container_cleans_it_up() {
+    check(
+        "profile p\nfile a p\nstatus a starting\ncontainer a created",
+        "clean-up container agentd-x-a: half-created by an interrupted start of a",
+    );
+}
+
+#[test]
+fn interrupted_start_whose_container_exited_is_finished() {
+    check(
+        "profile p\nfile a p\nstatus a starting\ncontainer a exited:0",
+        "finish a",
+    );
+}
+
+// --- running, finishing, cancelling, timeouts ---
+
+#[test]
+fn exited_container_is_finished() {
+    check(
+        "profile p\nfile a p\nstatus a running\ncontainer a exited:3",
+        "finish a",
+    );
+}
+
+#[test]
+fn vanished_container_is_finished() {
+    check("profile p\nfile a p\nstatus a running", "finish a");
+}
+
+#[test]
+fn vanished_container_is_not_concluded_while_podman_is_unreachable() {
+    check(
+        "config unknown-containers\nprofile p\nfile a p\nstatus a running",
+        "",
+    );
+}
+
+#[test]
+fn deleting_a_running_request_stops_it() {
+    check(
+        "profile p\nstatus a running\ncontainer a running",
+        "stop a (cancelled)",
+    );
+}
+
+#[test]
+fn deleting_a_pending_request_cancels_it() {
+    check(
+        "profile p\nstatus a pending created=1",
+        "finish a (cancelled)",
+    );
+}
+
+#[test]
+fn deleted_request_that_exited_finishes_as_cancelled() {
+    check(
+        "profile p\nstatus a running\ncontainer a exited:0",
+        "finish a (cancelled)",
+    );
+}
+
+#[test]
+fn source_unavailable_cancels_nothing() {
+    check(
+        "config unavailable\nstatus a running\ncontainer a running\nstatus b pending created=1",
+        "wait b: desired dir unavailable; waiting for it to return",
+    );
+}
+
+#[test]
+fn session_past_its_deadline_is_stopped() {
+    check(
+        "config now=1000\nprofile p\nfile a p\nstatus a running\ncontainer a running deadline=999",
+        "stop a (timed out)",
+    );
+}
+
+#[test]
+fn session_before_its_deadline_runs_on() {
+    check(
+        "config now=1000\nprofile p\nfile a p\nstatus a running\ncontainer a running deadline=1001",
+        "",
+    );
+}
+
+#[test]
+fn running_session_survives_its_profile_turning_invalid() {
+    check(
+        "bad-profile p\nfile a p\nstatus a running\ncontainer a running",
+        "",
+    );
+}
+
+#[test]
+fn interrupted_finish_is_resumed() {
+    check("profile p\nfile a p\nstatus a finishing", "finish a");
+}
+
+#[test]
+fn edit_after_admission_is_noted_once() {
+    check(
+        "profile p\nfile a p sha=new\nstatus a running sha=old\ncontainer a running",
+        "note-edited a",
+    );
+    check(
+        "profile p\nfile a p sha=new\nstatus a running sha=old msg=EDITED\ncontainer a running",
+        "",
+    );
+}
+
+#[test]
+fn file_turning_invalid_after_admission_is_noted_not_rejected() {
+    check(
+        "profile p\nbad-file a\nstatus a running\ncontainer a running",
+        "note-edited a",
+    );
+}
+
+// --- done, retention, clean-up ---
+
+#[test]
+fn done_request_with_file_present_is_left_alone() {
+    check("profile p\nfile a p\nstatus a done finished=10", "");
+}
+
+#[test]
+fn done_request_status_is_pruned_after_retention() {
+    check(
+        "config now=1000 retention=100\nstatus a done finished=899",
+        "prune a",
+    );
+    check(
+        "config now=1000 retention=100\nstatus a done finished=950",
+        "",
+    );
+}
+
+#[test]
+fn invalid_status_is_pruned_when_its_file_goes() {
+    check("status a invalid", "prune a");
+}
+
+#[test]
+fn leftover_container_of_a_done_request_is_removed() {
+    check(
+        "profile p\nfile a p\nstatus a done finished=999\ncontainer a exited:0",
+        "clean-up container agentd-x-a: request a is done",
+    );
+}
+
+#[test]
+fn orphan_containers_are_removed() {
+    check(
+        "orphan zz",
+        "clean-up container agentd-x-zz: it belongs to no request this instance knows",
+    );
+}
+
+#[test]
+fn planning_is_idempotent_for_a_converged_state() {
+    check(
+        "profile p\nfile a p\nfile b p\nstatus a done finished=999\nstatus b running\ncontainer b running",
+        "",
+    );
+}

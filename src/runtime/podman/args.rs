@@ -1,0 +1,161 @@
+//! The `podman run` command line for a session, built from plain data.
+//! PURE, so every flag is unit-tested without Podman.
+//!
+//! Secrets never appear here: credential values reach the session through a
+//! file mounted into the container (see `execute::session`), so nothing in
+//! argv or in `podman inspect` carries them.
+
+use std::path::PathBuf;
+
+/// Everything `podman run` needs for one session.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunSpec {
+    pub name: String,
+    pub image: String,
+    pub labels: Vec<(String, String)>,
+    /// Numeric uid and gid the command runs as.
+    pub uid: u32,
+    pub gid: u32,
+    /// User name (the profile) and home folder for the passwd entry.
+    pub user: String,
+    pub home: String,
+    pub workdir: String,
+    /// Plain environment; never secret values.
+    pub env: Vec<(String, String)>,
+    pub mounts: Vec<BindMount>,
+    /// Where conmon writes the container's stdout/stderr (k8s-file format).
+    pub log_path: PathBuf,
+    pub network: Option<String>,
+    pub memory: Option<String>,
+    pub cpus: Option<f64>,
+    pub pids_limit: Option<i64>,
+    /// argv inside the container.
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindMount {
+    pub source: PathBuf,
+    pub target: String,
+    pub read_only: bool,
+}
+
+/// argv after `podman` for `podman run -d ...`.
+pub fn run_args(spec: &RunSpec) -> Vec<String> {
+    let mut a: Vec<String> = vec![
+        "run".into(),
+        "--detach".into(),
+        // A missing image is a start failure, never a registry pull.
+        "--pull=never".into(),
+        // catatonit as PID 1 forwards `podman stop`'s SIGTERM to the command.
+        "--init".into(),
+        "--security-opt=no-new-privileges".into(),
+        format!("--name={}", spec.name),
+    ];
+    for (k, v) in &spec.labels {
+        a.push(format!("--label={k}={v}"));
+    }
+    a.push(format!("--user={}:{}", spec.uid, spec.gid));
+    a.push(format!(
+        "--passwd-entry={user}:*:{uid}:{gid}:{user}:{home}:/bin/sh",
+        user = spec.user,
+        uid = spec.uid,
+        gid = spec.gid,
+        home = spec.home
+    ));
+    a.push(format!("--workdir={}", spec.workdir));
+    for (k, v) in &spec.env {
+        a.push(format!("--env={k}={v}"));
+    }
+    for m in &spec.mounts {
+        let mut opt = format!(
+            "--mount=type=bind,source={},target={}",
+            m.source.display(),
+            m.target
+        );
+        if m.read_only {
+            opt.push_str(",readonly=true");
+        }
+        a.push(opt);
+    }
+    a.push("--log-driver=k8s-file".into());
+    a.push(format!("--log-opt=path={}", spec.log_path.display()));
+    if let Some(n) = &spec.network {
+        a.push(format!("--network={n}"));
+    }
+    if let Some(m) = &spec.memory {
+        a.push(format!("--memory={m}"));
+    }
+    if let Some(c) = spec.cpus {
+        a.push(format!("--cpus={c}"));
+    }
+    if let Some(p) = spec.pids_limit {
+        a.push(format!("--pids-limit={p}"));
+    }
+    a.push(spec.image.clone());
+    a.extend(spec.command.iter().cloned());
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> RunSpec {
+        RunSpec {
+            name: "agentd-1234abcd-r1".into(),
+            image: "localhost/img:1".into(),
+            labels: vec![("io.agentd.managed".into(), "true".into())],
+            uid: 10001,
+            gid: 10001,
+            user: "rev".into(),
+            home: "/home/rev".into(),
+            workdir: "/home/rev/repo".into(),
+            env: vec![("AGENTD_PROFILE".into(), "rev".into())],
+            mounts: vec![
+                BindMount {
+                    source: "/w/home".into(),
+                    target: "/home/rev".into(),
+                    read_only: false,
+                },
+                BindMount {
+                    source: "/m".into(),
+                    target: "/agentd/methodology".into(),
+                    read_only: true,
+                },
+            ],
+            log_path: "/w/console.k8s.log".into(),
+            network: Some("none".into()),
+            memory: Some("512m".into()),
+            cpus: Some(1.5),
+            pids_limit: Some(100),
+            command: vec!["/bin/sh".into(), "-c".into(), "echo $HOME".into()],
+        }
+    }
+
+    #[test]
+    fn every_field_becomes_its_flag() {
+        let a = run_args(&spec()).join(" ");
+        assert_eq!(
+            a,
+            "run --detach --pull=never --init --security-opt=no-new-privileges --name=agentd-1234abcd-r1 \
+             --label=io.agentd.managed=true --user=10001:10001 \
+             --passwd-entry=rev:*:10001:10001:rev:/home/rev:/bin/sh --workdir=/home/rev/repo \
+             --env=AGENTD_PROFILE=rev --mount=type=bind,source=/w/home,target=/home/rev \
+             --mount=type=bind,source=/m,target=/agentd/methodology,readonly=true \
+             --log-driver=k8s-file --log-opt=path=/w/console.k8s.log --network=none --memory=512m \
+             --cpus=1.5 --pids-limit=100 localhost/img:1 /bin/sh -c echo $HOME"
+        );
+    }
+
+    #[test]
+    fn the_command_comes_last_and_verbatim() {
+        let mut s = spec();
+        s.command = vec!["--not-a-flag".into(), "a b".into()];
+        let a = run_args(&s);
+        assert_eq!(
+            &a[a.len() - 3..],
+            ["localhost/img:1", "--not-a-flag", "a b"]
+        );
+    }
+}

@@ -1,0 +1,120 @@
+//! `podman events` as a stream. Events only wake the reconcile loop; the
+//! state itself is re-read from `podman ps`/`inspect`, so a lost or
+//! misparsed event costs latency, never correctness.
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+
+use serde::Deserialize;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+
+use super::{PodmanError, labels};
+
+/// One container event of this instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerEvent {
+    /// `create`, `start`, `died`, `remove`, ...
+    pub status: String,
+    pub name: String,
+    pub request: Option<String>,
+    /// On `died`.
+    pub exit_code: Option<i32>,
+}
+
+#[derive(Deserialize)]
+struct Raw {
+    #[serde(rename = "Status", default)]
+    status: String,
+    #[serde(rename = "Name", default)]
+    name: String,
+    #[serde(rename = "Type", default)]
+    kind: String,
+    #[serde(rename = "ContainerExitCode")]
+    exit_code: Option<i32>,
+    #[serde(rename = "Attributes", default)]
+    attributes: BTreeMap<String, String>,
+}
+
+/// Parse one line of `podman events --format json`.
+pub fn parse_event(line: &str) -> Option<ContainerEvent> {
+    let raw: Raw = serde_json::from_str(line).ok()?;
+    (raw.kind == "container").then(|| ContainerEvent {
+        request: raw.attributes.get(labels::REQUEST).cloned(),
+        status: raw.status,
+        name: raw.name,
+        exit_code: raw.exit_code,
+    })
+}
+
+/// A running `podman events` process.
+pub struct EventStream {
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl EventStream {
+    pub fn spawn(program: &str, instance: &str) -> Result<EventStream, PodmanError> {
+        let mut child = Command::new(program)
+            .args(["events", "--format=json"])
+            .arg(format!("--filter=label={}={instance}", labels::INSTANCE))
+            .arg("--filter=type=container")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| PodmanError::Spawn {
+                program: program.into(),
+                source,
+            })?;
+        let stdout = child.stdout.take().ok_or_else(|| PodmanError::Parse {
+            verb: "events".into(),
+            reason: "no stdout".into(),
+        })?;
+        Ok(EventStream {
+            child,
+            lines: BufReader::new(stdout).lines(),
+        })
+    }
+
+    /// The next container event; `None` when the process ended (the caller
+    /// restarts it and resyncs).
+    pub async fn next(&mut self) -> Option<ContainerEvent> {
+        loop {
+            match self.lines.next_line().await {
+                Ok(Some(line)) => {
+                    if let Some(ev) = parse_event(&line) {
+                        return Some(ev);
+                    }
+                }
+                _ => {
+                    let _ = self.child.start_kill();
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn died_event_of_podman_4_3() {
+        let line = r#"{"ContainerExitCode":3,"ID":"6f5a","Image":"localhost/x","Name":"agentd-x-r1","Status":"died","Time":"2026-11-22T08:50:36.121641452Z","Type":"container","Attributes":{"io.agentd.request":"r1"}}"#;
+        let ev = parse_event(line).expect("parses");
+        assert_eq!(
+            ev,
+            ContainerEvent {
+                status: "died".into(),
+                name: "agentd-x-r1".into(),
+                request: Some("r1".into()),
+                exit_code: Some(3)
+            }
+        );
+        assert_eq!(parse_event("garbage"), None);
+        assert_eq!(parse_event(r#"{"Type":"image","Status":"pull"}"#), None);
+    }
+}

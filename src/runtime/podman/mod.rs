@@ -1,0 +1,175 @@
+//! The Podman CLI: the only code that spawns `podman` or parses its JSON.
+//!
+//! Every call has a timeout, and its error names the podman subcommand and
+//! what podman said, never the full argv (which is long, though it never
+//! holds a secret: see `args.rs`).
+
+mod args;
+mod events;
+mod json;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::Command;
+
+pub use args::{BindMount, RunSpec, run_args};
+pub use events::{ContainerEvent, EventStream};
+pub use json::Inspected;
+
+use crate::observed::Container;
+
+/// Label keys agentd puts on everything it creates.
+pub mod labels {
+    pub const MANAGED: &str = "io.agentd.managed";
+    pub const INSTANCE: &str = "io.agentd.instance";
+    pub const SESSION: &str = "io.agentd.session";
+    pub const PROFILE: &str = "io.agentd.profile";
+    pub const REQUEST: &str = "io.agentd.request";
+    /// Unix second after which the session is timed out.
+    pub const DEADLINE: &str = "io.agentd.deadline";
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PodmanError {
+    #[error("cannot run `{program}`: {source}; hint: install podman or put it on PATH")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("`podman {verb}` did not finish within {secs}s")]
+    Timeout { verb: String, secs: u64 },
+    #[error("`podman {verb}` failed (exit {code}): {stderr}")]
+    Failed {
+        verb: String,
+        code: i32,
+        stderr: String,
+    },
+    #[error("cannot parse the output of `podman {verb}`: {reason}")]
+    Parse { verb: String, reason: String },
+}
+
+impl PodmanError {
+    /// Podman reported that the container does not exist.
+    pub fn is_no_such_container(&self) -> bool {
+        matches!(self, PodmanError::Failed { stderr, .. } if stderr.contains("no such container"))
+    }
+}
+
+/// A handle on the podman binary.
+#[derive(Debug, Clone)]
+pub struct Podman {
+    pub program: String,
+    /// Limit for quick calls (inspect, rm, ps).
+    pub timeout: Duration,
+}
+
+impl Default for Podman {
+    fn default() -> Self {
+        Podman {
+            program: std::env::var("AGENTD_PODMAN").unwrap_or_else(|_| "podman".into()),
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Podman {
+    async fn call(&self, args: &[String], timeout: Duration) -> Result<String, PodmanError> {
+        let verb = args.first().cloned().unwrap_or_default();
+        let mut cmd = Command::new(&self.program);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let child = cmd.spawn().map_err(|source| PodmanError::Spawn {
+            program: self.program.clone(),
+            source,
+        })?;
+        let out = tokio::time::timeout(timeout, child.wait_with_output())
+            .await
+            .map_err(|_| PodmanError::Timeout {
+                verb: verb.clone(),
+                secs: timeout.as_secs(),
+            })?
+            .map_err(|source| PodmanError::Spawn {
+                program: self.program.clone(),
+                source,
+            })?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let stderr = stderr.trim().trim_start_matches("Error: ").to_string();
+            return Err(PodmanError::Failed {
+                verb,
+                code: out.status.code().unwrap_or(-1),
+                stderr,
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Create and start a session container; returns its id.
+    pub async fn run(&self, spec: &RunSpec) -> Result<String, PodmanError> {
+        let out = self.call(&run_args(spec), self.timeout).await?;
+        Ok(out.trim().to_string())
+    }
+
+    /// State, exit code and image of a container; `None` if it does not exist.
+    pub async fn inspect(&self, name: &str) -> Result<Option<Inspected>, PodmanError> {
+        match self
+            .call(
+                &["container".into(), "inspect".into(), name.into()],
+                self.timeout,
+            )
+            .await
+        {
+            Ok(out) => json::parse_inspect(&out).map(Some),
+            Err(e) if e.is_no_such_container() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Stop a container: SIGTERM, then SIGKILL after `grace`.
+    pub async fn stop(&self, name: &str, grace: Duration) -> Result<(), PodmanError> {
+        let args = [
+            "stop".into(),
+            format!("--time={}", grace.as_secs()),
+            name.into(),
+        ];
+        match self.call(&args, self.timeout + grace).await {
+            Err(e) if e.is_no_such_container() => Ok(()),
+            r => r.map(drop),
+        }
+    }
+
+    /// Remove a container (forcibly: it may still run); absent is fine.
+    pub async fn rm(&self, name: &str) -> Result<(), PodmanError> {
+        let args = [
+            "rm".into(),
+            "--force".into(),
+            "--time=0".into(),
+            name.into(),
+        ];
+        match self.call(&args, self.timeout).await {
+            Err(e) if e.is_no_such_container() => Ok(()),
+            r => r.map(drop),
+        }
+    }
+
+    /// Every container carrying this instance's label.
+    pub async fn list(&self, instance: &str) -> Result<Vec<Container>, PodmanError> {
+        let args = [
+            "ps".into(),
+            "--all".into(),
+            "--format=json".into(),
+            format!("--filter=label={}={instance}", labels::INSTANCE),
+        ];
+        let out = self.call(&args, self.timeout).await?;
+        json::parse_ps(&out)
+    }
+
+    /// Follow container events of this instance.
+    pub fn events(&self, instance: &str) -> Result<EventStream, PodmanError> {
+        EventStream::spawn(&self.program, instance)
+    }
+}
