@@ -249,17 +249,22 @@ async fn prepare(
         labels_v.push((labels::DEADLINE.to_string(), deadline.to_string()));
     }
 
-    let mut command = Vec::new();
-    if has_credentials {
-        // Source the credentials, then become the agent's command (argv is
-        // passed through untouched as "$@").
-        command.extend([
-            "/bin/sh".to_string(),
-            "-c".into(),
-            format!(". {CREDENTIALS_TARGET} && exec \"$@\""),
-            "agentd-session".into(),
-        ]);
-    }
+    // Every session enters through `/bin/sh -c '... exec "$@"'` with the
+    // profile's argv passed through untouched: it sources the credentials
+    // file when there is one, and `exec` reports a missing or non-executable
+    // program as 127 or 126 (catatonit, PID 1 for signal forwarding, would
+    // otherwise turn both into a plain 1).
+    let entry = if has_credentials {
+        format!(". {CREDENTIALS_TARGET} && exec \"$@\"")
+    } else {
+        "exec \"$@\"".to_string()
+    };
+    let mut command = vec![
+        "/bin/sh".to_string(),
+        "-c".into(),
+        entry,
+        "agentd-session".into(),
+    ];
     command.extend(profile.command.iter().cloned());
 
     Ok(RunSpec {

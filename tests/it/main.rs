@@ -3,6 +3,7 @@
 
 mod cli;
 mod podman;
+mod sessions;
 mod tidy;
 mod util;
 mod validate;

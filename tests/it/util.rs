@@ -60,3 +60,286 @@ pub fn require_podman() -> bool {
     );
     true
 }
+
+/// One isolated agentd world: desired dir, state dir, a local git repo, and
+/// (once started) a daemon. Everything lives in a temp dir; containers of
+/// this world's instance are removed on drop, so a failing test leaks nothing
+/// into the next.
+pub struct World {
+    pub root: tempfile::TempDir,
+    pub desired: PathBuf,
+    pub state: PathBuf,
+    /// `file://` URL of a bare repo holding README.md ("agentd test repo")
+    pub repo_url: String,
+    daemon: Option<std::process::Child>,
+}
+
+impl World {
+    pub fn new() -> World {
+        let root = tempfile::tempdir().expect("tempdir");
+        let desired = root.path().join("desired");
+        std::fs::create_dir_all(desired.join("profiles")).expect("mkdir");
+        std::fs::create_dir_all(desired.join("requests")).expect("mkdir");
+        let state = root.path().join("state");
+        let bare = root.path().join("repo.git");
+        let work = root.path().join("repo-src");
+        let git = |args: &[&str], dir: &Path| {
+            let out = Command::new("git")
+                .args([
+                    "-c",
+                    "user.name=t",
+                    "-c",
+                    "user.email=t@example.com",
+                    "-c",
+                    "init.defaultBranch=main",
+                ])
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("git runs");
+            assert!(
+                out.status.success(),
+                "git {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        std::fs::create_dir_all(&work).expect("mkdir");
+        git(&["init", "-q"], &work);
+        std::fs::write(work.join("README.md"), "agentd test repo\n").expect("write");
+        git(&["add", "."], &work);
+        git(&["commit", "-qm", "first commit"], &work);
+        git(
+            &[
+                "clone",
+                "-q",
+                "--bare",
+                work.to_str().expect("utf8"),
+                bare.to_str().expect("utf8"),
+            ],
+            root.path(),
+        );
+        World {
+            repo_url: format!("file://{}", bare.display()),
+            root,
+            desired,
+            state,
+            daemon: None,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// An agentd command pointed at this world.
+    pub fn agentd(&self) -> Command {
+        let mut c = agentd();
+        c.arg("--desired")
+            .arg(&self.desired)
+            .arg("--state")
+            .arg(&self.state);
+        c
+    }
+
+    pub fn profile(&self, name: &str, toml_body: &str) {
+        write(&self.desired, &format!("profiles/{name}.toml"), toml_body);
+    }
+
+    /// A profile on the test image with this world's repo and no network.
+    pub fn sh_profile(&self, name: &str, script: &str, extra: &str) {
+        let body = format!(
+            "base_image = \"{}\"\ncommand = [\"/bin/sh\", \"-c\", {}]\nrepo = \"{}\"\nnetwork = \"none\"\n{extra}\n",
+            test_image(),
+            toml_string(script),
+            self.repo_url
+        );
+        self.profile(name, &body);
+    }
+
+    pub fn request(&self, id: &str, toml_body: &str) {
+        write(&self.desired, &format!("requests/{id}.toml"), toml_body);
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.root.path().join("daemon.log")
+    }
+
+    /// Start the daemon with extra environment.
+    pub fn start_daemon_with(&mut self, envs: &[(&str, &str)], args: &[&str]) {
+        let log = std::fs::File::create(self.log_path()).expect("log file");
+        let mut c = self.agentd();
+        c.arg("daemon")
+            .args(args)
+            .envs(envs.iter().copied())
+            .stderr(log)
+            .stdout(std::process::Stdio::null());
+        c.env("AGENTD_LOG", "debug");
+        self.daemon = Some(c.spawn().expect("daemon starts"));
+    }
+
+    pub fn start_daemon(&mut self) {
+        self.start_daemon_with(&[], &[]);
+    }
+
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(std::process::Child::id)
+    }
+
+    /// Send a signal to the daemon.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        if let Some(pid) = self.daemon_pid() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
+        }
+    }
+
+    /// Wait for the daemon to exit; its exit status.
+    pub fn wait_daemon(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.daemon.as_mut()?;
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = child.try_wait() {
+                self.daemon = None;
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    pub fn status(&self, id: &str) -> Option<serde_json::Value> {
+        let text =
+            std::fs::read_to_string(self.state.join("status").join(format!("{id}.json"))).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Poll until the request's status satisfies `pred`, or panic with the log.
+    pub fn wait_for(
+        &self,
+        id: &str,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.status(id)
+                && pred(&s)
+            {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting on {id}; status: {:?}\n--- daemon log ---\n{}",
+                self.status(id),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    pub fn wait_done(&self, id: &str) -> serde_json::Value {
+        self.wait_for(id, Duration::from_secs(60), |s| s["phase"] == "done")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// This world's instance id, as the daemon derives it.
+    pub fn instance(&self) -> String {
+        agentd::daemon::instance_id(&self.state)
+    }
+
+    /// Names of containers carrying this world's instance label.
+    pub fn containers(&self) -> Vec<String> {
+        let out = Command::new("podman")
+            .args(["ps", "-a", "--format", "{{.Names}}", "--filter"])
+            .arg(format!("label=io.agentd.instance={}", self.instance()))
+            .output()
+            .expect("podman ps");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The audit record folder of a finished request.
+    pub fn audit_dir(&self, id: &str) -> PathBuf {
+        PathBuf::from(
+            self.status(id).expect("status")["audit_dir"]
+                .as_str()
+                .expect("audit_dir"),
+        )
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for name in self.containers() {
+            let _ = Command::new("podman")
+                .args(["rm", "-f", "-t", "0", &name])
+                .output();
+        }
+    }
+}
+
+/// A TOML basic string literal.
+pub fn toml_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+use std::time::{Duration, Instant};
+
+/// A copy of the test image with git removed, built once per test run: the
+/// proof that agentd needs nothing but /bin/sh in an image.
+pub fn image_without_git() -> String {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    let image = "localhost/agentd-test-nogit:latest".to_string();
+    ONCE.call_once(|| {
+        let name = format!("agentd-nogit-build-{}", std::process::id());
+        let _ = Command::new("podman").args(["rm", "-f", &name]).output();
+        let run = Command::new("podman")
+            .args([
+                "run",
+                "--name",
+                &name,
+                "--network",
+                "none",
+                &test_image(),
+                "/bin/sh",
+                "-c",
+                "rm -f /usr/bin/git* && ! command -v git",
+            ])
+            .output()
+            .expect("podman run");
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let commit = Command::new("podman")
+            .args(["commit", "-q", &name, &image])
+            .output()
+            .expect("podman commit");
+        assert!(
+            commit.status.success(),
+            "{}",
+            String::from_utf8_lossy(&commit.stderr)
+        );
+        let _ = Command::new("podman").args(["rm", "-f", &name]).output();
+    });
+    image
+}
