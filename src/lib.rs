@@ -6,6 +6,7 @@ pub mod cli;
 pub mod daemon;
 pub mod desired;
 pub mod execute;
+pub mod fault;
 pub mod fsutil;
 pub mod observed;
 pub mod plan;

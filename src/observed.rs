@@ -132,6 +132,20 @@ pub struct Status {
     pub finished_at: Option<jiff::Timestamp>,
     pub audit_dir: Option<PathBuf>,
     pub message: Option<String>,
+    /// Set when agentd stops the session before its command ended, so the
+    /// outcome (`cancelled`, `timed_out`) survives a crash between the stop
+    /// and the collection of the exit. An extension of the contract's status
+    /// object: present only while it is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_reason: Option<StopReason>,
+}
+
+/// Why agentd stopped a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    Cancelled,
+    TimedOut,
 }
 
 impl Status {
@@ -154,6 +168,7 @@ impl Status {
             finished_at: None,
             audit_dir: None,
             message: None,
+            stop_reason: None,
         }
     }
 }
@@ -167,8 +182,11 @@ pub struct Container {
     pub request: Option<String>,
     pub session_id: Option<String>,
     pub state: ContainerState,
-    /// Unix seconds after which the session is timed out, from its label.
+    /// Unix milliseconds after which the session is timed out, from its label.
     pub deadline: Option<i64>,
+    /// It was started at some point (a `Created` container that was started
+    /// is one Podman reset, e.g. after a host reboot: it ended unrecorded).
+    pub started: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

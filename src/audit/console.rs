@@ -20,12 +20,19 @@ fn line_to_raw(line: &str, out: &mut Vec<u8>) {
 /// Convert a whole k8s-file log into plain bytes at `dest`; returns bytes written.
 /// `cap` bounds the output; past it a marker line is appended.
 pub fn k8s_to_raw(src: &Path, dest: &Path, cap: u64) -> io::Result<(u64, bool)> {
-    let mut out = File::create(dest)?;
+    // Open the source first: when it is gone (a re-run after the work
+    // folder was removed) an existing capture must not be truncated.
     let reader = match File::open(src) {
         Ok(f) => BufReader::new(f),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((0, false)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if !dest.exists() {
+                File::create(dest)?;
+            }
+            return Ok((0, false));
+        }
         Err(e) => return Err(e),
     };
+    let mut out = File::create(dest)?;
     let mut written = 0u64;
     let mut buf = Vec::new();
     for line in reader.split(b'\n') {

@@ -3,8 +3,10 @@
 //! Exit codes: 0 success, 1 the command's own failure (validation errors, a
 //! failed session), 2 usage errors (clap) and operational errors.
 
+mod cancel;
 mod daemon;
 mod logs;
+mod plan;
 mod run;
 mod schema;
 mod status;
@@ -102,6 +104,12 @@ pub enum Command {
     Status(status::Args),
     /// Print a session's console output (live with -f).
     Logs(logs::Args),
+    /// Cancel a request by removing its file.
+    Cancel(cancel::Args),
+    /// Print what the next reconcile pass would do, without doing it.
+    ///
+    /// Exit 0 when nothing would change, 1 when something would, 2 on error.
+    Plan(plan::Args),
     /// Validate a desired dir (or single files) without Podman.
     ///
     /// Prints every problem as `path:line:col: message` and exits 0 when
@@ -133,6 +141,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Run(a)) => run::run(&cli.global, &a),
         Some(Command::Status(a)) => status::run(&cli.global, &a),
         Some(Command::Logs(a)) => logs::run(&cli.global, &a),
+        Some(Command::Cancel(a)) => cancel::run(&cli.global, &a),
+        Some(Command::Plan(a)) => plan::run(&cli.global, &a),
         Some(Command::Validate(a)) => validate::run(&cli.global, &a),
         Some(Command::Schema(a)) => schema::run(&a),
     }

@@ -23,7 +23,17 @@ pub struct Args {
 }
 
 pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
-    let dir = global.state_dir()?.join("status");
+    let state = global.state_dir()?;
+    let dir = state.join("status");
+    if let Ok(bytes) = std::fs::read(state.join("daemon.json"))
+        && let Ok(d) = serde_json::from_slice::<crate::daemon::DaemonState>(&bytes)
+        && let Some(why) = d.source_unavailable
+    {
+        eprintln!(
+            "warning: the daemon cannot read the desired dir since {}: {why}",
+            d.since
+        );
+    }
     loop {
         let (records, problems) = crate::status::read_dir(&dir)?;
         let mut selected: Vec<&Status> = if args.ids.is_empty() {

@@ -21,8 +21,9 @@ pub use lock::{LockError, acquire};
 
 use crate::desired::Desired;
 use crate::execute::{ContainerTable, Event, Settings, Shared, lock as guard};
-use crate::observed::{Observed, Phase};
+use crate::observed::{Container, ContainerState, Observed, Phase};
 use crate::plan::{PlanConfig, plan};
+use crate::runtime::podman::ContainerEvent;
 use crate::runtime::podman::Podman;
 use crate::source::{Cache, RealHost};
 use crate::status::StatusStore;
@@ -77,7 +78,9 @@ pub async fn run(
         wake: tx.clone(),
         tasks: TaskTracker::new(),
         clone_cache: tokio::sync::Mutex::new(()),
+        backoff: Mutex::new(Default::default()),
     });
+    write_daemon_state(&sh.settings.state, None);
     resync_containers(&sh).await;
     remove_stale_work_dirs(&sh);
     let events_task = tokio::spawn(follow_container_events(Arc::clone(&sh)));
@@ -96,12 +99,14 @@ pub async fn run(
             Ok(l) => {
                 if !source_was_available {
                     tracing::info!("desired dir available again");
+                    write_daemon_state(&sh.settings.state, None);
                 }
                 last_desired = l.desired;
             }
             Err(e) => {
                 if source_was_available {
                     tracing::warn!(error = %e, "desired dir unavailable; keeping running work, retrying");
+                    write_daemon_state(&sh.settings.state, Some(&e.to_string()));
                 }
             }
         }
@@ -196,14 +201,14 @@ fn observe(sh: &Shared) -> Observed {
         statuses,
         containers: t.by_request.clone(),
         orphans: t.orphans.clone(),
-        busy: guard(&sh.busy).clone(),
+        busy: sh.busy_now(),
         containers_known: t.known,
     }
 }
 
 /// No session holds a slot and no task runs.
 fn idle(sh: &Shared) -> bool {
-    guard(&sh.busy).is_empty() && !guard(&sh.store).all().values().any(|s| s.phase.is_active())
+    sh.busy_now().is_empty() && !guard(&sh.store).all().values().any(|s| s.phase.is_active())
 }
 
 /// The next moment a pass is due without any event: the resync, a session
@@ -220,6 +225,9 @@ fn next_wake(sh: &Shared, next_resync: Instant) -> Instant {
             at = at.min(in_secs(d));
         }
     }
+    for b in guard(&sh.backoff).values() {
+        at = at.min(Instant::from_std(b.until));
+    }
     let retention = i64::try_from(sh.settings.status_retention.as_secs()).unwrap_or(i64::MAX / 4);
     for s in guard(&sh.store).all().values() {
         if s.phase == Phase::Done
@@ -233,15 +241,65 @@ fn next_wake(sh: &Shared, next_resync: Instant) -> Instant {
 
 /// Replace the container table with a fresh `podman ps`.
 async fn resync_containers(sh: &Shared) {
+    // Requests busy at either end of the listing may have changed while it
+    // ran (a start's `podman run` returning mid-listing): keep what the
+    // table knows of them rather than a listing older than their change.
+    let busy_before = sh.busy_now();
     match sh.podman.list(&sh.settings.instance).await {
         Ok(listing) => {
-            let busy = guard(&sh.busy).clone();
+            let mut keep = busy_before;
+            keep.extend(sh.busy_now());
             let known: BTreeSet<String> = guard(&sh.store).all().keys().cloned().collect();
-            guard(&sh.containers).replace(listing, &busy, &|r| known.contains(r));
+            guard(&sh.containers).replace(listing, &keep, &|r| known.contains(r));
         }
         Err(e) => {
             tracing::warn!(error = %e, "cannot list containers; retrying at the next resync");
             guard(&sh.containers).known = false;
+        }
+    }
+}
+
+/// Apply one container event to the table.
+fn apply_event(t: &mut ContainerTable, ev: &ContainerEvent) {
+    let Some(r) = &ev.request else { return };
+    let fresh = |state| Container {
+        id: ev.id.clone(),
+        name: ev.name.clone(),
+        request: Some(r.clone()),
+        session_id: ev.session_id.clone(),
+        state,
+        deadline: ev.deadline,
+        started: state != ContainerState::Created,
+    };
+    let state = match ev.status.as_str() {
+        "create" => ContainerState::Created,
+        "start" => ContainerState::Running,
+        "died" => ContainerState::Exited(ev.exit_code.unwrap_or(-1)),
+        "remove" => {
+            if t.by_request
+                .get(r)
+                .is_some_and(|c| c.id == ev.id || c.name == ev.name)
+            {
+                t.by_request.remove(r);
+            }
+            return;
+        }
+        _ => return,
+    };
+    match t.by_request.get_mut(r) {
+        // Another container of the same request (an older attempt's): the
+        // table keeps the one it knows until that is removed.
+        Some(c) if c.name != ev.name => {}
+        // A `create` arriving after `start`/`died` (events can race the
+        // table's own updates) must not move the state backwards.
+        Some(c) if state == ContainerState::Created => c.id.clone_from(&ev.id),
+        Some(c) => {
+            c.state = state;
+            c.started = true;
+            c.id.clone_from(&ev.id);
+        }
+        None => {
+            t.by_request.insert(r.clone(), fresh(state));
         }
     }
 }
@@ -255,22 +313,7 @@ async fn follow_container_events(sh: Arc<Shared>) {
             Ok(mut stream) => {
                 while let Some(ev) = stream.next().await {
                     backoff = Duration::from_millis(500);
-                    if let Some(r) = &ev.request {
-                        let mut t = guard(&sh.containers);
-                        match ev.status.as_str() {
-                            "died" => {
-                                if let Some(c) = t.by_request.get_mut(r) {
-                                    c.state = crate::observed::ContainerState::Exited(
-                                        ev.exit_code.unwrap_or(-1),
-                                    );
-                                }
-                            }
-                            "remove" if t.by_request.get(r).is_some_and(|c| c.name == ev.name) => {
-                                t.by_request.remove(r);
-                            }
-                            _ => {}
-                        }
-                    }
+                    apply_event(&mut guard(&sh.containers), &ev);
                     let _ = sh.wake.try_send(Event::Container);
                 }
                 tracing::warn!("podman events stream ended; restarting");
@@ -301,5 +344,26 @@ fn remove_stale_work_dirs(sh: &Shared) {
             tracing::info!(work_dir = %e.path().display(), "removing stale work folder");
             let _ = std::fs::remove_dir_all(e.path());
         }
+    }
+}
+
+/// `<state>/daemon.json`: the daemon's own condition, for `agentd status`.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct DaemonState {
+    pub pid: u32,
+    /// Set while the desired dir cannot be read: why, and since when.
+    pub source_unavailable: Option<String>,
+    pub since: jiff::Timestamp,
+}
+
+fn write_daemon_state(state: &Path, source_unavailable: Option<&str>) {
+    let d = DaemonState {
+        pid: std::process::id(),
+        source_unavailable: source_unavailable.map(str::to_string),
+        since: jiff::Timestamp::now(),
+    };
+    let bytes = serde_json::to_vec_pretty(&d).unwrap_or_default();
+    if let Err(e) = crate::fsutil::write_atomic(&state.join("daemon.json"), &bytes, 0o644) {
+        tracing::warn!(error = %e, "cannot write daemon.json");
     }
 }

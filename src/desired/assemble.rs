@@ -32,6 +32,7 @@ pub fn assemble(
                 Rejected {
                     path: files.swap_remove(0).0,
                     diagnostics: d,
+                    sha256: None,
                 },
             );
             continue;
@@ -50,6 +51,7 @@ pub fn assemble(
                     Rejected {
                         path,
                         diagnostics: d,
+                        sha256: None,
                     },
                 );
             }
@@ -66,6 +68,7 @@ pub fn assemble(
                 RequestEntry::Invalid(Rejected {
                     path: files.swap_remove(0).0,
                     diagnostics: d,
+                    sha256: None,
                 }),
             );
             continue;
@@ -73,13 +76,21 @@ pub fn assemble(
         let Some((path, result)) = files.pop() else {
             continue;
         };
-        let entry = match result.and_then(|r| cross_check(r, &desired, host)) {
+        let (result, sha256) = match result {
+            Ok(r) => {
+                let sha = r.spec_sha256.clone();
+                (cross_check(r, &desired, host), Some(sha))
+            }
+            Err(d) => (Err(d), None),
+        };
+        let entry = match result {
             Ok(r) => RequestEntry::Valid(r),
             Err(d) => {
                 diags.extend(d.iter().cloned());
                 RequestEntry::Invalid(Rejected {
                     path,
                     diagnostics: d,
+                    sha256,
                 })
             }
         };

@@ -24,6 +24,10 @@ pub struct Desired {
 pub struct Rejected {
     pub path: PathBuf,
     pub diagnostics: Vec<Diagnostic>,
+    /// The file's sha256 when the file itself is valid and was rejected for
+    /// a cross-file reason (its profile is missing, say): an admitted
+    /// request whose profile vanished has not been edited.
+    pub sha256: Option<String>,
 }
 
 impl Rejected {

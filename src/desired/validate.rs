@@ -380,6 +380,18 @@ fn mounts(s: &mut Sink<'_>, w: &ProfileFile, profile: &str, host: &dyn HostView)
     out
 }
 
+/// A relative path that stays below its base folder.
+fn relative_inside(p: &str) -> bool {
+    let p = Path::new(p);
+    !p.as_os_str().is_empty()
+        && p.components().all(|c| {
+            matches!(
+                c,
+                std::path::Component::Normal(_) | std::path::Component::CurDir
+            )
+        })
+}
+
 /// Resolve a path written in a file: absolute as is, relative to the file's folder.
 fn resolve(file: &Path, written: &str) -> PathBuf {
     let p = Path::new(written);
@@ -456,6 +468,11 @@ pub fn request(path: &Path, bytes: &[u8], host: &dyn HostView) -> Result<Request
             (Some(_), Some(_)) | (None, None) => {
                 s.field("artifact", "artifact needs exactly one of `path` and `json`",
                     "`path` names a JSON file (relative to this file's folder), `json` holds it inline");
+                None
+            }
+            (Some(p), None) if !relative_inside(&p) => {
+                s.field("path", format!("artifact path `{p}` must be relative to the request file's folder, without `..`"),
+                    "put the JSON file next to the request (or in a folder below it)");
                 None
             }
             (Some(p), None) => {

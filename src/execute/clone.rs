@@ -113,12 +113,19 @@ async fn refresh_mirror(url: &str, cache: &Path, token: Option<&str>) -> Result<
 /// Run git with a clean, non-interactive environment.
 async fn git(args: &[&std::ffi::OsStr], token: Option<&str>) -> Result<(), String> {
     let mut cmd = Command::new("git");
+    // Only what git needs: the daemon's environment holds credential values
+    // and possibly GIT_* settings (tracing that would print the auth header).
+    cmd.env_clear();
+    for k in ["PATH", "HOME", "TMPDIR", "LANG", "LC_ALL"] {
+        if let Some(v) = std::env::var_os(k) {
+            cmd.env(k, v);
+        }
+    }
     // Source repositories may belong to another user; reading them is fine.
     cmd.args(["-c", "safe.directory=*", "-c", "protocol.file.allow=always"])
         .args(args)
         .env("GIT_TERMINAL_PROMPT", "0")
         .env("GIT_ASKPASS", "/bin/false")
-        .env_remove("GIT_CONFIG_PARAMETERS")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

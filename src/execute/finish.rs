@@ -4,30 +4,33 @@
 //!
 //! Order matters for crash safety: the audit record is completed before the
 //! container is removed, so a crash in between leaves a container the next
-//! pass finishes again (idempotently), never a lost exit code.
+//! pass finishes again (idempotently), never a lost exit code. Every failure
+//! is retried with backoff (`Shared::retry_later`).
 
 use std::sync::Arc;
 
 use super::{Shared, lock, stop_message};
 use crate::audit::Record;
-use crate::observed::{ContainerState, Outcome, Phase};
-use crate::plan::StopReason;
+use crate::fault;
+use crate::observed::{ContainerState, Outcome, Phase, Status, StopReason};
+use crate::runtime::podman::Inspected;
 
 /// `podman stop` with the grace period; the exit is then collected by `finish`.
 pub async fn stop(sh: &Arc<Shared>, request: &str, reason: StopReason) {
     let name = sh.settings.container_name(request);
-    let msg = stop_message(reason);
     tracing::info!(request, container = %name, reason = ?reason, "stopping session");
-    sh.update_status(request, |s| s.message = Some(msg));
+    // Persist why before acting, so the outcome survives a crash mid-stop.
+    sh.update_status(request, |s| {
+        s.message = Some(stop_message(reason));
+        s.stop_reason = Some(reason);
+    });
     if let Err(e) = sh.podman.stop(&name, sh.settings.stop_grace).await {
-        tracing::warn!(request, error = %e, "podman stop failed; will retry");
-        sh.update_status(request, |s| {
-            s.message = Some(format!("stopping failed, will retry: {e}"))
-        });
+        sh.retry_later(request, &format!("stopping failed: {e}"));
         return;
     }
-    // The exit is also reported by the events stream; mark it now so the
-    // next pass finishes without waiting for it.
+    sh.succeeded(request);
+    // The exit is also reported by the events stream; record it now so the
+    // next pass finishes without waiting for the event.
     if let Ok(Some(i)) = sh.podman.inspect(&name).await
         && let Some(c) = lock(&sh.containers).by_request.get_mut(request)
     {
@@ -46,7 +49,11 @@ pub async fn fail_start(sh: &Arc<Shared>, request: &str, session_id: Option<&str
     );
     let name = sh.settings.container_name(request);
     if let Err(e) = sh.podman.rm(&name).await {
-        tracing::warn!(request, error = %e, "cannot remove half-created container");
+        sh.retry_later(
+            request,
+            &format!("cannot remove half-created container: {e}"),
+        );
+        return;
     }
     lock(&sh.containers).by_request.remove(request);
     let now = jiff::Timestamp::now();
@@ -57,19 +64,25 @@ pub async fn fail_start(sh: &Arc<Shared>, request: &str, session_id: Option<&str
             .and_then(|s| s.audit_dir.clone());
         if let Some(dir) = audit_dir {
             let record = Record { dir };
-            if let Err(e) = record.reclaim_session_dir() {
-                tracing::warn!(request, error = %e, "cannot reclaim audit session folder");
-            }
-            if let Some(mut rec) = record.read_session() {
-                rec.end_timestamp = Some(now);
-                rec.outcome = Some(Outcome::StartFailed);
-                rec.message = Some(message.to_string());
-                if let Err(e) = record.write_session(&rec) {
-                    tracing::error!(request, error = %e, "cannot finalize audit record");
-                }
+            let finalized =
+                record
+                    .reclaim_session_dir()
+                    .and_then(|()| match record.read_session() {
+                        Some(mut rec) => {
+                            rec.end_timestamp = Some(now);
+                            rec.outcome = Some(Outcome::StartFailed);
+                            rec.message = Some(message.to_string());
+                            record.write_session(&rec)
+                        }
+                        None => Ok(()),
+                    });
+            if let Err(e) = finalized {
+                sh.retry_later(request, &format!("cannot finalize audit record: {e}"));
+                return;
             }
         }
     }
+    sh.succeeded(request);
     sh.update_status(request, |s| {
         s.phase = Phase::Done;
         s.outcome = Some(Outcome::StartFailed);
@@ -81,6 +94,7 @@ pub async fn fail_start(sh: &Arc<Shared>, request: &str, session_id: Option<&str
 
 /// Collect the exit of a session whose container exited (or that never got
 /// one), finalize its record, remove its resources and mark it done.
+/// Idempotent: a re-run after a crash at any point reaches the same end.
 pub async fn finish(sh: &Arc<Shared>, request: &str, cancelled: bool) {
     let Some(status) = sh.update_status(request, |s| s.phase = Phase::Finishing) else {
         return;
@@ -89,129 +103,104 @@ pub async fn finish(sh: &Arc<Shared>, request: &str, cancelled: bool) {
         .container
         .clone()
         .unwrap_or_else(|| sh.settings.container_name(request));
-    let deadline = lock(&sh.containers)
-        .by_request
-        .get(request)
-        .and_then(|c| c.deadline);
     let now = jiff::Timestamp::now();
+    let record = status.audit_dir.clone().map(|dir| Record { dir });
+    // A crash after the record was finalized: its outcome is the truth.
+    let finalized = record
+        .as_ref()
+        .and_then(Record::read_session)
+        .filter(|r| r.outcome.is_some());
 
     let inspected = match sh.podman.inspect(&name).await {
         Ok(i) => i,
         Err(e) => {
-            tracing::warn!(request, error = %e, "cannot inspect container; will retry");
-            sh.update_status(request, |s| {
-                s.message = Some(format!("finishing: {e}; will retry"))
-            });
+            sh.retry_later(request, &format!("finishing: {e}"));
             return;
         }
     };
     if let Some(i) = &inspected
-        && !matches!(i.state, ContainerState::Exited(_) | ContainerState::Created)
+        && i.state == ContainerState::Running
     {
-        // Still running (a cancel raced with it): stop first.
-        if let Err(e) = sh.podman.stop(&name, sh.settings.stop_grace).await {
-            tracing::warn!(request, error = %e, "cannot stop container; will retry");
+        if status.stop_reason.is_none() && !cancelled {
+            // The container table was stale: the session runs. Put it back
+            // and let the planner supervise it; never stop healthy work.
+            tracing::info!(request, "container still running; resuming supervision");
+            sh.remember(request, status.session_id.as_deref(), i);
+            sh.update_status(request, |s| s.phase = Phase::Running);
             return;
         }
-        return Box::pin(finish(sh, request, cancelled)).await;
+        if let Err(e) = sh.podman.stop(&name, sh.settings.stop_grace).await {
+            sh.retry_later(request, &format!("finishing: cannot stop container: {e}"));
+        }
+        return;
     }
 
-    let ran = inspected.as_ref().is_some_and(|i| i.started_at.is_some());
-    let exit_code = inspected.as_ref().filter(|_| ran).map(|i| i.exit_code);
-    let finished_at = inspected
-        .as_ref()
-        .and_then(|i| i.finished_at)
-        .unwrap_or(now);
-    let (outcome, message) = if cancelled {
-        (
-            Outcome::Cancelled,
-            Some("cancelled: the request file was removed".to_string()),
-        )
-    } else if let (Some(d), true) = (deadline, ran) {
-        if finished_at.as_second() >= d {
-            (Outcome::TimedOut, Some("timed out".to_string()))
-        } else {
-            (Outcome::from_exit_code(exit_code.unwrap_or(-1)), None)
-        }
-    } else if let Some(code) = exit_code {
-        (
-            Outcome::from_exit_code(code),
-            inspected
-                .as_ref()
-                .filter(|i| i.oom_killed)
-                .map(|_| "killed: out of memory".to_string()),
-        )
-    } else if status.session_id.is_none() {
-        (
-            Outcome::Cancelled,
-            Some("cancelled before it started".to_string()),
-        )
-    } else {
-        (
-            Outcome::GenericFailure,
-            Some("the container disappeared before its exit code was collected".to_string()),
-        )
+    let (outcome, exit_code, mut message) = match &finalized {
+        Some(rec) => (
+            rec.outcome.unwrap_or(Outcome::GenericFailure),
+            rec.exit_code,
+            rec.message.clone(),
+        ),
+        None => judge(&status, inspected.as_ref(), cancelled, now),
     };
 
-    let mut message = message;
-    if let (Some(sid), Some(dir)) = (&status.session_id, &status.audit_dir) {
-        let record = Record { dir: dir.clone() };
+    if let (Some(sid), Some(record)) = (&status.session_id, &record) {
         let work = sh.settings.work_dir(sid);
-        match crate::audit::k8s_to_raw(
-            &work.join("console.k8s.log"),
-            &record.console_path(),
-            sh.settings.audit_max_bytes,
-        ) {
-            Ok((_, true)) => {
-                message = Some(format!(
-                    "console output truncated at {} bytes",
-                    sh.settings.audit_max_bytes
-                ))
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::error!(request, error = %e, "cannot write console log; will retry");
-                sh.update_status(request, |s| {
-                    s.message = Some(format!(
-                        "finishing: cannot write console log: {e}; will retry"
+        if finalized.is_none() {
+            fault::point("finish-before-audit");
+            match crate::audit::k8s_to_raw(
+                &work.join("console.k8s.log"),
+                &record.console_path(),
+                sh.settings.audit_max_bytes,
+            ) {
+                Ok((_, true)) => {
+                    message = Some(format!(
+                        "console output truncated at {} bytes",
+                        sh.settings.audit_max_bytes
                     ))
-                });
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    sh.retry_later(
+                        request,
+                        &format!("finishing: cannot write console log: {e}"),
+                    );
+                    return;
+                }
+            }
+            if let Err(e) = record.reclaim_session_dir() {
+                sh.retry_later(request, &format!("finishing: {e}"));
                 return;
             }
-        }
-        if let Err(e) = record.reclaim_session_dir() {
-            tracing::error!(request, error = %e, "cannot reclaim audit session folder; will retry");
-            sh.update_status(request, |s| {
-                s.message = Some(format!("finishing: {e}; will retry"))
-            });
-            return;
-        }
-        if let Some(mut rec) = record.read_session() {
-            rec.end_timestamp = Some(now);
-            rec.outcome = Some(outcome);
-            rec.exit_code = exit_code;
-            rec.image_id = inspected.as_ref().map(|i| i.image_id.clone());
-            rec.image_digest = inspected.as_ref().and_then(|i| i.image_digest.clone());
-            rec.message = message.clone();
-            if let Err(e) = record.write_session(&rec) {
-                tracing::error!(request, error = %e, "cannot finalize audit record; will retry");
-                sh.update_status(request, |s| {
-                    s.message = Some(format!("finishing: {e}; will retry"))
-                });
-                return;
+            if let Some(mut rec) = record.read_session() {
+                rec.end_timestamp = Some(now);
+                rec.outcome = Some(outcome);
+                rec.exit_code = exit_code;
+                rec.image_id = inspected.as_ref().map(|i| i.image_id.clone());
+                rec.image_digest = inspected.as_ref().and_then(|i| i.image_digest.clone());
+                rec.message = message.clone();
+                if let Err(e) = record.write_session(&rec) {
+                    sh.retry_later(request, &format!("finishing: {e}"));
+                    return;
+                }
             }
+            fault::point("finish-after-audit");
         }
-        if let Err(e) = sh.podman.rm(&name).await {
-            tracing::warn!(request, error = %e, "cannot remove container; will retry");
+        if inspected.is_some()
+            && let Err(e) = sh.podman.rm(&name).await
+        {
+            sh.retry_later(request, &format!("finishing: cannot remove container: {e}"));
             return;
         }
+        fault::point("finish-after-rm");
         let _ = std::fs::remove_dir_all(&work);
     } else if inspected.is_some()
         && let Err(e) = sh.podman.rm(&name).await
     {
-        tracing::warn!(request, error = %e, "cannot remove container; will retry");
+        sh.retry_later(request, &format!("finishing: cannot remove container: {e}"));
         return;
     }
+    sh.succeeded(request);
     lock(&sh.containers).by_request.remove(request);
     sh.update_status(request, |s| {
         s.phase = Phase::Done;
@@ -219,6 +208,7 @@ pub async fn finish(sh: &Arc<Shared>, request: &str, cancelled: bool) {
         s.exit_code = exit_code;
         s.finished_at = Some(now);
         s.message = message;
+        s.stop_reason = None;
     });
     tracing::info!(
         request,
@@ -227,4 +217,70 @@ pub async fn finish(sh: &Arc<Shared>, request: &str, cancelled: bool) {
         exit_code,
         "session done"
     );
+}
+
+/// The outcome of a session from what is known: why agentd stopped it (if
+/// it did), the container's exit and deadline, or its absence.
+fn judge(
+    status: &Status,
+    inspected: Option<&Inspected>,
+    cancelled: bool,
+    now: jiff::Timestamp,
+) -> (Outcome, Option<i32>, Option<String>) {
+    let ran = inspected.is_some_and(|i| i.started_at.is_some());
+    let exit_code = inspected
+        .filter(|i| ran && matches!(i.state, ContainerState::Exited(_)))
+        .map(|i| i.exit_code);
+    let finished_ms = inspected
+        .and_then(|i| i.finished_at)
+        .unwrap_or(now)
+        .as_millisecond();
+    let past_deadline = inspected
+        .and_then(|i| i.deadline)
+        .is_some_and(|d| ran && finished_ms >= d);
+    match (status.stop_reason, exit_code) {
+        (Some(StopReason::Cancelled), _) => (
+            Outcome::Cancelled,
+            exit_code,
+            Some("cancelled: the request file was removed".into()),
+        ),
+        (Some(StopReason::TimedOut), _) => (
+            Outcome::TimedOut,
+            exit_code,
+            Some("timed out: stopped at the deadline".into()),
+        ),
+        (None, _) if past_deadline => (
+            Outcome::TimedOut,
+            exit_code,
+            Some("timed out: stopped at the deadline".into()),
+        ),
+        (None, Some(code)) => {
+            let oom = inspected.is_some_and(|i| i.oom_killed);
+            (
+                Outcome::from_exit_code(code),
+                Some(code),
+                oom.then(|| "killed: out of memory".to_string()),
+            )
+        }
+        (None, None) if !ran && cancelled => (
+            Outcome::Cancelled,
+            None,
+            Some("cancelled before it started".into()),
+        ),
+        (None, None) if ran => (
+            Outcome::GenericFailure,
+            None,
+            Some("the container was reset before it exited (host restart?); no exit code".into()),
+        ),
+        (None, None) if status.session_id.is_none() => (
+            Outcome::Cancelled,
+            None,
+            Some("cancelled before it started".into()),
+        ),
+        (None, None) => (
+            Outcome::GenericFailure,
+            None,
+            Some("the container disappeared before its exit code was collected".into()),
+        ),
+    }
 }

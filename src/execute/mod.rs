@@ -127,6 +127,34 @@ pub struct Shared {
     pub tasks: TaskTracker,
     /// Serializes updates of the shared clone cache.
     pub clone_cache: tokio::sync::Mutex<()>,
+    /// Requests whose last operation failed: attempts so far and when the
+    /// next may run. The planner sees them as busy until then.
+    pub backoff: Mutex<BTreeMap<String, Backoff>>,
+}
+
+/// Exponential backoff of one request's failing operation.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub attempts: u32,
+    pub until: std::time::Instant,
+}
+
+/// First retry after 1 s, doubling to at most 5 minutes.
+pub fn backoff_delay(attempts: u32) -> Duration {
+    Duration::from_secs(1u64 << attempts.saturating_sub(1).min(8)).min(Duration::from_secs(300))
+}
+
+/// Clears a task's busy mark and wakes the loop when the task ends.
+struct BusyGuard {
+    sh: Arc<Shared>,
+    key: String,
+}
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        lock(&self.sh.busy).remove(&self.key);
+        let _ = self.sh.wake.try_send(Event::TaskDone);
+    }
 }
 
 /// Lock a std mutex, recovering from poisoning (a panicked task must not
@@ -158,6 +186,76 @@ impl Shared {
         }
     }
 
+    /// Put a container found by inspection into the table, for the planner.
+    pub fn remember(
+        &self,
+        request: &str,
+        session_id: Option<&str>,
+        i: &crate::runtime::podman::Inspected,
+    ) {
+        lock(&self.containers).by_request.insert(
+            request.to_string(),
+            Container {
+                id: i.id.clone(),
+                name: self.settings.container_name(request),
+                request: Some(request.to_string()),
+                session_id: session_id.map(str::to_string),
+                state: i.state,
+                deadline: i.deadline,
+                started: i.started_at.is_some(),
+            },
+        );
+    }
+
+    /// Record a failed operation of `request`: it is retried after a growing
+    /// delay, and its status message says what failed. Returns the attempts.
+    pub fn retry_later(&self, request: &str, what: &str) -> u32 {
+        let attempts = {
+            let mut b = lock(&self.backoff);
+            let e = b.entry(request.to_string()).or_insert(Backoff {
+                attempts: 0,
+                until: std::time::Instant::now(),
+            });
+            e.attempts += 1;
+            e.until = std::time::Instant::now() + backoff_delay(e.attempts);
+            e.attempts
+        };
+        let delay = backoff_delay(attempts);
+        tracing::warn!(
+            request,
+            attempts,
+            retry_in_s = delay.as_secs(),
+            error = what,
+            "operation failed; will retry"
+        );
+        self.update_status(request, |s| {
+            s.message = Some(format!(
+                "{what} (attempt {attempts}; retrying in {}s)",
+                delay.as_secs()
+            ));
+        });
+        attempts
+    }
+
+    /// The operation of `request` succeeded: forget its failures.
+    pub fn succeeded(&self, request: &str) {
+        lock(&self.backoff).remove(request);
+    }
+
+    /// Requests the planner must leave alone now: tasks under way, and
+    /// failed operations waiting for their retry time.
+    pub fn busy_now(&self) -> BTreeSet<String> {
+        let mut busy = lock(&self.busy).clone();
+        let now = std::time::Instant::now();
+        busy.extend(
+            lock(&self.backoff)
+                .iter()
+                .filter(|(_, b)| b.until > now)
+                .map(|(r, _)| r.clone()),
+        );
+        busy
+    }
+
     /// Run `fut` as a task owning `request`: the planner leaves the request
     /// alone until the task ends, then the loop looks again.
     fn spawn_for(
@@ -166,11 +264,15 @@ impl Shared {
         fut: impl std::future::Future<Output = ()> + Send + 'static,
     ) {
         lock(&self.busy).insert(request.clone());
-        let sh = Arc::clone(self);
+        let guard = BusyGuard {
+            sh: Arc::clone(self),
+            key: request,
+        };
         self.tasks.spawn(async move {
+            // Dropped when the task ends, even by a panic: the request never
+            // stays busy forever.
+            let _guard = guard;
             fut.await;
-            lock(&sh.busy).remove(&request);
-            let _ = sh.wake.try_send(Event::TaskDone);
         });
     }
 
@@ -212,6 +314,9 @@ impl Shared {
                 else {
                     return;
                 };
+                // `starting` now, before the task runs: the slot is taken
+                // in the very next pass's count.
+                self.update_status(&request, |s| s.phase = Phase::Starting);
                 let sh = Arc::clone(self);
                 self.spawn_for(request.clone(), async move {
                     start::start(&sh, &request, profile).await
@@ -247,7 +352,7 @@ impl Shared {
             }
             Action::RemoveContainer { container, why } => {
                 let sh = Arc::clone(self);
-                let key = format!("container:{container}");
+                let key = crate::plan::container_key(&container);
                 self.spawn_for(key, async move {
                     tracing::info!(container = %container, why = %why, "removing container");
                     match sh.podman.rm(&container).await {

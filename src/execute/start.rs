@@ -7,8 +7,13 @@ use super::workdir::WorkDir;
 use super::{Shared, lock};
 use crate::audit::{Record, SessionRecord};
 use crate::desired::{Network, Profile, Request};
+use crate::fault;
 use crate::observed::{Container, ContainerState, Phase};
-use crate::runtime::podman::{BindMount, RunSpec, labels};
+use crate::runtime::podman::{BindMount, PodmanError, RunSpec, labels};
+
+/// Starts that fail transiently (Podman hung or missing) are retried this
+/// many times before the request ends as `start_failed`.
+const MAX_START_ATTEMPTS: u32 = 5;
 
 /// Where the credentials file appears in the container.
 const CREDENTIALS_TARGET: &str = "/agentd/credentials.sh";
@@ -47,7 +52,32 @@ pub async fn start(sh: &Arc<Shared>, request: &str, profile: Profile) {
             return;
         }
     };
-    let session_id = new_session_id();
+    // A retried start (after a crash or a transient failure) keeps its
+    // session id, so the request keeps one audit record. But first: an
+    // earlier attempt may have got further than it knew (podman run timed
+    // out, the daemon died right after it). If its container exists, hand it
+    // to the planner (adopt, finish or clean up) and touch nothing else: its
+    // work folder may be in use.
+    let prior = lock(&sh.store)
+        .get(request)
+        .and_then(|s| s.session_id.clone());
+    if prior.is_some() {
+        match sh.podman.inspect(&st.container_name(request)).await {
+            Ok(None) => {}
+            Ok(Some(i)) => {
+                sh.remember(request, prior.as_deref(), &i);
+                return;
+            }
+            Err(e) => {
+                sh.retry_later(
+                    request,
+                    &format!("checking for an earlier attempt's container: {e}"),
+                );
+                return;
+            }
+        }
+    }
+    let session_id = prior.unwrap_or_else(new_session_id);
     let record = match Record::create(&st.audit_root, &profile.name, &session_id, st.session_uid) {
         Ok(r) => r,
         Err(e) => {
@@ -105,38 +135,94 @@ pub async fn start(sh: &Arc<Shared>, request: &str, profile: Profile) {
         .and_then(|(_, v)| v.parse().ok());
     match sh.podman.run(&run_spec).await {
         Ok(id) => {
-            lock(&sh.containers).by_request.insert(
-                request.to_string(),
-                Container {
+            fault::point("start-after-run");
+            // A fast command may have died (and its event been recorded)
+            // before we get here: never overwrite what is known.
+            lock(&sh.containers)
+                .by_request
+                .entry(request.to_string())
+                .or_insert(Container {
                     id,
                     name: run_spec.name.clone(),
                     request: Some(request.to_string()),
                     session_id: Some(session_id.clone()),
                     state: ContainerState::Running,
                     deadline,
-                },
-            );
-            sh.update_status(request, |s| {
-                s.phase = Phase::Running;
-                s.container = Some(run_spec.name.clone());
-                s.started_at = Some(jiff::Timestamp::now());
-            });
+                    started: true,
+                });
+            mark_running(sh, request, &run_spec.name);
             tracing::info!(request, session = %session_id, container = %run_spec.name, "session running");
         }
         Err(e) => {
-            let msg = if e.to_string().contains("image not known")
-                || e.to_string().contains("no such image")
-            {
-                format!(
+            let text = e.to_string();
+            if text.contains("image not known") || text.contains("no such image") {
+                let msg = format!(
                     "image `{}` is not available locally (agentd never pulls): {e}",
                     profile.base_image
+                );
+                super::finish::fail_start(sh, request, Some(&session_id), &msg).await;
+                return;
+            }
+            let transient = matches!(e, PodmanError::Timeout { .. } | PodmanError::Spawn { .. })
+                || text.contains("already in use");
+            if !transient {
+                super::finish::fail_start(
+                    sh,
+                    request,
+                    Some(&session_id),
+                    &format!("podman run failed: {e}"),
                 )
-            } else {
-                format!("podman run failed: {e}")
-            };
-            super::finish::fail_start(sh, request, Some(&session_id), &msg).await;
+                .await;
+                return;
+            }
+            // The container may exist anyway (a timed-out run that went
+            // through, a name taken by an earlier attempt): look before
+            // deciding.
+            if let Ok(Some(i)) = sh.podman.inspect(&run_spec.name).await {
+                sh.remember(request, Some(&session_id), &i);
+                if i.state == ContainerState::Running {
+                    mark_running(sh, request, &run_spec.name);
+                }
+                return;
+            }
+            if sh.retry_later(request, &format!("podman run: {e}")) >= MAX_START_ATTEMPTS {
+                super::finish::fail_start(
+                    sh,
+                    request,
+                    Some(&session_id),
+                    &format!("podman run failed {MAX_START_ATTEMPTS} times: {e}"),
+                )
+                .await;
+            }
         }
     }
+}
+
+/// Record that the session's container runs.
+fn mark_running(sh: &Shared, request: &str, name: &str) {
+    sh.succeeded(request);
+    sh.update_status(request, |s| {
+        s.phase = Phase::Running;
+        s.container = Some(name.to_string());
+        s.started_at = s.started_at.or(Some(jiff::Timestamp::now()));
+        s.message = None;
+    });
+}
+
+/// Same scheme and authority (host and port) for two remote repositories.
+fn same_origin(a: &crate::desired::Repo, b: &crate::desired::Repo) -> bool {
+    fn origin(r: &crate::desired::Repo) -> Option<String> {
+        let url = match r {
+            crate::desired::Repo::Url(u) if !u.starts_with("file://") => u,
+            _ => return None,
+        };
+        let (scheme, rest) = url.split_once("://")?;
+        Some(format!(
+            "{scheme}://{}",
+            rest.split('/').next().unwrap_or("")
+        ))
+    }
+    origin(a).is_some_and(|o| Some(o) == origin(b))
 }
 
 /// Build the work folder and the `podman run` spec. Errors are the status
@@ -155,16 +241,26 @@ async fn prepare(
     let work = WorkDir::create(st.work_dir(session_id))
         .map_err(|e| format!("cannot create work folder: {e}"))?;
     let env_lookup = |name: &str| std::env::var(name).ok();
+    fault::point("start-before-credentials");
     let has_credentials = work.write_credentials(profile, uid, &env_lookup)?;
-    let token = match &profile.repo_token_source {
-        Some(src) => Some(env_lookup(src).ok_or_else(|| {
-            format!("repo_token_source: the daemon's environment variable `{src}` is not set")
-        })?),
-        None => None,
-    };
+    fault::point("start-after-credentials");
     let repo = repo.ok_or_else(|| {
         "no repository to clone (neither request nor profile sets `repo`)".to_string()
     })?;
+    // The clone token is the profile's: it goes only to the profile's own
+    // repository host, never to one a request names elsewhere.
+    let token = match (&profile.repo_token_source, &profile.repo) {
+        (Some(src), Some(own)) if same_origin(own, repo) => {
+            Some(env_lookup(src).ok_or_else(|| {
+                format!("repo_token_source: the daemon's environment variable `{src}` is not set")
+            })?)
+        }
+        (Some(_), _) => {
+            tracing::info!(session = %session_id, repo = %repo.as_str(), "repo is not on the profile's repository host; cloning without the token");
+            None
+        }
+        (None, _) => None,
+    };
     super::clone::clone(
         repo,
         &work.repo(),
@@ -243,9 +339,8 @@ async fn prepare(
     ];
     let timeout = spec.timeout.or(profile.timeout);
     if let Some(t) = timeout {
-        let deadline = jiff::Timestamp::now()
-            .as_second()
-            .saturating_add(i64::try_from(t.as_secs()).unwrap_or(i64::MAX / 2));
+        let ms = i64::try_from(t.as_millis()).unwrap_or(i64::MAX / 2);
+        let deadline = jiff::Timestamp::now().as_millisecond().saturating_add(ms);
         labels_v.push((labels::DEADLINE.to_string(), deadline.to_string()));
     }
 

@@ -11,6 +11,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::desired::{Desired, RequestEntry};
+pub use crate::observed::StopReason;
 use crate::observed::{ContainerState, Observed, Phase, Status};
 
 /// Knobs and facts the planner needs besides the two states.
@@ -25,13 +26,6 @@ pub struct PlanConfig {
     pub source_available: bool,
     /// False while draining for shutdown: admit and start nothing new.
     pub admitting: bool,
-}
-
-/// Why a session is being stopped before its command ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StopReason {
-    Cancelled,
-    TimedOut,
 }
 
 /// One step toward convergence. Actions name requests; the executor reads
@@ -129,7 +123,7 @@ pub const EDITED_MESSAGE: &str = "file changed after admission; the admitted spe
 /// Compute the actions that converge `observed` toward `desired`.
 pub fn plan(desired: &Desired, observed: &Observed, cfg: &PlanConfig) -> Vec<Action> {
     let mut actions = Vec::new();
-    let mut pending: Vec<&Status> = Vec::new();
+    let mut pending: Vec<(&Status, bool)> = Vec::new();
 
     for (id, status) in &observed.statuses {
         if observed.busy.contains(id) {
@@ -137,6 +131,10 @@ pub fn plan(desired: &Desired, observed: &Observed, cfg: &PlanConfig) -> Vec<Act
         }
         let entry = desired.requests.get(id);
         let file_gone = cfg.source_available && entry.is_none();
+        let finish = |cancelled| Action::Finish {
+            request: id.clone(),
+            cancelled,
+        };
         match status.phase {
             Phase::Invalid => {
                 if file_gone {
@@ -145,20 +143,12 @@ pub fn plan(desired: &Desired, observed: &Observed, cfg: &PlanConfig) -> Vec<Act
                     });
                 }
             }
-            Phase::Pending => {
-                if file_gone {
-                    actions.push(Action::Finish {
-                        request: id.clone(),
-                        cancelled: true,
-                    });
-                } else {
-                    note_edit(&mut actions, id, status, entry);
-                    pending.push(status);
-                }
-            }
+            Phase::Pending if file_gone => actions.push(finish(true)),
+            Phase::Pending => pending.push((status, edited(status, entry))),
             Phase::Starting => {
-                // An interrupted start (the daemon died mid-way): clean up
-                // what exists and try again, or end it if it was cancelled.
+                // An interrupted start (the daemon died mid-way, or a retry
+                // after a failure): adopt, finish, or clean up what exists,
+                // and start again when nothing does.
                 match observed.containers.get(id) {
                     Some(c) if c.state == ContainerState::Running => {
                         actions.push(Action::Adopt {
@@ -166,38 +156,40 @@ pub fn plan(desired: &Desired, observed: &Observed, cfg: &PlanConfig) -> Vec<Act
                         });
                         running(&mut actions, id, status, observed, cfg, file_gone);
                     }
-                    Some(c) if matches!(c.state, ContainerState::Exited(_)) => {
-                        running(&mut actions, id, status, observed, cfg, file_gone);
+                    Some(c) if ended(c) => actions.push(finish(file_gone)),
+                    Some(c) => remove_container(
+                        &mut actions,
+                        observed,
+                        &c.name,
+                        format!("half-created by an interrupted start of {id}"),
+                    ),
+                    None if file_gone => actions.push(finish(true)),
+                    None if observed.containers_known => {
+                        pending.push((status, edited(status, entry)))
                     }
-                    Some(c) => actions.push(Action::RemoveContainer {
-                        container: c.name.clone(),
-                        why: format!("half-created by an interrupted start of {id}"),
-                    }),
-                    _ if file_gone => actions.push(Action::Finish {
-                        request: id.clone(),
-                        cancelled: true,
-                    }),
-                    _ if observed.containers_known => {
-                        note_edit(&mut actions, id, status, entry);
-                        pending.push(status);
-                    }
-                    _ => {}
+                    None => {}
                 }
             }
             Phase::Running => {
-                note_edit(&mut actions, id, status, entry);
+                if edited(status, entry)
+                    && status.message.as_deref() != Some(EDITED_MESSAGE)
+                    && status.stop_reason.is_none()
+                {
+                    actions.push(Action::NoteEdited {
+                        request: id.clone(),
+                    });
+                }
                 running(&mut actions, id, status, observed, cfg, file_gone);
             }
-            Phase::Finishing => actions.push(Action::Finish {
-                request: id.clone(),
-                cancelled: file_gone,
-            }),
+            Phase::Finishing => actions.push(finish(file_gone)),
             Phase::Done => {
                 if let Some(c) = observed.containers.get(id) {
-                    actions.push(Action::RemoveContainer {
-                        container: c.name.clone(),
-                        why: format!("request {id} is done"),
-                    });
+                    remove_container(
+                        &mut actions,
+                        observed,
+                        &c.name,
+                        format!("request {id} is done"),
+                    );
                 }
                 let expired = status.finished_at.is_none_or(|t| {
                     cfg.now.duration_since(t).unsigned_abs() >= cfg.status_retention
@@ -254,63 +246,83 @@ pub fn plan(desired: &Desired, observed: &Observed, cfg: &PlanConfig) -> Vec<Act
     schedule_starts(&mut actions, desired, observed, cfg, pending);
 
     for orphan in &observed.orphans {
-        actions.push(Action::RemoveContainer {
-            container: orphan.name.clone(),
-            why: "it belongs to no request this instance knows".into(),
-        });
+        remove_container(
+            &mut actions,
+            observed,
+            &orphan.name,
+            "it belongs to no request this instance knows".into(),
+        );
     }
     actions
 }
 
-fn note_edit(actions: &mut Vec<Action>, id: &str, status: &Status, entry: Option<&RequestEntry>) {
-    let sha = match entry {
-        Some(RequestEntry::Valid(r)) => Some(r.spec_sha256.as_str()),
-        Some(RequestEntry::Invalid(_)) => None,
-        None => return,
-    };
-    if sha != status.spec_sha256.as_deref() && status.message.as_deref() != Some(EDITED_MESSAGE) {
-        actions.push(Action::NoteEdited {
-            request: id.to_string(),
+/// The busy key of a container being removed (requests use their id).
+pub fn container_key(name: &str) -> String {
+    format!("container:{name}")
+}
+
+fn remove_container(actions: &mut Vec<Action>, observed: &Observed, name: &str, why: String) {
+    if !observed.busy.contains(&container_key(name)) {
+        actions.push(Action::RemoveContainer {
+            container: name.to_string(),
+            why,
         });
     }
 }
 
+/// The container's command is over: it exited, or Podman reset a container
+/// that had been started (after a host reboot), so it will never exit.
+fn ended(c: &crate::observed::Container) -> bool {
+    matches!(c.state, ContainerState::Exited(_))
+        || (c.state == ContainerState::Created && c.started)
+}
+
+/// The file no longer matches the admitted spec (edited, or now invalid on
+/// its own; a file rejected only for a cross-file reason keeps its sha).
+fn edited(status: &Status, entry: Option<&RequestEntry>) -> bool {
+    let sha = match entry {
+        Some(RequestEntry::Valid(r)) => Some(r.spec_sha256.as_str()),
+        Some(RequestEntry::Invalid(r)) => r.sha256.as_deref(),
+        None => return false,
+    };
+    sha != status.spec_sha256.as_deref()
+}
+
 /// A session that should have a container: finish it when the container
-/// exited or vanished, stop it when cancelled or past its deadline.
+/// ended or vanished; stop it when cancelled, past its deadline, or when an
+/// earlier stop has not taken effect yet.
 fn running(
     actions: &mut Vec<Action>,
     id: &str,
-    _status: &Status,
+    status: &Status,
     observed: &Observed,
     cfg: &PlanConfig,
     file_gone: bool,
 ) {
     match observed.containers.get(id) {
-        Some(c) => match c.state {
-            ContainerState::Exited(_) => actions.push(Action::Finish {
-                request: id.to_string(),
-                cancelled: file_gone,
-            }),
-            ContainerState::Running | ContainerState::Created | ContainerState::Other => {
-                if file_gone {
-                    actions.push(Action::Stop {
-                        request: id.to_string(),
-                        reason: StopReason::Cancelled,
-                    });
-                } else if c.deadline.is_some_and(|d| cfg.now.as_second() >= d) {
-                    actions.push(Action::Stop {
-                        request: id.to_string(),
-                        reason: StopReason::TimedOut,
-                    });
-                }
+        Some(c) if ended(c) => actions.push(Action::Finish {
+            request: id.to_string(),
+            cancelled: file_gone,
+        }),
+        Some(c) => {
+            let reason = if file_gone {
+                Some(StopReason::Cancelled)
+            } else if c.deadline.is_some_and(|d| cfg.now.as_millisecond() >= d) {
+                Some(StopReason::TimedOut)
+            } else {
+                status.stop_reason
+            };
+            if let Some(reason) = reason {
+                actions.push(Action::Stop {
+                    request: id.to_string(),
+                    reason,
+                });
             }
-        },
-        None if observed.containers_known => {
-            actions.push(Action::Finish {
-                request: id.to_string(),
-                cancelled: file_gone,
-            });
         }
+        None if observed.containers_known => actions.push(Action::Finish {
+            request: id.to_string(),
+            cancelled: file_gone,
+        }),
         None => {}
     }
 }
@@ -322,22 +334,27 @@ fn schedule_starts(
     desired: &Desired,
     observed: &Observed,
     cfg: &PlanConfig,
-    mut pending: Vec<&Status>,
+    mut pending: Vec<(&Status, bool)>,
 ) {
     let mut active_total = 0u32;
     let mut active_by_profile: BTreeMap<&str, u32> = BTreeMap::new();
     for s in observed.statuses.values() {
-        if s.phase.is_active() && !pending.iter().any(|p| p.request == s.request) {
+        if s.phase.is_active() && !pending.iter().any(|(p, _)| p.request == s.request) {
             active_total += 1;
             *active_by_profile.entry(s.profile.as_str()).or_default() += 1;
         }
     }
-    pending.sort_by(|a, b| (a.created_at, &a.request).cmp(&(b.created_at, &b.request)));
-    for s in pending {
+    pending.sort_by(|(a, _), (b, _)| (a.created_at, &a.request).cmp(&(b.created_at, &b.request)));
+    for (s, edited) in pending {
         let id = s.request.clone();
+        // An edit of a waiting request is reported with what it waits for.
         let hold = |message: String| Action::Hold {
             request: id.clone(),
-            message,
+            message: if edited {
+                format!("{message}; {EDITED_MESSAGE}")
+            } else {
+                message
+            },
         };
         if !cfg.admitting {
             actions.push(hold(

@@ -4,9 +4,9 @@
 //! ```text
 //! config max=N now=SECS retention=SECS unavailable draining unknown-containers
 //! profile NAME [max=N] [suspend]      bad-profile NAME
-//! file ID PROFILE [sha=S]             bad-file ID
-//! status ID PHASE [profile=P] [sha=S] [created=SECS] [finished=SECS] [msg=TEXT_WITHOUT_SPACES]
-//! container ID running|created|exited:CODE [deadline=SECS]
+//! file ID PROFILE [sha=S]             bad-file ID       cross-invalid ID sha=S
+//! status ID PHASE [profile=P] [sha=S] [created=SECS] [finished=SECS] [msg=TEXT_WITHOUT_SPACES] [stopping=cancelled|timed_out]
+//! container ID running|created|exited:CODE [deadline=SECS] [started]
 //! orphan NAME                         busy ID
 //! ```
 
@@ -48,6 +48,7 @@ fn profile(name: &str) -> Profile {
 
 fn rejected(path: &str) -> Rejected {
     Rejected {
+        sha256: None,
         path: path.into(),
         diagnostics: vec![Diagnostic::new(std::path::Path::new(path), None, "broken")],
     }
@@ -114,6 +115,15 @@ fn run(fixture: &str) -> String {
                     .requests
                     .insert(args[0].into(), RequestEntry::Valid(r));
             }
+            "cross-invalid" => {
+                let r = Rejected {
+                    sha256: opt("sha").map(str::to_string),
+                    ..rejected(&format!("d/requests/{}.toml", args[0]))
+                };
+                desired
+                    .requests
+                    .insert(args[0].into(), RequestEntry::Invalid(r));
+            }
             "bad-file" => {
                 desired.requests.insert(
                     args[0].into(),
@@ -133,6 +143,8 @@ fn run(fixture: &str) -> String {
                         m.replace('_', " ")
                     }
                 });
+                s.stop_reason = opt("stopping")
+                    .map(|r| serde_json::from_str(&format!("\"{r}\"")).expect("stop reason"));
                 if s.phase == Phase::Done {
                     s.outcome = Some(Outcome::Success);
                 }
@@ -152,7 +164,8 @@ fn run(fixture: &str) -> String {
                     request: Some(args[0].into()),
                     session_id: Some("0123456789abcdef".into()),
                     state,
-                    deadline: num("deadline"),
+                    deadline: num("deadline").map(|d| d * 1000),
+                    started: args.contains(&"started"),
                 };
                 if kind == "orphan" {
                     observed.orphans.push(c);
@@ -482,5 +495,57 @@ fn planning_is_idempotent_for_a_converged_state() {
     check(
         "profile p\nfile a p\nfile b p\nstatus a done finished=999\nstatus b running\ncontainer b running",
         "",
+    );
+}
+
+// --- review follow-ups: recorded stop reasons, reset containers, races ---
+
+#[test]
+fn a_stop_that_did_not_take_effect_is_retried_with_its_reason() {
+    check(
+        "profile p\nfile a p\nstatus a running stopping=timed_out\ncontainer a running",
+        "stop a (timed out)",
+    );
+}
+
+#[test]
+fn a_started_container_reset_by_podman_is_finished_not_left_holding_a_slot() {
+    check(
+        "profile p\nfile a p\nstatus a running\ncontainer a created started",
+        "finish a",
+    );
+    check(
+        "profile p\nfile a p\nstatus a starting\ncontainer a created started",
+        "finish a",
+    );
+}
+
+#[test]
+fn a_container_being_removed_is_not_removed_twice() {
+    check("orphan zz\nbusy container:agentd-x-zz", "");
+    check(
+        "profile p\nfile a p\nstatus a done finished=999\ncontainer a exited:0\nbusy container:agentd-x-a",
+        "",
+    );
+}
+
+#[test]
+fn an_edit_of_a_waiting_request_is_reported_with_what_it_waits_for() {
+    check(
+        "profile p suspend\nfile a p sha=new\nstatus a pending sha=old created=1",
+        &format!("wait a: profile `p` is suspended; {EDITED_MESSAGE}"),
+    );
+}
+
+#[test]
+fn a_request_whose_profile_vanished_is_not_reported_as_edited() {
+    // The file is unchanged (same sha); only a cross-file check rejects it.
+    check(
+        "cross-invalid a sha=s\nstatus a running sha=s\ncontainer a running",
+        "",
+    );
+    check(
+        "cross-invalid a sha=t\nstatus a running sha=s\ncontainer a running",
+        "note-edited a",
     );
 }

@@ -34,7 +34,14 @@ impl HostView for RealHost {
     fn is_dir(&self, path: &Path) -> bool {
         path.is_dir()
     }
+    /// Regular files only, never through a final symlink: a request may not
+    /// make the daemon (root) read a FIFO (it would hang) or a file that a
+    /// link points at elsewhere on the host.
     fn read(&self, path: &Path) -> Option<Vec<u8>> {
+        let meta = std::fs::symlink_metadata(path).ok()?;
+        if !meta.file_type().is_file() {
+            return None;
+        }
         read_capped(path, 16 * 1024 * 1024).ok()
     }
 }
@@ -100,7 +107,25 @@ pub fn scan_folder(dir: &Path, folder: &str, kind: Kind) -> Result<Vec<Found>, S
         .into_iter()
         .filter_entry(|e| !e.file_name().to_string_lossy().starts_with('.'));
     for entry in walker {
-        let Ok(entry) = entry else { continue };
+        let entry = match entry {
+            Ok(e) => e,
+            // A file removed mid-walk is simply gone.
+            Err(e)
+                if e.io_error()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound) =>
+            {
+                continue;
+            }
+            // Anything else (a folder we cannot read, a symlink loop) hides
+            // files we would otherwise treat as deleted: the whole folder
+            // is unavailable this pass.
+            Err(e) => {
+                return Err(SourceError::Unavailable {
+                    path: e.path().map_or_else(|| root.clone(), Path::to_path_buf),
+                    reason: e.to_string(),
+                });
+            }
+        };
         if !entry.file_type().is_file() {
             continue;
         }

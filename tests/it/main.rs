@@ -2,6 +2,7 @@
 //! dirs, and real Podman where sessions are involved.
 
 mod cli;
+mod convergence;
 mod podman;
 mod sessions;
 mod tidy;

@@ -166,7 +166,11 @@ impl World {
 
     /// Start the daemon with extra environment.
     pub fn start_daemon_with(&mut self, envs: &[(&str, &str)], args: &[&str]) {
-        let log = std::fs::File::create(self.log_path()).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("log file");
         let mut c = self.agentd();
         c.arg("daemon")
             .args(args)
@@ -179,6 +183,65 @@ impl World {
 
     pub fn start_daemon(&mut self) {
         self.start_daemon_with(&[], &[]);
+    }
+
+    /// kill -9 the daemon and reap it.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// How many containers were ever created for `request` (podman events).
+    pub fn containers_created_for(&self, request: &str) -> usize {
+        let out = Command::new("podman")
+            .args([
+                "events",
+                "--stream=false",
+                "--since",
+                "10m",
+                "--format",
+                "json",
+                "--filter",
+                "event=create",
+                "--filter",
+            ])
+            .arg(format!("label=io.agentd.instance={}", self.instance()))
+            .output()
+            .expect("podman events");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| e["Attributes"]["io.agentd.request"] == request)
+            .count()
+    }
+
+    /// Audit record folders of a profile.
+    pub fn audit_records(&self, profile: &str) -> Vec<PathBuf> {
+        std::fs::read_dir(self.state.join("audit").join(profile))
+            .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Work folders left under the state dir.
+    pub fn work_dirs(&self) -> usize {
+        std::fs::read_dir(self.state.join("work"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// Poll `cond` until true, or panic with the daemon log.
+    pub fn eventually(&self, what: &str, timeout: Duration, cond: impl Fn() -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !cond() {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}\n--- daemon log ---\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
     }
 
     pub fn daemon_pid(&self) -> Option<u32> {
@@ -342,4 +405,23 @@ pub fn image_without_git() -> String {
         let _ = Command::new("podman").args(["rm", "-f", &name]).output();
     });
     image
+}
+
+impl World {
+    /// A profile whose session waits until the test calls `open_gate`, then
+    /// runs `then` (a shell snippet). The gate folder is world-writable.
+    pub fn gate_profile(&self, name: &str, then: &str, extra: &str) {
+        let gate = self.path().join("gate");
+        std::fs::create_dir_all(&gate).expect("mkdir");
+        let script = format!("until [ -e /gate/go ]; do sleep 0.05; done; {then}");
+        let extra = format!(
+            "mounts = [{{ source = \"{}\", target = \"/gate\" }}]\n{extra}",
+            gate.display()
+        );
+        self.sh_profile(name, &script, &extra);
+    }
+
+    pub fn open_gate(&self) {
+        std::fs::write(self.path().join("gate/go"), "").expect("open gate");
+    }
 }

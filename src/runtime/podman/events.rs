@@ -16,8 +16,12 @@ use super::{PodmanError, labels};
 pub struct ContainerEvent {
     /// `create`, `start`, `died`, `remove`, ...
     pub status: String,
+    pub id: String,
     pub name: String,
     pub request: Option<String>,
+    pub session_id: Option<String>,
+    /// Unix ms, from the deadline label.
+    pub deadline: Option<i64>,
     /// On `died`.
     pub exit_code: Option<i32>,
 }
@@ -28,6 +32,8 @@ struct Raw {
     status: String,
     #[serde(rename = "Name", default)]
     name: String,
+    #[serde(rename = "ID", default)]
+    id: String,
     #[serde(rename = "Type", default)]
     kind: String,
     #[serde(rename = "ContainerExitCode")]
@@ -41,6 +47,12 @@ pub fn parse_event(line: &str) -> Option<ContainerEvent> {
     let raw: Raw = serde_json::from_str(line).ok()?;
     (raw.kind == "container").then(|| ContainerEvent {
         request: raw.attributes.get(labels::REQUEST).cloned(),
+        session_id: raw.attributes.get(labels::SESSION).cloned(),
+        deadline: raw
+            .attributes
+            .get(labels::DEADLINE)
+            .and_then(|d| d.parse().ok()),
+        id: raw.id,
         status: raw.status,
         name: raw.name,
         exit_code: raw.exit_code,
@@ -55,7 +67,9 @@ pub struct EventStream {
 
 impl EventStream {
     pub fn spawn(program: &str, instance: &str) -> Result<EventStream, PodmanError> {
-        let mut child = Command::new(program)
+        let mut cmd = Command::new(program);
+        super::scrub_env(&mut cmd);
+        let mut child = cmd
             .args(["events", "--format=json"])
             .arg(format!("--filter=label={}={instance}", labels::INSTANCE))
             .arg("--filter=type=container")
@@ -109,8 +123,11 @@ mod tests {
             ev,
             ContainerEvent {
                 status: "died".into(),
+                id: "6f5a".into(),
                 name: "agentd-x-r1".into(),
                 request: Some("r1".into()),
+                session_id: None,
+                deadline: None,
                 exit_code: Some(3)
             }
         );

@@ -19,6 +19,9 @@ struct PsEntry {
     state: String,
     #[serde(default)]
     exit_code: i32,
+    /// Unix seconds; 0 when never started.
+    #[serde(default)]
+    started_at: i64,
 }
 
 pub fn parse_ps(out: &str) -> Result<Vec<Container>, PodmanError> {
@@ -37,6 +40,7 @@ pub fn parse_ps(out: &str) -> Result<Vec<Container>, PodmanError> {
                 session_id: labels.get(labels::SESSION).cloned(),
                 deadline: labels.get(labels::DEADLINE).and_then(|d| d.parse().ok()),
                 state: state_of(&e.state, e.exit_code),
+                started: e.started_at > 0,
             }
         })
         .collect())
@@ -64,6 +68,8 @@ pub struct Inspected {
     pub started_at: Option<jiff::Timestamp>,
     pub finished_at: Option<jiff::Timestamp>,
     pub oom_killed: bool,
+    /// The session deadline (unix ms) from the container's label.
+    pub deadline: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -74,6 +80,15 @@ struct InspectEntry {
     #[serde(default)]
     image_digest: Option<String>,
     state: InspectState,
+    #[serde(default)]
+    config: Option<InspectConfig>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct InspectConfig {
+    #[serde(default)]
+    labels: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Deserialize)]
@@ -106,6 +121,10 @@ pub fn parse_inspect(out: &str) -> Result<Inspected, PodmanError> {
         started_at: e.state.started_at.as_deref().and_then(parse_time),
         finished_at: e.state.finished_at.as_deref().and_then(parse_time),
         oom_killed: e.state.oom_killed,
+        deadline: e
+            .config
+            .and_then(|c| c.labels)
+            .and_then(|l| l.get(labels::DEADLINE).and_then(|d| d.parse().ok())),
     })
 }
 
@@ -125,13 +144,14 @@ mod tests {
         let out = r#"[{"AutoRemove":false,"Command":["sh"],"Exited":true,"ExitedAt":1795337436,"ExitCode":3,
             "Id":"6f5a","Image":"localhost/x","ImageID":"0e25","Labels":{"io.agentd.request":"r1",
             "io.agentd.session":"00ff","io.agentd.deadline":"1795337999"},"Names":["agentd-x-r1"],
-            "State":"exited","Status":"Exited (3) 1 second ago","Created":1795337435},
+            "State":"exited","Status":"Exited (3) 1 second ago","Created":1795337435,"StartedAt":1795337436},
             {"Id":"77","Names":["other"],"Labels":null,"State":"running","ExitCode":0}]"#;
         let cs = parse_ps(out).expect("parses");
         assert_eq!(cs[0].request.as_deref(), Some("r1"));
         assert_eq!(cs[0].state, ContainerState::Exited(3));
         assert_eq!(cs[0].deadline, Some(1_795_337_999));
         assert_eq!(cs[1].state, ContainerState::Running);
+        assert!(cs[0].started && !cs[1].started);
         assert_eq!(cs[1].request, None);
         assert!(parse_ps("not json").is_err());
     }
@@ -140,11 +160,12 @@ mod tests {
     fn inspect_output_of_podman_4_3() {
         let out = r#"[{"Id":"6f5a","Image":"0e25","ImageDigest":"sha256:5f5b","State":{"Status":"exited",
             "ExitCode":137,"StartedAt":"2026-11-22T08:50:36.070637712Z","FinishedAt":"0001-01-01T00:00:00Z",
-            "OOMKilled":true}}]"#;
+            "OOMKilled":true},"Config":{"Labels":{"io.agentd.deadline":"1795337999000"}}}]"#;
         let i = parse_inspect(out).expect("parses");
         assert_eq!(i.exit_code, 137);
         assert_eq!(i.state, ContainerState::Exited(137));
         assert_eq!(i.image_digest.as_deref(), Some("sha256:5f5b"));
         assert!(i.started_at.is_some() && i.finished_at.is_none() && i.oom_killed);
+        assert_eq!(i.deadline, Some(1_795_337_999_000));
     }
 }

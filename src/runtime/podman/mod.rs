@@ -26,7 +26,7 @@ pub mod labels {
     pub const SESSION: &str = "io.agentd.session";
     pub const PROFILE: &str = "io.agentd.profile";
     pub const REQUEST: &str = "io.agentd.request";
-    /// Unix second after which the session is timed out.
+    /// Unix millisecond after which the session is timed out.
     pub const DEADLINE: &str = "io.agentd.deadline";
 }
 
@@ -56,6 +56,35 @@ impl PodmanError {
     }
 }
 
+/// Podman gets only the environment it needs: the daemon's environment
+/// holds credential values, which no child process should inherit.
+pub fn scrub_env(cmd: &mut Command) {
+    const KEEP: &[&str] = &[
+        "PATH",
+        "HOME",
+        "TMPDIR",
+        "LANG",
+        "LC_ALL",
+        "TZ",
+        "XDG_RUNTIME_DIR",
+        "XDG_CONFIG_HOME",
+        "XDG_DATA_HOME",
+        "CONTAINERS_CONF",
+        "CONTAINERS_STORAGE_CONF",
+        "CONTAINERS_REGISTRIES_CONF",
+        "REGISTRY_AUTH_FILE",
+        "CONTAINER_HOST",
+        "CONTAINER_CONNECTION",
+        "DBUS_SESSION_BUS_ADDRESS",
+    ];
+    cmd.env_clear();
+    for k in KEEP {
+        if let Some(v) = std::env::var_os(k) {
+            cmd.env(k, v);
+        }
+    }
+}
+
 /// A handle on the podman binary.
 #[derive(Debug, Clone)]
 pub struct Podman {
@@ -68,15 +97,25 @@ impl Default for Podman {
     fn default() -> Self {
         Podman {
             program: std::env::var("AGENTD_PODMAN").unwrap_or_else(|_| "podman".into()),
-            timeout: Duration::from_secs(60),
+            // AGENTD_PODMAN_TIMEOUT (`90s`, `2m`) bounds every quick call.
+            timeout: std::env::var("AGENTD_PODMAN_TIMEOUT")
+                .ok()
+                .and_then(|t| crate::desired::parse_duration(&t).ok())
+                .unwrap_or(Duration::from_secs(60)),
         }
     }
 }
 
 impl Podman {
     async fn call(&self, args: &[String], timeout: Duration) -> Result<String, PodmanError> {
-        let verb = args.first().cloned().unwrap_or_default();
+        // `container inspect`, `run`, `ps`: enough to say which call failed.
+        let verb = match args {
+            [first, second, ..] if first == "container" => format!("{first} {second}"),
+            [first, ..] => first.clone(),
+            [] => String::new(),
+        };
         let mut cmd = Command::new(&self.program);
+        scrub_env(&mut cmd);
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

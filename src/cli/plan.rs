@@ -1,0 +1,77 @@
+//! `agentd plan`: what the next reconcile pass would do, without doing it.
+//! Exit 0 when nothing would change, 1 when something would (the Flux
+//! `diff` convention), 2 on error.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use super::GlobalArgs;
+use crate::execute::ContainerTable;
+use crate::observed::Observed;
+use crate::plan::{PlanConfig, plan};
+use crate::runtime::podman::Podman;
+use crate::source::{Cache, RealHost};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// How long the status of a request whose file is gone is kept.
+    #[arg(long, env = "AGENTD_STATUS_RETENTION", default_value = "24h", value_parser = super::daemon::parse_duration, value_name = "DURATION")]
+    pub status_retention: std::time::Duration,
+}
+
+pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
+    let state = std::path::absolute(global.state_dir()?)?;
+    let (statuses, problems) = crate::status::read_dir(&state.join("status"))?;
+    for p in problems {
+        eprintln!("warning: {p}");
+    }
+    let loaded = Cache::default().load(&global.desired, &RealHost);
+    let source_available = loaded.is_ok();
+    let desired = match loaded {
+        Ok(l) => {
+            for d in &l.diagnostics {
+                eprintln!("{d}");
+            }
+            l.desired
+        }
+        Err(e) => {
+            eprintln!("warning: {e}");
+            Default::default()
+        }
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let listing = rt
+        .block_on(Podman::default().list(&crate::daemon::instance_id(&state)))
+        .context("listing containers")?;
+    let mut table = ContainerTable::default();
+    table.replace(listing, &Default::default(), &|r| statuses.contains_key(r));
+    let observed = Observed {
+        statuses,
+        containers: table.by_request,
+        orphans: table.orphans,
+        busy: Default::default(),
+        containers_known: true,
+    };
+    let cfg = PlanConfig {
+        now: jiff::Timestamp::now(),
+        max_sessions: global.max_sessions,
+        status_retention: args.status_retention,
+        source_available,
+        admitting: true,
+    };
+    let actions = plan(&desired, &observed, &cfg);
+    for a in &actions {
+        println!("{a}");
+    }
+    let changes = actions.iter().filter(|a| a.is_change()).count();
+    if changes == 0 {
+        eprintln!("nothing to do");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("{changes} change(s)");
+        Ok(ExitCode::from(1))
+    }
+}
