@@ -19,7 +19,14 @@ fn line_to_raw(line: &str, out: &mut Vec<u8>) {
 
 /// Convert a whole k8s-file log into plain bytes at `dest`; returns bytes written.
 /// `cap` bounds the output; past it a marker line is appended.
-pub fn k8s_to_raw(src: &Path, dest: &Path, cap: u64) -> io::Result<(u64, bool)> {
+/// `head_dropped`: the source lost its beginning (conmon's own cap), so the
+/// capture starts with a marker saying so.
+pub fn k8s_to_raw(
+    src: &Path,
+    dest: &Path,
+    cap: u64,
+    head_dropped: bool,
+) -> io::Result<(u64, bool)> {
     // Open the source first: when it is gone (a re-run after the work
     // folder was removed) an existing capture must not be truncated.
     let reader = match File::open(src) {
@@ -34,6 +41,14 @@ pub fn k8s_to_raw(src: &Path, dest: &Path, cap: u64) -> io::Result<(u64, bool)> 
     };
     let mut out = File::create(dest)?;
     let mut written = 0u64;
+    if head_dropped {
+        let marker = format!(
+            "[agentd: console output passed {} bytes; earlier output was dropped, the tail follows]\n",
+            cap
+        );
+        out.write_all(marker.as_bytes())?;
+        written += marker.len() as u64;
+    }
     let mut buf = Vec::new();
     for line in reader.split(b'\n') {
         let line = line?;
@@ -49,7 +64,7 @@ pub fn k8s_to_raw(src: &Path, dest: &Path, cap: u64) -> io::Result<(u64, bool)> 
         written += buf.len() as u64;
     }
     out.sync_all()?;
-    Ok((written, false))
+    Ok((written, head_dropped))
 }
 
 /// Incremental reader for `agentd logs -f`: returns the plain text of the
@@ -98,13 +113,13 @@ mod tests {
         )
         .expect("write");
         let dest = d.path().join("console.log");
-        let (n, truncated) = k8s_to_raw(&src, &dest, 1 << 20).expect("convert");
+        let (n, truncated) = k8s_to_raw(&src, &dest, 1 << 20, false).expect("convert");
         assert_eq!(
             std::fs::read_to_string(&dest).expect("read"),
             "hello world\npart two\n\n"
         );
         assert_eq!((n, truncated), (22, false));
-        let (_, truncated) = k8s_to_raw(&src, &dest, 5).expect("convert");
+        let (_, truncated) = k8s_to_raw(&src, &dest, 5, false).expect("convert");
         assert!(truncated);
         assert!(
             std::fs::read_to_string(&dest)

@@ -8,6 +8,8 @@
 //! incomplete by design: it never claims an end that did not happen.
 
 mod console;
+mod seal;
+pub mod verify;
 
 use std::fs;
 use std::io;
@@ -17,6 +19,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use console::{K8sLogReader, k8s_to_raw};
+pub use seal::{MANIFEST, SealError, hash_file};
 
 use crate::fsutil::write_atomic;
 use crate::observed::Outcome;
@@ -110,18 +113,5 @@ impl Record {
     pub fn read_session(&self) -> Option<SessionRecord> {
         let bytes = fs::read(self.dir.join("agentd/session.json")).ok()?;
         serde_json::from_slice(&bytes).ok()
-    }
-
-    /// Take `session/` back from the session user: root-owned, and no
-    /// entry inside is writable by it any more.
-    pub fn reclaim_session_dir(&self) -> Result<(), AuditError> {
-        let session = self.session_dir();
-        for entry in walkdir::WalkDir::new(&session).follow_links(false) {
-            let Ok(entry) = entry else { continue };
-            // lchown: a symlink the agent planted is re-owned itself, its
-            // target (possibly a host file) is never touched.
-            std::os::unix::fs::lchown(entry.path(), Some(0), Some(0)).map_err(err(entry.path()))?;
-        }
-        fs::set_permissions(&session, fs::Permissions::from_mode(0o755)).map_err(err(&session))
     }
 }

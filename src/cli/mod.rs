@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 the command's own failure (validation errors, a
 //! failed session), 2 usage errors (clap) and operational errors.
 
+mod audit;
 mod cancel;
 mod daemon;
 mod logs;
@@ -106,6 +107,9 @@ pub enum Command {
     Logs(logs::Args),
     /// Cancel a request by removing its file.
     Cancel(cancel::Args),
+    /// Audit records: verify sealed records against their manifests.
+    #[command(subcommand)]
+    Audit(audit::Command),
     /// Print what the next reconcile pass would do, without doing it.
     ///
     /// Exit 0 when nothing would change, 1 when something would, 2 on error.
@@ -143,6 +147,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Logs(a)) => logs::run(&cli.global, &a),
         Some(Command::Cancel(a)) => cancel::run(&cli.global, &a),
         Some(Command::Plan(a)) => plan::run(&cli.global, &a),
+        Some(Command::Audit(a)) => audit::run(&cli.global, &a),
         Some(Command::Validate(a)) => validate::run(&cli.global, &a),
         Some(Command::Schema(a)) => schema::run(&a),
     }

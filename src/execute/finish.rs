@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use super::{Shared, lock, stop_message};
-use crate::audit::Record;
+use crate::audit::{Record, SealError};
 use crate::fault;
 use crate::observed::{ContainerState, Outcome, Phase, Status, StopReason};
 use crate::runtime::podman::Inspected;
@@ -64,20 +64,12 @@ pub async fn fail_start(sh: &Arc<Shared>, request: &str, session_id: Option<&str
             .and_then(|s| s.audit_dir.clone());
         if let Some(dir) = audit_dir {
             let record = Record { dir };
-            let finalized =
-                record
-                    .reclaim_session_dir()
-                    .and_then(|()| match record.read_session() {
-                        Some(mut rec) => {
-                            rec.end_timestamp = Some(now);
-                            rec.outcome = Some(Outcome::StartFailed);
-                            rec.message = Some(message.to_string());
-                            record.write_session(&rec)
-                        }
-                        None => Ok(()),
-                    });
-            if let Err(e) = finalized {
-                sh.retry_later(request, &format!("cannot finalize audit record: {e}"));
+            let sealed = seal_record(sh, request, &record, |rec| {
+                rec.end_timestamp = Some(now);
+                rec.outcome = Some(Outcome::StartFailed);
+                rec.message = Some(message.to_string());
+            });
+            if sealed.is_err() {
                 return;
             }
         }
@@ -148,10 +140,12 @@ pub async fn finish(sh: &Arc<Shared>, request: &str, cancelled: bool) {
         let work = sh.settings.work_dir(sid);
         if finalized.is_none() {
             fault::point("finish-before-audit");
+            let rotated = super::workdir::WorkDir::console_rotated(&work);
             match crate::audit::k8s_to_raw(
                 &work.join("console.k8s.log"),
                 &record.console_path(),
                 sh.settings.audit_max_bytes,
+                rotated,
             ) {
                 Ok((_, true)) => {
                     message = Some(format!(
@@ -168,21 +162,18 @@ pub async fn finish(sh: &Arc<Shared>, request: &str, cancelled: bool) {
                     return;
                 }
             }
-            if let Err(e) = record.reclaim_session_dir() {
-                sh.retry_later(request, &format!("finishing: {e}"));
-                return;
-            }
-            if let Some(mut rec) = record.read_session() {
+            let sealed = seal_record(sh, request, record, |rec| {
                 rec.end_timestamp = Some(now);
                 rec.outcome = Some(outcome);
                 rec.exit_code = exit_code;
                 rec.image_id = inspected.as_ref().map(|i| i.image_id.clone());
                 rec.image_digest = inspected.as_ref().and_then(|i| i.image_digest.clone());
                 rec.message = message.clone();
-                if let Err(e) = record.write_session(&rec) {
-                    sh.retry_later(request, &format!("finishing: {e}"));
-                    return;
-                }
+            });
+            match sealed {
+                Ok(None) => {}
+                Ok(Some(note)) => message = Some(note),
+                Err(()) => return,
             }
             fault::point("finish-after-audit");
         }
@@ -282,5 +273,42 @@ fn judge(
             None,
             Some("the container disappeared before its exit code was collected".into()),
         ),
+    }
+}
+
+/// Seal `record` with its final `session.json` (the start form changed by
+/// `finish`). `Ok(Some(note))`: the record was deliberately left unsealed and
+/// incomplete (a multi-linked file), `note` says why; `Err(())`: a failure,
+/// retried later.
+fn seal_record(
+    sh: &Shared,
+    request: &str,
+    record: &Record,
+    finish: impl FnOnce(&mut crate::audit::SessionRecord),
+) -> Result<Option<String>, ()> {
+    let Some(mut rec) = record.read_session() else {
+        sh.retry_later(
+            request,
+            &format!(
+                "finishing: cannot read {}/agentd/session.json",
+                record.dir.display()
+            ),
+        );
+        return Err(());
+    };
+    finish(&mut rec);
+    match record.seal(&rec) {
+        Ok(()) => Ok(None),
+        Err(e @ SealError::MultiLinked { .. }) => {
+            tracing::error!(request, error = %e, "audit record refused for sealing");
+            Ok(Some(format!("audit record left incomplete: {e}")))
+        }
+        Err(e) => {
+            sh.retry_later(
+                request,
+                &format!("finishing: sealing the audit record: {e}"),
+            );
+            Err(())
+        }
     }
 }

@@ -78,22 +78,23 @@ pub async fn start(sh: &Arc<Shared>, request: &str, profile: Profile) {
         }
     }
     let session_id = prior.unwrap_or_else(new_session_id);
+    // The status names the record before the record exists, so a crash
+    // in between leaves nothing unreferenced (a retry reuses both).
+    let start_ts = jiff::Timestamp::now();
+    sh.update_status(request, |s| {
+        s.phase = Phase::Starting;
+        s.session_id = Some(session_id.clone());
+        s.audit_dir = Some(Record::path_for(&st.audit_root, &profile.name, &session_id));
+        s.message = None;
+    });
     let record = match Record::create(&st.audit_root, &profile.name, &session_id, st.session_uid) {
         Ok(r) => r,
         Err(e) => {
-            // No record could be created: nothing to finalize but the status.
             super::finish::fail_start(sh, request, None, &e.to_string()).await;
             return;
         }
     };
     let repo = spec.repo.clone().or(profile.repo.clone());
-    let start_ts = jiff::Timestamp::now();
-    sh.update_status(request, |s| {
-        s.phase = Phase::Starting;
-        s.session_id = Some(session_id.clone());
-        s.audit_dir = Some(record.dir.clone());
-        s.message = None;
-    });
     tracing::info!(request, session = %session_id, profile = %profile.name, "session starting");
     let work_unit = match &spec.input {
         crate::desired::Input::WorkUnit(w) => Some(w.clone()),
@@ -374,6 +375,9 @@ async fn prepare(
         env,
         mounts,
         log_path: work.console(),
+        // Twice the record's cap: the k8s-file framing roughly doubles short
+        // lines, and the conversion into the record applies the exact cap.
+        log_max_bytes: Some(st.audit_max_bytes.saturating_mul(2)),
         network: match &profile.network {
             Network::Default => None,
             Network::None => Some("none".into()),

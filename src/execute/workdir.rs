@@ -14,7 +14,7 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::desired::{Input, Profile};
@@ -40,6 +40,19 @@ impl WorkDir {
         self.root.join("console.k8s.log")
     }
 
+    /// Whether conmon replaced the console file (dropping its head) because
+    /// the output passed the size cap.
+    pub fn console_rotated(root: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let noted = fs::read_to_string(root.join("console.ino"))
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok());
+        let now = fs::metadata(root.join("console.k8s.log"))
+            .ok()
+            .map(|m| m.ino());
+        matches!((noted, now), (Some(a), Some(b)) if a != b)
+    }
+
     /// Create the folder skeleton (before the clone).
     pub fn create(root: PathBuf) -> io::Result<WorkDir> {
         let _ = fs::remove_dir_all(&root);
@@ -52,6 +65,18 @@ impl WorkDir {
         fs::DirBuilder::new().mode(0o700).create(&root)?;
         let w = WorkDir { root };
         fs::create_dir_all(w.home().join(".agentd/audit"))?;
+        // Conmon appends to this file, and replaces it (a new inode) when it
+        // passes its size cap: the inode noted here tells the two apart.
+        let console = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(w.console())?;
+        use std::os::unix::fs::MetadataExt;
+        fs::write(
+            w.root.join("console.ino"),
+            console.metadata()?.ino().to_string(),
+        )?;
         Ok(w)
     }
 

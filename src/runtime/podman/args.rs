@@ -25,6 +25,9 @@ pub struct RunSpec {
     pub mounts: Vec<BindMount>,
     /// Where conmon writes the container's stdout/stderr (k8s-file format).
     pub log_path: PathBuf,
+    /// Bound on that file, so a runaway agent cannot fill the host disk
+    /// (conmon truncates it past this size).
+    pub log_max_bytes: Option<u64>,
     pub network: Option<String>,
     pub memory: Option<String>,
     pub cpus: Option<f64>,
@@ -80,6 +83,9 @@ pub fn run_args(spec: &RunSpec) -> Vec<String> {
     }
     a.push("--log-driver=k8s-file".into());
     a.push(format!("--log-opt=path={}", spec.log_path.display()));
+    if let Some(m) = spec.log_max_bytes {
+        a.push(format!("--log-opt=max-size={m}"));
+    }
     if let Some(n) = &spec.network {
         a.push(format!("--network={n}"));
     }
@@ -125,6 +131,7 @@ mod tests {
                 },
             ],
             log_path: "/w/console.k8s.log".into(),
+            log_max_bytes: Some(2048),
             network: Some("none".into()),
             memory: Some("512m".into()),
             cpus: Some(1.5),
@@ -143,7 +150,7 @@ mod tests {
              --passwd-entry=rev:*:10001:10001:rev:/home/rev:/bin/sh --workdir=/home/rev/repo \
              --env=AGENTD_PROFILE=rev --mount=type=bind,source=/w/home,target=/home/rev \
              --mount=type=bind,source=/m,target=/agentd/methodology,readonly=true \
-             --log-driver=k8s-file --log-opt=path=/w/console.k8s.log --network=none --memory=512m \
+             --log-driver=k8s-file --log-opt=path=/w/console.k8s.log --log-opt=max-size=2048 --network=none --memory=512m \
              --cpus=1.5 --pids-limit=100 localhost/img:1 /bin/sh -c echo $HOME"
         );
     }
