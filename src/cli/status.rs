@@ -20,6 +20,10 @@ pub struct Args {
     /// Redraw every second.
     #[arg(long, conflicts_with = "json")]
     pub watch: bool,
+    /// Show the scheduled profiles (last fire, its outcome, next fire)
+    /// instead of requests; with --json, an array of schedule objects.
+    #[arg(long)]
+    pub schedules: bool,
 }
 
 pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
@@ -58,6 +62,16 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
         };
         selected.sort_by(|a, b| (a.created_at, &a.request).cmp(&(b.created_at, &b.request)));
         let mut out = std::io::stdout().lock();
+        let schedules = schedule_rows(&state, &records);
+        if args.schedules {
+            if args.json {
+                serde_json::to_writer_pretty(&mut out, &schedules)?;
+                writeln!(out)?;
+            } else {
+                writeln!(out, "{}", schedule_table(&schedules))?;
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
         if args.json {
             serde_json::to_writer_pretty(&mut out, &selected)?;
             writeln!(out)?;
@@ -67,6 +81,9 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
             write!(out, "\x1b[2J\x1b[H")?;
         }
         writeln!(out, "{}", table(&selected, jiff::Timestamp::now()))?;
+        if !schedules.is_empty() && args.ids.is_empty() {
+            writeln!(out, "\n{}", schedule_table(&schedules))?;
+        }
         for p in problems {
             eprintln!("warning: {p}");
         }
@@ -76,6 +93,100 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
         out.flush()?;
         std::thread::sleep(Duration::from_secs(1));
     }
+}
+
+/// One scheduled profile as `agentd status --schedules --json` shows it.
+#[derive(Debug, serde::Serialize)]
+pub struct ScheduleRow {
+    pub profile: String,
+    pub schedule: String,
+    pub suspended: bool,
+    pub last_fire: Option<jiff::Timestamp>,
+    pub last_request: Option<String>,
+    /// Phase or outcome of the last fire's request.
+    pub last_outcome: Option<String>,
+    pub next_fire: Option<jiff::Timestamp>,
+    /// The latest fire missed while the daemon was down (not backfilled).
+    pub last_missed: Option<jiff::Timestamp>,
+    /// The latest fire skipped by `concurrency_policy = "forbid"`.
+    pub last_skip: Option<String>,
+}
+
+fn schedule_rows(
+    state: &std::path::Path,
+    records: &std::collections::BTreeMap<String, Status>,
+) -> Vec<ScheduleRow> {
+    crate::execute::read_schedules(&state.join("schedules"))
+        .into_values()
+        .map(|s| {
+            let last_outcome = s
+                .last_request
+                .as_ref()
+                .and_then(|r| records.get(r))
+                .map(|st| match st.outcome {
+                    Some(o) => o.as_str().to_string(),
+                    None => st.phase.as_str().to_string(),
+                });
+            ScheduleRow {
+                profile: s.profile,
+                schedule: s.schedule,
+                suspended: s.suspended,
+                last_fire: s.last_fire,
+                last_request: s.last_request,
+                last_outcome,
+                next_fire: s.next_fire,
+                last_missed: s.last_missed,
+                last_skip: s.last_skip,
+            }
+        })
+        .collect()
+}
+
+fn schedule_table(rows: &[ScheduleRow]) -> String {
+    let local = |t: Option<jiff::Timestamp>| {
+        t.map_or_else(
+            || "-".to_string(),
+            |t| {
+                t.to_zoned(jiff::tz::TimeZone::system())
+                    .strftime("%Y-%m-%d %H:%M")
+                    .to_string()
+            },
+        )
+    };
+    let mut t = Table::new();
+    t.load_preset(NOTHING);
+    t.set_header([
+        "SCHEDULED PROFILE",
+        "SCHEDULE",
+        "LAST FIRE",
+        "LAST OUTCOME",
+        "NEXT FIRE",
+        "NOTE",
+    ]);
+    for r in rows {
+        let mut note = Vec::new();
+        if r.suspended {
+            note.push("suspended".to_string());
+        }
+        if let Some(m) = r.last_missed {
+            note.push(format!(
+                "missed {} (daemon down; not backfilled)",
+                local(Some(m))
+            ));
+        }
+        if let Some(s) = &r.last_skip {
+            note.push(s.clone());
+        }
+        t.add_row([
+            r.profile.clone(),
+            r.schedule.clone(),
+            local(r.last_fire),
+            r.last_outcome.clone().unwrap_or_else(|| "-".into()),
+            local(r.next_fire),
+            note.join("; "),
+        ]);
+    }
+    t.to_string()
 }
 
 /// The status table; `now` is a parameter so tests can pin ages.

@@ -85,6 +85,7 @@ pub async fn run(
     remove_stale_work_dirs(&sh);
     let events_task = tokio::spawn(follow_container_events(Arc::clone(&sh)));
 
+    let mut schedules = crate::execute::Schedules::load(&sh.settings.state);
     let mut watcher = start_watcher(&sh.settings.desired, &tx);
     let mut cache = Cache::default();
     let mut last_desired = Desired::default();
@@ -115,6 +116,11 @@ pub async fn run(
         }
         source_was_available = source_available;
 
+        // Cron fires become request files; never while the source is away
+        // (there is no requests/ to write into, and nothing to compare with).
+        if source_available {
+            schedules.tick(&sh, &last_desired, &jiff::Zoned::now());
+        }
         let observed = observe(&sh);
         let cfg = PlanConfig {
             now: jiff::Timestamp::now(),
@@ -135,7 +141,16 @@ pub async fn run(
             break;
         }
 
-        let wake_at = next_wake(&sh, next_resync);
+        let mut wake_at = next_wake(&sh, next_resync);
+        if let Some(fire) = schedules.scheduler.next_wake() {
+            let until = jiff::Timestamp::now().duration_until(fire);
+            let wait = if until.is_negative() {
+                Duration::ZERO
+            } else {
+                until.unsigned_abs()
+            };
+            wake_at = wake_at.min(Instant::now() + wait);
+        }
         tokio::select! {
             ev = rx.recv() => {
                 let mut evs = vec![ev];

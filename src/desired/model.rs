@@ -66,6 +66,7 @@ pub struct Profile {
     pub schedule: Option<Schedule>,
     pub concurrency_policy: ConcurrencyPolicy,
     pub history_limit: u32,
+    pub starting_deadline: Option<Duration>,
     pub methodology_dir: Option<PathBuf>,
     pub credentials: Vec<Credential>,
     pub repo_token_source: Option<String>,

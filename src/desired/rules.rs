@@ -34,13 +34,21 @@ pub fn profile_name(name: &str) -> Result<(), Problem> {
     Ok(())
 }
 
-/// `^[a-z0-9][a-z0-9._-]{0,127}$`.
+/// `^[a-z0-9][a-z0-9._-]{0,127}$`, or the name the scheduler gives a fire,
+/// `<profile>-<YYYYMMDDTHHMM>` (CONTRACT.md section 5). The contract's own
+/// fire names carry an upper-case `T` (and a profile may start with `_`),
+/// which the general pattern of section 1 would reject; the fire form is
+/// accepted as the one exception so both sections hold.
 pub fn request_id(id: &str) -> Result<(), Problem> {
     let mut chars = id.chars();
     let ok = matches!(chars.next(), Some('a'..='z' | '0'..='9'))
         && id.len() <= 128
         && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '.' | '_' | '-'));
-    if ok {
+    let fire = id.len() > 14
+        && id.is_char_boundary(id.len() - 14)
+        && profile_name(&id[..id.len() - 14]).is_ok()
+        && crate::schedule::is_fire_id(&id[..id.len() - 14], id);
+    if ok || fire {
         Ok(())
     } else {
         Err(problem(
@@ -291,6 +299,10 @@ mod tests {
             assert!(profile_name(bad).is_err(), "{bad}");
         }
         assert!(request_id("fix.123_a-b").is_ok());
+        assert!(request_id("nightly-20261101T0130").is_ok());
+        assert!(request_id("_x-20261101T0130").is_ok());
+        assert!(request_id("nightly-20261101T013").is_err());
+        assert!(request_id("Nightly-20261101T0130").is_err());
         for bad in ["", ".x", "A", "a b", &"a".repeat(129)] {
             assert!(request_id(bad).is_err(), "{bad}");
         }

@@ -226,6 +226,11 @@ const CASES: &[Case] = &[
     },
     Case {
         path: P,
+        text: "base_image = \"i\"\ncommand = [\"x\"]\nstarting_deadline = \"5m\"\n",
+        expect: "d/profiles/p.toml:3:1: starting_deadline needs a schedule",
+    },
+    Case {
+        path: P,
         text: "base_image = \"i\"\ncommand = [\"x\"]\nconcurrency_policy = \"sometimes\"\n",
         expect: "d/profiles/p.toml:3:22: unknown variant `sometimes`, expected one of `allow`, `forbid`, `replace`",
     },

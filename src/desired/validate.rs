@@ -209,6 +209,18 @@ pub fn profile(path: &Path, bytes: &[u8], host: &dyn HostView) -> Result<Profile
         .timeout
         .as_deref()
         .and_then(|t| rules::duration(t).map_err(|p| s.at("timeout", 0, p)).ok());
+    let starting_deadline = w.starting_deadline.as_deref().and_then(|t| {
+        rules::duration(t)
+            .map_err(|p| s.at("starting_deadline", 0, p))
+            .ok()
+    });
+    if w.starting_deadline.is_some() && w.schedule.is_none() {
+        s.field(
+            "starting_deadline",
+            "starting_deadline needs a schedule",
+            "remove it, or add `schedule`",
+        );
+    }
     if let Some(m) = &w.memory
         && !rules::memory(m)
     {
@@ -272,6 +284,7 @@ pub fn profile(path: &Path, bytes: &[u8], host: &dyn HostView) -> Result<Profile
             Some(ConcurrencyPolicyWire::Replace) => ConcurrencyPolicy::Replace,
         },
         history_limit: w.history_limit.unwrap_or(10),
+        starting_deadline,
         methodology_dir,
         credentials: w
             .credentials

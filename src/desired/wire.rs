@@ -34,6 +34,10 @@ pub struct ProfileFile {
     pub concurrency_policy: Option<ConcurrencyPolicyWire>,
     /// Finished scheduled requests kept (default 10).
     pub history_limit: Option<u32>,
+    /// How late a fire may still start (`10m`): a fire missed while the
+    /// daemon was down runs at start-up if it is at most this old. Without
+    /// it, missed fires are never backfilled.
+    pub starting_deadline: Option<String>,
     /// Host folder mounted read-only at `/agentd/methodology`.
     pub methodology_dir: Option<String>,
     /// Environment variables of the session filled from the daemon's environment.

@@ -8,8 +8,10 @@
 
 mod clone;
 mod finish;
+mod schedule;
 mod start;
 
+pub use schedule::{Schedules, read_all as read_schedules};
 pub use start::new_session_id;
 mod workdir;
 

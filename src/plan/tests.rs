@@ -31,6 +31,7 @@ fn profile(name: &str) -> Profile {
         schedule: None,
         concurrency_policy: Default::default(),
         history_limit: 10,
+        starting_deadline: None,
         methodology_dir: None,
         credentials: vec![],
         repo_token_source: None,

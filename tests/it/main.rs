@@ -5,6 +5,7 @@ mod audit;
 mod cli;
 mod convergence;
 mod podman;
+mod scheduling;
 mod sessions;
 mod tidy;
 mod util;
