@@ -200,17 +200,18 @@ pub enum ContainerState {
     Other,
 }
 
-/// Everything the planner looks at besides the desired state.
-#[derive(Debug, Clone, Default)]
-pub struct Observed {
+/// Everything the planner looks at besides the desired state, borrowed from
+/// the daemon's live views so a pass copies nothing.
+#[derive(Debug, Clone, Copy)]
+pub struct Observed<'a> {
     /// Status records by request id.
-    pub statuses: BTreeMap<String, Status>,
-    /// This instance's containers by request id (`None` key never stored).
-    pub containers: BTreeMap<String, Container>,
+    pub statuses: &'a BTreeMap<String, Status>,
+    /// This instance's containers by request id.
+    pub containers: &'a BTreeMap<String, Container>,
     /// Containers of this instance that name no known request.
-    pub orphans: Vec<Container>,
+    pub orphans: &'a [Container],
     /// Requests with an executor operation under way: no new action for them.
-    pub busy: BTreeSet<String>,
+    pub busy: &'a BTreeSet<String>,
     /// True when the container table is known to be complete (a listing
     /// succeeded); false after a Podman failure, so nothing is concluded
     /// from a container's absence.

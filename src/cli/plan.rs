@@ -11,7 +11,7 @@ use crate::execute::ContainerTable;
 use crate::observed::Observed;
 use crate::plan::{PlanConfig, plan};
 use crate::runtime::podman::Podman;
-use crate::source::{Cache, RealHost};
+use crate::source::RealHost;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -26,14 +26,14 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
     for p in problems {
         eprintln!("warning: {p}");
     }
-    let loaded = Cache::default().load(&global.desired, &RealHost);
+    let loaded = crate::source::load(&global.desired, &RealHost);
     let source_available = loaded.is_ok();
     let desired = match loaded {
-        Ok(l) => {
-            for d in &l.diagnostics {
+        Ok((desired, diagnostics)) => {
+            for d in &diagnostics {
                 eprintln!("{d}");
             }
-            l.desired
+            desired
         }
         Err(e) => {
             eprintln!("warning: {e}");
@@ -48,11 +48,12 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
         .context("listing containers")?;
     let mut table = ContainerTable::default();
     table.replace(listing, &Default::default(), &|r| statuses.contains_key(r));
+    let busy = Default::default();
     let observed = Observed {
-        statuses,
-        containers: table.by_request,
-        orphans: table.orphans,
-        busy: Default::default(),
+        statuses: &statuses,
+        containers: &table.by_request,
+        orphans: &table.orphans,
+        busy: &busy,
         containers_known: true,
     };
     let cfg = PlanConfig {

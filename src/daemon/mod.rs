@@ -19,13 +19,12 @@ use tokio_util::task::TaskTracker;
 
 pub use lock::{LockError, acquire};
 
-use crate::desired::Desired;
 use crate::execute::{ContainerTable, Event, Settings, Shared, lock as guard};
 use crate::observed::{Container, ContainerState, Observed, Phase};
 use crate::plan::{PlanConfig, plan};
 use crate::runtime::podman::ContainerEvent;
 use crate::runtime::podman::Podman;
-use crate::source::{Cache, RealHost};
+use crate::source::{RealHost, Source};
 use crate::status::StatusStore;
 
 /// Worst-case delay for a change whose events were all lost: a full rescan
@@ -86,42 +85,61 @@ pub async fn run(
     let events_task = tokio::spawn(follow_container_events(Arc::clone(&sh)));
 
     let mut schedules = crate::execute::Schedules::load(&sh.settings.state);
-    let mut watcher = start_watcher(&sh.settings.desired, &tx);
-    let mut cache = Cache::default();
-    let mut last_desired = Desired::default();
-    let mut source_was_available = true;
+    let dirty: Arc<Mutex<watch::Dirty>> = Arc::default();
+    let mut watcher = start_watcher(&sh.settings.desired, &tx, &dirty);
+    let mut source = Source::new(&sh.settings.desired);
+    // The first pass, every resync and every lost-events signal scan the
+    // whole desired dir; other passes look only at the paths events named.
+    let mut full_scan = true;
+    let mut source_available = true;
     let mut admitting = true;
     let mut next_resync = Instant::now() + RESYNC;
 
     loop {
-        let loaded = cache.load(&sh.settings.desired, &RealHost);
-        let source_available = loaded.is_ok();
-        match loaded {
-            Ok(l) => {
-                if !source_was_available {
+        let changes = std::mem::take(&mut *guard(&dirty));
+        if changes.rescan || changes.rewatch {
+            full_scan = true;
+        }
+        if changes.rewatch {
+            // A folder was replaced (a symlink swap): watch what it points at now.
+            watcher = None;
+        }
+        let scanned = if full_scan || !source_available {
+            Some(source.full_scan(&RealHost))
+        } else if !changes.paths.is_empty() {
+            Some(source.update_paths(&changes.paths, &RealHost))
+        } else {
+            None
+        };
+        full_scan = false;
+        if let Some(result) = scanned {
+            tracing::trace!(parsed = source.last_parsed, "desired dir updated");
+            match result {
+                Ok(()) if !source_available => {
                     tracing::info!("desired dir available again");
                     write_daemon_state(&sh.settings.state, None);
+                    source_available = true;
                 }
-                last_desired = l.desired;
-            }
-            Err(e) => {
-                if source_was_available {
-                    tracing::warn!(error = %e, "desired dir unavailable; keeping running work, retrying");
-                    write_daemon_state(&sh.settings.state, Some(&e.to_string()));
+                Ok(()) => {}
+                Err(e) => {
+                    if source_available {
+                        tracing::warn!(error = %e, "desired dir unavailable; keeping running work, retrying");
+                        write_daemon_state(&sh.settings.state, Some(&e.to_string()));
+                    }
+                    source_available = false;
                 }
             }
         }
         if source_available && watcher.is_none() {
-            watcher = start_watcher(&sh.settings.desired, &tx);
+            watcher = start_watcher(&sh.settings.desired, &tx, &dirty);
         }
-        source_was_available = source_available;
+        let last_desired = source.desired();
 
         // Cron fires become request files; never while the source is away
         // (there is no requests/ to write into, and nothing to compare with).
         if source_available {
-            schedules.tick(&sh, &last_desired, &jiff::Zoned::now());
+            schedules.tick(&sh, last_desired, &jiff::Zoned::now());
         }
-        let observed = observe(&sh);
         let cfg = PlanConfig {
             now: jiff::Timestamp::now(),
             max_sessions: sh.settings.max_sessions,
@@ -129,11 +147,27 @@ pub async fn run(
             source_available,
             admitting,
         };
-        for action in plan(&last_desired, &observed, &cfg) {
+        // Plan against the live views, borrowed under their locks (tasks
+        // take them one at a time, never both), then apply with the locks
+        // released.
+        let actions = {
+            let busy = sh.busy_now();
+            let store = guard(&sh.store);
+            let table = guard(&sh.containers);
+            let observed = Observed {
+                statuses: store.all(),
+                containers: &table.by_request,
+                orphans: &table.orphans,
+                busy: &busy,
+                containers_known: table.known,
+            };
+            plan(last_desired, &observed, &cfg)
+        };
+        for action in actions {
             if action.is_change() {
                 tracing::debug!(action = %action, request = action.request().unwrap_or(""), "applying");
             }
-            sh.apply(action, &last_desired);
+            sh.apply(action, last_desired);
         }
 
         if !admitting && idle(&sh) {
@@ -167,7 +201,7 @@ pub async fn run(
                         }
                         Event::Hangup | Event::Rescan => {
                             tracing::info!(reason = ?ev, "full rescan");
-                            cache = Cache::default();
+                            full_scan = true;
                             watcher = None;
                             next_resync = Instant::now();
                         }
@@ -185,9 +219,7 @@ pub async fn run(
         if Instant::now() >= next_resync {
             resync_containers(&sh).await;
             next_resync = Instant::now() + RESYNC;
-            if watcher.is_none() {
-                watcher = start_watcher(&sh.settings.desired, &tx);
-            }
+            full_scan = true;
         }
     }
     drop(watcher);
@@ -199,25 +231,17 @@ pub async fn run(
     Ok(())
 }
 
-fn start_watcher(dir: &Path, tx: &mpsc::Sender<Event>) -> Option<watch::Watcher> {
-    match watch::watch(dir, tx.clone()) {
+fn start_watcher(
+    dir: &Path,
+    tx: &mpsc::Sender<Event>,
+    dirty: &Arc<Mutex<watch::Dirty>>,
+) -> Option<watch::Watcher> {
+    match watch::watch(dir, tx.clone(), Arc::clone(dirty)) {
         Ok(w) => Some(w),
         Err(e) => {
             tracing::warn!(dir = %dir.display(), error = %e, "cannot watch desired dir; relying on periodic rescans");
             None
         }
-    }
-}
-
-fn observe(sh: &Shared) -> Observed {
-    let statuses = guard(&sh.store).all().clone();
-    let t = guard(&sh.containers);
-    Observed {
-        statuses,
-        containers: t.by_request.clone(),
-        orphans: t.orphans.clone(),
-        busy: sh.busy_now(),
-        containers_known: t.known,
     }
 }
 

@@ -4,7 +4,9 @@
 //! (`need_rescan`) and watcher errors ask for a full rescan; the periodic
 //! resync bounds the delay when even that is lost.
 
-use std::path::Path;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use notify::RecursiveMode;
@@ -18,18 +20,62 @@ pub type Watcher = Debouncer<notify::RecommendedWatcher, RecommendedCache>;
 /// Burst window: a writer's create+write+close arrive as one wake-up.
 pub const DEBOUNCE: Duration = Duration::from_millis(20);
 
+/// What changed since the loop last looked: a cache-invalidation hint the
+/// watcher fills and the loop drains. Losing it costs latency only: the
+/// periodic full scan is the truth.
+#[derive(Debug, Default)]
+pub struct Dirty {
+    pub paths: HashSet<PathBuf>,
+    /// Events were lost (inotify overflow) or the watcher failed.
+    pub rescan: bool,
+    /// A watched folder itself was replaced (symlink swap): re-watch.
+    pub rewatch: bool,
+}
+
 /// Start watching `dir` recursively. Errors explain inotify limits.
-pub fn watch(dir: &Path, tx: mpsc::Sender<Event>) -> Result<Watcher, String> {
+pub fn watch(
+    dir: &Path,
+    tx: mpsc::Sender<Event>,
+    dirty: Arc<Mutex<Dirty>>,
+) -> Result<Watcher, String> {
+    let roots: Vec<PathBuf> = [
+        dir.to_path_buf(),
+        dir.join("profiles"),
+        dir.join("requests"),
+    ]
+    .into();
     let handler = move |result: DebounceEventResult| {
-        let event = match result {
-            Ok(events) if events.iter().any(|e| e.need_rescan()) => Event::Rescan,
-            Ok(events) if events.is_empty() => return,
-            Ok(_) => Event::Desired,
-            Err(errors) => {
-                for e in &errors {
-                    tracing::warn!(error = %explain(e), "watcher error; rescanning");
+        let event = {
+            let mut d = dirty
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match result {
+                Ok(events) if events.is_empty() => return,
+                Ok(events) => {
+                    for e in &events {
+                        if e.need_rescan() {
+                            d.rescan = true;
+                        }
+                        for p in &e.paths {
+                            if roots.contains(p) {
+                                d.rewatch = true;
+                            }
+                            d.paths.insert(p.clone());
+                        }
+                    }
+                    if d.rescan {
+                        Event::Rescan
+                    } else {
+                        Event::Desired
+                    }
                 }
-                Event::Rescan
+                Err(errors) => {
+                    for e in &errors {
+                        tracing::warn!(error = %explain(e), "watcher error; rescanning");
+                    }
+                    d.rescan = true;
+                    Event::Rescan
+                }
             }
         };
         let _ = tx.try_send(event);

@@ -1,7 +1,7 @@
 //! Cross-file rules: duplicate stems, a request's profile, its repository and
-//! its artifact schema. Per-file results go in, the whole `Desired` plus
-//! every diagnostic comes out. Cheap by design (no parsing happens here) so
-//! the daemon can re-run it every pass over its cache of per-file results.
+//! its artifact schema. Per-file results go in (no parsing happens here);
+//! entries come out one name at a time, so the daemon's cache can update
+//! just the names a change touched, and `assemble` builds everything at once.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -14,117 +14,108 @@ use super::validate::stem;
 /// One file's own validation result.
 pub type FileResult<T> = (PathBuf, Result<T, Vec<Diagnostic>>);
 
+/// A borrowed file result: the daemon's cache keeps owning it.
+pub type FileRef<'a, T> = (&'a PathBuf, &'a Result<T, Vec<Diagnostic>>);
+
+/// The entry of one profile name, from every file with that stem.
+pub enum ProfileEntry {
+    Valid(Box<Profile>),
+    Invalid(Rejected),
+    /// No file has that stem (any more).
+    Absent,
+}
+
+/// Decide one profile from the files that share its stem (borrowed: the
+/// daemon's cache keeps owning them).
+pub fn profile_entry(name: &str, files: &[FileRef<'_, Profile>]) -> ProfileEntry {
+    match files {
+        [] => ProfileEntry::Absent,
+        [(_, Ok(p))] => ProfileEntry::Valid(Box::new(p.clone())),
+        [(path, Err(d))] => ProfileEntry::Invalid(Rejected {
+            path: (*path).clone(),
+            diagnostics: d.clone(),
+            sha256: None,
+        }),
+        _ => ProfileEntry::Invalid(duplicate(name, "profile", files)),
+    }
+}
+
+/// Decide one request id from the files that share its stem, checking the
+/// cross-file rules against the profiles already in `desired`. `None` when
+/// no file has that stem.
+pub fn request_entry(
+    id: &str,
+    files: &[FileRef<'_, Request>],
+    desired: &Desired,
+    host: &dyn HostView,
+) -> Option<RequestEntry> {
+    match files {
+        [] => None,
+        [(path, Err(d))] => Some(RequestEntry::Invalid(Rejected {
+            path: (*path).clone(),
+            diagnostics: d.clone(),
+            sha256: None,
+        })),
+        [(path, Ok(r))] => {
+            let sha = r.spec_sha256.clone();
+            Some(match cross_check(r.clone(), desired, host) {
+                Ok(r) => RequestEntry::Valid(r),
+                Err(d) => RequestEntry::Invalid(Rejected {
+                    path: (*path).clone(),
+                    diagnostics: d,
+                    sha256: Some(sha),
+                }),
+            })
+        }
+        _ => Some(RequestEntry::Invalid(duplicate(id, "request", files))),
+    }
+}
+
+/// Build the whole desired state from per-file results (the one-shot path
+/// of `agentd validate` and `agentd plan`; the daemon updates entries
+/// incrementally with the two functions above).
 pub fn assemble(
     profiles: Vec<FileResult<Profile>>,
     requests: Vec<FileResult<Request>>,
     host: &dyn HostView,
 ) -> (Desired, Vec<Diagnostic>) {
     let mut desired = Desired::default();
-    let mut diags = Vec::new();
-
-    for (name, mut files) in by_stem(profiles) {
-        if files.len() > 1 {
-            let d = duplicate(&name, "profile", &files);
-            diags.extend(d.iter().cloned());
-            diags.extend(own_problems(&files));
-            desired.invalid_profiles.insert(
-                name,
-                Rejected {
-                    path: files.swap_remove(0).0,
-                    diagnostics: d,
-                    sha256: None,
-                },
-            );
-            continue;
-        }
-        let Some((path, result)) = files.pop() else {
-            continue;
-        };
-        match result {
-            Ok(p) => {
-                desired.profiles.insert(name, p);
+    for (name, files) in by_stem(&profiles) {
+        match profile_entry(&name, &files) {
+            ProfileEntry::Valid(p) => {
+                desired.profiles.insert(name, *p);
             }
-            Err(d) => {
-                diags.extend(d.iter().cloned());
-                desired.invalid_profiles.insert(
-                    name,
-                    Rejected {
-                        path,
-                        diagnostics: d,
-                        sha256: None,
-                    },
-                );
+            ProfileEntry::Invalid(r) => {
+                desired.invalid_profiles.insert(name, r);
             }
+            ProfileEntry::Absent => {}
         }
     }
-
-    for (id, mut files) in by_stem(requests) {
-        if files.len() > 1 {
-            let d = duplicate(&id, "request", &files);
-            diags.extend(d.iter().cloned());
-            diags.extend(own_problems(&files));
-            desired.requests.insert(
-                id,
-                RequestEntry::Invalid(Rejected {
-                    path: files.swap_remove(0).0,
-                    diagnostics: d,
-                    sha256: None,
-                }),
-            );
-            continue;
+    for (id, files) in by_stem(&requests) {
+        if let Some(e) = request_entry(&id, &files, &desired, host) {
+            desired.requests.insert(id, e);
         }
-        let Some((path, result)) = files.pop() else {
-            continue;
-        };
-        let (result, sha256) = match result {
-            Ok(r) => {
-                let sha = r.spec_sha256.clone();
-                (cross_check(r, &desired, host), Some(sha))
-            }
-            Err(d) => (Err(d), None),
-        };
-        let entry = match result {
-            Ok(r) => RequestEntry::Valid(r),
-            Err(d) => {
-                diags.extend(d.iter().cloned());
-                RequestEntry::Invalid(Rejected {
-                    path,
-                    diagnostics: d,
-                    sha256,
-                })
-            }
-        };
-        desired.requests.insert(id, entry);
     }
-    diags.sort();
+    let diags = desired.diagnostics();
     (desired, diags)
 }
 
-fn by_stem<T>(files: Vec<FileResult<T>>) -> BTreeMap<String, Vec<FileResult<T>>> {
-    let mut map: BTreeMap<String, Vec<FileResult<T>>> = BTreeMap::new();
-    for f in files {
-        map.entry(stem(&f.0)).or_default().push(f);
+fn by_stem<T>(files: &[FileResult<T>]) -> BTreeMap<String, Vec<FileRef<'_, T>>> {
+    let mut map: BTreeMap<String, Vec<FileRef<'_, T>>> = BTreeMap::new();
+    for (path, result) in files {
+        map.entry(stem(path)).or_default().push((path, result));
     }
     for v in map.values_mut() {
-        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v.sort_by(|a, b| a.0.cmp(b.0));
     }
     map
 }
 
-/// The problems each of a set of files has on its own (reported even when
-/// the set is rejected as duplicates, so one run shows everything).
-fn own_problems<T>(files: &[FileResult<T>]) -> Vec<Diagnostic> {
-    files
-        .iter()
-        .filter_map(|(_, r)| r.as_ref().err())
-        .flatten()
-        .cloned()
-        .collect()
-}
-
-fn duplicate<T>(name: &str, kind: &str, files: &[FileResult<T>]) -> Vec<Diagnostic> {
+/// Files sharing a stem: every one rejected, each diagnostic naming all of
+/// them, plus each file's own problems (so one run shows everything).
+fn duplicate<T>(name: &str, kind: &str, files: &[FileRef<'_, T>]) -> Rejected {
     let paths: Vec<String> = files.iter().map(|f| f.0.display().to_string()).collect();
-    files
+    let mut diagnostics: Vec<Diagnostic> = files
         .iter()
         .map(|(path, _)| {
             Diagnostic::new(
@@ -137,7 +128,19 @@ fn duplicate<T>(name: &str, kind: &str, files: &[FileResult<T>]) -> Vec<Diagnost
             )
             .hint("the file stem is the identity; rename or delete all but one")
         })
-        .collect()
+        .collect();
+    diagnostics.extend(
+        files
+            .iter()
+            .filter_map(|(_, r)| r.as_ref().err())
+            .flatten()
+            .cloned(),
+    );
+    Rejected {
+        path: files[0].0.clone(),
+        diagnostics,
+        sha256: None,
+    }
 }
 
 /// Rules of a request that need the profiles: the profile exists, a repo is

@@ -15,7 +15,7 @@ pub mod wire;
 
 use std::path::Path;
 
-pub use assemble::{FileResult, assemble};
+pub use assemble::{FileRef, FileResult, ProfileEntry, assemble, profile_entry, request_entry};
 pub use diag::{Diagnostic, Pos, locate_key};
 pub use model::*;
 pub use parse::{Format, MAX_FILE_BYTES};

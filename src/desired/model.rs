@@ -19,6 +19,24 @@ pub struct Desired {
     pub requests: BTreeMap<String, RequestEntry>,
 }
 
+impl Desired {
+    /// Every problem of every rejected file, sorted and de-duplicated.
+    pub fn diagnostics(&self) -> Vec<Diagnostic> {
+        let mut d: Vec<Diagnostic> = self
+            .invalid_profiles
+            .values()
+            .chain(self.requests.values().filter_map(|e| match e {
+                RequestEntry::Invalid(r) => Some(r),
+                RequestEntry::Valid(_) => None,
+            }))
+            .flat_map(|r| r.diagnostics.iter().cloned())
+            .collect();
+        d.sort();
+        d.dedup();
+        d
+    }
+}
+
 /// A file that was rejected, with the diagnostics that say why.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rejected {

@@ -32,8 +32,11 @@ impl Schedules {
 
     /// One tick: decide, apply, persist.
     pub fn tick(&mut self, sh: &Shared, desired: &crate::desired::Desired, now: &jiff::Zoned) {
-        let statuses = lock(&sh.store).all().clone();
-        for action in self.scheduler.tick(desired, &statuses, now) {
+        let actions = {
+            let store = lock(&sh.store);
+            self.scheduler.tick(desired, store.all(), now)
+        };
+        for action in actions {
             apply(sh, &action);
         }
         self.persist();

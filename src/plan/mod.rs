@@ -121,11 +121,14 @@ impl fmt::Display for Action {
 pub const EDITED_MESSAGE: &str = "file changed after admission; the admitted spec is kept (requests are one-shot: drop a new file for a new session)";
 
 /// Compute the actions that converge `observed` toward `desired`.
-pub fn plan(desired: &Desired, observed: &Observed, cfg: &PlanConfig) -> Vec<Action> {
+pub fn plan(desired: &Desired, observed: &Observed<'_>, cfg: &PlanConfig) -> Vec<Action> {
     let mut actions = Vec::new();
+    // Requests admitted in this pass compete for slots in this pass too:
+    // a dropped file starts without waiting for another wake-up.
+    let mut admitted: Vec<Status> = Vec::new();
     let mut pending: Vec<(&Status, bool)> = Vec::new();
 
-    for (id, status) in &observed.statuses {
+    for (id, status) in observed.statuses {
         if observed.busy.contains(id) {
             continue;
         }
@@ -236,16 +239,25 @@ pub fn plan(desired: &Desired, observed: &Observed, cfg: &PlanConfig) -> Vec<Act
                     });
                 }
             }
-            None if cfg.admitting => actions.push(Action::Admit {
-                request: id.clone(),
-            }),
+            None if cfg.admitting => {
+                actions.push(Action::Admit {
+                    request: id.clone(),
+                });
+                if let RequestEntry::Valid(r) = entry {
+                    let mut s = Status::new(id, &r.profile);
+                    s.phase = Phase::Pending;
+                    s.created_at = Some(cfg.now);
+                    admitted.push(s);
+                }
+            }
             None => {}
         }
     }
 
+    pending.extend(admitted.iter().map(|s| (s, false)));
     schedule_starts(&mut actions, desired, observed, cfg, pending);
 
-    for orphan in &observed.orphans {
+    for orphan in observed.orphans {
         remove_container(
             &mut actions,
             observed,
@@ -261,7 +273,7 @@ pub fn container_key(name: &str) -> String {
     format!("container:{name}")
 }
 
-fn remove_container(actions: &mut Vec<Action>, observed: &Observed, name: &str, why: String) {
+fn remove_container(actions: &mut Vec<Action>, observed: &Observed<'_>, name: &str, why: String) {
     if !observed.busy.contains(&container_key(name)) {
         actions.push(Action::RemoveContainer {
             container: name.to_string(),
@@ -295,7 +307,7 @@ fn running(
     actions: &mut Vec<Action>,
     id: &str,
     status: &Status,
-    observed: &Observed,
+    observed: &Observed<'_>,
     cfg: &PlanConfig,
     file_gone: bool,
 ) {
@@ -332,7 +344,7 @@ fn running(
 fn schedule_starts(
     actions: &mut Vec<Action>,
     desired: &Desired,
-    observed: &Observed,
+    observed: &Observed<'_>,
     cfg: &PlanConfig,
     mut pending: Vec<(&Status, bool)>,
 ) {

@@ -10,6 +10,7 @@
 //! orphan NAME                         busy ID
 //! ```
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -57,10 +58,11 @@ fn rejected(path: &str) -> Rejected {
 
 fn run(fixture: &str) -> String {
     let mut desired = Desired::default();
-    let mut observed = Observed {
-        containers_known: true,
-        ..Default::default()
-    };
+    let mut statuses = BTreeMap::new();
+    let mut containers = BTreeMap::new();
+    let mut orphans = Vec::new();
+    let mut busy = BTreeSet::new();
+    let mut containers_known = true;
     let mut cfg = PlanConfig {
         now: ts(1000),
         max_sessions: 4,
@@ -87,7 +89,7 @@ fn run(fixture: &str) -> String {
                 }
                 cfg.source_available = !args.contains(&"unavailable");
                 cfg.admitting = !args.contains(&"draining");
-                observed.containers_known = !args.contains(&"unknown-containers");
+                containers_known = !args.contains(&"unknown-containers");
             }
             "profile" => {
                 let mut p = profile(args[0]);
@@ -149,7 +151,7 @@ fn run(fixture: &str) -> String {
                 if s.phase == Phase::Done {
                     s.outcome = Some(Outcome::Success);
                 }
-                observed.statuses.insert(args[0].into(), s);
+                statuses.insert(args[0].into(), s);
             }
             "container" | "orphan" => {
                 let state = match args.get(1).copied().unwrap_or("running") {
@@ -169,17 +171,24 @@ fn run(fixture: &str) -> String {
                     started: args.contains(&"started"),
                 };
                 if kind == "orphan" {
-                    observed.orphans.push(c);
+                    orphans.push(c);
                 } else {
-                    observed.containers.insert(args[0].into(), c);
+                    containers.insert(args[0].into(), c);
                 }
             }
             "busy" => {
-                observed.busy.insert(args[0].into());
+                busy.insert(args[0].into());
             }
             other => panic!("unknown fixture line kind `{other}`"),
         }
     }
+    let observed = Observed {
+        statuses: &statuses,
+        containers: &containers,
+        orphans: &orphans,
+        busy: &busy,
+        containers_known,
+    };
     plan(&desired, &observed, &cfg)
         .iter()
         .map(|a| format!("{a}\n"))
@@ -203,8 +212,16 @@ fn check(fixture: &str, expect: &str) {
 // --- admission ---
 
 #[test]
-fn new_valid_file_is_admitted() {
-    check("profile p\nfile r1 p", "admit r1");
+fn new_valid_file_is_admitted_and_started_in_the_same_pass() {
+    check("profile p\nfile r1 p", "admit r1\nstart r1");
+}
+
+#[test]
+fn newly_admitted_requests_wait_behind_older_ones_for_slots() {
+    check(
+        "config max=1\nprofile p\nfile old p\nfile new p\nstatus old pending created=5",
+        "admit new\nstart old\nwait new: waiting for a slot (1/1 running)",
+    );
 }
 
 #[test]
@@ -235,7 +252,7 @@ fn request_for_invalid_profile_is_rejected_naming_the_profile_file() {
 fn fixed_file_is_admitted_after_being_invalid() {
     check(
         "profile p\nfile r1 p\nstatus r1 invalid msg=old",
-        "admit r1",
+        "admit r1\nstart r1",
     );
 }
 

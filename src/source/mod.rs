@@ -4,7 +4,7 @@
 //!
 //! This is IO; everything it hands on is checked by the pure `desired` module.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -142,77 +142,426 @@ pub fn scan_folder(dir: &Path, folder: &str, kind: Kind) -> Result<Vec<Found>, S
     Ok(out)
 }
 
-/// Per-file validation results from earlier passes, reused while a file's
-/// key is unchanged.
-#[derive(Default)]
-pub struct Cache {
-    profiles: HashMap<PathBuf, (FileKey, Result<Profile, Vec<Diagnostic>>)>,
-    requests: HashMap<PathBuf, (FileKey, Result<Request, Vec<Diagnostic>>)>,
-    /// Files (re)validated by the last `load`, for tests and benchmarks.
+/// One candidate file's last validation.
+enum Parsed {
+    Profile(Result<Profile, Vec<Diagnostic>>),
+    Request(Result<Request, Vec<Diagnostic>>),
+}
+
+struct FileState {
+    key: FileKey,
+    parsed: Parsed,
+}
+
+/// The desired dir as the daemon sees it, kept up to date incrementally:
+/// per-file validation results keyed by file identity, the assembled
+/// `Desired`, and the indexes that say which entries a change touches. A
+/// pass after one file changed re-reads that file and re-decides the few
+/// names it affects; a full scan (start-up, periodic resync, lost events)
+/// re-stats everything but still re-parses only files whose key changed.
+pub struct Source {
+    dir: PathBuf,
+    files: HashMap<PathBuf, FileState>,
+    /// Files per (kind, stem): more than one is a duplicate.
+    stems: HashMap<(Kind, String), BTreeSet<PathBuf>>,
+    /// Request ids per profile they name: re-checked when the profile changes.
+    by_profile: HashMap<String, BTreeSet<String>>,
+    desired: Desired,
+    /// Files (re)validated by the last update, for tests and benchmarks.
     pub last_parsed: usize,
 }
 
-/// A loaded desired dir.
-pub struct Loaded {
-    pub desired: Desired,
-    pub diagnostics: Vec<Diagnostic>,
-}
+impl Source {
+    pub fn new(dir: &Path) -> Source {
+        Source {
+            dir: dir.to_path_buf(),
+            files: HashMap::new(),
+            stems: HashMap::new(),
+            by_profile: HashMap::new(),
+            desired: Desired::default(),
+            last_parsed: 0,
+        }
+    }
 
-impl Cache {
-    /// Scan `dir` and validate what changed since the last call.
-    pub fn load(&mut self, dir: &Path, host: &dyn HostView) -> Result<Loaded, SourceError> {
-        let found_profiles = scan_folder(dir, FOLDERS[0].0, Kind::Profile)?;
-        let found_requests = scan_folder(dir, FOLDERS[1].0, Kind::Request)?;
+    pub fn desired(&self) -> &Desired {
+        &self.desired
+    }
+
+    /// Re-stat every candidate file; re-validate the ones that changed.
+    /// On `Unavailable` nothing is changed: the last good state stands.
+    pub fn full_scan(&mut self, host: &dyn HostView) -> Result<(), SourceError> {
+        let mut found = Vec::new();
+        for (folder, kind) in FOLDERS {
+            found.extend(scan_folder(&self.dir, folder, kind)?);
+        }
         self.last_parsed = 0;
-        let profiles = refresh(
-            &mut self.profiles,
-            &found_profiles,
-            &mut self.last_parsed,
-            |p, b| desired::validate_profile(p, b, host),
-        );
-        let requests = refresh(
-            &mut self.requests,
-            &found_requests,
-            &mut self.last_parsed,
-            |p, b| desired::validate_request(p, b, host),
-        );
-        let (desired, diagnostics) = desired::assemble(profiles, requests, host);
-        Ok(Loaded {
-            desired,
-            diagnostics,
-        })
+        let seen: HashSet<&PathBuf> = found.iter().map(|f| &f.path).collect();
+        let gone: Vec<PathBuf> = self
+            .files
+            .keys()
+            .filter(|p| !seen.contains(p))
+            .cloned()
+            .collect();
+        let mut touched = Touched::default();
+        for p in gone {
+            self.forget(&p, &mut touched);
+        }
+        for f in &found {
+            self.refresh(f, host, &mut touched);
+        }
+        self.redecide(touched, host);
+        Ok(())
+    }
+
+    /// Update only `paths` (from watcher events). A path that is not a
+    /// candidate file (a folder, a renamed symlink, the folders themselves)
+    /// rescans its whole folder.
+    pub fn update_paths(
+        &mut self,
+        paths: &HashSet<PathBuf>,
+        host: &dyn HostView,
+    ) -> Result<(), SourceError> {
+        self.last_parsed = 0;
+        let mut touched = Touched::default();
+        let mut rescan: BTreeSet<(&str, Kind)> = BTreeSet::new();
+        for path in paths {
+            let Some((folder, kind)) = FOLDERS
+                .iter()
+                .copied()
+                .find(|(f, _)| path.starts_with(self.dir.join(f)))
+            else {
+                // The desired dir itself, or a sibling: re-check both folders.
+                if path == &self.dir || !path.starts_with(&self.dir) {
+                    rescan.extend(FOLDERS);
+                }
+                continue;
+            };
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let hidden = path.strip_prefix(self.dir.join(folder)).is_ok_and(|rel| {
+                rel.components()
+                    .any(|c| c.as_os_str().to_string_lossy().starts_with('.'))
+            });
+            if hidden {
+                continue;
+            }
+            if !desired::is_candidate(&name) {
+                rescan.insert((folder, kind));
+                continue;
+            }
+            match std::fs::metadata(path) {
+                Ok(meta) if meta.is_file() => {
+                    let f = Found {
+                        kind,
+                        path: path.clone(),
+                        key: FileKey::of(&meta),
+                    };
+                    self.refresh(&f, host, &mut touched);
+                }
+                Ok(_) => {
+                    rescan.insert((folder, kind));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    self.forget(path, &mut touched)
+                }
+                // Unreadable: the folder scan decides whether the source is
+                // unavailable.
+                Err(_) => {
+                    rescan.insert((folder, kind));
+                }
+            }
+        }
+        for (folder, kind) in rescan {
+            let found = scan_folder(&self.dir, folder, kind)?;
+            let seen: HashSet<&PathBuf> = found.iter().map(|f| &f.path).collect();
+            let root = self.dir.join(folder);
+            let gone: Vec<PathBuf> = self
+                .files
+                .keys()
+                .filter(|p| p.starts_with(&root) && !seen.contains(p))
+                .cloned()
+                .collect();
+            for p in gone {
+                self.forget(&p, &mut touched);
+            }
+            for f in &found {
+                self.refresh(f, host, &mut touched);
+            }
+        }
+        self.redecide(touched, host);
+        Ok(())
+    }
+
+    /// Re-validate `f` if its key changed since it was last read.
+    fn refresh(&mut self, f: &Found, host: &dyn HostView, touched: &mut Touched) {
+        if self.files.get(&f.path).is_some_and(|s| s.key == f.key) {
+            return;
+        }
+        self.last_parsed += 1;
+        let bytes = read_capped(&f.path, MAX_FILE_BYTES);
+        let unreadable = |e: &std::io::Error| {
+            vec![Diagnostic::new(
+                &f.path,
+                None,
+                format!("cannot read file: {e}"),
+            )]
+        };
+        let parsed = match f.kind {
+            Kind::Profile => Parsed::Profile(match &bytes {
+                Ok(b) => desired::validate_profile(&f.path, b, host),
+                Err(e) => Err(unreadable(e)),
+            }),
+            Kind::Request => Parsed::Request(match &bytes {
+                Ok(b) => desired::validate_request(&f.path, b, host),
+                Err(e) => Err(unreadable(e)),
+            }),
+        };
+        let stem = desired::stem(&f.path);
+        touched.mark(f.kind, &stem);
+        self.stems
+            .entry((f.kind, stem))
+            .or_default()
+            .insert(f.path.clone());
+        self.files
+            .insert(f.path.clone(), FileState { key: f.key, parsed });
+    }
+
+    fn forget(&mut self, path: &Path, touched: &mut Touched) {
+        let Some(state) = self.files.remove(path) else {
+            return;
+        };
+        let kind = match state.parsed {
+            Parsed::Profile(_) => Kind::Profile,
+            Parsed::Request(_) => Kind::Request,
+        };
+        let stem = desired::stem(path);
+        if let Some(set) = self.stems.get_mut(&(kind, stem.clone())) {
+            set.remove(path);
+            if set.is_empty() {
+                self.stems.remove(&(kind, stem.clone()));
+            }
+        }
+        touched.mark(kind, &stem);
+    }
+
+    /// Re-decide the touched names: profiles first (a changed profile
+    /// re-checks every request that names it), then requests.
+    fn redecide(&mut self, mut touched: Touched, host: &dyn HostView) {
+        for name in std::mem::take(&mut touched.profiles) {
+            let paths = self
+                .stems
+                .get(&(Kind::Profile, name.clone()))
+                .cloned()
+                .unwrap_or_default();
+            let files: Vec<desired::FileRef<'_, Profile>> = paths
+                .iter()
+                .filter_map(|p| match &self.files.get(p)?.parsed {
+                    Parsed::Profile(r) => Some((p, r)),
+                    Parsed::Request(_) => None,
+                })
+                .collect();
+            let entry = desired::profile_entry(&name, &files);
+            self.desired.profiles.remove(&name);
+            self.desired.invalid_profiles.remove(&name);
+            match entry {
+                desired::ProfileEntry::Valid(p) => {
+                    self.desired.profiles.insert(name.clone(), *p);
+                }
+                desired::ProfileEntry::Invalid(r) => {
+                    self.desired.invalid_profiles.insert(name.clone(), r);
+                }
+                desired::ProfileEntry::Absent => {}
+            }
+            if let Some(ids) = self.by_profile.get(&name) {
+                touched.requests.extend(ids.iter().cloned());
+            }
+        }
+        for id in touched.requests {
+            let paths = self
+                .stems
+                .get(&(Kind::Request, id.clone()))
+                .cloned()
+                .unwrap_or_default();
+            let files: Vec<desired::FileRef<'_, Request>> = paths
+                .iter()
+                .filter_map(|p| match &self.files.get(p)?.parsed {
+                    Parsed::Request(r) => Some((p, r)),
+                    Parsed::Profile(_) => None,
+                })
+                .collect();
+            // Re-index which profile this id names.
+            for ids in self.by_profile.values_mut() {
+                ids.remove(&id);
+            }
+            for (_, r) in &files {
+                if let Ok(r) = r {
+                    self.by_profile
+                        .entry(r.profile.clone())
+                        .or_default()
+                        .insert(id.clone());
+                }
+            }
+            match desired::request_entry(&id, &files, &self.desired, host) {
+                Some(e) => {
+                    self.desired.requests.insert(id, e);
+                }
+                None => {
+                    self.desired.requests.remove(&id);
+                }
+            }
+        }
+        self.by_profile.retain(|_, ids| !ids.is_empty());
     }
 }
 
-fn refresh<T: Clone>(
-    cache: &mut HashMap<PathBuf, (FileKey, Result<T, Vec<Diagnostic>>)>,
-    found: &[Found],
-    parsed: &mut usize,
-    validate: impl Fn(&Path, &[u8]) -> Result<T, Vec<Diagnostic>>,
-) -> Vec<desired::FileResult<T>> {
-    let mut keep: HashMap<PathBuf, (FileKey, Result<T, Vec<Diagnostic>>)> =
-        HashMap::with_capacity(found.len());
-    for f in found {
-        let entry = match cache.remove(&f.path) {
-            Some(old) if old.0 == f.key => old,
-            _ => {
-                *parsed += 1;
-                let result = match read_capped(&f.path, MAX_FILE_BYTES) {
-                    Ok(bytes) => validate(&f.path, &bytes),
-                    Err(e) => Err(vec![Diagnostic::new(
-                        &f.path,
-                        None,
-                        format!("cannot read file: {e}"),
-                    )]),
-                };
-                (f.key, result)
-            }
+/// Names whose entries a change may have altered.
+#[derive(Default)]
+struct Touched {
+    profiles: BTreeSet<String>,
+    requests: BTreeSet<String>,
+}
+
+impl Touched {
+    fn mark(&mut self, kind: Kind, stem: &str) {
+        match kind {
+            Kind::Profile => self.profiles.insert(stem.to_string()),
+            Kind::Request => self.requests.insert(stem.to_string()),
         };
-        keep.insert(f.path.clone(), entry);
     }
-    *cache = keep;
-    cache
-        .iter()
-        .map(|(p, (_, r))| (p.clone(), r.clone()))
-        .collect()
+}
+
+/// Load a desired dir in one go (the CLI's path): the model plus every problem.
+pub fn load(dir: &Path, host: &dyn HostView) -> Result<(Desired, Vec<Diagnostic>), SourceError> {
+    let mut s = Source::new(dir);
+    s.full_scan(host)?;
+    let diags = s.desired.diagnostics();
+    Ok((s.desired, diags))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(root: &Path, rel: &str, text: &str) -> PathBuf {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&p, text).expect("write");
+        p
+    }
+
+    fn same_as_fresh(s: &Source, dir: &Path) {
+        let (fresh, _) = load(dir, &RealHost).expect("load");
+        assert_eq!(
+            s.desired(),
+            &fresh,
+            "incremental state differs from a fresh load"
+        );
+    }
+
+    #[test]
+    fn only_changed_files_are_parsed_and_results_match_a_fresh_load() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let dir = d.path();
+        put(
+            dir,
+            "profiles/p.toml",
+            "base_image = \"i\"\ncommand = [\"x\"]\nrepo = \"/r\"\n",
+        );
+        for i in 0..50 {
+            put(dir, &format!("requests/r{i}.toml"), "profile = \"p\"\n");
+        }
+        let mut s = Source::new(dir);
+        s.full_scan(&RealHost).expect("scan");
+        assert_eq!(s.last_parsed, 51);
+        s.full_scan(&RealHost).expect("scan");
+        assert_eq!(s.last_parsed, 0, "a rescan re-parses nothing unchanged");
+
+        // One new file: one parse.
+        let new = put(dir, "requests/new.toml", "profile = \"q\"\n");
+        s.update_paths(&[new.clone()].into(), &RealHost)
+            .expect("update");
+        assert_eq!(s.last_parsed, 1);
+        assert!(
+            matches!(
+                s.desired().requests["new"],
+                desired::RequestEntry::Invalid(_)
+            ),
+            "profile q unknown"
+        );
+        same_as_fresh(&s, dir);
+
+        // The profile it names appears: only the profile is read, and the
+        // request naming it is re-checked without being re-read.
+        let q = put(
+            dir,
+            "profiles/q.yaml",
+            "base_image: i\ncommand: [x]\nrepo: /r\n",
+        );
+        s.update_paths(&[q.clone()].into(), &RealHost)
+            .expect("update");
+        assert_eq!(s.last_parsed, 1);
+        assert!(matches!(
+            s.desired().requests["new"],
+            desired::RequestEntry::Valid(_)
+        ));
+        same_as_fresh(&s, dir);
+
+        // A duplicate stem, then its removal.
+        let dup = put(
+            dir,
+            "profiles/team/q.toml",
+            "base_image = \"i\"\ncommand = [\"x\"]\n",
+        );
+        s.update_paths(&[dup.clone()].into(), &RealHost)
+            .expect("update");
+        assert!(s.desired().invalid_profiles.contains_key("q"));
+        same_as_fresh(&s, dir);
+        std::fs::remove_file(&dup).expect("rm");
+        s.update_paths(&[dup].into(), &RealHost).expect("update");
+        assert!(s.desired().profiles.contains_key("q"));
+        same_as_fresh(&s, dir);
+
+        // Deleting a request; an event on a folder rescans that folder.
+        std::fs::remove_file(&new).expect("rm");
+        std::fs::remove_file(dir.join("requests/r3.toml")).expect("rm");
+        s.update_paths(&[new, dir.join("requests")].into(), &RealHost)
+            .expect("update");
+        assert!(
+            !s.desired().requests.contains_key("new") && !s.desired().requests.contains_key("r3")
+        );
+        assert_eq!(s.last_parsed, 0);
+        same_as_fresh(&s, dir);
+
+        // Hidden and temp files are ignored even when events name them.
+        let tmp = put(dir, "requests/.x.toml.123.tmp", "garbage");
+        s.update_paths(&[tmp].into(), &RealHost).expect("update");
+        assert_eq!(s.last_parsed, 0);
+        same_as_fresh(&s, dir);
+    }
+
+    #[test]
+    fn a_missing_folder_is_unavailable_and_changes_nothing() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let dir = d.path();
+        put(
+            dir,
+            "profiles/p.toml",
+            "base_image = \"i\"\ncommand = [\"x\"]\nrepo = \"/r\"\n",
+        );
+        put(dir, "requests/r.toml", "profile = \"p\"\n");
+        let mut s = Source::new(dir);
+        s.full_scan(&RealHost).expect("scan");
+        std::fs::rename(dir.join("requests"), dir.join("away")).expect("mv");
+        assert!(s.full_scan(&RealHost).is_err());
+        assert!(
+            s.update_paths(&[dir.join("requests")].into(), &RealHost)
+                .is_err()
+        );
+        assert!(
+            s.desired().requests.contains_key("r"),
+            "nothing is forgotten while the source is away"
+        );
+    }
 }
