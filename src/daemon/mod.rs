@@ -78,10 +78,12 @@ pub async fn run(
         tasks: TaskTracker::new(),
         clone_cache: tokio::sync::Mutex::new(()),
         backoff: Mutex::new(Default::default()),
+        gates: Mutex::new(Default::default()),
     });
     write_daemon_state(&sh.settings.state, None);
     resync_containers(&sh).await;
     remove_stale_work_dirs(&sh);
+    reopen_gates(&sh);
     let events_task = tokio::spawn(follow_container_events(Arc::clone(&sh)));
 
     let mut schedules = crate::execute::Schedules::load(&sh.settings.state);
@@ -95,8 +97,18 @@ pub async fn run(
     let mut admitting = true;
     let mut next_resync = Instant::now() + RESYNC;
 
+    let mut passes: u64 = 0;
     loop {
-        let changes = std::mem::take(&mut *guard(&dirty));
+        let pass_start = std::time::Instant::now();
+        let changes = {
+            let mut d = guard(&dirty);
+            // Files still being written stay behind for their close event.
+            let writing = std::mem::take(&mut d.writing);
+            let mut taken = std::mem::take(&mut *d);
+            d.writing = writing;
+            taken.writing.clear();
+            taken
+        };
         if changes.rescan || changes.rewatch {
             full_scan = true;
         }
@@ -170,6 +182,16 @@ pub async fn run(
             sh.apply(action, last_desired);
         }
 
+        passes += 1;
+        // One event per pass, at debug level: what it cost and why.
+        tracing::debug!(
+            pass = passes,
+            parsed = source.last_parsed,
+            requests = last_desired.requests.len(),
+            elapsed_us = u64::try_from(pass_start.elapsed().as_micros()).unwrap_or(u64::MAX),
+            "pass"
+        );
+        source.last_parsed = 0;
         if !admitting && idle(&sh) {
             tracing::info!("drained: no sessions left; exiting");
             break;
@@ -253,26 +275,28 @@ fn idle(sh: &Shared) -> bool {
 /// The next moment a pass is due without any event: the resync, a session
 /// deadline, or a status retention expiry.
 fn next_wake(sh: &Shared, next_resync: Instant) -> Instant {
-    let now_unix = jiff::Timestamp::now().as_second();
+    let now_ms = jiff::Timestamp::now().as_millisecond();
     let mut at = next_resync;
-    let in_secs = |unix: i64| {
+    // Unix milliseconds to a tokio instant (the past means now).
+    let at_ms = |unix_ms: i64| {
         Instant::now()
-            + Duration::from_secs(u64::try_from(unix.saturating_sub(now_unix)).unwrap_or(0))
+            + Duration::from_millis(u64::try_from(unix_ms.saturating_sub(now_ms)).unwrap_or(0))
     };
     for c in guard(&sh.containers).by_request.values() {
         if let Some(d) = c.deadline {
-            at = at.min(in_secs(d));
+            at = at.min(at_ms(d));
         }
     }
     for b in guard(&sh.backoff).values() {
         at = at.min(Instant::from_std(b.until));
     }
-    let retention = i64::try_from(sh.settings.status_retention.as_secs()).unwrap_or(i64::MAX / 4);
+    let retention_ms =
+        i64::try_from(sh.settings.status_retention.as_millis()).unwrap_or(i64::MAX / 4);
     for s in guard(&sh.store).all().values() {
         if s.phase == Phase::Done
             && let Some(f) = s.finished_at
         {
-            at = at.min(in_secs(f.as_second().saturating_add(retention)));
+            at = at.min(at_ms(f.as_millisecond().saturating_add(retention_ms)));
         }
     }
     at
@@ -362,6 +386,22 @@ async fn follow_container_events(sh: Arc<Shared>) {
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(30));
         let _ = sh.wake.try_send(Event::Resync);
+    }
+}
+
+/// After a restart, re-send `go` to every running session's gate: a `go`
+/// written just before a crash may never have reached its reader.
+fn reopen_gates(sh: &Shared) {
+    let running: Vec<(String, String)> = guard(&sh.store)
+        .all()
+        .values()
+        .filter(|s| s.phase == Phase::Running)
+        .filter_map(|s| Some((s.request.clone(), s.session_id.clone()?)))
+        .collect();
+    for (request, sid) in running {
+        if let Err(e) = sh.open_gate(&request, &sid) {
+            tracing::debug!(request, error = %e, "no gate to reopen");
+        }
     }
 }
 

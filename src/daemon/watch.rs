@@ -17,8 +17,13 @@ use crate::execute::Event;
 
 pub type Watcher = Debouncer<notify::RecommendedWatcher, RecommendedCache>;
 
-/// Burst window: a writer's create+write+close arrive as one wake-up.
-pub const DEBOUNCE: Duration = Duration::from_millis(20);
+/// Burst window: a writer's create+write+close arrive as one wake-up. Short,
+/// because detection latency matters; a slow non-atomic writer is handled
+/// by readiness (see `ready`), not by a long window.
+pub const DEBOUNCE: Duration = Duration::from_millis(8);
+/// How often the debouncer thread looks for expired windows (also its idle
+/// wake-up rate).
+pub const TICK: Duration = Duration::from_millis(4);
 
 /// What changed since the loop last looked: a cache-invalidation hint the
 /// watcher fills and the loop drains. Losing it costs latency only: the
@@ -30,6 +35,8 @@ pub struct Dirty {
     pub rescan: bool,
     /// A watched folder itself was replaced (symlink swap): re-watch.
     pub rewatch: bool,
+    /// Files opened for writing and not closed yet (not part of `paths`).
+    pub writing: HashSet<PathBuf>,
 }
 
 /// Start watching `dir` recursively. Errors explain inotify limits.
@@ -52,6 +59,15 @@ pub fn watch(
             match result {
                 Ok(events) if events.is_empty() => return,
                 Ok(events) => {
+                    // Reads are not changes: our own scans open the folders
+                    // (IN_OPEN/IN_CLOSE_NOWRITE), which must not wake us.
+                    let events: Vec<_> = events
+                        .iter()
+                        .filter(|e| is_change(&e.kind) || e.need_rescan())
+                        .collect();
+                    if events.is_empty() {
+                        return;
+                    }
                     for e in &events {
                         if e.need_rescan() {
                             d.rescan = true;
@@ -60,6 +76,14 @@ pub fn watch(
                             if roots.contains(p) {
                                 d.rewatch = true;
                             }
+                            // A file being written (created or modified, not
+                            // yet closed) is not ready: it is looked at when
+                            // its writer closes it, never half-written.
+                            if writing(&e.kind) {
+                                d.writing.insert(p.clone());
+                                continue;
+                            }
+                            d.writing.remove(p);
                             d.paths.insert(p.clone());
                         }
                     }
@@ -80,11 +104,37 @@ pub fn watch(
         };
         let _ = tx.try_send(event);
     };
-    let mut debouncer = new_debouncer(DEBOUNCE, None, handler).map_err(|e| explain(&e))?;
+    let mut debouncer = new_debouncer(DEBOUNCE, Some(TICK), handler).map_err(|e| explain(&e))?;
     debouncer
         .watch(dir, RecursiveMode::Recursive)
         .map_err(|e| explain(&e))?;
     Ok(debouncer)
+}
+
+/// A write in progress: created or modified, not closed. (A rename into
+/// place, a close after writing, a removal or a metadata change mean the
+/// file is as its writer wants it.)
+fn writing(kind: &notify::EventKind) -> bool {
+    use notify::EventKind;
+    use notify::event::{CreateKind, ModifyKind};
+    matches!(
+        kind,
+        EventKind::Create(CreateKind::File)
+            | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any)
+    )
+}
+
+/// Whether an event kind can mean the content changed. Everything but
+/// accesses counts; of accesses only a close after writing (the end of a
+/// non-atomic write) does.
+fn is_change(kind: &notify::EventKind) -> bool {
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode};
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
 }
 
 /// A watcher error in words an operator can act on.

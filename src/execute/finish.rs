@@ -56,6 +56,7 @@ pub async fn fail_start(sh: &Arc<Shared>, request: &str, session_id: Option<&str
         return;
     }
     lock(&sh.containers).by_request.remove(request);
+    sh.close_gate(request);
     let now = jiff::Timestamp::now();
     if let Some(sid) = session_id {
         let _ = std::fs::remove_dir_all(sh.settings.work_dir(sid));
@@ -192,6 +193,7 @@ pub async fn finish(sh: &Arc<Shared>, request: &str, cancelled: bool) {
         return;
     }
     sh.succeeded(request);
+    sh.close_gate(request);
     lock(&sh.containers).by_request.remove(request);
     sh.update_status(request, |s| {
         s.phase = Phase::Done;

@@ -132,6 +132,10 @@ pub struct Shared {
     /// Requests whose last operation failed: attempts so far and when the
     /// next may run. The planner sees them as busy until then.
     pub backoff: Mutex<BTreeMap<String, Backoff>>,
+    /// Open write ends of running sessions' start gates: held until the
+    /// session ends, so a `go` written before the reader opened the FIFO
+    /// is not lost.
+    pub gates: Mutex<BTreeMap<String, std::fs::File>>,
 }
 
 /// Exponential backoff of one request's failing operation.
@@ -207,6 +211,24 @@ impl Shared {
                 started: i.started_at.is_some(),
             },
         );
+    }
+
+    /// Let the session's command start: write `go` into its gate and keep
+    /// the write end open. Idempotent (re-sent after a restart).
+    pub fn open_gate(&self, request: &str, session_id: &str) -> std::io::Result<()> {
+        use std::io::Write;
+        // Read-write: opening a FIFO so never blocks, with or without a reader.
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(self.settings.work_dir(session_id).join("gate"))?;
+        f.write_all(b"go\n")?;
+        lock(&self.gates).insert(request.to_string(), f);
+        Ok(())
+    }
+
+    pub fn close_gate(&self, request: &str) {
+        lock(&self.gates).remove(request);
     }
 
     /// Record a failed operation of `request`: it is retried after a growing
@@ -325,13 +347,8 @@ impl Shared {
                 });
             }
             Action::Adopt { request } => {
-                let c = lock(&self.containers).by_request.get(&request).cloned();
-                tracing::info!(request = %request, "adopting running session");
-                self.update_status(&request, |s| {
-                    s.phase = Phase::Running;
-                    s.container = c.map(|c| c.name);
-                    s.started_at = s.started_at.or(Some(Self::now()));
-                });
+                let sh = Arc::clone(self);
+                self.spawn_for(request.clone(), async move { adopt(&sh, &request).await });
             }
             Action::Stop { request, reason } => {
                 let sh = Arc::clone(self);
@@ -403,6 +420,52 @@ impl Shared {
         tracing::info!(request = %r.id, profile = %r.profile, spec_sha256 = %r.spec_sha256, "request admitted");
         self.put_status(s);
     }
+}
+
+/// A start was interrupted with its container running. If the work folder
+/// was fully prepared, the session is sound: open its gate and supervise
+/// it. If not, its command is still waiting at the gate on a partial
+/// clone: remove the container; the start is retried (same session).
+async fn adopt(sh: &Arc<Shared>, request: &str) {
+    let Some(status) = lock(&sh.store).get(request).cloned() else {
+        return;
+    };
+    let container = lock(&sh.containers)
+        .by_request
+        .get(request)
+        .map(|c| c.name.clone());
+    let prepared = status
+        .session_id
+        .as_deref()
+        .is_some_and(|sid| workdir::WorkDir::is_prepared(&sh.settings.work_dir(sid)));
+    if !prepared {
+        tracing::info!(
+            request,
+            "interrupted start never finished preparing; restarting it"
+        );
+        let name = container.unwrap_or_else(|| sh.settings.container_name(request));
+        if let Err(e) = sh.podman.rm(&name).await {
+            sh.retry_later(
+                request,
+                &format!("cannot remove the unprepared container: {e}"),
+            );
+            return;
+        }
+        lock(&sh.containers).by_request.remove(request);
+        return;
+    }
+    if let Some(sid) = &status.session_id
+        && let Err(e) = sh.open_gate(request, sid)
+    {
+        sh.retry_later(request, &format!("cannot open the start gate: {e}"));
+        return;
+    }
+    tracing::info!(request, "adopting running session");
+    sh.update_status(request, |s| {
+        s.phase = Phase::Running;
+        s.container = container;
+        s.started_at = s.started_at.or(Some(jiff::Timestamp::now()));
+    });
 }
 
 /// The status message while a session is being stopped.

@@ -15,6 +15,9 @@ use crate::runtime::podman::{BindMount, PodmanError, RunSpec, labels};
 /// many times before the request ends as `start_failed`.
 const MAX_START_ATTEMPTS: u32 = 5;
 
+/// Where the start gate (a FIFO) appears in the container.
+const GATE_TARGET: &str = "/agentd/.gate";
+
 /// Where the credentials file appears in the container.
 const CREDENTIALS_TARGET: &str = "/agentd/credentials.sh";
 
@@ -121,20 +124,27 @@ pub async fn start(sh: &Arc<Shared>, request: &str, profile: Profile) {
         super::finish::fail_start(sh, request, Some(&session_id), &e.to_string()).await;
         return;
     }
-
-    let run_spec = match prepare(sh, &session_id, &profile, &spec, repo.as_ref(), &record).await {
-        Ok(s) => s,
-        Err(msg) => {
-            super::finish::fail_start(sh, request, Some(&session_id), &msg).await;
-            return;
-        }
-    };
+    let (run_spec, clone_job) =
+        match prepare(sh, &session_id, &profile, &spec, repo.as_ref(), &record) {
+            Ok(s) => s,
+            Err(msg) => {
+                super::finish::fail_start(sh, request, Some(&session_id), &msg).await;
+                return;
+            }
+        };
     let deadline = run_spec
         .labels
         .iter()
         .find(|(k, _)| k == labels::DEADLINE)
         .and_then(|(_, v)| v.parse().ok());
-    match sh.podman.run(&run_spec).await {
+    // The container is created while the repository is cloned; its command
+    // waits at the gate until both are done.
+    let (run, prepared) = tokio::join!(sh.podman.run(&run_spec), clone_job.run(sh));
+    match run {
+        Ok(_) if prepared.is_err() => {
+            let msg = prepared.err().unwrap_or_default();
+            super::finish::fail_start(sh, request, Some(&session_id), &msg).await;
+        }
         Ok(id) => {
             fault::point("start-after-run");
             // A fast command may have died (and its event been recorded)
@@ -151,6 +161,16 @@ pub async fn start(sh: &Arc<Shared>, request: &str, profile: Profile) {
                     deadline,
                     started: true,
                 });
+            if let Err(e) = sh.open_gate(request, &session_id) {
+                super::finish::fail_start(
+                    sh,
+                    request,
+                    Some(&session_id),
+                    &format!("cannot open the start gate: {e}"),
+                )
+                .await;
+                return;
+            }
             mark_running(sh, request, &run_spec.name);
             tracing::info!(request, session = %session_id, container = %run_spec.name, "session running");
         }
@@ -228,14 +248,14 @@ fn same_origin(a: &crate::desired::Repo, b: &crate::desired::Repo) -> bool {
 
 /// Build the work folder and the `podman run` spec. Errors are the status
 /// message of a `start_failed` session.
-async fn prepare(
+fn prepare(
     sh: &Shared,
     session_id: &str,
     profile: &Profile,
     spec: &Request,
     repo: Option<&crate::desired::Repo>,
     record: &Record,
-) -> Result<RunSpec, String> {
+) -> Result<(RunSpec, CloneJob), String> {
     let st = &sh.settings;
     let uid = st.session_uid;
     let home = format!("/home/{}", profile.name);
@@ -262,16 +282,15 @@ async fn prepare(
         }
         (None, _) => None,
     };
-    super::clone::clone(
-        repo,
-        &work.repo(),
-        token.as_deref(),
-        &st.state.join("cache/git"),
-        &sh.clone_cache,
-    )
-    .await?;
-    work.give_home_to(uid)
-        .map_err(|e| format!("cannot hand the home folder to the session user: {e}"))?;
+    let clone_job = CloneJob {
+        repo: repo.clone(),
+        token,
+        work: WorkDir {
+            root: work.root.clone(),
+        },
+    };
+    work.make_gate(uid)
+        .map_err(|e| format!("cannot create the start gate: {e}"))?;
     let has_input = work
         .write_input(&spec.input)
         .map_err(|e| format!("cannot write input files: {e}"))?;
@@ -286,6 +305,11 @@ async fn prepare(
             source: record.session_dir(),
             target: format!("{home}/.agentd/audit"),
             read_only: false,
+        },
+        BindMount {
+            source: work.gate(),
+            target: GATE_TARGET.into(),
+            read_only: true,
         },
     ];
     if let Some(m) = &profile.methodology_dir {
@@ -345,16 +369,19 @@ async fn prepare(
         labels_v.push((labels::DEADLINE.to_string(), deadline.to_string()));
     }
 
-    // Every session enters through `/bin/sh -c '... exec "$@"'` with the
-    // profile's argv passed through untouched: it sources the credentials
-    // file when there is one, and `exec` reports a missing or non-executable
-    // program as 127 or 126 (catatonit, PID 1 for signal forwarding, would
-    // otherwise turn both into a plain 1).
-    let entry = if has_credentials {
-        format!(". {CREDENTIALS_TARGET} && exec \"$@\"")
+    // Every session enters through a `/bin/sh -c` wrapper with the
+    // profile's argv passed through untouched as "$@". It first waits at the
+    // start gate (a FIFO the daemon writes `go` into once the clone is in
+    // place, so `podman run` overlaps the clone), sources the credentials
+    // file when there is one, then `exec`s: a missing or non-executable
+    // program keeps its 127 or 126 (catatonit, PID 1 for signal forwarding,
+    // would otherwise turn both into a plain 1).
+    let creds = if has_credentials {
+        format!(". {CREDENTIALS_TARGET} && ")
     } else {
-        "exec \"$@\"".to_string()
+        String::new()
     };
+    let entry = format!("read -r agentd_gate < {GATE_TARGET} || exit 125; {creds}exec \"$@\"");
     let mut command = vec![
         "/bin/sh".to_string(),
         "-c".into(),
@@ -363,7 +390,7 @@ async fn prepare(
     ];
     command.extend(profile.command.iter().cloned());
 
-    Ok(RunSpec {
+    let run_spec = RunSpec {
         name: st.container_name(&spec.id),
         image: profile.base_image.clone(),
         labels: labels_v,
@@ -387,5 +414,34 @@ async fn prepare(
         cpus: profile.cpus,
         pids_limit: profile.pids_limit,
         command,
-    })
+    };
+    Ok((run_spec, clone_job))
+}
+
+/// The part of a start that runs while `podman run` creates the container.
+struct CloneJob {
+    repo: crate::desired::Repo,
+    token: Option<String>,
+    work: WorkDir,
+}
+
+impl CloneJob {
+    /// Clone, hand the home to the session user, then mark the work folder
+    /// prepared (what adoption checks before opening the gate).
+    async fn run(self, sh: &Shared) -> Result<(), String> {
+        super::clone::clone(
+            &self.repo,
+            &self.work.repo(),
+            self.token.as_deref(),
+            &sh.settings.state.join("cache/git"),
+            &sh.clone_cache,
+        )
+        .await?;
+        self.work
+            .give_home_to(sh.settings.session_uid)
+            .map_err(|e| format!("cannot hand the home folder to the session user: {e}"))?;
+        self.work
+            .mark_prepared()
+            .map_err(|e| format!("cannot mark the work folder prepared: {e}"))
+    }
 }

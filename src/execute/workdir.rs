@@ -40,6 +40,28 @@ impl WorkDir {
         self.root.join("console.k8s.log")
     }
 
+    /// The start gate: a FIFO the session's entry reads `go` from.
+    pub fn gate(&self) -> PathBuf {
+        self.root.join("gate")
+    }
+
+    pub fn make_gate(&self, uid: u32) -> io::Result<()> {
+        let path = self.gate();
+        let _ = fs::remove_file(&path);
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .map_err(io::Error::from)?;
+        std::os::unix::fs::chown(&path, Some(uid), Some(uid))
+    }
+
+    /// Everything the session needs is in place (clone, home, record).
+    pub fn mark_prepared(&self) -> io::Result<()> {
+        fs::write(self.root.join("prepared"), b"")
+    }
+
+    pub fn is_prepared(root: &Path) -> bool {
+        root.join("prepared").exists()
+    }
+
     /// Whether conmon replaced the console file (dropping its head) because
     /// the output passed the size cap.
     pub fn console_rotated(root: &Path) -> bool {
