@@ -1,29 +1,20 @@
-//! Watching the desired dir. The notify callback only `try_send`s a wake-up
-//! into the loop's bounded channel: a full channel means a pass is already
-//! due, so dropping the wake-up loses nothing. Lost inotify events
-//! (`need_rescan`) and watcher errors ask for a full rescan; the periodic
-//! resync bounds the delay when even that is lost.
+//! Watching the desired dir. The notify callback records changed paths in a
+//! shared dirty set and only `try_send`s a wake-up into the loop's bounded
+//! channel: a full channel means a pass is already due, so dropping the
+//! wake-up loses nothing. Lost inotify events (`need_rescan`, the queue
+//! overflowed) and watcher errors ask for a full rescan; the periodic resync
+//! (`RESYNC`, 30 s) bounds the delay when even that is lost.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use notify::RecursiveMode;
-use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer};
+use notify::{RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 
 use crate::execute::Event;
 
-pub type Watcher = Debouncer<notify::RecommendedWatcher, RecommendedCache>;
-
-/// Burst window: a writer's create+write+close arrive as one wake-up. Short,
-/// because detection latency matters; a slow non-atomic writer is handled
-/// by readiness (see `ready`), not by a long window.
-pub const DEBOUNCE: Duration = Duration::from_millis(8);
-/// How often the debouncer thread looks for expired windows (also its idle
-/// wake-up rate).
-pub const TICK: Duration = Duration::from_millis(4);
+pub type Watcher = notify::RecommendedWatcher;
 
 /// What changed since the loop last looked: a cache-invalidation hint the
 /// watcher fills and the loop drains. Losing it costs latency only: the
@@ -40,6 +31,11 @@ pub struct Dirty {
 }
 
 /// Start watching `dir` recursively. Errors explain inotify limits.
+///
+/// No debounce window: a file renamed into place or closed after writing
+/// is ready at once (that is what atomic writers and `git` do), a file
+/// still being written waits for its close, and a burst of events lands in
+/// one dirty set that the next pass drains in one go.
 pub fn watch(
     dir: &Path,
     tx: mpsc::Sender<Event>,
@@ -51,41 +47,32 @@ pub fn watch(
         dir.join("requests"),
     ]
     .into();
-    let handler = move |result: DebounceEventResult| {
+    let handler = move |result: notify::Result<notify::Event>| {
         let event = {
             let mut d = dirty
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             match result {
-                Ok(events) if events.is_empty() => return,
-                Ok(events) => {
-                    // Reads are not changes: our own scans open the folders
-                    // (IN_OPEN/IN_CLOSE_NOWRITE), which must not wake us.
-                    let events: Vec<_> = events
-                        .iter()
-                        .filter(|e| is_change(&e.kind) || e.need_rescan())
-                        .collect();
-                    if events.is_empty() {
-                        return;
+                // Reads are not changes: our own scans open the folders
+                // (IN_OPEN/IN_CLOSE_NOWRITE), which must not wake us.
+                Ok(e) if !is_change(&e.kind) && !e.need_rescan() => return,
+                Ok(e) => {
+                    if e.need_rescan() {
+                        d.rescan = true;
                     }
-                    for e in &events {
-                        if e.need_rescan() {
-                            d.rescan = true;
+                    for p in &e.paths {
+                        if roots.contains(p) {
+                            d.rewatch = true;
                         }
-                        for p in &e.paths {
-                            if roots.contains(p) {
-                                d.rewatch = true;
-                            }
-                            // A file being written (created or modified, not
-                            // yet closed) is not ready: it is looked at when
-                            // its writer closes it, never half-written.
-                            if writing(&e.kind) {
-                                d.writing.insert(p.clone());
-                                continue;
-                            }
-                            d.writing.remove(p);
-                            d.paths.insert(p.clone());
+                        // A file being written (created or modified, not yet
+                        // closed) is not ready: it is looked at when its
+                        // writer closes it, never half-written.
+                        if writing(&e.kind) {
+                            d.writing.insert(p.clone());
+                            continue;
                         }
+                        d.writing.remove(p);
+                        d.paths.insert(p.clone());
                     }
                     if d.rescan {
                         Event::Rescan
@@ -93,10 +80,8 @@ pub fn watch(
                         Event::Desired
                     }
                 }
-                Err(errors) => {
-                    for e in &errors {
-                        tracing::warn!(error = %explain(e), "watcher error; rescanning");
-                    }
+                Err(e) => {
+                    tracing::warn!(error = %explain(&e), "watcher error; rescanning");
                     d.rescan = true;
                     Event::Rescan
                 }
@@ -104,11 +89,11 @@ pub fn watch(
         };
         let _ = tx.try_send(event);
     };
-    let mut debouncer = new_debouncer(DEBOUNCE, Some(TICK), handler).map_err(|e| explain(&e))?;
-    debouncer
+    let mut watcher = notify::recommended_watcher(handler).map_err(|e| explain(&e))?;
+    watcher
         .watch(dir, RecursiveMode::Recursive)
         .map_err(|e| explain(&e))?;
-    Ok(debouncer)
+    Ok(watcher)
 }
 
 /// A write in progress: created or modified, not closed. (A rename into

@@ -680,3 +680,32 @@ fn plan_prints_what_would_happen_without_doing_it() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_half_written_request_is_never_acted_on() {
+    if !require_podman() {
+        return;
+    }
+    let mut w = World::new();
+    w.sh_profile("p", "echo unit=$AGENTD_WORK_UNIT", "");
+    w.start_daemon();
+    w.eventually("the daemon up", MIN, || w.log().contains("agentd starting"));
+    std::thread::sleep(Duration::from_millis(300));
+    // A slow, non-atomic writer: the first half alone is a valid request.
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(w.desired.join("requests/slow.toml")).expect("create");
+        f.write_all(b"profile = \"p\"\n").expect("write");
+        f.flush().expect("flush");
+        std::thread::sleep(Duration::from_millis(700));
+        assert!(
+            w.status("slow").is_none(),
+            "admitted while still being written"
+        );
+        f.write_all(b"work_unit = \"complete\"\n").expect("write");
+    }
+    assert_eq!(w.wait_done("slow")["outcome"], "success");
+    let console =
+        std::fs::read_to_string(w.audit_dir("slow").join("agentd/console.log")).expect("console");
+    assert_eq!(console, "unit=complete\n");
+}
