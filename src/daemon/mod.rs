@@ -123,7 +123,11 @@ pub async fn run(
         } else {
             None
         };
+        let was_full = full_scan || !source_available;
         full_scan = false;
+        if was_full {
+            release_freed_memory();
+        }
         if let Some(result) = scanned {
             tracing::trace!(parsed = source.last_parsed, "desired dir updated");
             match result {
@@ -444,5 +448,17 @@ fn write_daemon_state(state: &Path, source_unavailable: Option<&str>) {
     let bytes = serde_json::to_vec_pretty(&d).unwrap_or_default();
     if let Err(e) = crate::fsutil::write_atomic(&state.join("daemon.json"), &bytes, 0o644) {
         tracing::warn!(error = %e, "cannot write daemon.json");
+    }
+}
+
+/// A full scan parses every changed file and frees the temporaries; glibc
+/// keeps freed memory in its arenas, so give it back to the system.
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel; it
+    // takes no pointers and touches no live allocation. Calling it from any
+    // thread at any time is allowed by glibc.
+    unsafe {
+        nix::libc::malloc_trim(0);
     }
 }

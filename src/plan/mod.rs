@@ -127,12 +127,13 @@ pub fn plan(desired: &Desired, observed: &Observed<'_>, cfg: &PlanConfig) -> Vec
     // a dropped file starts without waiting for another wake-up.
     let mut admitted: Vec<Status> = Vec::new();
     let mut pending: Vec<(&Status, bool)> = Vec::new();
+    let joined = join(observed.statuses, &desired.requests);
 
-    for (id, status) in observed.statuses {
+    for &(id, status, entry) in &joined {
+        let Some(status) = status else { continue };
         if observed.busy.contains(id) {
             continue;
         }
-        let entry = desired.requests.get(id);
         let file_gone = cfg.source_available && entry.is_none();
         let finish = |cancelled| Action::Finish {
             request: id.clone(),
@@ -207,11 +208,11 @@ pub fn plan(desired: &Desired, observed: &Observed<'_>, cfg: &PlanConfig) -> Vec
     }
 
     // Files not admitted yet: admit the valid ones, explain the others.
-    for (id, entry) in &desired.requests {
+    for &(id, status, entry) in &joined {
+        let Some(entry) = entry else { continue };
         if observed.busy.contains(id) {
             continue;
         }
-        let status = observed.statuses.get(id);
         if status.is_some_and(|s| s.phase != Phase::Invalid) {
             continue;
         }
@@ -266,6 +267,42 @@ pub fn plan(desired: &Desired, observed: &Observed<'_>, cfg: &PlanConfig) -> Vec
         );
     }
     actions
+}
+
+/// Both id-sorted maps side by side, in one merge pass: every id with its
+/// status and its desired entry (either may be missing). Cheaper than a
+/// lookup per id, which is what a pass over 10,000 requests spends its time on.
+type Joined<'a> = Vec<(&'a String, Option<&'a Status>, Option<&'a RequestEntry>)>;
+
+fn join<'a>(
+    statuses: &'a BTreeMap<String, Status>,
+    requests: &'a BTreeMap<String, RequestEntry>,
+) -> Joined<'a> {
+    let mut out = Vec::with_capacity(statuses.len().max(requests.len()));
+    let mut s = statuses.iter().peekable();
+    let mut r = requests.iter().peekable();
+    loop {
+        match (s.peek(), r.peek()) {
+            (Some((a, _)), Some((b, _))) if a == b => {
+                let (id, st) = s.next().expect("peeked");
+                out.push((id, Some(st), r.next().map(|(_, e)| e)));
+            }
+            (Some((a, _)), Some((b, _))) if a < b => {
+                let (id, st) = s.next().expect("peeked");
+                out.push((id, Some(st), None));
+            }
+            (Some(_), None) => {
+                let (id, st) = s.next().expect("peeked");
+                out.push((id, Some(st), None));
+            }
+            (_, Some(_)) => {
+                let (id, e) = r.next().expect("peeked");
+                out.push((id, None, Some(e)));
+            }
+            (None, None) => break,
+        }
+    }
+    out
 }
 
 /// The busy key of a container being removed (requests use their id).

@@ -619,7 +619,10 @@ fn first_signal_drains_running_sessions_then_exits_0() {
     w.start_daemon();
     w.wait_for("r", Duration::from_secs(60), |s| s["phase"] == "running");
     w.signal(nix::sys::signal::Signal::SIGTERM);
-    // A request dropped while draining is admitted but not started.
+    w.eventually("draining to begin", Duration::from_secs(30), || {
+        w.log().contains("draining: admitting nothing new")
+    });
+    // A request dropped while draining is not started.
     w.request("late", "profile = \"slow\"\n");
     let status = w
         .wait_daemon(Duration::from_secs(60))
