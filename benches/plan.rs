@@ -5,33 +5,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use agentd::desired::{Desired, Input, Network, Profile, Repo, Request, RequestEntry};
+use agentd::desired::{Desired, Input, Profile, Repo, Request, RequestEntry};
 use agentd::observed::{Container, ContainerState, Observed, Phase, Status};
 use agentd::plan::{PlanConfig, plan};
 
 fn profile(name: &str) -> Profile {
     Profile {
-        name: name.into(),
-        path: PathBuf::from(format!("d/profiles/{name}.toml")),
-        base_image: "img".into(),
-        command: vec!["true".into()],
         repo: Some(Repo::Url("https://example.com/r.git".into())),
-        schedule: None,
-        concurrency_policy: Default::default(),
-        history_limit: 10,
-        starting_deadline: None,
-        methodology_dir: None,
-        credentials: vec![],
-        repo_token_source: None,
-        env: Default::default(),
-        mounts: vec![],
-        timeout: None,
-        memory: None,
-        cpus: None,
-        pids_limit: None,
-        network: Network::Default,
         max_concurrent: Some(2),
-        suspend: false,
+        ..Profile::minimal(name, "img", &["true"])
     }
 }
 

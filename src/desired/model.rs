@@ -99,6 +99,37 @@ pub struct Profile {
     pub suspend: bool,
 }
 
+impl Profile {
+    /// A profile with only the required fields and every default, as a
+    /// file with just `base_image` and `command` would give (for tests and
+    /// benchmarks that build models directly).
+    pub fn minimal(name: &str, base_image: &str, command: &[&str]) -> Profile {
+        Profile {
+            name: name.into(),
+            path: PathBuf::from(format!("profiles/{name}.toml")),
+            base_image: base_image.into(),
+            command: command.iter().map(|c| (*c).to_string()).collect(),
+            repo: None,
+            schedule: None,
+            concurrency_policy: ConcurrencyPolicy::Allow,
+            history_limit: 10,
+            starting_deadline: None,
+            methodology_dir: None,
+            credentials: Vec::new(),
+            repo_token_source: None,
+            env: BTreeMap::new(),
+            mounts: Vec::new(),
+            timeout: None,
+            memory: None,
+            cpus: None,
+            pids_limit: None,
+            network: Network::Default,
+            max_concurrent: None,
+            suspend: false,
+        }
+    }
+}
+
 /// A validated cron schedule; the expression is kept as written.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Schedule {

@@ -148,34 +148,15 @@ fn toml_str(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
-    use std::path::PathBuf;
 
-    use crate::desired::{Desired, Network, Profile, Repo, Schedule};
+    use crate::desired::{Desired, Profile, Repo, Schedule};
     use crate::schedule::{SchedAction, Scheduler};
 
     fn profile(expr: &str) -> Profile {
         Profile {
-            name: "nightly".into(),
-            path: PathBuf::from("d/profiles/nightly.toml"),
-            base_image: "img".into(),
-            command: vec!["true".into()],
             repo: Some(Repo::Url("https://example.com/r.git".into())),
             schedule: Some(Schedule { expr: expr.into() }),
-            concurrency_policy: Default::default(),
-            history_limit: 10,
-            starting_deadline: None,
-            methodology_dir: None,
-            credentials: vec![],
-            repo_token_source: None,
-            env: Default::default(),
-            mounts: vec![],
-            timeout: None,
-            memory: None,
-            cpus: None,
-            pids_limit: None,
-            network: Network::Default,
-            max_concurrent: None,
-            suspend: false,
+            ..Profile::minimal("nightly", "img", &["true"])
         }
     }
 

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::*;
-use crate::desired::{Diagnostic, Input, Network, Profile, Rejected, Request};
+use crate::desired::{Diagnostic, Input, Profile, Rejected, Request};
 use crate::observed::{Container, Outcome};
 
 fn ts(secs: i64) -> jiff::Timestamp {
@@ -23,29 +23,7 @@ fn ts(secs: i64) -> jiff::Timestamp {
 }
 
 fn profile(name: &str) -> Profile {
-    Profile {
-        name: name.into(),
-        path: PathBuf::from(format!("d/profiles/{name}.toml")),
-        base_image: "img".into(),
-        command: vec!["true".into()],
-        repo: None,
-        schedule: None,
-        concurrency_policy: Default::default(),
-        history_limit: 10,
-        starting_deadline: None,
-        methodology_dir: None,
-        credentials: vec![],
-        repo_token_source: None,
-        env: Default::default(),
-        mounts: vec![],
-        timeout: None,
-        memory: None,
-        cpus: None,
-        pids_limit: None,
-        network: Network::Default,
-        max_concurrent: None,
-        suspend: false,
-    }
+    Profile::minimal(name, "img", &["true"])
 }
 
 fn rejected(path: &str) -> Rejected {

@@ -148,6 +148,21 @@ enum Parsed {
     Request(Result<Request, Vec<Diagnostic>>),
 }
 
+impl Parsed {
+    fn profile(&self) -> Option<&Result<Profile, Vec<Diagnostic>>> {
+        match self {
+            Parsed::Profile(r) => Some(r),
+            Parsed::Request(_) => None,
+        }
+    }
+    fn request(&self) -> Option<&Result<Request, Vec<Diagnostic>>> {
+        match self {
+            Parsed::Request(r) => Some(r),
+            Parsed::Profile(_) => None,
+        }
+    }
+}
+
 struct FileState {
     key: FileKey,
     parsed: Parsed,
@@ -346,21 +361,22 @@ impl Source {
         touched.mark(kind, &stem);
     }
 
+    /// The files that currently have this stem.
+    fn stem_paths(&self, kind: Kind, name: &str) -> BTreeSet<PathBuf> {
+        self.stems
+            .get(&(kind, name.to_string()))
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// Re-decide the touched names: profiles first (a changed profile
     /// re-checks every request that names it), then requests.
     fn redecide(&mut self, mut touched: Touched, host: &dyn HostView) {
         for name in std::mem::take(&mut touched.profiles) {
-            let paths = self
-                .stems
-                .get(&(Kind::Profile, name.clone()))
-                .cloned()
-                .unwrap_or_default();
+            let paths = self.stem_paths(Kind::Profile, &name);
             let files: Vec<desired::FileRef<'_, Profile>> = paths
                 .iter()
-                .filter_map(|p| match &self.files.get(p)?.parsed {
-                    Parsed::Profile(r) => Some((p, r)),
-                    Parsed::Request(_) => None,
-                })
+                .filter_map(|p| Some((p, self.files.get(p)?.parsed.profile()?)))
                 .collect();
             let entry = desired::profile_entry(&name, &files);
             self.desired.profiles.remove(&name);
@@ -379,17 +395,10 @@ impl Source {
             }
         }
         for id in touched.requests {
-            let paths = self
-                .stems
-                .get(&(Kind::Request, id.clone()))
-                .cloned()
-                .unwrap_or_default();
+            let paths = self.stem_paths(Kind::Request, &id);
             let files: Vec<desired::FileRef<'_, Request>> = paths
                 .iter()
-                .filter_map(|p| match &self.files.get(p)?.parsed {
-                    Parsed::Request(r) => Some((p, r)),
-                    Parsed::Profile(_) => None,
-                })
+                .filter_map(|p| Some((p, self.files.get(p)?.parsed.request()?)))
                 .collect();
             // Re-index which profile this id names.
             for ids in self.by_profile.values_mut() {
