@@ -278,29 +278,24 @@ fn join<'a>(
     statuses: &'a BTreeMap<String, Status>,
     requests: &'a BTreeMap<String, RequestEntry>,
 ) -> Joined<'a> {
+    use std::cmp::Ordering;
     let mut out = Vec::with_capacity(statuses.len().max(requests.len()));
     let mut s = statuses.iter().peekable();
     let mut r = requests.iter().peekable();
     loop {
-        match (s.peek(), r.peek()) {
-            (Some((a, _)), Some((b, _))) if a == b => {
-                let (id, st) = s.next().expect("peeked");
-                out.push((id, Some(st), r.next().map(|(_, e)| e)));
-            }
-            (Some((a, _)), Some((b, _))) if a < b => {
-                let (id, st) = s.next().expect("peeked");
-                out.push((id, Some(st), None));
-            }
-            (Some(_), None) => {
-                let (id, st) = s.next().expect("peeked");
-                out.push((id, Some(st), None));
-            }
-            (_, Some(_)) => {
-                let (id, e) = r.next().expect("peeked");
-                out.push((id, None, Some(e)));
-            }
+        let order = match (s.peek(), r.peek()) {
             (None, None) => break,
-        }
+            (Some((a, _)), Some((b, _))) => a.cmp(b),
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+        };
+        out.extend(match order {
+            Ordering::Less => s.next().map(|(id, st)| (id, Some(st), None)),
+            Ordering::Greater => r.next().map(|(id, e)| (id, None, Some(e))),
+            Ordering::Equal => s
+                .next()
+                .map(|(id, st)| (id, Some(st), r.next().map(|(_, e)| e))),
+        });
     }
     out
 }
