@@ -19,6 +19,19 @@ use std::path::{Path, PathBuf};
 
 use crate::desired::{Input, Profile};
 
+/// A file's identity across replacement: the inode number alone can be
+/// reused at once by a file created right after the old one was removed,
+/// so the birth time (statx) goes with it where the filesystem records one.
+fn identity(meta: &fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let born = meta
+        .created()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    format!("{}:{born}", meta.ino())
+}
+
 pub struct WorkDir {
     pub root: PathBuf,
 }
@@ -65,16 +78,12 @@ impl WorkDir {
     /// Whether conmon replaced the console file (dropping its head) because
     /// the output passed the size cap.
     pub fn console_rotated(root: &Path) -> bool {
-        use std::os::unix::fs::MetadataExt;
-        let noted = fs::read_to_string(root.join("console.ino"))
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok());
+        let noted = fs::read_to_string(root.join("console.ino")).ok();
         let now = fs::metadata(root.join("console.k8s.log"))
             .ok()
-            .map(|m| m.ino());
-        matches!((noted, now), (Some(a), Some(b)) if a != b)
+            .map(|m| identity(&m));
+        matches!((noted, now), (Some(a), Some(b)) if a.trim() != b)
     }
-
     /// Create the folder skeleton (before the clone).
     pub fn create(root: PathBuf) -> io::Result<WorkDir> {
         let _ = fs::remove_dir_all(&root);
@@ -94,11 +103,7 @@ impl WorkDir {
             .create_new(true)
             .mode(0o600)
             .open(w.console())?;
-        use std::os::unix::fs::MetadataExt;
-        fs::write(
-            w.root.join("console.ino"),
-            console.metadata()?.ino().to_string(),
-        )?;
+        fs::write(w.root.join("console.ino"), identity(&console.metadata()?))?;
         Ok(w)
     }
 
