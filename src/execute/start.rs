@@ -9,7 +9,7 @@ use crate::audit::{Record, SessionRecord};
 use crate::desired::{Network, Profile, Request};
 use crate::fault;
 use crate::observed::{Container, ContainerState, Phase};
-use crate::runtime::podman::{BindMount, PodmanError, RunSpec, labels};
+use crate::runtime::podman::{BindMount, RunSpec, labels};
 
 /// Starts that fail transiently (Podman hung or missing) are retried this
 /// many times before the request ends as `start_failed`.
@@ -175,8 +175,7 @@ pub async fn start(sh: &Arc<Shared>, request: &str, profile: Profile) {
             tracing::info!(request, session = %session_id, container = %run_spec.name, "session running");
         }
         Err(e) => {
-            let text = e.to_string();
-            if text.contains("image not known") || text.contains("no such image") {
+            if e.is_image_missing() {
                 let msg = format!(
                     "image `{}` is not available locally (agentd never pulls): {e}",
                     profile.base_image
@@ -184,8 +183,9 @@ pub async fn start(sh: &Arc<Shared>, request: &str, profile: Profile) {
                 super::finish::fail_start(sh, request, Some(&session_id), &msg).await;
                 return;
             }
-            let transient = matches!(e, PodmanError::Timeout { .. } | PodmanError::Spawn { .. })
-                || text.contains("already in use");
+            // The run may have gone through anyway (timed out, or a name
+            // taken by an earlier attempt): worth another look.
+            let transient = e.is_transient() || e.is_name_in_use();
             if !transient {
                 super::finish::fail_start(
                     sh,

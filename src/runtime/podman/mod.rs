@@ -50,6 +50,24 @@ pub enum PodmanError {
 }
 
 impl PodmanError {
+    /// The image is not in local storage (agentd never pulls).
+    pub fn is_image_missing(&self) -> bool {
+        matches!(self, PodmanError::Failed { stderr, .. } if stderr.contains("image not known") || stderr.contains("no such image"))
+    }
+
+    /// A container with that name exists already.
+    pub fn is_name_in_use(&self) -> bool {
+        matches!(self, PodmanError::Failed { stderr, .. } if stderr.contains("already in use"))
+    }
+
+    /// Podman could not be run or did not answer in time: worth a retry.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            PodmanError::Timeout { .. } | PodmanError::Spawn { .. }
+        )
+    }
+
     /// Podman reported that the container does not exist.
     pub fn is_no_such_container(&self) -> bool {
         matches!(self, PodmanError::Failed { stderr, .. } if stderr.contains("no such container"))
@@ -210,5 +228,39 @@ impl Podman {
     /// Follow container events of this instance.
     pub fn events(&self, instance: &str) -> Result<EventStream, PodmanError> {
         EventStream::spawn(&self.program, instance)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PodmanError;
+
+    fn failed(stderr: &str) -> PodmanError {
+        PodmanError::Failed {
+            verb: "run".into(),
+            code: 125,
+            stderr: stderr.into(),
+        }
+    }
+
+    #[test]
+    fn podman_4_3_error_texts_are_classified() {
+        assert!(failed("localhost/x:1: image not known").is_image_missing());
+        assert!(
+            failed("the container name \"agentd-a-r\" is already in use by abc").is_name_in_use()
+        );
+        assert!(
+            failed("no container with name or ID \"x\" found: no such container")
+                .is_no_such_container()
+        );
+        assert!(!failed("OCI runtime error").is_image_missing());
+        assert!(
+            PodmanError::Timeout {
+                verb: "run".into(),
+                secs: 60
+            }
+            .is_transient()
+        );
+        assert!(!failed("boom").is_transient());
     }
 }
