@@ -81,10 +81,7 @@ fn sealed_record_has_its_layout_modes_and_a_sha256sum_manifest() {
         "sha256sum -c: {}",
         String::from_utf8_lossy(&check.stdout)
     );
-    let rec: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.join("agentd/session.json")).expect("json"),
-    )
-    .expect("json");
+    let rec: serde_json::Value = crate::util::read_json(&dir.join("agentd/session.json"));
     assert_eq!(rec["schema_version"], 1);
     assert!(rec["end_timestamp"].is_string() && rec["image_id"].is_string());
     let out = w
@@ -221,10 +218,7 @@ fn hard_linked_file_is_refused_and_the_record_left_incomplete() {
         "{msg}"
     );
     let dir = w.audit_dir("r");
-    let rec: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.join("agentd/session.json")).expect("json"),
-    )
-    .expect("json");
+    let rec: serde_json::Value = crate::util::read_json(&dir.join("agentd/session.json"));
     assert!(
         rec.get("outcome").is_none() && rec.get("end_timestamp").is_none(),
         "never claims completion: {rec}"
@@ -260,10 +254,7 @@ fn a_crash_during_finalization_leaves_the_incomplete_signal_until_restart() {
     w.start_daemon_with(&[("AGENTD_FAULT", "finish-before-audit")], &[]);
     assert!(w.wait_daemon(MIN).is_some_and(|s| !s.success()));
     let dir = w.audit_dir("r");
-    let rec: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.join("agentd/session.json")).expect("json"),
-    )
-    .expect("json");
+    let rec: serde_json::Value = crate::util::read_json(&dir.join("agentd/session.json"));
     assert!(
         rec.get("outcome").is_none() && rec.get("end_timestamp").is_none(),
         "{rec}"
@@ -325,8 +316,7 @@ fn console_capture_is_capped_with_a_marker() {
             .contains("console output truncated at 2000 bytes"),
         "{s}"
     );
-    let console =
-        std::fs::read_to_string(w.audit_dir("r").join("agentd/console.log")).expect("console");
+    let console = w.console("r");
     assert!(console.len() < 2300, "{} bytes", console.len());
     assert!(console.contains("[agentd: console output"), "{console}");
     assert!(console.contains("line-199-"), "the tail is kept: {console}");

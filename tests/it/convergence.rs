@@ -11,6 +11,14 @@ use crate::util::{World, require_podman, test_image, write};
 
 const MIN: Duration = Duration::from_secs(60);
 
+/// A timestamp field of a status object.
+fn time_of(s: &serde_json::Value, field: &str) -> jiff::Timestamp {
+    s[field]
+        .as_str()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("{field} is not a time: {s}"))
+}
+
 fn running(s: &serde_json::Value) -> bool {
     s["phase"] == "running"
 }
@@ -41,16 +49,9 @@ fn deleting_running_request_cancels_it_issue_4() {
     for id in ["by-rm", "by-cli"] {
         let s = w.wait_done(id);
         assert_eq!(s["outcome"], "cancelled", "{s}");
-        let rec: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(w.audit_dir(id).join("agentd/session.json")).expect("record"),
-        )
-        .expect("json");
+        let rec: serde_json::Value = w.session_record(id);
         assert_eq!(rec["outcome"], "cancelled");
-        assert!(
-            std::fs::read_to_string(w.audit_dir(id).join("agentd/console.log"))
-                .expect("console")
-                .contains("started")
-        );
+        assert!(w.console(id).contains("started"));
     }
     assert!(w.containers().is_empty());
     let out = w
@@ -107,16 +108,8 @@ fn timeout_ends_session_as_timed_out() {
     for id in ["r", "quick"] {
         let s = w.wait_done(id);
         assert_eq!(s["outcome"], "timed_out", "{s}");
-        let started: jiff::Timestamp = s["started_at"]
-            .as_str()
-            .expect("started")
-            .parse()
-            .expect("time");
-        let finished: jiff::Timestamp = s["finished_at"]
-            .as_str()
-            .expect("finished")
-            .parse()
-            .expect("time");
+        let started = time_of(&s, "started_at");
+        let finished = time_of(&s, "finished_at");
         let ran = finished.duration_since(started).as_secs_f64();
         assert!((0.5..15.0).contains(&ran), "{id} ran {ran}s");
     }
@@ -133,21 +126,13 @@ fn timeout_counts_from_the_real_start_across_restarts() {
     w.request("r", "profile = \"slow\"\n");
     w.start_daemon_with(&[], &["--stop-grace", "1s"]);
     let s = w.wait_for("r", MIN, running);
-    let started: jiff::Timestamp = s["started_at"]
-        .as_str()
-        .expect("started")
-        .parse()
-        .expect("time");
+    let started = time_of(&s, "started_at");
     w.kill9();
     std::thread::sleep(Duration::from_secs(1));
     w.start_daemon_with(&[], &["--stop-grace", "1s"]);
     let s = w.wait_done("r");
     assert_eq!(s["outcome"], "timed_out", "{s}");
-    let finished: jiff::Timestamp = s["finished_at"]
-        .as_str()
-        .expect("finished")
-        .parse()
-        .expect("time");
+    let finished = time_of(&s, "finished_at");
     let ran = finished.duration_since(started).as_secs_f64();
     assert!((3.5..12.0).contains(&ran), "the deadline moved: ran {ran}s");
     assert_eq!(w.containers_created_for("r"), 1);
@@ -171,13 +156,7 @@ fn slots_are_shared_oldest_first_and_profiles_respect_max_concurrent() {
     for id in ["a1", "a2", "a3", "b1"] {
         let s = w.wait_done(id);
         assert_eq!(s["outcome"], "success", "{s}");
-        let t = |k: &str| {
-            s[k].as_str()
-                .expect("time")
-                .parse::<jiff::Timestamp>()
-                .expect("time")
-        };
-        spans.push((id, t("started_at"), t("finished_at")));
+        spans.push((id, time_of(&s, "started_at"), time_of(&s, "finished_at")));
     }
     // Profile p never ran two at once, and ran oldest first.
     for pair in spans[..3].windows(2) {
@@ -238,8 +217,7 @@ fn edit_after_admission_is_noted_and_the_admitted_spec_runs() {
     assert_eq!(s["outcome"], "success");
     assert_eq!(s["spec_sha256"], sha);
     assert_eq!(s["work_unit"], "original");
-    let console =
-        std::fs::read_to_string(w.audit_dir("r").join("agentd/console.log")).expect("console");
+    let console = w.console("r");
     assert_eq!(console, "unit=original\n");
     assert_eq!(
         w.containers_created_for("r"),
@@ -269,8 +247,7 @@ fn kill_9_mid_session_adopts_it_without_duplicates() {
     assert_eq!(w.audit_records("g").len(), 1);
     assert!(w.containers().is_empty());
     assert_eq!(w.work_dirs(), 0);
-    let console =
-        std::fs::read_to_string(w.audit_dir("r").join("agentd/console.log")).expect("console");
+    let console = w.console("r");
     assert_eq!(console, "done-after-gate\n");
 }
 
@@ -337,13 +314,9 @@ fn a_crash_at_every_lifecycle_step_converges_after_restart() {
             "{point}: container created more than once"
         );
         assert_eq!(w.audit_records("f").len(), 1, "{point}: one audit record");
-        let rec: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(w.audit_dir("r").join("agentd/session.json")).expect("record"),
-        )
-        .expect("json");
+        let rec: serde_json::Value = w.session_record("r");
         assert_eq!(rec["outcome"], "success", "{point}: {rec}");
-        let console =
-            std::fs::read_to_string(w.audit_dir("r").join("agentd/console.log")).expect("console");
+        let console = w.console("r");
         assert_eq!(console, "hello\n", "{point}: console capture lost");
         assert!(w.containers().is_empty(), "{point}: containers left");
         assert_eq!(w.work_dirs(), 0, "{point}: work folder (credentials) left");
@@ -705,7 +678,6 @@ fn a_half_written_request_is_never_acted_on() {
         f.write_all(b"work_unit = \"complete\"\n").expect("write");
     }
     assert_eq!(w.wait_done("slow")["outcome"], "success");
-    let console =
-        std::fs::read_to_string(w.audit_dir("slow").join("agentd/console.log")).expect("console");
+    let console = w.console("slow");
     assert_eq!(console, "unit=complete\n");
 }

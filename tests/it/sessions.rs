@@ -92,8 +92,7 @@ fn in_container_contract_holds_for_a_dropped_request() {
     for id in ["with-unit", "with-text", "with-artifact"] {
         let s = w.wait_done(id);
         assert_eq!(s["outcome"], "success", "{id}: {s}\n{}", w.log());
-        let console = std::fs::read_to_string(w.audit_dir(id).join("agentd/console.log"))
-            .expect("console.log");
+        let console = w.console(id);
         let f = facts(&console);
         assert_eq!(f["user"], "inspector", "{console}");
         assert_ne!(f["uid"], "0");
@@ -198,10 +197,7 @@ fn status_and_audit_record_carry_every_field() {
         dir.display()
     );
     assert!(dir.ends_with(s["session_id"].as_str().expect("sid")));
-    let rec: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.join("agentd/session.json")).expect("session.json"),
-    )
-    .expect("json");
+    let rec: serde_json::Value = crate::util::read_json(&dir.join("agentd/session.json"));
     for field in [
         "schema_version",
         "session_id",
@@ -390,10 +386,7 @@ fn start_failures_are_reported_precisely() {
     assert_eq!(e["exit_code"], 126);
     for id in ["a", "b", "c"] {
         // The audit record exists and says start_failed.
-        let rec: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(w.audit_dir(id).join("agentd/session.json")).expect("record"),
-        )
-        .expect("json");
+        let rec: serde_json::Value = w.session_record(id);
         assert_eq!(rec["outcome"], "start_failed", "{id}: {rec}");
     }
     assert!(w.containers().is_empty(), "{:?}", w.containers());
@@ -508,8 +501,7 @@ fn credential_values_never_leak() {
     std::fs::write(w.path().join("gate/go"), "").expect("open gate");
     let s = w.wait_done("r");
     assert_eq!(s["outcome"], "success", "{s}");
-    let console =
-        std::fs::read_to_string(w.audit_dir("r").join("agentd/console.log")).expect("console");
+    let console = w.console("r");
     assert!(
         console.contains("has-secret") && console.contains("no-token"),
         "{console}"
@@ -572,8 +564,7 @@ fn image_needs_only_bin_sh() {
     w.start_daemon();
     let s = w.wait_done("r");
     assert_eq!(s["outcome"], "success", "{s}\n{}", w.log());
-    let console =
-        std::fs::read_to_string(w.audit_dir("r").join("agentd/console.log")).expect("console");
+    let console = w.console("r");
     assert_eq!(console, "no-git\nagentd test repo\nbare\n");
 }
 

@@ -325,6 +325,16 @@ impl World {
             .collect()
     }
 
+    /// A request's `agentd/session.json`.
+    pub fn session_record(&self, id: &str) -> serde_json::Value {
+        read_json(&self.audit_dir(id).join("agentd/session.json"))
+    }
+
+    /// A request's captured console (`agentd/console.log`).
+    pub fn console(&self, id: &str) -> String {
+        std::fs::read_to_string(self.audit_dir(id).join("agentd/console.log")).expect("console.log")
+    }
+
     /// The audit record folder of a finished request.
     pub fn audit_dir(&self, id: &str) -> PathBuf {
         PathBuf::from(
@@ -424,4 +434,10 @@ impl World {
     pub fn open_gate(&self) {
         std::fs::write(self.path().join("gate/go"), "").expect("open gate");
     }
+}
+
+/// Read and parse a JSON file, panicking with its path.
+pub fn read_json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
