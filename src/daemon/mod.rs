@@ -403,8 +403,11 @@ fn reopen_gates(sh: &Shared) {
         .filter_map(|s| Some((s.request.clone(), s.session_id.clone()?)))
         .collect();
     for (request, sid) in running {
-        if let Err(e) = sh.open_gate(&request, &sid) {
-            tracing::debug!(request, error = %e, "no gate to reopen");
+        match sh.send_go(&sid) {
+            Ok(f) => {
+                guard(&sh.gates).insert(request, f);
+            }
+            Err(e) => tracing::debug!(request, error = %e, "no gate to reopen"),
         }
     }
 }

@@ -150,6 +150,22 @@ pub fn backoff_delay(attempts: u32) -> Duration {
     Duration::from_secs(1u64 << attempts.saturating_sub(1).min(8)).min(Duration::from_secs(300))
 }
 
+/// How long a start waits for the command to pass its gate.
+const GATE_WAIT: Duration = Duration::from_secs(10);
+
+nix::ioctl_read_bad!(fionread, nix::libc::FIONREAD, nix::libc::c_int);
+
+/// Bytes written into a FIFO and not read yet.
+fn unread_bytes(f: &std::fs::File) -> std::io::Result<i32> {
+    use std::os::fd::AsRawFd;
+    let mut n: nix::libc::c_int = 0;
+    // SAFETY: FIONREAD stores one c_int through the pointer, which points at
+    // `n`, a live local; the descriptor is borrowed from `f`, open for the
+    // whole call.
+    unsafe { fionread(f.as_raw_fd(), &mut n) }.map_err(std::io::Error::from)?;
+    Ok(n)
+}
+
 /// Clears a task's busy mark and wakes the loop when the task ends.
 struct BusyGuard {
     sh: Arc<Shared>,
@@ -213,16 +229,38 @@ impl Shared {
         );
     }
 
-    /// Let the session's command start: write `go` into its gate and keep
-    /// the write end open. Idempotent (re-sent after a restart).
-    pub fn open_gate(&self, request: &str, session_id: &str) -> std::io::Result<()> {
+    /// Write `go` into a session's gate (opened read-write: opening a FIFO
+    /// so never blocks, with or without a reader). The returned handle
+    /// keeps the `go` alive: a FIFO drops unread data when its last writer
+    /// closes.
+    pub fn send_go(&self, session_id: &str) -> std::io::Result<std::fs::File> {
         use std::io::Write;
-        // Read-write: opening a FIFO so never blocks, with or without a reader.
         let mut f = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open(self.settings.work_dir(session_id).join("gate"))?;
         f.write_all(b"go\n")?;
+        Ok(f)
+    }
+
+    /// Let the session's command start, and wait (briefly) until it has read
+    /// its `go`: only then is the session marked running, so a daemon that
+    /// dies afterwards never strands a command at its gate. A `go` not read
+    /// in time (a command that died first, a very slow start) stays held
+    /// until the session ends. Idempotent.
+    pub async fn open_gate(&self, request: &str, session_id: &str) -> std::io::Result<()> {
+        let f = self.send_go(session_id)?;
+        let deadline = std::time::Instant::now() + GATE_WAIT;
+        while std::time::Instant::now() < deadline {
+            if unread_bytes(&f)? == 0 {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        tracing::warn!(
+            request,
+            "the session has not read its start gate yet; keeping it open"
+        );
         lock(&self.gates).insert(request.to_string(), f);
         Ok(())
     }
@@ -455,7 +493,7 @@ async fn adopt(sh: &Arc<Shared>, request: &str) {
         return;
     }
     if let Some(sid) = &status.session_id
-        && let Err(e) = sh.open_gate(request, sid)
+        && let Err(e) = sh.open_gate(request, sid).await
     {
         sh.retry_later(request, &format!("cannot open the start gate: {e}"));
         return;

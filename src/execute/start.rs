@@ -161,7 +161,7 @@ pub async fn start(sh: &Arc<Shared>, request: &str, profile: Profile) {
                     deadline,
                     started: true,
                 });
-            if let Err(e) = sh.open_gate(request, &session_id) {
+            if let Err(e) = sh.open_gate(request, &session_id).await {
                 super::finish::fail_start(
                     sh,
                     request,
