@@ -4,7 +4,7 @@
 //! cached lookup.
 //!
 //! Points: `start-before-credentials`, `start-after-credentials`,
-//! `start-after-run`, `finish-before-audit`, `finish-after-audit`,
+//! `start-before-prepared`, `start-after-run`, `finish-before-audit`, `finish-after-audit`,
 //! `finish-after-rm`.
 
 use std::sync::OnceLock;

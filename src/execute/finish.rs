@@ -128,6 +128,38 @@ pub async fn finish(sh: &Arc<Shared>, request: &str, cancelled: bool) {
         return;
     }
 
+    // The command passes its gate only after the work folder is marked
+    // prepared, so a session whose folder never was cannot have run its
+    // command: whatever ended its container (an adoption's clean-up that a
+    // kill -9 interrupted, say) ended an unfinished start. Start it again
+    // with the same session id rather than judge an exit that never was.
+    let never_ran = finalized.is_none()
+        && status.stop_reason.is_none()
+        && !cancelled
+        && status.session_id.as_deref().is_some_and(|sid| {
+            let work = sh.settings.work_dir(sid);
+            work.is_dir() && !super::workdir::WorkDir::is_prepared(&work)
+        });
+    if never_ran {
+        if inspected.is_some()
+            && let Err(e) = sh.podman.rm(&name).await
+        {
+            sh.retry_later(
+                request,
+                &format!("cannot remove the unprepared container: {e}"),
+            );
+            return;
+        }
+        tracing::info!(
+            request,
+            "container of an unfinished start ended before its command ran; starting again"
+        );
+        lock(&sh.containers).by_request.remove(request);
+        sh.close_gate(request);
+        sh.update_status(request, |s| s.phase = Phase::Starting);
+        return;
+    }
+
     let (outcome, exit_code, mut message) = match &finalized {
         Some(rec) => (
             rec.outcome.unwrap_or(Outcome::GenericFailure),

@@ -440,6 +440,7 @@ impl CloneJob {
         self.work
             .give_home_to(sh.settings.session_uid)
             .map_err(|e| format!("cannot hand the home folder to the session user: {e}"))?;
+        fault::point("start-before-prepared");
         self.work
             .mark_prepared()
             .map_err(|e| format!("cannot mark the work folder prepared: {e}"))

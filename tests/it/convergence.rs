@@ -323,6 +323,43 @@ fn a_crash_at_every_lifecycle_step_converges_after_restart() {
     }
 }
 
+/// Found by `scripts/chaos`: a kill -9 that interrupted an adoption's
+/// removal of an unprepared container (its command still at the gate) left
+/// a status `starting` and an ended container; the next daemon judged that
+/// exit and recorded `generic_failure` for a command that never ran.
+#[test]
+fn ended_container_of_an_unprepared_start_is_started_again_issue_12() {
+    if !require_podman() {
+        return;
+    }
+    let mut w = World::new();
+    w.sh_profile("f", "echo hello", "");
+    w.request("r", "profile = \"f\"\n");
+    w.start_daemon_with(&[("AGENTD_FAULT", "start-before-prepared")], &[]);
+    let died = w.wait_daemon(MIN);
+    assert!(
+        died.is_some_and(|s| !s.success()),
+        "daemon did not die\n{}",
+        w.log()
+    );
+    // `podman run` outlives the daemon: its container waits at the gate.
+    // Ending it is what an interrupted clean-up leaves behind.
+    w.eventually("the container to exist", MIN, || !w.containers().is_empty());
+    let name = w.containers()[0].clone();
+    let stopped = std::process::Command::new("podman")
+        .args(["stop", "-t", "0", &name])
+        .output()
+        .expect("podman stop");
+    assert!(stopped.status.success(), "{stopped:?}");
+    w.start_daemon();
+    let s = w.wait_done("r");
+    assert_eq!(s["outcome"], "success", "{s}\n{}", w.log());
+    assert_eq!(w.console("r"), "hello\n", "the command ran once");
+    assert_eq!(w.audit_records("f").len(), 1, "one audit record");
+    assert!(w.containers().is_empty(), "containers left");
+    assert_eq!(w.work_dirs(), 0, "work folder left");
+}
+
 #[test]
 fn half_created_container_is_cleaned_up_and_the_request_retried() {
     if !require_podman() {
