@@ -407,13 +407,21 @@ fn reopen_gates(sh: &Shared) {
             Ok(f) => {
                 guard(&sh.gates).insert(request, f);
             }
+            // A full gate (a session of an older agentd, whose agent could
+            // write into it) cannot take a `go`, and needs none: its command
+            // was past the gate when it was marked running.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                tracing::warn!(request, error = %e, "cannot re-send go");
+            }
             Err(e) => tracing::debug!(request, error = %e, "no gate to reopen"),
         }
     }
 }
 
 /// Work folders of sessions that no longer run hold clones and credential
-/// files: remove them at start-up.
+/// files: remove them at start-up. Their `home/` is whatever the agent left
+/// (any number of files), so the removal runs on a blocking thread, never
+/// between the daemon and its loop.
 fn remove_stale_work_dirs(sh: &Shared) {
     let live: BTreeSet<String> = guard(&sh.store)
         .all()
@@ -427,8 +435,13 @@ fn remove_stale_work_dirs(sh: &Shared) {
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if !live.contains(&name) {
-            tracing::info!(work_dir = %e.path().display(), "removing stale work folder");
-            let _ = std::fs::remove_dir_all(e.path());
+            let path = e.path();
+            tracing::info!(work_dir = %path.display(), "removing stale work folder");
+            sh.tasks.spawn_blocking(move || {
+                if let Err(e) = std::fs::remove_dir_all(&path) {
+                    tracing::warn!(work_dir = %path.display(), error = %e, "cannot remove stale work folder");
+                }
+            });
         }
     }
 }
