@@ -5,6 +5,7 @@
 //! next periodic resync (`RESYNC`).
 
 mod lock;
+pub mod private;
 mod watch;
 
 use std::collections::BTreeSet;
@@ -36,6 +37,8 @@ pub enum DaemonError {
     #[error(transparent)]
     Lock(#[from] LockError),
     #[error(transparent)]
+    Private(#[from] private::PrivateError),
+    #[error(transparent)]
     Status(#[from] crate::status::StatusError),
 }
 
@@ -55,6 +58,7 @@ pub async fn run(
     tx: mpsc::Sender<Event>,
     mut rx: mpsc::Receiver<Event>,
 ) -> Result<(), DaemonError> {
+    private::prepare(&settings.state, &settings.audit_root)?;
     let _lock = acquire(&settings.state)?;
     let (store, problems) = StatusStore::open(&settings.state)?;
     for p in problems {
@@ -462,7 +466,7 @@ fn write_daemon_state(state: &Path, source_unavailable: Option<&str>) {
         since: jiff::Timestamp::now(),
     };
     let bytes = serde_json::to_vec_pretty(&d).unwrap_or_default();
-    if let Err(e) = crate::fsutil::write_atomic(&state.join("daemon.json"), &bytes, 0o644) {
+    if let Err(e) = crate::fsutil::write_atomic(&state.join("daemon.json"), &bytes, 0o600) {
         tracing::warn!(error = %e, "cannot write daemon.json");
     }
 }
