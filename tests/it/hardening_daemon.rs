@@ -4,7 +4,7 @@
 //! checked at start, and untrusted text reaches the terminal escaped.
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -85,4 +85,149 @@ fn filled_gate_does_not_wedge_a_restarted_daemon_issue_13() {
     // And the filled session still gets its timeout.
     let f = w.wait_for("filled", Duration::from_secs(90), |s| s["phase"] == "done");
     assert_eq!(f["outcome"], "timed_out", "{f}\n{}", w.log());
+}
+
+/// Run `agentd daemon` that is expected to refuse to start: its exit status
+/// (None when it was still running after `within`, then killed) and stderr.
+fn daemon_refusal(mut cmd: std::process::Command, within: Duration) -> (Option<i32>, String) {
+    let err_path = tempfile::NamedTempFile::new().expect("temp file");
+    let mut child = cmd
+        .arg("daemon")
+        .stdout(std::process::Stdio::null())
+        .stderr(err_path.reopen().expect("reopen"))
+        .spawn()
+        .expect("agentd runs");
+    let deadline = Instant::now() + within;
+    let code = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break Some(s.code().unwrap_or(-1));
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let err = std::fs::read_to_string(err_path.path()).unwrap_or_default();
+    (code, err)
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::symlink_metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .mode()
+        & 0o7777
+}
+
+#[test]
+fn group_or_world_writable_state_dir_is_refused_with_the_fix_issue_13() {
+    for bad in [0o770, 0o777, 0o1777] {
+        let w = World::new();
+        std::fs::create_dir(&w.state).expect("mkdir");
+        std::fs::set_permissions(&w.state, std::fs::Permissions::from_mode(bad)).expect("chmod");
+        let (code, err) = daemon_refusal(w.agentd(), Duration::from_secs(20));
+        assert!(
+            code.is_some_and(|c| c != 0),
+            "mode {bad:o}: the daemon must exit non-zero, got {code:?}\n{err}"
+        );
+        let fix = format!("chmod 700 {}", w.state.display());
+        assert!(err.contains(&fix), "mode {bad:o}: no `{fix}` in:\n{err}");
+    }
+}
+
+#[test]
+fn state_dir_and_audit_root_of_another_user_are_refused_issue_13() {
+    let w = World::new();
+    std::fs::create_dir(&w.state).expect("mkdir");
+    std::os::unix::fs::chown(&w.state, Some(65534), Some(65534)).expect("chown");
+    let (code, err) = daemon_refusal(w.agentd(), Duration::from_secs(20));
+    assert!(code.is_some_and(|c| c != 0), "{code:?}\n{err}");
+    assert!(
+        err.contains(&w.state.display().to_string()) && err.contains("owned by uid 65534"),
+        "{err}"
+    );
+    assert!(err.contains("chown"), "{err}");
+
+    let w = World::new();
+    let audit = w.path().join("audit");
+    std::fs::create_dir(&audit).expect("mkdir");
+    std::fs::set_permissions(&audit, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let mut cmd = w.agentd();
+    cmd.arg("--audit-root").arg(&audit);
+    let (code, err) = daemon_refusal(cmd, Duration::from_secs(20));
+    assert!(code.is_some_and(|c| c != 0), "{code:?}\n{err}");
+    assert!(
+        err.contains(&format!("chmod 700 {}", audit.display())),
+        "{err}"
+    );
+}
+
+#[test]
+fn symlinked_lock_file_is_refused_and_its_target_untouched_issue_13() {
+    let w = World::new();
+    std::fs::create_dir(&w.state).expect("mkdir");
+    std::fs::set_permissions(&w.state, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let victim = w.path().join("victim.txt");
+    std::fs::write(&victim, "precious\n").expect("write");
+    std::os::unix::fs::symlink(&victim, w.state.join("agentd.lock")).expect("symlink");
+    let (code, err) = daemon_refusal(w.agentd(), Duration::from_secs(20));
+    assert_eq!(
+        std::fs::read_to_string(&victim).expect("read"),
+        "precious\n",
+        "the lock's symlink was followed"
+    );
+    assert!(code.is_some_and(|c| c != 0), "{code:?}\n{err}");
+    assert!(
+        err.contains("symlink") && err.contains(&w.state.join("agentd.lock").display().to_string()),
+        "{err}"
+    );
+}
+
+#[test]
+fn session_uid_of_a_host_account_is_refused_issue_13() {
+    let nobody = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(65534))
+        .expect("passwd lookup")
+        .expect("this test needs the host account with uid 65534 (nobody)");
+    let w = World::new();
+    let mut cmd = w.agentd();
+    cmd.env("AGENTD_SESSION_UID", "65534");
+    let (code, err) = daemon_refusal(cmd, Duration::from_secs(20));
+    assert!(code.is_some_and(|c| c != 0), "{code:?}\n{err}");
+    assert!(
+        err.contains(&format!(
+            "session uid 65534 belongs to the host account `{}`",
+            nobody.name
+        )),
+        "{err}"
+    );
+    assert!(err.contains("--session-uid"), "{err}");
+}
+
+#[test]
+fn daemon_files_and_folders_are_private_issue_13() {
+    if !require_podman() {
+        return;
+    }
+    let mut w = World::new();
+    w.sh_profile("p", "echo ok", "");
+    w.request("r", "profile = \"p\"\n");
+    w.start_daemon();
+    let s = w.wait_done("r");
+    assert_eq!(s["outcome"], "success", "{s}\n{}", w.log());
+    for dir in [
+        "",
+        "audit",
+        "status",
+        "work",
+        "cache",
+        "cache/git",
+        "specs",
+        "schedules",
+    ] {
+        assert_eq!(mode(&w.state.join(dir)), 0o700, "{dir}/ must be 0700");
+    }
+    for file in ["agentd.lock", "daemon.json", "status/r.json"] {
+        assert_eq!(mode(&w.state.join(file)), 0o600, "{file} must be 0600");
+    }
 }
