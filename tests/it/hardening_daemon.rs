@@ -231,3 +231,142 @@ fn daemon_files_and_folders_are_private_issue_13() {
         assert_eq!(mode(&w.state.join(file)), 0o600, "{file} must be 0600");
     }
 }
+
+/// No raw ESC (or other C0 control but newline/tab) reaches the output.
+fn assert_no_raw_controls(what: &str, out: &[u8]) {
+    let bad: Vec<u8> = out
+        .iter()
+        .copied()
+        .filter(|b| (*b < 0x20 && *b != b'\n' && *b != b'\t') || *b == 0x7f)
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "{what} printed raw control bytes {bad:?}:\n{}",
+        String::from_utf8_lossy(out)
+    );
+}
+
+#[test]
+fn status_table_escapes_untrusted_text_issue_13() {
+    let w = World::new();
+    let status = serde_json::json!({
+        "request": "r",
+        "profile": "p",
+        "phase": "invalid",
+        "outcome": null,
+        "exit_code": null,
+        "session_id": null,
+        "container": null,
+        "repo": "https://example.com/\u{1b}]0;pwned\u{7}",
+        "work_unit": "\u{1b}[2J",
+        "origin": "file",
+        "spec_sha256": null,
+        "created_at": null,
+        "started_at": null,
+        "finished_at": null,
+        "audit_dir": null,
+        "message": "bad \u{1b}[2J\u{1b}[31mred\u{9b}1m"
+    });
+    std::fs::create_dir_all(w.state.join("status")).expect("mkdir");
+    std::fs::write(
+        w.state.join("status/r.json"),
+        serde_json::to_vec(&status).expect("json"),
+    )
+    .expect("write");
+    let out = w.agentd().arg("status").output().expect("status");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_no_raw_controls("agentd status", &out.stdout);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("bad \\e[2J\\e[31mred\\x9b1m"), "{text}");
+}
+
+#[test]
+fn validate_escapes_quoted_file_content_and_paths_issue_13() {
+    let w = World::new();
+    // An unknown field whose key carries an escape sequence: the error
+    // quotes it.
+    crate::util::write(
+        &w.desired,
+        "profiles/p.toml",
+        "base_image = \"x\"\ncommand = [\"true\"]\n\"evil\\u001b[2J\" = 1\n",
+    );
+    // A file name with a control character: the error names the path.
+    crate::util::write(
+        &w.desired,
+        "requests/bad\u{1b}]0;title\u{7}.toml",
+        "profile = \"p\"\n",
+    );
+    let out = w.agentd().arg("validate").output().expect("validate");
+    assert_eq!(out.status.code(), Some(1));
+    assert_no_raw_controls("agentd validate", &out.stdout);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("evil\\e[2J"), "{text}");
+    assert!(text.contains("bad\\e]0;title\\x07.toml"), "{text}");
+}
+
+#[test]
+fn logs_escape_the_agents_terminal_sequences_unless_raw_issue_13() {
+    if !require_podman() {
+        return;
+    }
+    let mut w = World::new();
+    w.sh_profile(
+        "esc",
+        "printf 'before\\033[2J\\033]0;pwned\\007\\tafter\\n'",
+        "",
+    );
+    w.request("r", "profile = \"esc\"\n");
+    w.start_daemon();
+    let s = w.wait_done("r");
+    assert_eq!(s["outcome"], "success", "{s}\n{}", w.log());
+    let out = w.agentd().args(["logs", "r"]).output().expect("logs");
+    assert!(out.status.success());
+    assert_no_raw_controls("agentd logs", &out.stdout);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "before\\e[2J\\e]0;pwned\\x07\tafter\n"
+    );
+    let raw = w
+        .agentd()
+        .args(["logs", "--raw", "r"])
+        .output()
+        .expect("logs --raw");
+    assert_eq!(raw.stdout, b"before\x1b[2J\x1b]0;pwned\x07\tafter\n");
+}
+
+#[test]
+fn audit_verify_escapes_file_names_issue_13() {
+    if !require_podman() {
+        return;
+    }
+    let mut w = World::new();
+    w.sh_profile("writer", "echo one > \"$AGENTD_AUDIT_DIR/a.txt\"", "");
+    w.request("r", "profile = \"writer\"\n");
+    w.start_daemon();
+    let s = w.wait_done("r");
+    assert_eq!(s["outcome"], "success", "{s}\n{}", w.log());
+    let sid = s["session_id"].as_str().expect("sid").to_string();
+    // A file planted after sealing (as root), named to drive a terminal.
+    std::fs::write(
+        w.audit_dir("r")
+            .join("session/x\u{1b}[2J\u{1b}]0;pwned\u{7}y"),
+        "x",
+    )
+    .expect("plant");
+    let out = w
+        .agentd()
+        .args(["audit", "verify", &sid])
+        .output()
+        .expect("verify");
+    assert_eq!(out.status.code(), Some(1));
+    assert_no_raw_controls("agentd audit verify", &out.stdout);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("extra session/x\\e[2J\\e]0;pwned\\x07y"),
+        "{text}"
+    );
+}
