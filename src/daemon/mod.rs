@@ -423,9 +423,7 @@ fn reopen_gates(sh: &Shared) {
 }
 
 /// Work folders of sessions that no longer run hold clones and credential
-/// files: remove them at start-up. Their `home/` is whatever the agent left
-/// (any number of files), so the removal runs on a blocking thread, never
-/// between the daemon and its loop.
+/// files: remove them at start-up.
 fn remove_stale_work_dirs(sh: &Shared) {
     let live: BTreeSet<String> = guard(&sh.store)
         .all()
@@ -439,13 +437,8 @@ fn remove_stale_work_dirs(sh: &Shared) {
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if !live.contains(&name) {
-            let path = e.path();
-            tracing::info!(work_dir = %path.display(), "removing stale work folder");
-            sh.tasks.spawn_blocking(move || {
-                if let Err(e) = std::fs::remove_dir_all(&path) {
-                    tracing::warn!(work_dir = %path.display(), error = %e, "cannot remove stale work folder");
-                }
-            });
+            tracing::info!(work_dir = %e.path().display(), "removing stale work folder");
+            let _ = std::fs::remove_dir_all(e.path());
         }
     }
 }
