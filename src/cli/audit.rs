@@ -36,7 +36,11 @@ pub fn run(global: &GlobalArgs, cmd: &Command) -> anyhow::Result<ExitCode> {
     };
     let (mut ok, mut bad, mut incomplete) = (0, 0, 0);
     for dir in &records {
-        let name = dir.strip_prefix(&root).unwrap_or(dir).display().to_string();
+        // Record folders and the file names in findings come from the
+        // agent's own files: escaped.
+        let name =
+            super::escape::text(&dir.strip_prefix(&root).unwrap_or(dir).display().to_string())
+                .into_owned();
         let findings = verify(dir);
         if findings.is_empty() {
             ok += 1;
@@ -47,7 +51,7 @@ pub fn run(global: &GlobalArgs, cmd: &Command) -> anyhow::Result<ExitCode> {
         } else {
             bad += 1;
             for f in findings {
-                println!("{name}: {f}");
+                println!("{name}: {}", super::escape::text(&f.to_string()));
             }
         }
     }
@@ -96,6 +100,9 @@ fn find(root: &Path, session: &str) -> anyhow::Result<PathBuf> {
             "no audit record for session `{session}` under {}; hint: `agentd status` shows session ids",
             root.display()
         ),
-        _ => bail!("session `{session}` names several records: {found:?}"),
+        _ => bail!(
+            "session `{}` names several records: {found:?}",
+            super::escape::text(session)
+        ),
     }
 }

@@ -26,6 +26,11 @@ pub struct Args {
     /// the capture is truncated with a marker.
     #[arg(long, env = "AGENTD_AUDIT_MAX_BYTES", default_value_t = 1 << 30, value_name = "BYTES")]
     pub audit_max_bytes: u64,
+    /// uid (and gid) session commands run as. Rootful: it must belong to no
+    /// host account or group, or the daemon refuses to start.
+    #[arg(long, env = "AGENTD_SESSION_UID", default_value_t = SESSION_UID, value_name = "UID",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub session_uid: u32,
 }
 
 impl Default for Args {
@@ -34,6 +39,7 @@ impl Default for Args {
             status_retention: Duration::from_secs(86_400),
             stop_grace: Duration::from_secs(10),
             audit_max_bytes: 1 << 30,
+            session_uid: SESSION_UID,
         }
     }
 }
@@ -45,9 +51,41 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     })
 }
 
-/// uid the session command runs as: unprivileged, and outside the range
-/// distributions hand to people, so host files it may own are recognisable.
+/// uid the session command runs as by default: unprivileged, above the
+/// range distributions hand to people (1000..) in the usual setups, below
+/// the subordinate ranges rootless Podman uses (100000..) and `nobody`.
+/// No number is free everywhere (directory services, later `useradd`), so
+/// rootful start-up checks it against the host's accounts and groups
+/// (`check_session_uid`) instead of trusting the choice.
 pub const SESSION_UID: u32 = 10_001;
+
+/// Rootful Podman maps the session uid to the same host uid, so the agent's
+/// files (its home, its audit folder) are owned by that host uid. Refuse a
+/// uid or gid that is a host account's or group's: that account would own
+/// what the agent leaves, and could reach into running sessions.
+/// (Rootless Podman maps it into the user's subordinate range: no clash.)
+fn check_session_uid(uid: u32) -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    let hint = "hint: pass --session-uid (or AGENTD_SESSION_UID) with a number no host account or group uses (`getent passwd N` and `getent group N` print nothing), or move that account";
+    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        Ok(Some(u)) => anyhow::bail!(
+            "session uid {uid} belongs to the host account `{}`: rootful sessions run as host uid {uid}, so that account would own what agents leave and could reach into their sessions; {hint}",
+            u.name
+        ),
+        Ok(None) => {}
+        Err(e) => anyhow::bail!("cannot look up host account with uid {uid}: {e}"),
+    }
+    match nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(uid)) {
+        Ok(Some(g)) => anyhow::bail!(
+            "session gid {uid} (sessions run with gid = uid) belongs to the host group `{}`, whose members could reach into sessions; {hint}",
+            g.name
+        ),
+        Ok(None) => Ok(()),
+        Err(e) => anyhow::bail!("cannot look up host group with gid {uid}: {e}"),
+    }
+}
 
 pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
     super::init_tracing();
@@ -65,8 +103,9 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    std::fs::create_dir_all(&state)
-        .with_context(|| format!("creating state dir {}", state.display()))?;
+    check_session_uid(args.session_uid)?;
+    // Private to the daemon's user, checked before anything is read there.
+    daemon::private::ensure_dir("state dir", &state, nix::unistd::geteuid().as_raw(), true)?;
     let settings = Settings {
         desired: absolute(global.desired.clone())?,
         instance: daemon::instance_id(&state),
@@ -74,7 +113,7 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
         state,
         max_sessions: global.max_sessions,
         status_retention: args.status_retention,
-        session_uid: SESSION_UID,
+        session_uid: args.session_uid,
         stop_grace: args.stop_grace,
         audit_max_bytes: args.audit_max_bytes,
     };

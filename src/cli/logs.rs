@@ -1,5 +1,10 @@
 //! `agentd logs ID [-f]`: a session's console output, live from the work
 //! folder while it runs, from the audit record after.
+//!
+//! The console is the agent's: by default every control character but
+//! newline and tab is escaped (and non-UTF-8 bytes shown as `\xNN`), so
+//! reading a log can never drive the reader's terminal. `--raw` writes the
+//! bytes as captured, for piping into files or tools.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -18,6 +23,32 @@ pub struct Args {
     /// Keep printing output as it arrives, until the session ends.
     #[arg(short, long)]
     pub follow: bool,
+    /// Write the console bytes exactly as captured, control characters and
+    /// all (for redirecting into a file or another tool; never needed to
+    /// read a log on a terminal).
+    #[arg(long)]
+    pub raw: bool,
+}
+
+/// Where console bytes go: escaped unless `--raw`.
+struct Sink<W: Write> {
+    out: W,
+    escape: Option<super::escape::Console>,
+}
+
+impl<W: Write> Sink<W> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match &mut self.escape {
+            Some(e) => self.out.write_all(&e.push(bytes)),
+            None => self.out.write_all(bytes),
+        }
+    }
+    fn finish(&mut self) -> std::io::Result<()> {
+        if let Some(e) = &mut self.escape {
+            self.out.write_all(&e.finish())?;
+        }
+        self.out.flush()
+    }
 }
 
 pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
@@ -30,7 +61,10 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
             args.id
         )
     })?;
-    let mut out = std::io::stdout().lock();
+    let mut out = Sink {
+        out: std::io::stdout().lock(),
+        escape: (!args.raw).then(super::escape::Console::default),
+    };
     let mut reader: Option<K8sLogReader> = None;
     loop {
         if status.phase == Phase::Done {
@@ -39,22 +73,23 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
                     bail!(
                         "request `{}` ended without a session ({})",
                         args.id,
-                        status.message.unwrap_or_default()
+                        super::escape::text(&status.message.unwrap_or_default())
                     );
                 };
                 let path = dir.join("agentd/console.log");
                 let bytes =
                     std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-                out.write_all(&bytes)?;
+                out.write(&bytes)?;
             }
+            out.finish()?;
             return Ok(ExitCode::SUCCESS);
         }
         if let (None, Some(sid)) = (&reader, &status.session_id) {
             reader = K8sLogReader::open(&state.join("work").join(sid).join("console.k8s.log")).ok();
         }
         if let Some(r) = reader.as_mut() {
-            out.write_all(&r.read_new()?)?;
-            out.flush()?;
+            out.write(&r.read_new()?)?;
+            out.out.flush()?;
         }
         if !args.follow {
             if reader.is_none() {
@@ -64,18 +99,23 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
                     status.phase.as_str()
                 );
             }
+            out.finish()?;
             return Ok(ExitCode::SUCCESS);
         }
         std::thread::sleep(Duration::from_millis(200));
         match read_status() {
             Ok(s) => status = s,
             // The request was pruned while we followed: stop.
-            Err(_) => return Ok(ExitCode::SUCCESS),
+            Err(_) => {
+                out.finish()?;
+                return Ok(ExitCode::SUCCESS);
+            }
         }
         if status.phase == Phase::Done
             && let Some(r) = reader.as_mut()
         {
-            out.write_all(&r.read_new().unwrap_or_default())?;
+            out.write(&r.read_new().unwrap_or_default())?;
+            out.finish()?;
             return Ok(ExitCode::SUCCESS);
         }
     }

@@ -6,6 +6,7 @@
 mod audit;
 mod cancel;
 mod daemon;
+pub mod escape;
 mod logs;
 mod plan;
 mod run;

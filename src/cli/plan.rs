@@ -24,19 +24,19 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
     let state = std::path::absolute(global.state_dir()?)?;
     let (statuses, problems) = crate::status::read_dir(&state.join("status"))?;
     for p in problems {
-        eprintln!("warning: {p}");
+        eprintln!("warning: {}", super::escape::text(&p));
     }
     let loaded = crate::source::load(&global.desired, &RealHost);
     let source_available = loaded.is_ok();
     let desired = match loaded {
         Ok((desired, diagnostics)) => {
             for d in &diagnostics {
-                eprintln!("{d}");
+                eprintln!("{}", super::escape::text(&d.to_string()));
             }
             desired
         }
         Err(e) => {
-            eprintln!("warning: {e}");
+            eprintln!("warning: {}", super::escape::text(&e.to_string()));
             Default::default()
         }
     };
@@ -65,7 +65,7 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
     };
     let actions = plan(&desired, &observed, &cfg);
     for a in &actions {
-        println!("{a}");
+        println!("{}", super::escape::text(&a.to_string()));
     }
     let changes = actions.iter().filter(|a| a.is_change()).count();
     if changes == 0 {

@@ -141,7 +141,10 @@ fn wait(state: &std::path::Path, id: &str) -> anyhow::Result<ExitCode> {
                         .exit_code
                         .map(|c| format!(" (exit {c})"))
                         .unwrap_or_default();
-                    let msg = s.message.map(|m| format!(": {m}")).unwrap_or_default();
+                    let msg = s
+                        .message
+                        .map(|m| format!(": {}", super::escape::text(&m)))
+                        .unwrap_or_default();
                     eprintln!("{id}: {outcome}{code}{msg}");
                     return Ok(if s.outcome.is_some_and(|o| o.is_ok()) {
                         ExitCode::SUCCESS
@@ -150,7 +153,10 @@ fn wait(state: &std::path::Path, id: &str) -> anyhow::Result<ExitCode> {
                     });
                 }
                 Phase::Invalid => {
-                    eprintln!("{id}: invalid: {}", s.message.unwrap_or_default());
+                    eprintln!(
+                        "{id}: invalid: {}",
+                        super::escape::text(&s.message.unwrap_or_default())
+                    );
                     return Ok(ExitCode::from(1));
                 }
                 _ => {}

@@ -8,6 +8,7 @@ use anyhow::bail;
 use comfy_table::{Table, presets::NOTHING};
 
 use super::GlobalArgs;
+use super::escape;
 use crate::observed::Status;
 
 #[derive(Debug, clap::Args)]
@@ -34,8 +35,9 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
         && let Some(why) = d.source_unavailable
     {
         eprintln!(
-            "warning: the daemon cannot read the desired dir since {}: {why}",
-            d.since
+            "warning: the daemon cannot read the desired dir since {}: {}",
+            d.since,
+            escape::text(&why)
         );
     }
     loop {
@@ -85,7 +87,7 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
             writeln!(out, "\n{}", schedule_table(&schedules))?;
         }
         for p in problems {
-            eprintln!("warning: {p}");
+            eprintln!("warning: {}", escape::text(&p.to_string()));
         }
         if !args.watch {
             return Ok(ExitCode::SUCCESS);
@@ -178,12 +180,12 @@ fn schedule_table(rows: &[ScheduleRow]) -> String {
             note.push(s.clone());
         }
         t.add_row([
-            r.profile.clone(),
-            r.schedule.clone(),
+            escape::text(&r.profile).into_owned(),
+            escape::text(&r.schedule).into_owned(),
             local(r.last_fire),
             r.last_outcome.clone().unwrap_or_else(|| "-".into()),
             local(r.next_fire),
-            note.join("; "),
+            escape::text(&note.join("; ")).into_owned(),
         ]);
     }
     t.to_string()
@@ -212,13 +214,14 @@ pub fn table(records: &[&Status], now: jiff::Timestamp) -> String {
                 )
             })
             .unwrap_or_else(|| "-".into());
-        let mut message = s.message.clone().unwrap_or_default();
+        // Escaped first, so the cut never lets half an escape through raw.
+        let mut message = escape::text(s.message.as_deref().unwrap_or_default()).into_owned();
         if message.chars().count() > 60 {
             message = message.chars().take(57).collect::<String>() + "...";
         }
         t.add_row([
-            s.request.clone(),
-            s.profile.clone(),
+            escape::text(&s.request).into_owned(),
+            escape::text(&s.profile).into_owned(),
             s.phase.as_str().to_string(),
             s.outcome.map_or("-".into(), |o| o.as_str().to_string()),
             s.exit_code.map_or("-".into(), |c| c.to_string()),

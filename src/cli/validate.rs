@@ -51,8 +51,9 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
     diags.dedup();
 
     let mut out = std::io::stdout().lock();
+    // Paths and quoted file content are untrusted: one escaped line each.
     for d in &diags {
-        writeln!(out, "{d}")?;
+        writeln!(out, "{}", super::escape::text(&d.to_string()))?;
     }
     let files_with_errors = diags
         .iter()

@@ -5,6 +5,7 @@
 //! next periodic resync (`RESYNC`).
 
 mod lock;
+pub mod private;
 mod watch;
 
 use std::collections::BTreeSet;
@@ -36,6 +37,8 @@ pub enum DaemonError {
     #[error(transparent)]
     Lock(#[from] LockError),
     #[error(transparent)]
+    Private(#[from] private::PrivateError),
+    #[error(transparent)]
     Status(#[from] crate::status::StatusError),
 }
 
@@ -55,6 +58,7 @@ pub async fn run(
     tx: mpsc::Sender<Event>,
     mut rx: mpsc::Receiver<Event>,
 ) -> Result<(), DaemonError> {
+    private::prepare(&settings.state, &settings.audit_root)?;
     let _lock = acquire(&settings.state)?;
     let (store, problems) = StatusStore::open(&settings.state)?;
     for p in problems {
@@ -407,6 +411,12 @@ fn reopen_gates(sh: &Shared) {
             Ok(f) => {
                 guard(&sh.gates).insert(request, f);
             }
+            // A full gate (a session of an older agentd, whose agent could
+            // write into it) cannot take a `go`, and needs none: its command
+            // was past the gate when it was marked running.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                tracing::warn!(request, error = %e, "cannot re-send go");
+            }
             Err(e) => tracing::debug!(request, error = %e, "no gate to reopen"),
         }
     }
@@ -449,7 +459,7 @@ fn write_daemon_state(state: &Path, source_unavailable: Option<&str>) {
         since: jiff::Timestamp::now(),
     };
     let bytes = serde_json::to_vec_pretty(&d).unwrap_or_default();
-    if let Err(e) = crate::fsutil::write_atomic(&state.join("daemon.json"), &bytes, 0o644) {
+    if let Err(e) = crate::fsutil::write_atomic(&state.join("daemon.json"), &bytes, 0o600) {
         tracing::warn!(error = %e, "cannot write daemon.json");
     }
 }

@@ -229,18 +229,10 @@ impl Shared {
         );
     }
 
-    /// Write `go` into a session's gate (opened read-write: opening a FIFO
-    /// so never blocks, with or without a reader). The returned handle
-    /// keeps the `go` alive: a FIFO drops unread data when its last writer
-    /// closes.
+    /// Write `go` into a session's gate, never waiting
+    /// (`workdir::WorkDir::send_go`).
     pub fn send_go(&self, session_id: &str) -> std::io::Result<std::fs::File> {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(self.settings.work_dir(session_id).join("gate"))?;
-        f.write_all(b"go\n")?;
-        Ok(f)
+        workdir::WorkDir::send_go(&self.settings.work_dir(session_id).join("gate"))
     }
 
     /// Let the session's command start, and wait (briefly) until it has read
@@ -492,11 +484,21 @@ async fn adopt(sh: &Arc<Shared>, request: &str) {
         lock(&sh.containers).by_request.remove(request);
         return;
     }
-    if let Some(sid) = &status.session_id
-        && let Err(e) = sh.open_gate(request, sid).await
-    {
-        sh.retry_later(request, &format!("cannot open the start gate: {e}"));
-        return;
+    if let Some(sid) = &status.session_id {
+        match sh.open_gate(request, sid).await {
+            Ok(()) => {}
+            // Only a session of an older agentd (whose gate its agent could
+            // write) has a full gate: its command is past the gate already.
+            // Supervise it like any running session (deadline, cancel)
+            // rather than retry a write that can never succeed.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                tracing::warn!(request, error = %e, "cannot send go; adopting the session as running");
+            }
+            Err(e) => {
+                sh.retry_later(request, &format!("cannot open the start gate: {e}"));
+                return;
+            }
+        }
     }
     tracing::info!(request, "adopting running session");
     sh.update_status(request, |s| {

@@ -54,7 +54,7 @@ impl Schedules {
             if self.persisted.get(name) != Some(st) {
                 let path = self.dir.join(format!("{name}.json"));
                 let bytes = serde_json::to_vec_pretty(st).unwrap_or_default();
-                if let Err(e) = crate::fsutil::write_atomic(&path, &bytes, 0o644) {
+                if let Err(e) = crate::fsutil::write_atomic(&path, &bytes, 0o600) {
                     tracing::error!(error = %e, path = %path.display(), "cannot persist schedule state");
                     return;
                 }

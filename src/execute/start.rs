@@ -289,7 +289,7 @@ fn prepare(
             root: work.root.clone(),
         },
     };
-    work.make_gate(uid)
+    work.make_gate()
         .map_err(|e| format!("cannot create the start gate: {e}"))?;
     let has_input = work
         .write_input(&spec.input)

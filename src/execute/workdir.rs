@@ -10,6 +10,9 @@
 //!   file goes with the work folder when the session ends.
 //! - `console.k8s.log`  conmon's capture of stdout/stderr
 //!
+//! - `gate`             `/agentd/.gate`, the start gate: a FIFO owned by the
+//!   daemon's user, mode 0644 (the session can read, never write)
+//!
 //! The folder itself is 0700 root, so other host users see nothing inside.
 
 use std::fs;
@@ -31,6 +34,9 @@ fn identity(meta: &fs::Metadata) -> String {
         .map_or(0, |d| d.as_nanos());
     format!("{}:{born}", meta.ino())
 }
+
+/// What the daemon writes into a start gate.
+const GO: &[u8] = b"go\n";
 
 pub struct WorkDir {
     pub root: PathBuf,
@@ -58,12 +64,54 @@ impl WorkDir {
         self.root.join("gate")
     }
 
-    pub fn make_gate(&self, uid: u32) -> io::Result<()> {
+    /// Create the gate: owned by the daemon's user, mode 0644, so the
+    /// session user can read its `go` and nothing more. A FIFO ignores a
+    /// read-only bind mount (writing into one changes no file), so its mode
+    /// is what keeps the agent from writing into it: a gate the agent could
+    /// fill would make the daemon's next write block.
+    pub fn make_gate(&self) -> io::Result<()> {
         let path = self.gate();
         let _ = fs::remove_file(&path);
-        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600))
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o644))
             .map_err(io::Error::from)?;
-        std::os::unix::fs::chown(&path, Some(uid), Some(uid))
+        // mkfifo applies the umask; the mode must not depend on it.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644))
+    }
+
+    /// Write `go` into the gate at `path` without ever waiting. The FIFO is
+    /// opened read-write and non-blocking (opening a FIFO so never waits for
+    /// a peer) and not through a symlink; `go` is shorter than `PIPE_BUF`,
+    /// so the write is all or nothing. A full pipe (something other than
+    /// this daemon wrote into the gate: a session of an older agentd, whose
+    /// gate the agent could write) is `ErrorKind::WouldBlock`, reported at
+    /// once. The returned handle keeps the `go` alive: a FIFO drops unread
+    /// data when its last writer closes.
+    pub fn send_go(path: &Path) -> io::Result<fs::File> {
+        use std::io::Write;
+        use std::os::unix::fs::FileTypeExt;
+        let mut f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOFOLLOW)
+            .open(path)?;
+        if !f.metadata()?.file_type().is_fifo() {
+            return Err(io::Error::other(format!(
+                "{} is not a FIFO; the start gate was replaced",
+                path.display()
+            )));
+        }
+        match f.write(GO) {
+            Ok(n) if n == GO.len() => Ok(f),
+            Ok(_) => Err(io::Error::other("short write into the start gate")),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!(
+                    "the start gate {} is full (something other than agentd wrote into it)",
+                    path.display()
+                ),
+            )),
+            Err(e) => Err(e),
+        }
     }
 
     /// Everything the session needs is in place (clone, home, record).
@@ -185,5 +233,91 @@ impl WorkDir {
         };
         write().map_err(|e| format!("cannot write credentials file: {e}"))?;
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// Fill a FIFO to the brim, as a hostile writer would.
+    fn fill(path: &Path) -> fs::File {
+        let mut f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(nix::libc::O_NONBLOCK)
+            .open(path)
+            .expect("open fifo");
+        let block = [0u8; 4096];
+        loop {
+            match f.write(&block) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return f,
+                Err(e) => panic!("filling the fifo: {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn send_go_on_a_full_gate_returns_at_once_issue_13() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let w = WorkDir {
+            root: d.path().to_path_buf(),
+        };
+        w.make_gate().expect("gate");
+        let _filler = fill(&w.gate());
+        let path = w.gate();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(WorkDir::send_go(&path).map(|_| ()));
+        });
+        let result = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("send_go returned within 5 s on a full gate");
+        let err = result.expect_err("a full gate takes no go");
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        assert!(err.to_string().contains("is full"), "{err}");
+    }
+
+    #[test]
+    fn send_go_writes_go_and_keeps_it_for_a_later_reader() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let w = WorkDir {
+            root: d.path().to_path_buf(),
+        };
+        w.make_gate().expect("gate");
+        let _held = WorkDir::send_go(&w.gate()).expect("go");
+        let mut reader = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NONBLOCK)
+            .open(w.gate())
+            .expect("reader");
+        let mut buf = [0u8; 8];
+        let n = io::Read::read(&mut reader, &mut buf).expect("read");
+        assert_eq!(&buf[..n], GO);
+    }
+
+    #[test]
+    fn the_gate_is_the_daemons_and_read_only_for_others_issue_13() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().expect("tempdir");
+        let w = WorkDir {
+            root: d.path().to_path_buf(),
+        };
+        w.make_gate().expect("gate");
+        let m = fs::symlink_metadata(w.gate()).expect("stat");
+        assert_eq!(m.mode() & 0o7777, 0o644);
+        assert_eq!(m.uid(), nix::unistd::geteuid().as_raw());
+    }
+
+    #[test]
+    fn send_go_refuses_a_symlinked_gate() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let target = d.path().join("elsewhere");
+        nix::unistd::mkfifo(&target, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .expect("fifo");
+        std::os::unix::fs::symlink(&target, d.path().join("gate")).expect("symlink");
+        assert!(WorkDir::send_go(&d.path().join("gate")).is_err());
     }
 }

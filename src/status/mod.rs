@@ -53,7 +53,7 @@ impl StatusStore {
         let path = self.dir.join(format!("{}.json", status.request));
         let mut bytes = serde_json::to_vec_pretty(&status).unwrap_or_default();
         bytes.push(b'\n');
-        write_atomic(&path, &bytes, 0o644).map_err(|source| StatusError::Write { path, source })?;
+        write_atomic(&path, &bytes, 0o600).map_err(|source| StatusError::Write { path, source })?;
         self.records.insert(status.request.clone(), status);
         Ok(())
     }
