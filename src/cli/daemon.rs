@@ -26,6 +26,10 @@ pub struct Args {
     /// the capture is truncated with a marker.
     #[arg(long, env = "AGENTD_AUDIT_MAX_BYTES", default_value_t = 1 << 30, value_name = "BYTES")]
     pub audit_max_bytes: u64,
+    /// Longest a git run of a clone may take (mirror fetch, copy); past
+    /// it git is killed and the session is start_failed.
+    #[arg(long, env = "AGENTD_CLONE_TIMEOUT", default_value = "15m", value_parser = parse_duration, value_name = "DURATION")]
+    pub clone_timeout: Duration,
 }
 
 impl Default for Args {
@@ -34,6 +38,7 @@ impl Default for Args {
             status_retention: Duration::from_secs(86_400),
             stop_grace: Duration::from_secs(10),
             audit_max_bytes: 1 << 30,
+            clone_timeout: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -77,6 +82,7 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
         session_uid: SESSION_UID,
         stop_grace: args.stop_grace,
         audit_max_bytes: args.audit_max_bytes,
+        clone_timeout: args.clone_timeout,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
