@@ -335,41 +335,39 @@ fn git_ignores_the_daemon_users_gitconfig_issue_13() {
         return;
     }
     let mut w = World::new();
-    // Root's ~/.gitconfig redirects the profile's repo to another one and
-    // names a credential helper that leaves a mark when it runs.
-    let evil = w.path().join("evil.git");
-    bare_repo(&evil, "evil repo");
+    let served = w.path().join("served");
+    bare_repo(&served.join("r.git"), "remote repo");
+    bare_repo(&served.join("locked.git"), "locked repo");
+    let open = GitServer::start(&w.path().join("srv-open"), &served, None, None);
+    // A remote that wants credentials the profile does not have.
+    let locked = GitServer::start(&w.path().join("srv-locked"), &served, None, Some("s3cret"));
+    // Root's ~/.gitconfig redirects the profile's remote to a local
+    // repository of its own, and names a credential helper that leaves a
+    // mark when it runs.
+    let evil = w.path().join("evil");
+    bare_repo(&evil.join("r.git"), "evil repo");
     let home = w.path().join("home");
     let marker = w.path().join("helper-ran");
-    let bare = w.repo_url.trim_start_matches("file://").to_string();
     write(
         &home,
         ".gitconfig",
         format!(
-            "[url \"file://{}\"]\n\tinsteadOf = file://{bare}\n[credential]\n\thelper = \"!f() {{ touch {}; }}; f\"\n",
+            "[url \"file://{}/\"]\n\tinsteadOf = {}\n[credential]\n\thelper = \"!f() {{ touch {}; }}; f\"\n[protocol \"file\"]\n\tallow = always\n",
             evil.display(),
+            open.url(""),
             marker.display()
         ),
     );
-    write(
-        &home,
-        ".config/git/config",
-        "[protocol \"file\"]\n\tallow = always\n",
-    );
-    w.sh_profile("p", "cat README.md", "");
+    repo_profile(&w, "p", &open.url("r.git"), "cat README.md", "");
     w.request("r", "profile = \"p\"\n");
-    // A remote that wants credentials the profile does not have.
-    let served = w.path().join("served");
-    bare_repo(&served.join("locked.git"), "locked repo");
-    let server = GitServer::start(&w.path().join("srv"), &served, None, Some("s3cret"));
-    repo_profile(&w, "locked", &server.url("locked.git"), "cat README.md", "");
+    repo_profile(&w, "locked", &locked.url("locked.git"), "cat README.md", "");
     w.request("l", "profile = \"locked\"\n");
     w.start_daemon_with(&[("HOME", home.to_str().expect("utf8"))], &[]);
     let s = w.wait_done("r");
     assert_eq!(s["outcome"], "success", "{s}");
     let console = w.console("r");
     assert_eq!(
-        console, "agentd test repo\n",
+        console, "remote repo\n",
         "insteadOf from ~/.gitconfig applied"
     );
     let s = w.wait_done("l");
@@ -379,9 +377,9 @@ fn git_ignores_the_daemon_users_gitconfig_issue_13() {
         "the credential helper of ~/.gitconfig ran for the clone"
     );
     assert!(
-        server.requests().contains("auth=missing"),
+        locked.requests().contains("auth=missing"),
         "{}",
-        server.requests()
+        locked.requests()
     );
 }
 
