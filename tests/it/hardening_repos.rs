@@ -326,6 +326,16 @@ fn the_mirror_cache_is_not_clonable_issue_13() {
     let s = w.wait_done("steal4");
     assert_eq!(s["outcome"], "start_failed", "{s}");
     assert!(message(&s).contains("state dir"), "{s}");
+    // The daemon reports a request naming a repo its profile does not allow
+    // as invalid, and never starts it.
+    w.request("nope", "profile = \"remote\"\nrepo = \"/etc\"\n");
+    let s = w.wait_for("nope", Duration::from_secs(30), |s| s["phase"] == "invalid");
+    assert!(
+        message(&s).contains("repo: `/etc`")
+            && message(&s).contains("hint: add a pattern to allowed_repos in profile remote"),
+        "{s}"
+    );
+    assert!(s["session_id"].is_null(), "{s}");
     assert!(w.containers().is_empty(), "{:?}", w.containers());
 }
 
