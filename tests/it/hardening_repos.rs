@@ -520,6 +520,22 @@ fn clone_token_reaches_only_an_allowed_https_remote_and_never_leaks_issue_13() {
         ),
     );
     w.request("r", "profile = \"leaky\"\n");
+    // The process table, sampled every few milliseconds from before the
+    // daemon starts until the session runs: it covers git's clone too.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut samples = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(out) = Command::new("ps").args(["-eww", "-o", "args"]).output() {
+                    samples.push(out.stdout);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            samples
+        })
+    };
     w.start_daemon_with(
         &[
             ("HOST_SECRET", &secret),
@@ -538,10 +554,16 @@ fn clone_token_reaches_only_an_allowed_https_remote_and_never_leaks_issue_13() {
         .output()
         .expect("inspect");
     assert!(inspect.status.success());
-    let ps = Command::new("ps")
-        .args(["-eww", "-o", "args"])
-        .output()
-        .expect("ps");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let ps = sampler.join().expect("ps sampler");
+    let saw_git = ps
+        .iter()
+        .filter(|o| String::from_utf8_lossy(o).contains("git-remote-https"))
+        .count();
+    eprintln!(
+        "{} ps samples, {saw_git} taken while git fetched over https",
+        ps.len()
+    );
     w.open_gate();
     let s = w.wait_done("r");
     assert_eq!(s["outcome"], "success", "{s}");
@@ -581,7 +603,7 @@ fn clone_token_reaches_only_an_allowed_https_remote_and_never_leaks_issue_13() {
 
     let mut haystacks: Vec<(String, Vec<u8>)> = vec![
         ("podman inspect".into(), inspect.stdout),
-        ("ps".into(), ps.stdout),
+        ("ps".into(), ps.concat()),
         ("daemon log".into(), w.log().into_bytes()),
     ];
     // Everything the daemon keeps: status, specs, audit records, the mirror
