@@ -291,13 +291,19 @@ pub fn refuse_private(repo: &Repo, private: &[(&str, &Path)]) -> Result<(), Stri
         Ok(())
     };
     check(&local, "is inside")?;
+    // The git dirs git would serve for that path, and the object stores
+    // they use.
+    let mut todo: Vec<PathBuf> = Vec::new();
+    for dir in git_dirs(&local) {
+        check(&dir, "resolves to a git dir inside")?;
+        todo.push(dir.join("objects"));
+    }
     // Objects borrowed through alternates (which may chain) are served by
     // git as if they were the repository's own.
-    let mut todo: Vec<PathBuf> = vec![local.join("objects"), local.join(".git/objects")];
     let mut seen = 0;
     while let Some(objects) = todo.pop() {
         seen += 1;
-        if seen > 16 {
+        if seen > 32 {
             return Err(format!(
                 "repo `{}` chains objects/info/alternates too deep; hint: clone from a self-contained repository",
                 repo.as_str()
@@ -316,6 +322,46 @@ pub fn refuse_private(repo: &Repo, private: &[(&str, &Path)]) -> Result<(), Stri
         }
     }
     Ok(())
+}
+
+/// Every git dir `git upload-pack <local>` may end up in: git tries
+/// `<local>/.git`, `<local>`, `<local>.git/.git` and `<local>.git`, follows
+/// a `.git` file's `gitdir:` line, and a worktree's `commondir`.
+fn git_dirs(local: &Path) -> Vec<PathBuf> {
+    let with = |suffix: &str| {
+        let mut p = local.as_os_str().to_os_string();
+        p.push(suffix);
+        PathBuf::from(p)
+    };
+    let mut out = Vec::new();
+    for candidate in [
+        with("/.git"),
+        local.to_path_buf(),
+        with(".git/.git"),
+        with(".git"),
+    ] {
+        if candidate.is_file() {
+            let target = std::fs::read_to_string(&candidate).ok().and_then(|t| {
+                t.trim()
+                    .strip_prefix("gitdir:")
+                    .map(|g| PathBuf::from(g.trim()))
+            });
+            if let (Some(t), Some(parent)) = (target, candidate.parent()) {
+                out.push(parent.join(t));
+            }
+        } else if candidate.is_dir() {
+            out.push(candidate);
+        }
+    }
+    let common: Vec<PathBuf> = out
+        .iter()
+        .filter_map(|d| {
+            let c = std::fs::read_to_string(d.join("commondir")).ok()?;
+            Some(d.join(c.trim()))
+        })
+        .collect();
+    out.extend(common);
+    out
 }
 
 /// The folder git uses as an empty `HOME`: created 0700, and emptied
@@ -560,6 +606,19 @@ mod tests {
         .expect("write");
         let e = refuse_private(&local(&other), &private).unwrap_err();
         assert!(e.contains("alternates"), "{e}");
+        // A `.git` file pointing into the cache, and the `.git` suffix git
+        // tries when the named path does not exist.
+        let gitfile = dir.path().join("gitfile");
+        std::fs::create_dir_all(&gitfile).expect("mkdir");
+        std::fs::write(
+            gitfile.join(".git"),
+            format!("gitdir: {}\n", mirror.display()),
+        )
+        .expect("write");
+        let e = refuse_private(&local(&gitfile), &private).unwrap_err();
+        assert!(e.contains("resolves to a git dir inside"), "{e}");
+        std::os::unix::fs::symlink(&mirror, dir.path().join("suffixed.git")).expect("symlink");
+        assert!(refuse_private(&local(&dir.path().join("suffixed")), &private).is_err());
         let clean = dir.path().join("clean.git");
         std::fs::create_dir_all(clean.join("objects")).expect("mkdir");
         assert!(refuse_private(&local(&clean), &private).is_ok());
