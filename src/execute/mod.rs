@@ -8,6 +8,7 @@
 
 mod clone;
 mod finish;
+mod private_repo;
 mod schedule;
 mod start;
 

@@ -262,7 +262,7 @@ fn prepare(
             profile.name
         ));
     }
-    super::clone::refuse_private(
+    super::private_repo::refuse_private(
         repo,
         &[("state dir", &st.state), ("audit root", &st.audit_root)],
     )?;

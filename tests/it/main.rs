@@ -4,6 +4,7 @@
 mod audit;
 mod cli;
 mod convergence;
+mod git_server;
 mod hardening_repos;
 mod podman;
 mod scheduling;
