@@ -31,6 +31,10 @@ pub struct Args {
     #[arg(long, env = "AGENTD_SESSION_UID", default_value_t = SESSION_UID, value_name = "UID",
           value_parser = clap::value_parser!(u32).range(1..))]
     pub session_uid: u32,
+    /// Longest a git run of a clone may take (mirror fetch, copy); past
+    /// it git is killed and the session is start_failed.
+    #[arg(long, env = "AGENTD_CLONE_TIMEOUT", default_value = "15m", value_parser = parse_duration, value_name = "DURATION")]
+    pub clone_timeout: Duration,
 }
 
 impl Default for Args {
@@ -40,6 +44,7 @@ impl Default for Args {
             stop_grace: Duration::from_secs(10),
             audit_max_bytes: 1 << 30,
             session_uid: SESSION_UID,
+            clone_timeout: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -116,6 +121,7 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
         session_uid: args.session_uid,
         stop_grace: args.stop_grace,
         audit_max_bytes: args.audit_max_bytes,
+        clone_timeout: args.clone_timeout,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -16,7 +16,8 @@ use crate::observed::Phase;
 pub struct Args {
     /// Profile to run.
     pub profile: String,
-    /// Repository, overriding the profile's `repo`.
+    /// Repository, overriding the profile's `repo`; it must be the profile's
+    /// or match the profile's `allowed_repos`.
     pub repo: Option<String>,
     /// Work unit, exported as AGENTD_WORK_UNIT.
     #[arg(long, value_name = "ID")]

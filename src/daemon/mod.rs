@@ -80,7 +80,7 @@ pub async fn run(
         busy: Mutex::new(BTreeSet::new()),
         wake: tx.clone(),
         tasks: TaskTracker::new(),
-        clone_cache: tokio::sync::Mutex::new(()),
+        clone_cache: Default::default(),
         backoff: Mutex::new(Default::default()),
         gates: Mutex::new(Default::default()),
     });

@@ -190,6 +190,33 @@ fn cross_check(
             .hint("add `repo` to the request or to the profile"),
         ]);
     }
+    // A request is less trusted than its profile: it may only name a
+    // repository the profile names or allows (issue 13).
+    if let Some(repo) = &r.repo
+        && !profile.allows_repo(repo)
+    {
+        let (name, none) = (&profile.name, profile.allowed_repos.is_empty());
+        let why = match (&profile.repo, none) {
+            (Some(o), true) => format!(
+                "differs from profile `{name}`'s repo `{}`, and the profile has no allowed_repos",
+                o.as_str()
+            ),
+            (Some(o), false) => format!(
+                "differs from profile `{name}`'s repo `{}` and matches none of its allowed_repos",
+                o.as_str()
+            ),
+            (None, true) => format!("is not allowed: profile `{name}` has no allowed_repos"),
+            (None, false) => format!("matches none of profile `{name}`'s allowed_repos"),
+        };
+        return Err(vec![
+            Diagnostic::new(&r.path, at("repo"), format!("repo: `{}` {why}", repo.as_str()))
+                .hint(format!(
+                    "add a pattern to allowed_repos in profile {} ({}), or remove `repo` from the request",
+                    profile.name,
+                    profile.path.display()
+                )),
+        ]);
+    }
     if let (Input::Artifact { kind, json, .. }, Some(dir)) = (&r.input, &profile.methodology_dir) {
         let schema_path = dir.join("schemas").join(format!("{kind}.schema.json"));
         if let Some(bytes) = host.read(&schema_path) {

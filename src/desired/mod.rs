@@ -9,6 +9,7 @@ mod assemble;
 mod diag;
 mod model;
 mod parse;
+mod repos;
 mod rules;
 mod validate;
 pub mod wire;
@@ -19,6 +20,7 @@ pub use assemble::{FileRef, FileResult, ProfileEntry, assemble, profile_entry, r
 pub use diag::{Diagnostic, Pos, locate_key};
 pub use model::*;
 pub use parse::{Format, MAX_FILE_BYTES};
+pub use repos::{RepoPattern, normalize as normalize_repo};
 pub use rules::{duration as parse_duration, request_id as check_request_id};
 pub use validate::{profile as validate_profile, request as validate_request, sha256_hex, stem};
 

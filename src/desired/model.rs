@@ -81,6 +81,8 @@ pub struct Profile {
     pub base_image: String,
     pub command: Vec<String>,
     pub repo: Option<Repo>,
+    /// Repositories a request may name instead of `repo` (issue 13).
+    pub allowed_repos: Vec<super::repos::RepoPattern>,
     pub schedule: Option<Schedule>,
     pub concurrency_policy: ConcurrencyPolicy,
     pub history_limit: u32,
@@ -110,6 +112,7 @@ impl Profile {
             base_image: base_image.into(),
             command: command.iter().map(|c| (*c).to_string()).collect(),
             repo: None,
+            allowed_repos: Vec::new(),
             schedule: None,
             concurrency_policy: ConcurrencyPolicy::Allow,
             history_limit: 10,

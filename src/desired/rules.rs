@@ -108,7 +108,14 @@ pub fn repo(text: &str) -> Result<Repo, Problem> {
             "write the URL or path without spaces",
         ));
     }
+    if text.len() > super::repos::MAX_REPO_LEN {
+        return Err(problem(
+            format!("repo is longer than {} bytes", super::repos::MAX_REPO_LEN),
+            "name the repository by a shorter URL or path",
+        ));
+    }
     if text.starts_with('/') {
+        dot_segments(text, text)?;
         return Ok(Repo::Local(PathBuf::from(text)));
     }
     let Some((scheme, rest)) = text.split_once("://") else {
@@ -125,6 +132,13 @@ pub fn repo(text: &str) -> Result<Repo, Problem> {
             "remove them from the URL and name a daemon env var holding the token in `repo_token_source`",
         ));
     }
+    if rest.contains(['?', '#']) {
+        return Err(problem(
+            format!("repo URL `{text}` has a query or fragment"),
+            "name the repository by scheme, host and path only",
+        ));
+    }
+    dot_segments(rest, text)?;
     match scheme {
         "https" | "http" | "git" => {
             if authority.is_empty() {
@@ -136,6 +150,12 @@ pub fn repo(text: &str) -> Result<Repo, Problem> {
             Ok(Repo::Url(text.to_string()))
         }
         "file" => {
+            if rest.contains('%') {
+                return Err(problem(
+                    format!("file URL `{text}` contains a percent escape"),
+                    "write the path plainly, or as an absolute path without `file://`",
+                ));
+            }
             if !rest.starts_with('/') {
                 return Err(problem(
                     format!("file URL `{text}` must name an absolute path"),
@@ -149,6 +169,24 @@ pub fn repo(text: &str) -> Result<Repo, Problem> {
             "use https://, http://, git://, file:// or an absolute local path",
         )),
     }
+}
+
+/// Refuse `.` and `..` path segments (also percent-escaped, which curl
+/// would decode): a repository is compared with `allowed_repos` patterns as
+/// written, so `/srv/git/../../etc` must not pass for something below
+/// `/srv/git`.
+fn dot_segments(path: &str, shown: &str) -> Result<(), Problem> {
+    let dotted = path.split('/').any(|seg| {
+        let seg = seg.replace("%2e", ".").replace("%2E", ".");
+        seg == "." || seg == ".."
+    });
+    if dotted {
+        return Err(problem(
+            format!("repo `{shown}` has a `.` or `..` path segment"),
+            "write the path without `.` or `..` parts",
+        ));
+    }
+    Ok(())
 }
 
 /// A POSIX environment variable name.

@@ -435,6 +435,37 @@ const CASES: &[Case] = &[
         text: "profile = \"base\"\nrepo = \"https://tok@github.com/x\"\n",
         expect: "d/requests/r.toml:2:1: repo URL embeds credentials (https://***@github.com/x)",
     },
+    // --- repositories a request may name (issue 13) ---
+    Case {
+        path: R,
+        text: "profile = \"base\"\nrepo = \"https://example.com/other.git\"\n",
+        expect: "d/requests/r.toml:2:1: repo: `https://example.com/other.git` differs from profile `base`'s repo `https://example.com/r.git`, and the profile has no allowed_repos; hint: add a pattern to allowed_repos in profile base (d/profiles/base.toml)",
+    },
+    Case {
+        path: R,
+        text: "profile = \"base\"\nrepo = \"/var/lib/agentd\"\n",
+        expect: "d/requests/r.toml:2:1: repo: `/var/lib/agentd` differs from profile `base`'s repo",
+    },
+    Case {
+        path: P,
+        text: "base_image = \"i\"\ncommand = [\"x\"]\nrepo = \"http://git.example.com/a.git\"\nrepo_token_source = \"TOK\"\n",
+        expect: "d/profiles/p.toml:4:1: repo_token_source `TOK` would send the clone token over plain http:// (repo `http://git.example.com/a.git`); hint: use an https:// repo URL",
+    },
+    Case {
+        path: P,
+        text: "base_image = \"i\"\ncommand = [\"x\"]\nallowed_repos = [\"/srv/git/*\", \"**\"]\n",
+        expect: "d/profiles/p.toml:3:1: allowed_repos[1]: pattern `**` must start with a scheme (`https://`) or `/`",
+    },
+    Case {
+        path: P,
+        text: "base_image = \"i\"\ncommand = [\"x\"]\nallowed_repos = [\"https://u:pw@h/*\"]\n",
+        expect: "d/profiles/p.toml:3:1: allowed_repos[0]: pattern `https://u:pw@h/*`: repo URL embeds credentials",
+    },
+    Case {
+        path: P,
+        text: "base_image = \"i\"\ncommand = [\"x\"]\nrepo = \"/srv/git/../../root\"\n",
+        expect: "d/profiles/p.toml:3:1: repo `/srv/git/../../root` has a `.` or `..` path segment",
+    },
     Case {
         path: R,
         text: "profile = \"base\"\nextra = true\n",
@@ -519,11 +550,19 @@ fn valid_files_produce_the_model() {
     let files = [
         (
             "d/profiles/rev.yaml",
-            "base_image: img\ncommand: [sh, -c, review]\nrepo: file:///srv/git/x\nschedule: '@hourly'\nconcurrency_policy: forbid\ncredentials:\n  - {name: GH_TOKEN, source: HOST_GH}\nenv: {LANG: C.UTF-8}\nmounts:\n  - {source: /srv/data, target: /data, read_only: false}\ntimeout: 1h30m\nnetwork: none\nsuspend: true\n",
+            "base_image: img\ncommand: [sh, -c, review]\nrepo: file:///srv/git/x\nschedule: '@hourly'\nconcurrency_policy: forbid\nallowed_repos: ['file:///srv/git/*']\ncredentials:\n  - {name: GH_TOKEN, source: HOST_GH}\nenv: {LANG: C.UTF-8}\nmounts:\n  - {source: /srv/data, target: /data, read_only: false}\ntimeout: 1h30m\nnetwork: none\nsuspend: true\n",
         ),
         (
             "d/requests/one.toml",
             "profile = \"rev\"\nwork_unit = \"PR-7\"\n",
+        ),
+        (
+            "d/requests/three.toml",
+            "profile = \"rev\"\nrepo = \"/srv/git/other\"\n",
+        ),
+        (
+            "d/requests/four.toml",
+            "profile = \"rev\"\nrepo = \"/srv/git/x/\"\n",
         ),
         (
             "d/requests/two.toml",
@@ -560,6 +599,10 @@ fn valid_files_produce_the_model() {
     };
     assert_eq!(one.input, Input::WorkUnit("PR-7".into()));
     assert_eq!(one.spec_sha256, sha256_hex(files[1].1.as_bytes()));
+    // A request may name a repository its profile allows, as a local path
+    // for a `file://` pattern or the profile's own repo with a trailing `/`.
+    assert!(matches!(&d.requests["three"], RequestEntry::Valid(_)));
+    assert!(matches!(&d.requests["four"], RequestEntry::Valid(_)));
     let RequestEntry::Valid(two) = &d.requests["two"] else {
         panic!("two invalid")
     };

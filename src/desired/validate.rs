@@ -10,9 +10,10 @@ use sha2::{Digest, Sha256};
 use super::HostView;
 use super::diag::{Diagnostic, locate_key};
 use super::model::{
-    ConcurrencyPolicy, Credential, Input, Mount, Network, Profile, Request, Schedule,
+    ConcurrencyPolicy, Credential, Input, Mount, Network, Profile, Repo, Request, Schedule,
 };
 use super::parse::{self, Format};
+use super::repos;
 use super::rules::{self, Problem};
 use super::wire::{ConcurrencyPolicyWire, ProfileFile, RequestFile};
 use crate::schedule;
@@ -122,6 +123,25 @@ pub fn profile(path: &Path, bytes: &[u8], host: &dyn HostView) -> Result<Profile
             None
         }
     });
+    let allowed_repos: Vec<_> = w
+        .allowed_repos
+        .iter()
+        .enumerate()
+        .filter_map(|(i, t)| {
+            repos::pattern(t)
+                .map_err(|(m, h)| s.at("allowed_repos", 0, (format!("allowed_repos[{i}]: {m}"), h)))
+                .ok()
+        })
+        .collect();
+    if let (Some(src), Some(Repo::Url(u))) = (&w.repo_token_source, &repo)
+        && u.starts_with("http://")
+    {
+        s.field(
+            "repo_token_source",
+            format!("repo_token_source `{src}` would send the clone token over plain http:// (repo `{u}`)"),
+            "use an https:// repo URL, or remove repo_token_source",
+        );
+    }
     let schedule_v = w.schedule.as_deref().and_then(|e| match schedule::parse(e) {
         Ok(_) => Some(Schedule { expr: e.to_string() }),
         Err(msg) => {
@@ -277,6 +297,7 @@ pub fn profile(path: &Path, bytes: &[u8], host: &dyn HostView) -> Result<Profile
         base_image: w.base_image,
         command: w.command,
         repo,
+        allowed_repos,
         schedule: schedule_v,
         concurrency_policy: match w.concurrency_policy {
             None | Some(ConcurrencyPolicyWire::Allow) => ConcurrencyPolicy::Allow,

@@ -27,6 +27,13 @@ pub struct ProfileFile {
     /// absolute local path. Credentials in the URL are rejected: use
     /// `repo_token_source`.
     pub repo: Option<String>,
+    /// Patterns of repositories a request may name instead of `repo` (`*`
+    /// matches within a path segment, `**` across), e.g.
+    /// `https://git.example.com/team/*`. Without it a request cannot
+    /// override the repository. Local paths and `file://` URLs of the same
+    /// path are the same repository.
+    #[serde(default)]
+    pub allowed_repos: Vec<String>,
     /// 5-field cron expression or `@hourly`-style macro, daemon-local time.
     /// Requires `repo`.
     pub schedule: Option<String>,
@@ -107,7 +114,8 @@ pub struct MountWire {
 pub struct RequestFile {
     /// Profile name.
     pub profile: String,
-    /// Overrides the profile's `repo`.
+    /// Overrides the profile's `repo`: must equal it or match one of the
+    /// profile's `allowed_repos`, else the request is invalid.
     pub repo: Option<String>,
     /// Exported as `AGENTD_WORK_UNIT`.
     pub work_unit: Option<String>,

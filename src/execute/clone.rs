@@ -7,83 +7,187 @@
 //! not downloaded from scratch for every session; the session clone is then a
 //! local copy (`--no-hardlinks`: the agent owns its copy and can never write
 //! through to the cache or to a local source repository).
+//!
+//! Hardening (issue 13):
+//! - git runs isolated from the daemon user's configuration: no system or
+//!   global config, an empty `HOME`/`XDG_CONFIG_HOME`, no credential helper,
+//!   no prompt, an empty template dir (no hooks), so an `insteadOf` or a
+//!   credential helper in root's `~/.gitconfig` never applies. The `file`
+//!   transport is allowed only for a local repository the profile allows and
+//!   for the copy out of the daemon's own cache; a remote fetch never gets it.
+//! - Local repositories are cloned through git's transport (`--no-local`),
+//!   exactly like their `file://` URL, so only what the repository's refs
+//!   reach is copied, never whatever sits in its folder.
+//! - A local repository inside the daemon's own folders is refused before
+//!   this runs (`private_repo.rs`).
+//! - Each mirror has its own lock, so a slow remote holds up only sessions
+//!   of that repository, and every git run is bounded by `--clone-timeout`
+//!   (its whole process group is killed). A mirror fetched with a profile's
+//!   token is that profile's alone: another profile naming the same URL gets
+//!   its own mirror, fetched with its own credentials.
+//! - Mirrors not used for [`MIRROR_MAX_AGE`] are pruned, and beyond
+//!   [`MIRROR_MAX_ENTRIES`] the least recently used go, after every remote
+//!   clone; a mirror in use is never pruned.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use tokio::process::Command;
 
 use crate::desired::{Repo, sha256_hex};
 
-const GIT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// A mirror not used for this long is removed.
+pub const MIRROR_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// Clone `repo` into `dest`. `token` (the value of `repo_token_source`) is
-/// handed to git through its environment as an HTTP header, never argv.
+/// At most this many mirrors are kept; the least recently used go first.
+pub const MIRROR_MAX_ENTRIES: usize = 32;
+
+/// File in a mirror whose mtime is its last use.
+const USED_MARKER: &str = "agentd-used";
+
+/// Per-mirror locks: a fetch, the session's copy out of the mirror and
+/// pruning of one mirror exclude each other; different mirrors never wait
+/// for each other.
+#[derive(Debug, Default, Clone)]
+pub struct MirrorCache {
+    /// Keyed by the mirror's folder stem. Entries are never removed: a task
+    /// may hold a clone of the `Arc` while waiting, and a second lock for
+    /// the same key would let two fetches into one mirror. There is one
+    /// entry per repository the daemon has cloned since it started.
+    locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+impl MirrorCache {
+    fn lock_for(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        Arc::clone(super::lock(&self.locks).entry(key.to_string()).or_default())
+    }
+}
+
+/// Where and how long git may work.
+pub struct CloneEnv<'a> {
+    /// `<state>/cache/git`: the mirrors.
+    pub cache_root: &'a Path,
+    /// An empty folder used as git's `HOME`, `XDG_CONFIG_HOME` and template dir.
+    pub git_home: &'a Path,
+    /// Bound on each git run.
+    pub timeout: Duration,
+    pub cache: &'a MirrorCache,
+}
+
+/// Clone `repo` into `dest`. `token` (the value of `repo_token_source`, only
+/// when the profile's rules send it to this repo) is handed to git through
+/// its environment as an HTTP header, never argv. `owner` (the profile)
+/// keys a tokened mirror.
 pub async fn clone(
     repo: &Repo,
     dest: &Path,
     token: Option<&str>,
-    cache_root: &Path,
-    cache_lock: &tokio::sync::Mutex<()>,
+    owner: &str,
+    env: &CloneEnv<'_>,
 ) -> Result<(), String> {
-    let source = match repo.local_path() {
-        Some(local) => local,
-        None => {
-            let url = repo.as_str();
-            let cache = cache_root.join(format!("{}.git", &sha256_hex(url.as_bytes())[..16]));
-            let _guard = cache_lock.lock().await;
-            refresh_mirror(&url, &cache, token).await?;
-            cache
-        }
+    prepare_git_home(env.git_home)?;
+    let git = Git {
+        home: env.git_home,
+        timeout: env.timeout,
     };
-    git(
-        &[
-            "clone".as_ref(),
-            "--quiet".as_ref(),
-            "--no-hardlinks".as_ref(),
-            "--".as_ref(),
-            source.as_os_str(),
-            dest.as_os_str(),
-        ],
-        None,
-    )
-    .await
-    .map_err(|e| format!("clone of {} failed: {e}", repo.as_str()))?;
-    if repo.local_path().is_none() {
-        let url = repo.as_str();
-        git(
+    if let Some(local) = repo.local_path() {
+        // Through git's transport, like its file:// URL (see the module doc).
+        return git
+            .run(
+                &[
+                    "clone".as_ref(),
+                    "--quiet".as_ref(),
+                    "--no-local".as_ref(),
+                    "--".as_ref(),
+                    local.as_os_str(),
+                    dest.as_os_str(),
+                ],
+                FileTransport::Allow,
+                None,
+            )
+            .await
+            .map_err(|e| format!("clone of {} failed: {e}", repo.as_str()));
+    }
+    let url = repo.as_str();
+    // A tokened mirror belongs to its profile: without that, a profile with
+    // no (or a weaker) token would get what another profile's token fetched.
+    let key_src = match token {
+        Some(_) => format!("{owner}\0{url}"),
+        None => url.clone(),
+    };
+    let key = sha256_hex(key_src.as_bytes())[..16].to_string();
+    let cache = env.cache_root.join(format!("{key}.git"));
+    let guard = env.cache.lock_for(&key).lock_owned().await;
+    refresh_mirror(&git, &url, &cache, token).await?;
+    // Marks the mirror used (pruning is by last use); a failure only makes
+    // it look older.
+    let _ = std::fs::write(cache.join(USED_MARKER), b"");
+    let copied = git
+        .run(
             &[
-                "-C".as_ref(),
+                "clone".as_ref(),
+                "--quiet".as_ref(),
+                "--no-hardlinks".as_ref(),
+                "--".as_ref(),
+                cache.as_os_str(),
                 dest.as_os_str(),
-                "remote".as_ref(),
-                "set-url".as_ref(),
-                "origin".as_ref(),
-                url.as_ref(),
             ],
+            // The source is the daemon's own mirror.
+            FileTransport::Allow,
             None,
         )
-        .await?;
+        .await
+        .map_err(|e| format!("clone of {url} failed: {e}"));
+    drop(guard);
+    copied?;
+    git.run(
+        &[
+            "-C".as_ref(),
+            dest.as_os_str(),
+            "remote".as_ref(),
+            "set-url".as_ref(),
+            "origin".as_ref(),
+            url.as_ref(),
+        ],
+        FileTransport::Never,
+        None,
+    )
+    .await?;
+    let (root, locks) = (env.cache_root.to_path_buf(), env.cache.clone());
+    let pruned = tokio::task::spawn_blocking(move || prune(&root, &locks, SystemTime::now()));
+    for r in pruned.await.unwrap_or_default() {
+        tracing::info!(mirror = %r.display(), "pruned a git mirror not used recently");
     }
     Ok(())
 }
 
 /// Create or update the bare mirror of `url` at `cache`.
-async fn refresh_mirror(url: &str, cache: &Path, token: Option<&str>) -> Result<(), String> {
+async fn refresh_mirror(
+    git: &Git<'_>,
+    url: &str,
+    cache: &Path,
+    token: Option<&str>,
+) -> Result<(), String> {
     if cache.join("HEAD").exists() {
-        return git(
-            &[
-                "-C".as_ref(),
-                cache.as_os_str(),
-                "fetch".as_ref(),
-                "--quiet".as_ref(),
-                "--prune".as_ref(),
-                "origin".as_ref(),
-            ],
-            token,
-        )
-        .await
-        .map_err(|e| format!("fetch of {url} failed: {e}"));
+        return git
+            .run(
+                &[
+                    "-C".as_ref(),
+                    cache.as_os_str(),
+                    "fetch".as_ref(),
+                    "--quiet".as_ref(),
+                    "--prune".as_ref(),
+                    "--no-recurse-submodules".as_ref(),
+                    "origin".as_ref(),
+                ],
+                FileTransport::Never,
+                token,
+            )
+            .await
+            .map_err(|e| format!("fetch of {url} failed: {e}"));
     }
     let tmp: PathBuf = cache.with_extension("git.tmp");
     let _ = tokio::fs::remove_dir_all(&tmp).await;
@@ -92,7 +196,7 @@ async fn refresh_mirror(url: &str, cache: &Path, token: Option<&str>) -> Result<
             .await
             .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
     }
-    git(
+    git.run(
         &[
             "clone".as_ref(),
             "--quiet".as_ref(),
@@ -101,6 +205,7 @@ async fn refresh_mirror(url: &str, cache: &Path, token: Option<&str>) -> Result<
             url.as_ref(),
             tmp.as_os_str(),
         ],
+        FileTransport::Never,
         token,
     )
     .await
@@ -110,53 +215,178 @@ async fn refresh_mirror(url: &str, cache: &Path, token: Option<&str>) -> Result<
         .map_err(|e| format!("cannot move mirror into place: {e}"))
 }
 
-/// Run git with a clean, non-interactive environment.
-async fn git(args: &[&std::ffi::OsStr], token: Option<&str>) -> Result<(), String> {
-    let mut cmd = Command::new("git");
-    // Only what git needs: the daemon's environment holds credential values
-    // and possibly GIT_* settings (tracing that would print the auth header).
-    cmd.env_clear();
-    for k in ["PATH", "HOME", "TMPDIR", "LANG", "LC_ALL"] {
-        if let Some(v) = std::env::var_os(k) {
-            cmd.env(k, v);
+/// Remove mirrors unused for [`MIRROR_MAX_AGE`], and the least recently
+/// used beyond [`MIRROR_MAX_ENTRIES`]; leftovers of interrupted first
+/// clones (`*.git.tmp`) go whenever their mirror is not locked. A mirror
+/// whose lock is held is in use and skipped. Returns what was removed.
+pub fn prune(root: &Path, cache: &MirrorCache, now: SystemTime) -> Vec<PathBuf> {
+    let Ok(dir) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    let mut mirrors: Vec<(SystemTime, String, PathBuf)> = Vec::new();
+    let mut leftovers: Vec<(String, PathBuf)> = Vec::new();
+    for e in dir.filter_map(Result::ok) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let path = e.path();
+        if let Some(key) = name.strip_suffix(".git.tmp") {
+            leftovers.push((key.to_string(), path));
+        } else if let Some(key) = name.strip_suffix(".git") {
+            let used = std::fs::symlink_metadata(path.join(USED_MARKER))
+                .or_else(|_| std::fs::symlink_metadata(&path))
+                .and_then(|m| m.modified())
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            mirrors.push((used, key.to_string(), path));
         }
     }
-    // Source repositories may belong to another user; reading them is fine.
-    cmd.args(["-c", "safe.directory=*", "-c", "protocol.file.allow=always"])
-        .args(args)
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env("GIT_ASKPASS", "/bin/false")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    if let Some(t) = token {
-        let header = format!(
-            "Authorization: Basic {}",
-            base64(format!("x-access-token:{t}").as_bytes())
-        );
-        cmd.env("GIT_CONFIG_COUNT", "1")
-            .env("GIT_CONFIG_KEY_0", "http.extraHeader")
-            .env("GIT_CONFIG_VALUE_0", header);
+    // Newest first: what lies past MIRROR_MAX_ENTRIES is the least recent.
+    mirrors.sort_by_key(|m| std::cmp::Reverse(m.0));
+    let stale = mirrors
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, (used, key, path))| {
+            let old = now.duration_since(used).unwrap_or_default() > MIRROR_MAX_AGE;
+            (old || i >= MIRROR_MAX_ENTRIES).then_some((key, path))
+        });
+    let mut removed = Vec::new();
+    for (key, path) in stale.chain(leftovers) {
+        let lock = cache.lock_for(&key);
+        let Ok(_in_use_by_us) = lock.try_lock() else {
+            continue;
+        };
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => removed.push(path),
+            Err(e) => {
+                tracing::warn!(mirror = %path.display(), error = %e, "cannot prune a git mirror")
+            }
+        }
     }
-    let child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot run git: {e}; hint: install git on the daemon's host"))?;
-    let out = tokio::time::timeout(GIT_TIMEOUT, child.wait_with_output())
-        .await
-        .map_err(|_| format!("git did not finish within {}s", GIT_TIMEOUT.as_secs()))?
-        .map_err(|e| format!("git: {e}"))?;
-    if out.status.success() {
-        return Ok(());
+    removed
+}
+
+/// The folder git uses as an empty `HOME`: created 0700, and emptied
+/// again if anything ever appeared in it.
+fn prepare_git_home(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let stray = std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some());
+    if stray {
+        tracing::warn!(dir = %dir.display(), "git's empty home was not empty; emptying it");
+        let _ = std::fs::remove_dir_all(dir);
     }
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let last: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    let tail = last[last.len().saturating_sub(3)..].join(" | ");
-    Err(if tail.is_empty() {
-        format!("git exited with {}", out.status)
-    } else {
-        tail
-    })
+    std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
+        .map_err(|e| format!("cannot prepare {}: {e}", dir.display()))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FileTransport {
+    Allow,
+    Never,
+}
+
+/// How git is run: isolated and bounded.
+struct Git<'a> {
+    home: &'a Path,
+    timeout: Duration,
+}
+
+/// Environment variables passed through to git: the search path, temp dir,
+/// and what reaching a remote needs (trust anchors, proxies). Everything
+/// else of the daemon's environment (credential values, GIT_* settings
+/// such as tracing that would print the auth header) stays out.
+const PASS_ENV: &[&str] = &[
+    "PATH",
+    "TMPDIR",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "GIT_SSL_CAINFO",
+    "GIT_SSL_CAPATH",
+    "http_proxy",
+    "https_proxy",
+    "HTTPS_PROXY",
+    "no_proxy",
+    "NO_PROXY",
+];
+
+impl Git<'_> {
+    async fn run(
+        &self,
+        args: &[&std::ffi::OsStr],
+        file: FileTransport,
+        token: Option<&str>,
+    ) -> Result<(), String> {
+        let mut cmd = Command::new("git");
+        cmd.env_clear();
+        for k in PASS_ENV {
+            if let Some(v) = std::env::var_os(k) {
+                cmd.env(k, v);
+            }
+        }
+        let file_allow = match file {
+            FileTransport::Allow => "protocol.file.allow=always",
+            FileTransport::Never => "protocol.file.allow=never",
+        };
+        cmd.env("HOME", self.home)
+            .env("XDG_CONFIG_HOME", self.home)
+            .env("GIT_TEMPLATE_DIR", self.home)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_SYSTEM", "/dev/null")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("GIT_ASKPASS", "/bin/false")
+            .env("LC_ALL", "C")
+            // Source repositories may belong to another user; reading them
+            // is fine (and what the profile asked for).
+            .args(["-c", "safe.directory=*", "-c", "credential.helper="])
+            .args(["-c", file_allow, "-c", "submodule.recurse=false"])
+            .args(["-c", "core.hooksPath=/dev/null"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            // Its own process group, so a timeout kills git's helpers
+            // (git-remote-https, upload-pack) too.
+            .process_group(0)
+            .kill_on_drop(true);
+        if let Some(t) = token {
+            let header = format!(
+                "Authorization: Basic {}",
+                base64(format!("x-access-token:{t}").as_bytes())
+            );
+            cmd.env("GIT_CONFIG_COUNT", "1")
+                .env("GIT_CONFIG_KEY_0", "http.extraHeader")
+                .env("GIT_CONFIG_VALUE_0", header);
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot run git: {e}; hint: install git on the daemon's host"))?;
+        let pgid = child.id();
+        let out = match tokio::time::timeout(self.timeout, child.wait_with_output()).await {
+            Ok(out) => out.map_err(|e| format!("git: {e}"))?,
+            Err(_) => {
+                if let Some(pid) = pgid.and_then(|p| i32::try_from(p).ok()) {
+                    let _ = nix::sys::signal::killpg(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                return Err(format!(
+                    "git did not finish within {}s (--clone-timeout); hint: check that the remote answers, or raise --clone-timeout",
+                    self.timeout.as_secs()
+                ));
+            }
+        };
+        if out.status.success() {
+            return Ok(());
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let last: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        let tail = last[last.len().saturating_sub(3)..].join(" | ");
+        Err(if tail.is_empty() {
+            format!("git exited with {}", out.status)
+        } else {
+            tail
+        })
+    }
 }
 
 /// Standard base64 (RFC 4648) for the HTTP auth header.
@@ -183,6 +413,8 @@ fn base64(bytes: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn base64_matches_rfc4648_vectors() {
         for (i, o) in [
@@ -196,5 +428,51 @@ mod tests {
         ] {
             assert_eq!(super::base64(i.as_bytes()), o);
         }
+    }
+
+    fn mirror(root: &Path, key: &str, age: Duration) -> PathBuf {
+        let m = root.join(format!("{key}.git"));
+        std::fs::create_dir_all(&m).expect("mkdir");
+        let f = std::fs::File::create(m.join(USED_MARKER)).expect("marker");
+        f.set_modified(SystemTime::now() - age).expect("set mtime");
+        m
+    }
+
+    #[test]
+    fn prune_removes_old_and_least_recent_mirrors_but_never_one_in_use() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        let cache = MirrorCache::default();
+        let day = Duration::from_secs(86_400);
+        let fresh = mirror(root, "fresh", day);
+        let old = mirror(root, "old", 8 * day);
+        let busy_old = mirror(root, "busy", 30 * day);
+        let tmp = root.join("crashed.git.tmp");
+        std::fs::create_dir_all(&tmp).expect("mkdir");
+        let lock = cache.lock_for("busy");
+        let held = lock.try_lock().expect("lock");
+        let removed = prune(root, &cache, SystemTime::now());
+        assert!(fresh.exists() && busy_old.exists());
+        assert!(!old.exists() && !tmp.exists(), "{removed:?}");
+        drop(held);
+        prune(root, &cache, SystemTime::now());
+        assert!(!busy_old.exists());
+        // Past the entry cap, the least recently used go.
+        for i in 0..MIRROR_MAX_ENTRIES + 3 {
+            mirror(
+                root,
+                &format!("m{i:02}"),
+                Duration::from_secs(60 * (i as u64 + 2)),
+            );
+        }
+        prune(root, &cache, SystemTime::now());
+        let left = std::fs::read_dir(root).expect("read").count();
+        assert_eq!(left, MIRROR_MAX_ENTRIES);
+        assert!(!fresh.exists() && root.join("m00.git").exists());
+        assert!(
+            !root
+                .join(format!("m{:02}.git", MIRROR_MAX_ENTRIES + 2))
+                .exists()
+        );
     }
 }

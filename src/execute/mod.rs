@@ -8,9 +8,11 @@
 
 mod clone;
 mod finish;
+mod private_repo;
 mod schedule;
 mod start;
 
+pub use clone::MirrorCache;
 pub use schedule::{Schedules, read_all as read_schedules};
 pub use start::new_session_id;
 mod workdir;
@@ -45,6 +47,8 @@ pub struct Settings {
     pub stop_grace: Duration,
     /// Cap on a record's console capture.
     pub audit_max_bytes: u64,
+    /// Bound on each git run of a clone (fetch, mirror, copy).
+    pub clone_timeout: Duration,
 }
 
 impl Settings {
@@ -127,8 +131,8 @@ pub struct Shared {
     pub busy: Mutex<BTreeSet<String>>,
     pub wake: mpsc::Sender<Event>,
     pub tasks: TaskTracker,
-    /// Serializes updates of the shared clone cache.
-    pub clone_cache: tokio::sync::Mutex<()>,
+    /// Per-repository locks of the git mirror cache.
+    pub clone_cache: MirrorCache,
     /// Requests whose last operation failed: attempts so far and when the
     /// next may run. The planner sees them as busy until then.
     pub backoff: Mutex<BTreeMap<String, Backoff>>,

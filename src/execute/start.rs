@@ -230,22 +230,6 @@ fn mark_running(sh: &Shared, request: &str, name: &str) {
     });
 }
 
-/// Same scheme and authority (host and port) for two remote repositories.
-fn same_origin(a: &crate::desired::Repo, b: &crate::desired::Repo) -> bool {
-    fn origin(r: &crate::desired::Repo) -> Option<String> {
-        let url = match r {
-            crate::desired::Repo::Url(u) if !u.starts_with("file://") => u,
-            _ => return None,
-        };
-        let (scheme, rest) = url.split_once("://")?;
-        Some(format!(
-            "{scheme}://{}",
-            rest.split('/').next().unwrap_or("")
-        ))
-    }
-    origin(a).is_some_and(|o| Some(o) == origin(b))
-}
-
 /// Build the work folder and the `podman run` spec. Errors are the status
 /// message of a `start_failed` session.
 fn prepare(
@@ -268,22 +252,35 @@ fn prepare(
     let repo = repo.ok_or_else(|| {
         "no repository to clone (neither request nor profile sets `repo`)".to_string()
     })?;
+    // Validation admitted the request against the profile of its time; the
+    // profile may have narrowed since (issue 13: a request never widens it).
+    if !profile.allows_repo(repo) {
+        return Err(format!(
+            "repo: `{}` is not allowed by profile `{}` any more (its repo or allowed_repos changed since the request was admitted); hint: add a pattern to allowed_repos in profile {}",
+            repo.as_str(),
+            profile.name,
+            profile.name
+        ));
+    }
+    super::private_repo::refuse_private(
+        repo,
+        &[("state dir", &st.state), ("audit root", &st.audit_root)],
+    )?;
     // The clone token is the profile's: it goes only to the profile's own
-    // repository host, never to one a request names elsewhere.
-    let token = match (&profile.repo_token_source, &profile.repo) {
-        (Some(src), Some(own)) if same_origin(own, repo) => {
-            Some(env_lookup(src).ok_or_else(|| {
-                format!("repo_token_source: the daemon's environment variable `{src}` is not set")
-            })?)
-        }
-        (Some(_), _) => {
-            tracing::info!(session = %session_id, repo = %repo.as_str(), "repo is not on the profile's repository host; cloning without the token");
+    // repository and those its allowed_repos admit, and only over https.
+    let token = match &profile.repo_token_source {
+        Some(src) if profile.token_goes_to(repo) => Some(env_lookup(src).ok_or_else(|| {
+            format!("repo_token_source: the daemon's environment variable `{src}` is not set")
+        })?),
+        Some(_) => {
+            tracing::info!(session = %session_id, repo = %repo.as_str(), "the clone token goes only to allowed https:// repositories; cloning without it");
             None
         }
-        (None, _) => None,
+        None => None,
     };
     let clone_job = CloneJob {
         repo: repo.clone(),
+        profile: profile.name.clone(),
         token,
         work: WorkDir {
             root: work.root.clone(),
@@ -421,6 +418,8 @@ fn prepare(
 /// The part of a start that runs while `podman run` creates the container.
 struct CloneJob {
     repo: crate::desired::Repo,
+    /// The profile's name: keys a mirror fetched with its token.
+    profile: String,
     token: Option<String>,
     work: WorkDir,
 }
@@ -429,12 +428,19 @@ impl CloneJob {
     /// Clone, hand the home to the session user, then mark the work folder
     /// prepared (what adoption checks before opening the gate).
     async fn run(self, sh: &Shared) -> Result<(), String> {
+        let st = &sh.settings;
+        let env = super::clone::CloneEnv {
+            cache_root: &st.state.join("cache/git"),
+            git_home: &st.state.join("git-home"),
+            timeout: st.clone_timeout,
+            cache: &sh.clone_cache,
+        };
         super::clone::clone(
             &self.repo,
             &self.work.repo(),
             self.token.as_deref(),
-            &sh.settings.state.join("cache/git"),
-            &sh.clone_cache,
+            &self.profile,
+            &env,
         )
         .await?;
         self.work

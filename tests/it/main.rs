@@ -4,7 +4,9 @@
 mod audit;
 mod cli;
 mod convergence;
+mod git_server;
 mod hardening_daemon;
+mod hardening_repos;
 mod podman;
 mod scheduling;
 mod sessions;
