@@ -73,6 +73,7 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
         audit_root,
         state,
         max_sessions: global.max_sessions,
+        max_pending: global.max_pending,
         status_retention: args.status_retention,
         session_uid: SESSION_UID,
         stop_grace: args.stop_grace,

@@ -31,12 +31,28 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
     let dir = state.join("status");
     if let Ok(bytes) = std::fs::read(state.join("daemon.json"))
         && let Ok(d) = serde_json::from_slice::<crate::daemon::DaemonState>(&bytes)
-        && let Some(why) = d.source_unavailable
     {
-        eprintln!(
-            "warning: the daemon cannot read the desired dir since {}: {why}",
-            d.since
-        );
+        if let Some(why) = &d.source_unavailable {
+            eprintln!(
+                "warning: the daemon cannot read the desired dir since {}: {why}",
+                d.since
+            );
+        }
+        for line in &d.skipped {
+            // Paths come from the desired dir: print control characters escaped.
+            let shown: String = line
+                .chars()
+                .flat_map(|c| {
+                    let esc: Vec<char> = if c.is_control() {
+                        c.escape_default().collect()
+                    } else {
+                        vec![c]
+                    };
+                    esc
+                })
+                .collect();
+            eprintln!("warning: not followed: {shown}");
+        }
     }
     loop {
         let (records, problems) = crate::status::read_dir(&dir)?;
