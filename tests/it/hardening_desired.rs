@@ -172,9 +172,12 @@ fn a_cron_fire_never_writes_through_a_planted_symlink_issue_13() {
     w.start_daemon();
     let pid = w.daemon_pid().expect("pid");
     let fires = next_fire_ids("tick", 2);
+    // The next fire's own name is a planted link (it must neither stop the
+    // fire nor be written through); the temp names the daemon would have
+    // used for both fires are links too.
+    let victim = write(&outside, &format!("{}.toml", fires[0]), "untouched\n");
+    symlink(&victim, requests.join(format!("{}.toml", fires[0]))).expect("ln");
     for id in &fires {
-        let victim = write(&outside, &format!("{id}.toml"), "untouched\n");
-        symlink(&victim, requests.join(format!("{id}.toml"))).expect("ln");
         let victim_tmp = write(&outside, &format!("{id}.tmp"), "untouched\n");
         symlink(&victim_tmp, requests.join(format!(".{id}.toml.{pid}.tmp"))).expect("ln");
     }
