@@ -102,4 +102,38 @@ mod tests {
         assert_eq!(fs::read(&p).expect("read"), b"two");
         assert_eq!(fs::read_dir(d.path()).expect("ls").count(), 1);
     }
+
+    #[test]
+    fn a_planted_link_is_replaced_never_written_through_issue_13() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let victim = d.path().join("victim");
+        fs::write(&victim, "untouched").expect("write");
+        let dir = d.path().join("requests");
+        fs::create_dir(&dir).expect("mkdir");
+        let p = dir.join("x.toml");
+        std::os::unix::fs::symlink(&victim, &p).expect("ln");
+        // A FIFO where an old daemon put its temp file: irrelevant now.
+        let old_tmp = dir.join(format!(".x.toml.{}.tmp", std::process::id()));
+        nix::unistd::mkfifo(&old_tmp, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        write_atomic(&p, b"fire", 0o644).expect("write");
+        assert_eq!(fs::read(&victim).expect("read"), b"untouched");
+        assert!(
+            !fs::symlink_metadata(&p)
+                .expect("stat")
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(fs::read(&p).expect("read"), b"fire");
+    }
+
+    #[test]
+    fn symlink_components_are_found_issue_13() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let real = d.path().join("real/sub");
+        fs::create_dir_all(&real).expect("mkdir");
+        assert_eq!(symlink_component(&real), None);
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(d.path().join("real"), &link).expect("ln");
+        assert_eq!(symlink_component(&link.join("sub")), Some(link));
+    }
 }

@@ -621,7 +621,10 @@ impl Source {
             .skipped
             .values()
             .flatten()
-            .map(|s| Diagnostic::new(&s.path, None, s.why.clone()))
+            .map(|s| {
+                Diagnostic::new(&s.path, None, s.why.clone())
+                    .hint("remove the link, or replace it with a real folder or file")
+            })
             .collect();
     }
 
