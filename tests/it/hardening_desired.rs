@@ -331,3 +331,36 @@ fn requests_past_max_pending_wait_with_a_message_and_are_admitted_later_issue_13
         assert_eq!(w.wait_done(id)["outcome"], "success", "{id}");
     }
 }
+
+#[test]
+fn a_methodology_dir_swapped_for_a_symlink_after_validation_fails_the_start_issue_13() {
+    if !require_podman() {
+        return;
+    }
+    let mut w = World::new();
+    let meth = w.path().join("meth");
+    write(&meth, "README", "methodology\n");
+    w.gate_profile(
+        "g",
+        "ls /agentd/methodology",
+        &format!("methodology_dir = \"{}\"", meth.display()),
+    );
+    w.request("a", "profile = \"g\"\n");
+    w.start_daemon_with(&[], &["--max-sessions", "1"]);
+    w.wait_for("a", MIN, |s| s["phase"] == "running");
+    w.request("b", "profile = \"g\"\n");
+    w.wait_for("b", MIN, |s| s["phase"] == "pending");
+    // The validated folder becomes a link to somewhere else on the host.
+    std::fs::rename(&meth, w.path().join("meth-old")).expect("mv");
+    symlink("/etc", &meth).expect("ln");
+    w.open_gate();
+    assert_eq!(w.wait_done("a")["outcome"], "success");
+    let s = w.wait_done("b");
+    assert_eq!(s["outcome"], "start_failed", "{s}");
+    let msg = s["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("methodology_dir") && msg.contains("is now a symlink"),
+        "{msg}"
+    );
+    assert_eq!(w.containers_created_for("b"), 0, "podman never ran");
+}
