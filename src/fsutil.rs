@@ -8,21 +8,36 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// Replace `path` with `bytes` atomically, creating it with `mode`.
+///
+/// The temp file has an unpredictable name and is created with
+/// `O_CREAT | O_EXCL | O_NOFOLLOW | O_NONBLOCK`: something planted in a
+/// folder others can write into (a request folder) is never written
+/// through (a symlink at the temp name fails `O_EXCL`, a symlink at
+/// `path` is replaced by the rename, never followed) and never blocks (a
+/// FIFO at the temp name fails `O_EXCL` too). Another name is tried then.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    // Hidden and `.tmp`-suffixed so the desired-dir scanner ignores it.
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = OpenOptions::new()
+    let mut attempt = 0;
+    let (tmp, mut f) = loop {
+        // Hidden and `.tmp`-suffixed so the desired-dir scanner ignores it.
+        let tmp = dir.join(format!(".{name}.{}.tmp", random_hex()));
+        let opened = OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(mode)
-            .open(&tmp)?;
+            .custom_flags(libc_flags())
+            .open(&tmp);
+        match opened {
+            Ok(f) => break (tmp, f),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < 8 => attempt += 1,
+            Err(e) => return Err(e),
+        }
+    };
+    let result = (|| {
         f.write_all(bytes)?;
         f.sync_all()?;
         fs::rename(&tmp, path)?;
@@ -32,6 +47,41 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+fn libc_flags() -> i32 {
+    use nix::fcntl::OFlag;
+    (OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).bits()
+}
+
+/// 16 lower-case hex digits from the kernel's random source (time and pid
+/// when it cannot be read): session ids and unpredictable temp names.
+pub fn random_hex() -> String {
+    use std::io::Read;
+    let mut b = [0u8; 8];
+    let ok = File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .is_ok();
+    if !ok {
+        let t = jiff::Timestamp::now().as_nanosecond() as u64
+            ^ u64::from(std::process::id()).rotate_left(40);
+        b = t.to_be_bytes();
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The first component of `path` (itself included) that is a symlink, if
+/// any. Host folders a profile names were resolved at validation; a
+/// symlink appearing in them afterwards would redirect the bind mount.
+pub fn symlink_component(path: &Path) -> Option<std::path::PathBuf> {
+    let mut cur = std::path::PathBuf::new();
+    for c in path.components() {
+        cur.push(c);
+        if fs::symlink_metadata(&cur).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Some(cur);
+        }
+    }
+    None
 }
 
 /// Make a rename or create in `dir` durable.
@@ -51,5 +101,39 @@ mod tests {
         write_atomic(&p, b"two", 0o644).expect("write");
         assert_eq!(fs::read(&p).expect("read"), b"two");
         assert_eq!(fs::read_dir(d.path()).expect("ls").count(), 1);
+    }
+
+    #[test]
+    fn a_planted_link_is_replaced_never_written_through_issue_13() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let victim = d.path().join("victim");
+        fs::write(&victim, "untouched").expect("write");
+        let dir = d.path().join("requests");
+        fs::create_dir(&dir).expect("mkdir");
+        let p = dir.join("x.toml");
+        std::os::unix::fs::symlink(&victim, &p).expect("ln");
+        // A FIFO where an old daemon put its temp file: irrelevant now.
+        let old_tmp = dir.join(format!(".x.toml.{}.tmp", std::process::id()));
+        nix::unistd::mkfifo(&old_tmp, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        write_atomic(&p, b"fire", 0o644).expect("write");
+        assert_eq!(fs::read(&victim).expect("read"), b"untouched");
+        assert!(
+            !fs::symlink_metadata(&p)
+                .expect("stat")
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(fs::read(&p).expect("read"), b"fire");
+    }
+
+    #[test]
+    fn symlink_components_are_found_issue_13() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let real = d.path().join("real/sub");
+        fs::create_dir_all(&real).expect("mkdir");
+        assert_eq!(symlink_component(&real), None);
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(d.path().join("real"), &link).expect("ln");
+        assert_eq!(symlink_component(&link.join("sub")), Some(link));
     }
 }

@@ -293,8 +293,15 @@ impl Scheduler {
             st.last_fire = Some(fire.timestamp());
             st.last_request = Some(id.clone());
             // A fire already on disk or known to the status store (a
-            // restart, a clock step) is never written twice.
-            if !desired.requests.contains_key(&id) && !statuses.contains_key(&id) {
+            // restart, a clock step) is never written twice. Something
+            // else squatting the name (an invalid file, a planted link)
+            // does not stop the schedule: the fire replaces it (issue 13).
+            let on_disk = matches!(
+                desired.requests.get(&id),
+                Some(RequestEntry::Valid(r)) if r.scheduled_for.is_some()
+            );
+            let known = statuses.get(&id).is_some_and(|s| s.phase != Phase::Invalid);
+            if !on_disk && !known {
                 actions.push(SchedAction::Materialize {
                     profile: p.name.clone(),
                     id,

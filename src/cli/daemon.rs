@@ -117,6 +117,7 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
         audit_root,
         state,
         max_sessions: global.max_sessions,
+        max_pending: global.max_pending,
         status_retention: args.status_retention,
         session_uid: args.session_uid,
         stop_grace: args.stop_grace,

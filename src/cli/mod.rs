@@ -64,6 +64,12 @@ pub struct GlobalArgs {
     #[arg(long, env = "AGENTD_MAX_SESSIONS", default_value_t = 4, global = true, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_sessions: u32,
+    /// Most requests admitted and waiting for a slot; valid requests past
+    /// it are not admitted yet (status `pending`, message says why) and are
+    /// admitted oldest first as room frees up.
+    #[arg(long, env = "AGENTD_MAX_PENDING", default_value_t = crate::plan::DEFAULT_MAX_PENDING,
+          global = true, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_pending: usize,
 }
 
 impl GlobalArgs {

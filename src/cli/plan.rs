@@ -62,6 +62,7 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
         status_retention: args.status_retention,
         source_available,
         admitting: true,
+        max_pending: global.max_pending,
     };
     let actions = plan(&desired, &observed, &cfg);
     for a in &actions {

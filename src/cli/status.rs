@@ -32,13 +32,18 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
     let dir = state.join("status");
     if let Ok(bytes) = std::fs::read(state.join("daemon.json"))
         && let Ok(d) = serde_json::from_slice::<crate::daemon::DaemonState>(&bytes)
-        && let Some(why) = d.source_unavailable
     {
-        eprintln!(
-            "warning: the daemon cannot read the desired dir since {}: {}",
-            d.since,
-            escape::text(&why)
-        );
+        if let Some(why) = &d.source_unavailable {
+            eprintln!(
+                "warning: the daemon cannot read the desired dir since {}: {}",
+                d.since,
+                escape::text(why)
+            );
+        }
+        for line in &d.skipped {
+            // Paths come from the desired dir: print control characters escaped.
+            eprintln!("warning: not followed: {}", escape::text(line));
+        }
     }
     loop {
         let (records, problems) = crate::status::read_dir(&dir)?;

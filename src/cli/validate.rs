@@ -99,10 +99,20 @@ fn collect(path: &Path, files: &mut Vec<(Kind, PathBuf)>, diags: &mut Vec<Diagno
     }
     let mut any_folder = false;
     for (folder, kind) in FOLDERS {
-        match source::scan_folder(path, folder, kind) {
-            Ok(found) => {
+        match source::scan(path, folder, kind) {
+            Ok(scan) => {
                 any_folder = true;
-                files.extend(found.into_iter().map(|f| (f.kind, f.path)));
+                for f in scan.found {
+                    match f.problem {
+                        Some(why) => diags.push(Diagnostic::new(&f.path, None, why)),
+                        None => files.push((f.kind, f.path)),
+                    }
+                }
+                diags.extend(
+                    scan.skipped
+                        .into_iter()
+                        .map(|s| Diagnostic::new(&s.path, None, s.why)),
+                );
             }
             // A desired dir may lack one folder (git keeps no empty folders).
             Err(SourceError::Unavailable { .. }) => {}

@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 
 pub use lock::{LockError, acquire};
 
+use crate::desired::Diagnostic;
 use crate::execute::{ContainerTable, Event, Settings, Shared, lock as guard};
 use crate::observed::{Container, ContainerState, Observed, Phase};
 use crate::plan::{PlanConfig, plan};
@@ -84,7 +85,7 @@ pub async fn run(
         backoff: Mutex::new(Default::default()),
         gates: Mutex::new(Default::default()),
     });
-    write_daemon_state(&sh.settings.state, None);
+    write_daemon_state(&sh.settings.state, None, &[]);
     resync_containers(&sh).await;
     remove_stale_work_dirs(&sh);
     reopen_gates(&sh);
@@ -101,6 +102,8 @@ pub async fn run(
     let mut admitting = true;
     let mut next_resync = Instant::now() + RESYNC;
 
+    // What daemon.json last said was not followed (symlinked folders, loops).
+    let mut reported_skipped: Vec<Diagnostic> = Vec::new();
     let mut passes: u64 = 0;
     loop {
         let pass_start = std::time::Instant::now();
@@ -137,14 +140,27 @@ pub async fn run(
             match result {
                 Ok(()) if !source_available => {
                     tracing::info!("desired dir available again");
-                    write_daemon_state(&sh.settings.state, None);
+                    write_daemon_state(&sh.settings.state, None, &source.desired().skipped);
                     source_available = true;
+                    reported_skipped = source.desired().skipped.clone();
                 }
-                Ok(()) => {}
+                Ok(()) => {
+                    if source.desired().skipped != reported_skipped {
+                        reported_skipped = source.desired().skipped.clone();
+                        for d in &reported_skipped {
+                            tracing::warn!(problem = %d, "not followed in the desired dir");
+                        }
+                        write_daemon_state(&sh.settings.state, None, &reported_skipped);
+                    }
+                }
                 Err(e) => {
                     if source_available {
                         tracing::warn!(error = %e, "desired dir unavailable; keeping running work, retrying");
-                        write_daemon_state(&sh.settings.state, Some(&e.to_string()));
+                        write_daemon_state(
+                            &sh.settings.state,
+                            Some(&e.to_string()),
+                            &source.desired().skipped,
+                        );
                     }
                     source_available = false;
                 }
@@ -166,6 +182,7 @@ pub async fn run(
             status_retention: sh.settings.status_retention,
             source_available,
             admitting,
+            max_pending: sh.settings.max_pending,
         };
         // Plan against the live views, borrowed under their locks (tasks
         // take them one at a time, never both), then apply with the locks
@@ -450,13 +467,18 @@ pub struct DaemonState {
     /// Set while the desired dir cannot be read: why, and since when.
     pub source_unavailable: Option<String>,
     pub since: jiff::Timestamp,
+    /// Paths below `profiles/`/`requests/` the daemon does not follow (a
+    /// symlinked folder, a symlink loop), as `path: why` lines.
+    #[serde(default)]
+    pub skipped: Vec<String>,
 }
 
-fn write_daemon_state(state: &Path, source_unavailable: Option<&str>) {
+fn write_daemon_state(state: &Path, source_unavailable: Option<&str>, skipped: &[Diagnostic]) {
     let d = DaemonState {
         pid: std::process::id(),
         source_unavailable: source_unavailable.map(str::to_string),
         since: jiff::Timestamp::now(),
+        skipped: skipped.iter().map(ToString::to_string).collect(),
     };
     let bytes = serde_json::to_vec_pretty(&d).unwrap_or_default();
     if let Err(e) = crate::fsutil::write_atomic(&state.join("daemon.json"), &bytes, 0o600) {

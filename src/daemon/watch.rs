@@ -89,10 +89,23 @@ pub fn watch(
         };
         let _ = tx.try_send(event);
     };
-    let mut watcher = notify::recommended_watcher(handler).map_err(|e| explain(&e))?;
+    // Symlinks below the kind folders are never followed (a committed
+    // `requests/evil -> /` would otherwise put a watch on every folder of
+    // the host); the kind folders themselves may be symlinks swapped
+    // atomically, so each is watched through its own link as well.
+    let config = notify::Config::default().with_follow_symlinks(false);
+    let mut watcher = notify::RecommendedWatcher::new(handler, config).map_err(|e| explain(&e))?;
     watcher
         .watch(dir, RecursiveMode::Recursive)
         .map_err(|e| explain(&e))?;
+    for folder in [dir.join("profiles"), dir.join("requests")] {
+        // A missing kind folder is the scan's to report.
+        if folder.is_dir() {
+            watcher
+                .watch(&folder, RecursiveMode::Recursive)
+                .map_err(|e| explain(&e))?;
+        }
+    }
     Ok(watcher)
 }
 

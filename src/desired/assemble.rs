@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use super::HostView;
 use super::diag::{Diagnostic, locate_key};
-use super::model::{Desired, Input, Profile, Rejected, Request, RequestEntry};
+use super::model::{DEFAULT_TIMEOUT, Desired, Input, Profile, Rejected, Request, RequestEntry};
 use super::validate::stem;
 
 /// One file's own validation result.
@@ -143,8 +143,24 @@ fn duplicate<T>(name: &str, kind: &str, files: &[FileRef<'_, T>]) -> Rejected {
     }
 }
 
+/// A duration as the files write it: `24h`, `1h30m`, `1m30s`.
+pub fn human_duration(d: std::time::Duration) -> String {
+    let mut secs = d.as_secs();
+    if secs == 0 {
+        return "0s".into();
+    }
+    let mut out = String::new();
+    for (unit, n) in [("h", 3600), ("m", 60), ("s", 1)] {
+        if secs >= n {
+            out.push_str(&format!("{}{unit}", secs / n));
+            secs %= n;
+        }
+    }
+    out
+}
+
 /// Rules of a request that need the profiles: the profile exists, a repo is
-/// known, and an artifact matches its schema when the profile ships one.
+/// known, its timeout only shortens the profile's, and an artifact matches its schema when the profile ships one.
 /// A request whose profile exists but is invalid stays valid here: the
 /// planner holds it back with the profile's own message.
 fn cross_check(
@@ -216,6 +232,26 @@ fn cross_check(
                     profile.path.display()
                 )),
         ]);
+    }
+    if let Some(t) = r.timeout {
+        let (limit, whose) = match profile.timeout {
+            Some(p) => (p, format!("profile `{}`'s timeout", profile.name)),
+            None => (DEFAULT_TIMEOUT, "the default timeout".to_string()),
+        };
+        if t > limit {
+            return Err(vec![
+                Diagnostic::new(
+                    &r.path,
+                    at("timeout"),
+                    format!(
+                        "timeout {} is longer than {whose} ({}); a request may only shorten it",
+                        human_duration(t),
+                        human_duration(limit)
+                    ),
+                )
+                .hint("lower the request's `timeout`, or raise the profile's"),
+            ]);
+        }
     }
     if let (Input::Artifact { kind, json, .. }, Some(dir)) = (&r.input, &profile.methodology_dir) {
         let schema_path = dir.join("schemas").join(format!("{kind}.schema.json"));

@@ -16,7 +16,9 @@ pub mod wire;
 
 use std::path::Path;
 
-pub use assemble::{FileRef, FileResult, ProfileEntry, assemble, profile_entry, request_entry};
+pub use assemble::{
+    FileRef, FileResult, ProfileEntry, assemble, human_duration, profile_entry, request_entry,
+};
 pub use diag::{Diagnostic, Pos, locate_key};
 pub use model::*;
 pub use parse::{Format, MAX_FILE_BYTES};
@@ -28,8 +30,27 @@ pub use validate::{profile as validate_profile, request as validate_request, sha
 pub trait HostView {
     fn exists(&self, path: &Path) -> bool;
     fn is_dir(&self, path: &Path) -> bool;
-    /// The bytes of a small file (artifact, schema), or `None` if unreadable.
+    /// The bytes of a small file (schema, the file being validated), or
+    /// `None` if unreadable.
     fn read(&self, path: &Path) -> Option<Vec<u8>>;
+    /// The bytes of the regular file `rel` below the folder `base`, read
+    /// with one resolution that never leaves `base` (symlinks included) and
+    /// never blocks (a FIFO is refused), at most `cap + 1` bytes. `Err`
+    /// says why, worded for an operator. Request artifacts are read this
+    /// way: a request may not make the daemon read host files outside the
+    /// desired dir, and what was read is what gets frozen.
+    fn read_beneath(&self, base: &Path, rel: &Path, cap: usize) -> Result<Vec<u8>, String> {
+        let _ = cap;
+        self.read(&base.join(rel))
+            .ok_or_else(|| "cannot be read".to_string())
+    }
+    /// The path with every symlink resolved, when it exists. Host folders a
+    /// profile names (methodology_dir, mount sources) are resolved once at
+    /// validation; the session starts from the resolved path, and the
+    /// start re-checks that no component of it has become a symlink.
+    fn canonical(&self, path: &Path) -> Option<std::path::PathBuf> {
+        self.exists(path).then(|| path.to_path_buf())
+    }
 }
 
 /// Which kind of desired file a path is, from the folder it lives under.

@@ -8,6 +8,22 @@ use std::time::Duration;
 
 use super::Diagnostic;
 
+/// Session wall-clock limit of a profile without `timeout`: nothing runs
+/// forever, and a request may only shorten it.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// Largest `work_unit` of a request, in bytes. It is passed to the session
+/// as an environment variable on `podman run`'s command line, where Linux
+/// refuses any single argument over 128 KiB; a work unit is an id, not data.
+pub const MAX_WORK_UNIT_BYTES: usize = 4 * 1024;
+
+/// Largest `request` text, in bytes (it is materialized as a file).
+pub const MAX_REQUEST_TEXT_BYTES: usize = 64 * 1024;
+
+/// Largest artifact (the file named by `path`, or the inline `json` once
+/// serialized), in bytes (it is materialized as a file).
+pub const MAX_ARTIFACT_BYTES: usize = 1024 * 1024;
+
 /// The whole desired dir, as one value.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Desired {
@@ -17,6 +33,10 @@ pub struct Desired {
     pub invalid_profiles: BTreeMap<String, Rejected>,
     /// Every request file by id, valid or not.
     pub requests: BTreeMap<String, RequestEntry>,
+    /// Paths below `profiles/` or `requests/` that were not followed (a
+    /// symlinked folder, a symlink loop), one diagnostic each: reported,
+    /// and everything else goes on.
+    pub skipped: Vec<Diagnostic>,
 }
 
 impl Desired {
@@ -30,6 +50,7 @@ impl Desired {
                 RequestEntry::Valid(_) => None,
             }))
             .flat_map(|r| r.diagnostics.iter().cloned())
+            .chain(self.skipped.iter().cloned())
             .collect();
         d.sort();
         d.dedup();

@@ -705,3 +705,114 @@ mod props {
         assert!(start.elapsed() < std::time::Duration::from_secs(20));
     }
 }
+
+// --- issue 13: a request cannot widen its profile or exhaust the daemon ---
+
+#[test]
+fn a_request_timeout_may_only_shorten_the_profiles_issue_13() {
+    let capped = (
+        "d/profiles/capped.toml",
+        "base_image = \"img\"\ncommand = [\"run\"]\nrepo = \"/r\"\ntimeout = \"1h\"\n",
+    );
+    let got = diagnostics(&[
+        capped,
+        (
+            "d/requests/long.toml",
+            "profile = \"capped\"\ntimeout = \"2h\"\n",
+        ),
+        (
+            "d/requests/short.toml",
+            "profile = \"capped\"\ntimeout = \"30m\"\n",
+        ),
+        (
+            "d/requests/forever.toml",
+            "profile = \"base\"\ntimeout = \"25h\"\n",
+        ),
+        (
+            "d/requests/day.toml",
+            "profile = \"base\"\ntimeout = \"24h\"\n",
+        ),
+    ]);
+    assert_eq!(
+        got,
+        vec![
+            "d/requests/forever.toml:2:1: timeout 25h is longer than the default timeout (24h); a request may only shorten it; hint: lower the request's `timeout`, or raise the profile's",
+            "d/requests/long.toml:2:1: timeout 2h is longer than profile `capped`'s timeout (1h); a request may only shorten it; hint: lower the request's `timeout`, or raise the profile's",
+        ]
+    );
+}
+
+#[test]
+fn request_fields_have_size_caps_with_a_clear_message_issue_13() {
+    let big_unit = format!(
+        "profile = \"base\"\nwork_unit = \"{}\"\n",
+        "x".repeat(128 * 1024)
+    );
+    let ok_unit = format!(
+        "profile = \"base\"\nwork_unit = \"{}\"\n",
+        "x".repeat(MAX_WORK_UNIT_BYTES)
+    );
+    let big_text = format!(
+        "profile = \"base\"\nrequest = \"{}\"\n",
+        "y".repeat(MAX_REQUEST_TEXT_BYTES + 1)
+    );
+    let big_json = format!(
+        "profile = \"base\"\n[artifact]\ntype = \"blob\"\njson = \"[{}0]\"\n",
+        "0,".repeat(MAX_ARTIFACT_BYTES / 4)
+    );
+    let got = diagnostics(&[
+        ("d/requests/unit.toml", &big_unit),
+        ("d/requests/okunit.toml", &ok_unit),
+        ("d/requests/text.toml", &big_text),
+        ("d/requests/art.toml", &big_json),
+    ]);
+    assert_eq!(got.len(), 3, "{got:#?}");
+    assert!(
+        got[1].starts_with(
+            "d/requests/text.toml:2:1: request is too large (65537 bytes; the limit is 65536 bytes)"
+        ),
+        "{got:#?}"
+    );
+    assert!(got[2].starts_with("d/requests/unit.toml:2:1: work_unit is too large (131072 bytes; the limit is 4096 bytes)"), "{got:#?}");
+    // The inline artifact fits the 256 KiB file cap, so it is the file cap
+    // that speaks first; an artifact file over 1 MiB is refused on its own.
+    assert!(
+        got[0].starts_with("d/requests/art.toml: file is too large"),
+        "{got:#?}"
+    );
+}
+
+#[test]
+fn an_artifact_file_over_its_cap_is_refused_issue_13() {
+    struct Big;
+    impl HostView for Big {
+        fn exists(&self, _: &Path) -> bool {
+            false
+        }
+        fn is_dir(&self, _: &Path) -> bool {
+            false
+        }
+        fn read(&self, _: &Path) -> Option<Vec<u8>> {
+            None
+        }
+        fn read_beneath(&self, base: &Path, rel: &Path, cap: usize) -> Result<Vec<u8>, String> {
+            assert_eq!(
+                base,
+                Path::new("d/requests"),
+                "artifacts stay below requests/"
+            );
+            assert_eq!(rel, Path::new("team/in/a.json"));
+            Ok(vec![b' '; cap + 1])
+        }
+    }
+    let err = validate_request(
+        Path::new("d/requests/team/r.toml"),
+        b"profile = \"p\"\n[artifact]\ntype = \"t\"\npath = \"in/a.json\"\n",
+        &Big,
+    )
+    .expect_err("too large");
+    assert!(
+        err[0].to_string().contains("is too large (over 1024 KiB)"),
+        "{err:?}"
+    );
+}

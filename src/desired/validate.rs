@@ -10,7 +10,8 @@ use sha2::{Digest, Sha256};
 use super::HostView;
 use super::diag::{Diagnostic, locate_key};
 use super::model::{
-    ConcurrencyPolicy, Credential, Input, Mount, Network, Profile, Repo, Request, Schedule,
+    ConcurrencyPolicy, Credential, Input, MAX_ARTIFACT_BYTES, MAX_REQUEST_TEXT_BYTES,
+    MAX_WORK_UNIT_BYTES, Mount, Network, Profile, Repo, Request, Schedule,
 };
 use super::parse::{self, Format};
 use super::repos;
@@ -158,7 +159,10 @@ pub fn profile(path: &Path, bytes: &[u8], host: &dyn HostView) -> Result<Profile
         );
     }
     let methodology_dir = w.methodology_dir.as_deref().and_then(|m| {
-        let p = resolve(path, m);
+        // Resolved once, here: the session mounts the resolved folder, and
+        // its start re-checks that no component became a symlink since.
+        let written = resolve(path, m);
+        let p = host.canonical(&written).unwrap_or(written);
         if p.to_string_lossy().contains(',') {
             s.field("methodology_dir", format!("methodology_dir `{}` contains a comma", p.display()),
                 "Podman cannot bind-mount such a path; rename the folder");
@@ -331,7 +335,11 @@ pub fn profile(path: &Path, bytes: &[u8], host: &dyn HostView) -> Result<Profile
 fn mounts(s: &mut Sink<'_>, w: &ProfileFile, profile: &str, host: &dyn HostView) -> Vec<Mount> {
     let mut out = Vec::new();
     for (i, m) in w.mounts.iter().enumerate() {
-        let source = match rules::clean_absolute(&m.source) {
+        // Resolved once, like methodology_dir (and a comma can hide behind a link).
+        let canonical = rules::clean_absolute(&m.source)
+            .map(|p| host.canonical(&p).unwrap_or(p))
+            .filter(|p| !p.to_string_lossy().contains(','));
+        let source = match canonical {
             Some(p) if host.exists(&p) => Some(p),
             Some(p) => {
                 s.at(
@@ -436,6 +444,30 @@ fn resolve(file: &Path, written: &str) -> PathBuf {
     }
 }
 
+/// The message of a field over its size cap.
+fn too_big(field: &str, len: usize, cap: usize) -> String {
+    format!("{field} is too large ({len} bytes; the limit is {cap} bytes)")
+}
+
+/// The folder an artifact must stay below, and its path relative to it:
+/// the nearest `requests` folder above it (the desired dir's request
+/// folder, whatever it links to), else the request file's own folder.
+/// Nothing above that is reachable, through `..` (refused earlier) or
+/// through a symlink (refused by [`HostView::read_beneath`]).
+fn artifact_base(request_file: &Path, full: &Path) -> (PathBuf, PathBuf) {
+    let mut base = request_file.parent().unwrap_or(Path::new("."));
+    let mut cur = base;
+    while let Some(parent) = cur.parent() {
+        if cur.file_name().is_some_and(|n| n == "requests") {
+            base = cur;
+            break;
+        }
+        cur = parent;
+    }
+    let rel = full.strip_prefix(base).unwrap_or(full).to_path_buf();
+    (base.to_path_buf(), rel)
+}
+
 /// Validate one request file (everything that does not need the profile).
 pub fn request(path: &Path, bytes: &[u8], host: &dyn HostView) -> Result<Request, Vec<Diagnostic>> {
     let (text, w) = read_text::<RequestFile>(path, bytes)?;
@@ -487,8 +519,22 @@ pub fn request(path: &Path, bytes: &[u8], host: &dyn HostView) -> Result<Request
             "a request carries at most one of work_unit, request, artifact",
         );
     } else if let Some(wu) = w.work_unit {
+        if wu.len() > MAX_WORK_UNIT_BYTES {
+            s.field(
+                "work_unit",
+                too_big("work_unit", wu.len(), MAX_WORK_UNIT_BYTES),
+                "a work unit is an identifier (it becomes $AGENTD_WORK_UNIT); pass data as `request` text or an `artifact`",
+            );
+        }
         input = Input::WorkUnit(wu);
     } else if let Some(t) = w.request {
+        if t.len() > MAX_REQUEST_TEXT_BYTES {
+            s.field(
+                "request",
+                too_big("request", t.len(), MAX_REQUEST_TEXT_BYTES),
+                "shorten the text, or pass a larger input as an `artifact` file",
+            );
+        }
         input = Input::Text(t);
     } else if let Some(a) = w.artifact {
         if !rules::path_component(&a.kind) {
@@ -512,16 +558,29 @@ pub fn request(path: &Path, bytes: &[u8], host: &dyn HostView) -> Result<Request
             (Some(p), None) => {
                 let full = resolve(path, &p);
                 let stem = stem(&full);
-                match host.read(&full) {
-                    None => {
+                let (base, rel) = artifact_base(path, &full);
+                match host.read_beneath(&base, &rel, MAX_ARTIFACT_BYTES) {
+                    Err(why) => {
                         s.field(
                             "path",
-                            format!("artifact file `{}` cannot be read", full.display()),
-                            "check the path; relative paths start at the request file's folder",
+                            format!("artifact file `{}` {why}", full.display()),
+                            format!("the artifact must be a regular file below `{}`, reached without leaving it (symlinks included); relative paths start at the request file's folder", base.display()),
                         );
                         None
                     }
-                    Some(bytes) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
+                    Ok(bytes) if bytes.len() > MAX_ARTIFACT_BYTES => {
+                        s.field(
+                            "path",
+                            format!(
+                                "artifact file `{}` is too large (over {} KiB)",
+                                full.display(),
+                                MAX_ARTIFACT_BYTES / 1024
+                            ),
+                            "artifacts are capped; pass large data through the repository or methodology_dir",
+                        );
+                        None
+                    }
+                    Ok(bytes) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
                         Ok(v) => Some((stem, v)),
                         Err(e) => {
                             s.field(
@@ -551,6 +610,14 @@ pub fn request(path: &Path, bytes: &[u8], host: &dyn HostView) -> Result<Request
             (None, Some(v)) => Some((id.clone(), v)),
         };
         if let Some((stem, json)) = value {
+            let size = serde_json::to_vec(&json).map_or(0, |v| v.len());
+            if size > MAX_ARTIFACT_BYTES {
+                s.field(
+                    "artifact",
+                    too_big("artifact", size, MAX_ARTIFACT_BYTES),
+                    "artifacts are capped; pass large data through the repository or methodology_dir",
+                );
+            }
             if !rules::path_component(&stem) {
                 s.field(
                     "path",

@@ -40,6 +40,8 @@ pub struct Settings {
     /// This daemon's identity on shared Podman resources (from the state dir).
     pub instance: String,
     pub max_sessions: u32,
+    /// Most requests admitted and waiting to start (`--max-pending`).
+    pub max_pending: usize,
     pub status_retention: Duration,
     /// uid and gid the session command runs as (not root).
     pub session_uid: u32,
@@ -359,6 +361,28 @@ impl Shared {
                 }
                 self.put_status(s);
             }
+            Action::Defer {
+                request,
+                profile,
+                message,
+            } => {
+                let origin = match desired.requests.get(&request) {
+                    Some(RequestEntry::Valid(r)) if r.scheduled_for.is_some() => Origin::Schedule,
+                    _ => Origin::File,
+                };
+                tracing::info!(request = %request, profile = %profile, "request not admitted yet: --max-pending reached");
+                let mut s = lock(&self.store)
+                    .get(&request)
+                    .cloned()
+                    .unwrap_or_else(|| Status::new(&request, &profile));
+                s.phase = Phase::Pending;
+                s.spec_sha256 = None;
+                s.created_at = s.created_at.or(Some(Self::now()));
+                s.profile = profile;
+                s.origin = origin;
+                s.message = Some(message);
+                self.put_status(s);
+            }
             Action::Hold { request, message } => {
                 self.update_status(&request, |s| s.message = Some(message));
             }
@@ -437,10 +461,15 @@ impl Shared {
             .profiles
             .get(&r.profile)
             .and_then(|p| p.repo.clone());
+        // A request that waited for --max-pending keeps its place in line.
+        let since = lock(&self.store)
+            .get(&r.id)
+            .filter(|s| crate::plan::is_deferred(s))
+            .and_then(|s| s.created_at);
         let mut s = Status::new(&r.id, &r.profile);
         s.phase = Phase::Pending;
         s.spec_sha256 = Some(r.spec_sha256.clone());
-        s.created_at = Some(Self::now());
+        s.created_at = Some(since.unwrap_or_else(Self::now));
         s.repo = r.repo.clone().or(profile_repo).map(|r| r.as_str());
         s.work_unit = match &r.input {
             crate::desired::Input::WorkUnit(w) => Some(w.clone()),

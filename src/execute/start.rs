@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::workdir::WorkDir;
 use super::{Shared, lock};
 use crate::audit::{Record, SessionRecord};
-use crate::desired::{Network, Profile, Request};
+use crate::desired::{DEFAULT_TIMEOUT, Network, Profile, Request};
 use crate::fault;
 use crate::observed::{Container, ContainerState, Phase};
 use crate::runtime::podman::{BindMount, RunSpec, labels};
@@ -23,18 +23,7 @@ const CREDENTIALS_TARGET: &str = "/agentd/credentials.sh";
 
 /// 16 lowercase hex characters from the kernel's random source.
 pub fn new_session_id() -> String {
-    use std::io::Read;
-    let mut b = [0u8; 8];
-    let ok = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .is_ok();
-    if !ok {
-        // Fall back to time and pid: unique enough for one host.
-        let t = jiff::Timestamp::now().as_nanosecond() as u64
-            ^ u64::from(std::process::id()).rotate_left(40);
-        b = t.to_be_bytes();
-    }
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    crate::fsutil::random_hex()
 }
 
 pub async fn start(sh: &Arc<Shared>, request: &str, profile: Profile) {
@@ -243,6 +232,28 @@ fn prepare(
     let st = &sh.settings;
     let uid = st.session_uid;
     let home = format!("/home/{}", profile.name);
+    // Right before use, the host folders the profile names must still be
+    // what validation resolved: no component may have become a symlink.
+    let host_paths = profile
+        .methodology_dir
+        .iter()
+        .map(|p| ("methodology_dir".to_string(), p))
+        .chain(
+            profile
+                .mounts
+                .iter()
+                .enumerate()
+                .map(|(i, m)| (format!("mounts[{i}].source"), &m.source)),
+        );
+    for (field, p) in host_paths {
+        if let Some(link) = crate::fsutil::symlink_component(p) {
+            return Err(format!(
+                "{field} `{}`: `{}` is now a symlink (it was resolved when the profile was validated); fix the host path or re-save the profile",
+                p.display(),
+                link.display()
+            ));
+        }
+    }
     let work = WorkDir::create(st.work_dir(session_id))
         .map_err(|e| format!("cannot create work folder: {e}"))?;
     let env_lookup = |name: &str| std::env::var(name).ok();
@@ -359,12 +370,14 @@ fn prepare(
         (labels::PROFILE.to_string(), profile.name.clone()),
         (labels::REQUEST.to_string(), spec.id.clone()),
     ];
-    let timeout = spec.timeout.or(profile.timeout);
-    if let Some(t) = timeout {
-        let ms = i64::try_from(t.as_millis()).unwrap_or(i64::MAX / 2);
-        let deadline = jiff::Timestamp::now().as_millisecond().saturating_add(ms);
-        labels_v.push((labels::DEADLINE.to_string(), deadline.to_string()));
-    }
+    // Every session has a deadline: a profile without `timeout` gets the
+    // documented default, and a request only ever shortens it (validation
+    // refuses a longer one; `min` keeps that true for specs frozen earlier).
+    let limit = profile.timeout.unwrap_or(DEFAULT_TIMEOUT);
+    let timeout = spec.timeout.map_or(limit, |t| t.min(limit));
+    let ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX / 2);
+    let deadline = jiff::Timestamp::now().as_millisecond().saturating_add(ms);
+    labels_v.push((labels::DEADLINE.to_string(), deadline.to_string()));
 
     // Every session enters through a `/bin/sh -c` wrapper with the
     // profile's argv passed through untouched as "$@". It first waits at the

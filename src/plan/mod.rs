@@ -26,6 +26,25 @@ pub struct PlanConfig {
     pub source_available: bool,
     /// False while draining for shutdown: admit and start nothing new.
     pub admitting: bool,
+    /// Most requests admitted and not started yet (`--max-pending`); valid
+    /// requests past it wait, not admitted, oldest first.
+    pub max_pending: usize,
+}
+
+/// Default of `--max-pending`.
+pub const DEFAULT_MAX_PENDING: usize = 1000;
+
+/// The status message of a valid request held back by `--max-pending`.
+pub fn not_admitted_message(max_pending: usize) -> String {
+    format!(
+        "not admitted: {max_pending} requests already pending (--max-pending); it is admitted, oldest first, as room frees up"
+    )
+}
+
+/// A request held back by `--max-pending`: its status is `pending` (it
+/// waits) but it was never admitted, so no spec was frozen for it.
+pub fn is_deferred(s: &Status) -> bool {
+    s.phase == Phase::Pending && s.spec_sha256.is_none()
 }
 
 /// One step toward convergence. Actions name requests; the executor reads
@@ -34,6 +53,13 @@ pub struct PlanConfig {
 pub enum Action {
     /// Record a valid request as admitted (`pending`), freezing its spec.
     Admit { request: String },
+    /// A valid request waits to be admitted (`--max-pending` is reached):
+    /// status `pending` with no frozen spec, the message says why.
+    Defer {
+        request: String,
+        profile: String,
+        message: String,
+    },
     /// Record why a request cannot be admitted (phase `invalid`).
     Reject {
         request: String,
@@ -65,6 +91,7 @@ impl Action {
         match self {
             Action::Admit { request }
             | Action::Reject { request, .. }
+            | Action::Defer { request, .. }
             | Action::Start { request }
             | Action::Adopt { request }
             | Action::Hold { request, .. }
@@ -89,6 +116,9 @@ impl fmt::Display for Action {
             Action::Reject {
                 request, message, ..
             } => write!(f, "invalid {request}: {message}"),
+            Action::Defer {
+                request, message, ..
+            } => write!(f, "defer {request}: {message}"),
             Action::Start { request } => write!(f, "start {request}"),
             Action::Adopt { request } => write!(f, "adopt {request}"),
             Action::Hold { request, message } => write!(f, "wait {request}: {message}"),
@@ -140,6 +170,15 @@ pub fn plan(desired: &Desired, observed: &Observed<'_>, cfg: &PlanConfig) -> Vec
             cancelled,
         };
         match status.phase {
+            // Never admitted: nothing to cancel; the admission pass below
+            // decides it again.
+            Phase::Pending if is_deferred(status) => {
+                if file_gone {
+                    actions.push(Action::Prune {
+                        request: id.clone(),
+                    });
+                }
+            }
             Phase::Invalid => {
                 if file_gone {
                     actions.push(Action::Prune {
@@ -208,12 +247,13 @@ pub fn plan(desired: &Desired, observed: &Observed<'_>, cfg: &PlanConfig) -> Vec
     }
 
     // Files not admitted yet: admit the valid ones, explain the others.
+    let mut admissible: Vec<(jiff::Timestamp, &String, &str, Option<&Status>)> = Vec::new();
     for &(id, status, entry) in &joined {
         let Some(entry) = entry else { continue };
         if observed.busy.contains(id) {
             continue;
         }
-        if status.is_some_and(|s| s.phase != Phase::Invalid) {
+        if status.is_some_and(|s| s.phase != Phase::Invalid && !is_deferred(s)) {
             continue;
         }
         let rejection = match entry {
@@ -241,17 +281,45 @@ pub fn plan(desired: &Desired, observed: &Observed<'_>, cfg: &PlanConfig) -> Vec
                 }
             }
             None if cfg.admitting => {
-                actions.push(Action::Admit {
-                    request: id.clone(),
-                });
                 if let RequestEntry::Valid(r) = entry {
-                    let mut s = Status::new(id, &r.profile);
-                    s.phase = Phase::Pending;
-                    s.created_at = Some(cfg.now);
-                    admitted.push(s);
+                    // A deferred request keeps its place in the queue.
+                    let since = status
+                        .filter(|s| is_deferred(s))
+                        .and_then(|s| s.created_at)
+                        .unwrap_or(cfg.now);
+                    admissible.push((since, id, r.profile.as_str(), status));
                 }
             }
             None => {}
+        }
+    }
+    // Within `--max-pending`, oldest first (first seen, then by id); the
+    // rest wait with a status that says why.
+    let already = observed
+        .statuses
+        .values()
+        .filter(|s| s.phase == Phase::Pending && !is_deferred(s))
+        .count();
+    let room = cfg.max_pending.saturating_sub(already);
+    admissible.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    for (i, (since, id, profile, status)) in admissible.into_iter().enumerate() {
+        if i < room {
+            actions.push(Action::Admit {
+                request: id.clone(),
+            });
+            let mut s = Status::new(id, profile);
+            s.phase = Phase::Pending;
+            s.created_at = Some(since);
+            admitted.push(s);
+        } else {
+            let message = not_admitted_message(cfg.max_pending);
+            if status.is_none_or(|s| !is_deferred(s) || s.message.as_deref() != Some(&message)) {
+                actions.push(Action::Defer {
+                    request: id.clone(),
+                    profile: profile.to_string(),
+                    message,
+                });
+            }
         }
     }
 

@@ -2,10 +2,10 @@
 //! it must produce (their Display form, one per line).
 //!
 //! ```text
-//! config max=N now=SECS retention=SECS unavailable draining unknown-containers
+//! config max=N pending=N now=SECS retention=SECS unavailable draining unknown-containers
 //! profile NAME [max=N] [suspend]      bad-profile NAME
 //! file ID PROFILE [sha=S]             bad-file ID       cross-invalid ID sha=S
-//! status ID PHASE [profile=P] [sha=S] [created=SECS] [finished=SECS] [msg=TEXT_WITHOUT_SPACES] [stopping=cancelled|timed_out]
+//! status ID PHASE [profile=P] [sha=S|sha=none] [created=SECS] [finished=SECS] [msg=TEXT_WITHOUT_SPACES] [stopping=cancelled|timed_out]
 //! container ID running|created|exited:CODE [deadline=SECS] [started]
 //! orphan NAME                         busy ID
 //! ```
@@ -47,6 +47,7 @@ fn run(fixture: &str) -> String {
         status_retention: Duration::from_secs(100),
         source_available: true,
         admitting: true,
+        max_pending: 1000,
     };
     for line in fixture.lines().map(str::trim).filter(|l| !l.is_empty()) {
         let mut words = line.split_whitespace();
@@ -58,6 +59,9 @@ fn run(fixture: &str) -> String {
             "config" => {
                 if let Some(m) = num("max") {
                     cfg.max_sessions = m as u32;
+                }
+                if let Some(n) = num("pending") {
+                    cfg.max_pending = n as usize;
                 }
                 if let Some(n) = num("now") {
                     cfg.now = ts(n);
@@ -114,7 +118,10 @@ fn run(fixture: &str) -> String {
             "status" => {
                 let mut s = Status::new(args[0], opt("profile").unwrap_or("p"));
                 s.phase = serde_json::from_str(&format!("\"{}\"", args[1])).expect("phase");
-                s.spec_sha256 = Some(opt("sha").unwrap_or("s").into());
+                s.spec_sha256 = match opt("sha") {
+                    Some("none") => None,
+                    other => Some(other.unwrap_or("s").into()),
+                };
                 s.created_at = num("created").map(ts);
                 s.finished_at = num("finished").map(ts);
                 s.message = opt("msg").map(|m| {
@@ -544,4 +551,55 @@ fn a_request_whose_profile_vanished_is_not_reported_as_edited() {
         "cross-invalid a sha=t\nstatus a running sha=s\ncontainer a running",
         "note-edited a",
     );
+}
+
+// --max-pending (issue 13): requests past the cap are not admitted, their
+// status says why, and they are admitted oldest first as room frees up.
+
+#[test]
+fn requests_past_max_pending_are_deferred_with_a_message_issue_13() {
+    check(
+        "config pending=2 max=1\nprofile p\nfile a p\nfile b p\nfile c p\nfile d p",
+        "admit a\nadmit b\n\
+         defer c: not admitted: 2 requests already pending (--max-pending); it is admitted, oldest first, as room frees up\n\
+         defer d: not admitted: 2 requests already pending (--max-pending); it is admitted, oldest first, as room frees up\n\
+         start a\nwait b: waiting for a slot (1/1 running)",
+    );
+}
+
+#[test]
+fn pending_requests_count_against_max_pending_issue_13() {
+    check(
+        "config pending=2 max=1\nprofile p\nfile a p\nfile b p\nfile c p\nfile x p\n\
+         status a running\ncontainer a running\nstatus b pending created=1\nstatus x pending created=2",
+        "defer c: not admitted: 2 requests already pending (--max-pending); it is admitted, oldest first, as room frees up\n\
+         wait b: waiting for a slot (1/1 running)\nwait x: waiting for a slot (1/1 running)",
+    );
+}
+
+#[test]
+fn deferred_requests_are_admitted_oldest_first_as_room_frees_up_issue_13() {
+    // z waited longest (seen first), then y; a new file n comes last.
+    check(
+        "config pending=2 max=0\nprofile p\nfile n p\nfile y p\nfile z p\n\
+         status y pending sha=none created=20 msg=M\nstatus z pending sha=none created=10 msg=M",
+        "admit z\nadmit y\n\
+         defer n: not admitted: 2 requests already pending (--max-pending); it is admitted, oldest first, as room frees up\n\
+         wait z: waiting for a slot (0/0 running)\nwait y: waiting for a slot (0/0 running)",
+    );
+}
+
+#[test]
+fn a_deferred_request_with_its_message_is_left_alone_and_never_started_issue_13() {
+    check(
+        "config pending=1\nprofile p\nfile a p\nfile b p\nstatus a pending created=1\n\
+         status b pending sha=none created=2 \
+         msg=not_admitted:_1_requests_already_pending_(--max-pending);_it_is_admitted,_oldest_first,_as_room_frees_up",
+        "start a",
+    );
+}
+
+#[test]
+fn a_deferred_request_whose_file_is_gone_is_forgotten_not_cancelled_issue_13() {
+    check("profile p\nstatus b pending sha=none created=2", "prune b");
 }

@@ -210,3 +210,78 @@ fn history_prunes_only_finished_scheduled_fires_oldest_first() {
         .collect();
     assert_eq!(active, ["p-20260501T1003"]);
 }
+
+#[test]
+fn a_file_squatting_a_fire_name_does_not_stop_the_fire_issue_13() {
+    use crate::desired::{Desired, Profile, Rejected, Repo, Request, RequestEntry, Schedule};
+    let mut desired = Desired::default();
+    desired.profiles.insert(
+        "tick".into(),
+        Profile {
+            repo: Some(Repo::Url("https://example.com/r.git".into())),
+            schedule: Some(Schedule {
+                expr: "* * * * *".into(),
+            }),
+            ..Profile::minimal("tick", "img", &["true"])
+        },
+    );
+    let squat = |id: &str| {
+        RequestEntry::Invalid(Rejected {
+            path: format!("d/requests/{id}.toml").into(),
+            diagnostics: Vec::new(),
+            sha256: None,
+        })
+    };
+    // 10:01 is squatted by a planted link (invalid, with an invalid
+    // status); 10:02 by a real earlier fire, which is never written twice.
+    desired
+        .requests
+        .insert("tick-20260501T1001".into(), squat("tick-20260501T1001"));
+    let mut statuses = std::collections::BTreeMap::new();
+    statuses.insert(
+        "tick-20260501T1001".to_string(),
+        st("tick-20260501T1001", "", Phase::Invalid, Origin::File),
+    );
+    let mut s = Scheduler::default();
+    let fired = |s: &mut Scheduler,
+                 d: &Desired,
+                 st: &std::collections::BTreeMap<String, Status>,
+                 at: &str| {
+        s.tick(d, st, &ny(at))
+            .into_iter()
+            .filter_map(|a| match a {
+                SchedAction::Materialize { id, .. } => Some(id),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    assert!(fired(&mut s, &desired, &statuses, "2026-05-01T10:00:30").is_empty());
+    assert_eq!(
+        fired(&mut s, &desired, &statuses, "2026-05-01T10:01:00.2"),
+        ["tick-20260501T1001"]
+    );
+    let mut earlier = Request {
+        id: "tick-20260501T1002".into(),
+        path: "d/requests/tick-20260501T1002.toml".into(),
+        profile: "tick".into(),
+        repo: None,
+        input: crate::desired::Input::None,
+        timeout: None,
+        scheduled_for: Some(ts("2026-05-01T10:02:00")),
+        spec_sha256: "s".into(),
+    };
+    desired
+        .requests
+        .insert(earlier.id.clone(), RequestEntry::Valid(earlier.clone()));
+    assert!(fired(&mut s, &desired, &statuses, "2026-05-01T10:02:00.2").is_empty());
+    // A plain request squatting the next name is replaced too.
+    earlier.id = "tick-20260501T1003".into();
+    earlier.scheduled_for = None;
+    desired
+        .requests
+        .insert(earlier.id.clone(), RequestEntry::Valid(earlier));
+    assert_eq!(
+        fired(&mut s, &desired, &statuses, "2026-05-01T10:03:00.2"),
+        ["tick-20260501T1003"]
+    );
+}

@@ -4,11 +4,13 @@
 //!
 //! This is IO; everything it hands on is checked by the pure `desired` module.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
 use walkdir::WalkDir;
 
 use crate::desired::{self, Desired, Diagnostic, HostView, Kind, MAX_FILE_BYTES, Profile, Request};
@@ -22,6 +24,14 @@ pub enum SourceError {
     /// read as "everything was deleted": the daemon keeps what runs.
     #[error("source unavailable: {path}: {reason}")]
     Unavailable { path: PathBuf, reason: String },
+}
+
+/// The kind folder's name.
+fn folder_of(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Profile => "profiles",
+        Kind::Request => "requests",
+    }
 }
 
 /// The host as validation sees it: the real filesystem.
@@ -38,17 +48,98 @@ impl HostView for RealHost {
     /// make the daemon (root) read a FIFO (it would hang) or a file that a
     /// link points at elsewhere on the host.
     fn read(&self, path: &Path) -> Option<Vec<u8>> {
-        let meta = std::fs::symlink_metadata(path).ok()?;
-        if !meta.file_type().is_file() {
-            return None;
+        let f = open_regular(path, OFlag::O_NOFOLLOW).ok()?;
+        read_capped_from(f, 16 * 1024 * 1024).ok()
+    }
+    fn read_beneath(&self, base: &Path, rel: &Path, cap: usize) -> Result<Vec<u8>, String> {
+        let f = open_beneath(base, rel).map_err(|e| match e.raw_os_error() {
+            Some(libc_errno) if libc_errno == Errno::EXDEV as i32 => format!(
+                "resolves outside `{}` (through `..` or a symlink)",
+                base.display()
+            ),
+            Some(libc_errno) if libc_errno == Errno::ELOOP as i32 => {
+                "resolves through a symlink loop".to_string()
+            }
+            _ => format!("cannot be read: {e}"),
+        })?;
+        read_capped_from(f, cap).map_err(|e| format!("cannot be read: {e}"))
+    }
+    fn canonical(&self, path: &Path) -> Option<PathBuf> {
+        fs::canonicalize(path).ok()
+    }
+}
+
+/// Open `path` for reading without ever blocking (a FIFO or device opened
+/// `O_NONBLOCK` returns at once) and only if it is a regular file (checked
+/// on the opened descriptor, so a swap after the check changes nothing).
+fn open_regular(path: &Path, extra: OFlag) -> std::io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | extra).bits())
+        .open(path)?;
+    regular(f)
+}
+
+fn regular(f: fs::File) -> std::io::Result<fs::File> {
+    if f.metadata()?.file_type().is_file() {
+        Ok(f)
+    } else {
+        Err(std::io::Error::other("not a regular file"))
+    }
+}
+
+/// Open `rel` below the folder `base` in one resolution that may not leave
+/// `base`: `openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`, so `..`,
+/// absolute symlinks and symlinks climbing out are refused by the kernel
+/// (`EXDEV`); symlinks that stay below `base` work. `base` itself is
+/// opened following links (a kind folder may be a swapped symlink). On a
+/// kernel without `openat2` every component is opened with `O_NOFOLLOW`
+/// instead (no symlink at all below `base`).
+fn open_beneath(base: &Path, rel: &Path) -> std::io::Result<fs::File> {
+    use nix::fcntl::{OpenHow, ResolveFlag, openat2};
+    let dir = fs::File::open(base)?;
+    let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | OFlag::O_NOCTTY;
+    let how = OpenHow::new()
+        .flags(flags)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    match openat2(&dir, rel, how) {
+        Ok(fd) => regular(fs::File::from(fd)),
+        Err(Errno::ENOSYS) => {
+            let mut cur = std::os::fd::OwnedFd::from(dir);
+            let parts: Vec<_> = rel.components().collect();
+            for (i, c) in parts.iter().enumerate() {
+                let std::path::Component::Normal(name) = c else {
+                    return Err(Errno::EXDEV.into());
+                };
+                let last = i + 1 == parts.len();
+                let f = if last {
+                    flags
+                } else {
+                    flags | OFlag::O_DIRECTORY
+                };
+                cur = nix::fcntl::openat(
+                    &cur,
+                    *name,
+                    f | OFlag::O_NOFOLLOW,
+                    nix::sys::stat::Mode::empty(),
+                )
+                .map_err(|e| if e == Errno::ELOOP { Errno::EXDEV } else { e })?;
+            }
+            regular(fs::File::from(cur))
         }
-        read_capped(path, 16 * 1024 * 1024).ok()
+        Err(e) => Err(e.into()),
     }
 }
 
 /// Read at most `cap + 1` bytes, so a huge file costs nothing to reject.
+/// Only a regular file is read, opened without blocking: a FIFO planted
+/// under `requests/` never stalls the daemon.
 pub fn read_capped(path: &Path, cap: usize) -> std::io::Result<Vec<u8>> {
-    let f = fs::File::open(path)?;
+    read_capped_from(open_regular(path, OFlag::empty())?, cap)
+}
+
+fn read_capped_from(f: fs::File, cap: usize) -> std::io::Result<Vec<u8>> {
     let mut buf = Vec::new();
     f.take(cap as u64 + 1).read_to_end(&mut buf)?;
     Ok(buf)
@@ -83,12 +174,105 @@ pub struct Found {
     pub kind: Kind,
     pub path: PathBuf,
     pub key: FileKey,
+    /// Why the file is rejected without being read (a symlink leading out
+    /// of its folder, or one that cannot be resolved).
+    pub problem: Option<String>,
 }
 
-/// List candidate files under `dir/<folder>` for one folder. A missing
-/// folder is `Unavailable`; unreadable entries inside are skipped (they will
-/// be retried next pass).
-pub fn scan_folder(dir: &Path, folder: &str, kind: Kind) -> Result<Vec<Found>, SourceError> {
+/// A path below a kind folder that is not followed and is reported: a
+/// symlinked folder, a symlink loop. Everything else there keeps working.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Skipped {
+    pub path: PathBuf,
+    pub why: String,
+}
+
+/// What a scan of one kind folder found.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub found: Vec<Found>,
+    pub skipped: Vec<Skipped>,
+}
+
+/// What one path below a kind folder is, as the scan decides.
+enum Entry {
+    File(Found),
+    Skip(Skipped),
+    /// Not ours (not a candidate, gone, a plain folder): silently nothing.
+    Ignore,
+}
+
+/// Decide what a symlink below a kind folder is. Symlinks are never
+/// followed into folders (a `requests/evil -> /` would walk the host); a
+/// symlinked candidate file is read only when its target stays inside the
+/// kind folder (ConfigMap-style `x.toml -> ..data/x.toml`), else it is
+/// rejected for that path; a loop is reported for that path.
+fn classify_link(
+    root_canon: Option<&Path>,
+    kind: Kind,
+    path: &Path,
+    lmeta: &fs::Metadata,
+) -> Entry {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let candidate = desired::is_candidate(&name);
+    let skip = |why: String| {
+        Entry::Skip(Skipped {
+            path: path.to_path_buf(),
+            why,
+        })
+    };
+    let reject = |why: String| {
+        Entry::File(Found {
+            kind,
+            path: path.to_path_buf(),
+            key: FileKey::of(lmeta),
+            problem: Some(why),
+        })
+    };
+    match fs::metadata(path) {
+        // A dangling link is nothing (an editor's lock, a half-done swap).
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Entry::Ignore,
+        Err(e) if e.raw_os_error() == Some(Errno::ELOOP as i32) => {
+            let why = "symlink loop; not followed".to_string();
+            if candidate { reject(why) } else { skip(why) }
+        }
+        Err(e) => {
+            let why = format!("symlink cannot be resolved: {e}");
+            if candidate { reject(why) } else { skip(why) }
+        }
+        Ok(m) if m.is_dir() => skip(
+            "symlink to a folder; agentd does not follow symlinked folders below profiles/ and requests/ (only those two folders themselves may be symlinks)"
+                .to_string(),
+        ),
+        Ok(_) if !candidate => Entry::Ignore,
+        Ok(m) if !m.is_file() => Entry::Ignore,
+        Ok(m) => {
+            let inside = root_canon.is_some_and(|root| {
+                fs::canonicalize(path).is_ok_and(|target| target.starts_with(root))
+            });
+            if inside {
+                Entry::File(Found {
+                    kind,
+                    path: path.to_path_buf(),
+                    key: FileKey::of(&m),
+                    problem: None,
+                })
+            } else {
+                reject(
+                    "symlink leads outside its folder; agentd reads no host files outside the desired dir"
+                        .to_string(),
+                )
+            }
+        }
+    }
+}
+
+/// The kind folder `dir/<folder>` (followed if it is a symlink), or why it
+/// is unavailable.
+fn kind_root(dir: &Path, folder: &str) -> Result<PathBuf, SourceError> {
     let root = dir.join(folder);
     let meta = fs::metadata(&root).map_err(|e| SourceError::Unavailable {
         path: root.clone(),
@@ -100,9 +284,26 @@ pub fn scan_folder(dir: &Path, folder: &str, kind: Kind) -> Result<Vec<Found>, S
             reason: "not a folder".into(),
         });
     }
-    let mut out = Vec::new();
+    Ok(root)
+}
+
+/// List candidate files under `dir/<folder>` for one folder. A missing
+/// folder is `Unavailable`; unreadable entries inside are skipped (they will
+/// be retried next pass).
+pub fn scan_folder(dir: &Path, folder: &str, kind: Kind) -> Result<Vec<Found>, SourceError> {
+    Ok(scan(dir, folder, kind)?.found)
+}
+
+/// Scan one kind folder: candidate files, plus the symlinks it does not
+/// follow (reported, never walked into).
+pub fn scan(dir: &Path, folder: &str, kind: Kind) -> Result<Scan, SourceError> {
+    let root = kind_root(dir, folder)?;
+    let root_canon = fs::canonicalize(&root).ok();
+    let mut out = Scan::default();
+    // The root itself is followed (walkdir follows a root link); nothing
+    // below it is.
     let walker = WalkDir::new(&root)
-        .follow_links(true)
+        .follow_links(false)
         .min_depth(1)
         .into_iter()
         .filter_entry(|e| !e.file_name().to_string_lossy().starts_with('.'));
@@ -116,9 +317,9 @@ pub fn scan_folder(dir: &Path, folder: &str, kind: Kind) -> Result<Vec<Found>, S
             {
                 continue;
             }
-            // Anything else (a folder we cannot read, a symlink loop) hides
-            // files we would otherwise treat as deleted: the whole folder
-            // is unavailable this pass.
+            // Anything else (a folder we cannot read) hides files we would
+            // otherwise treat as deleted: the whole folder is unavailable
+            // this pass.
             Err(e) => {
                 return Err(SourceError::Unavailable {
                     path: e.path().map_or_else(|| root.clone(), Path::to_path_buf),
@@ -126,20 +327,49 @@ pub fn scan_folder(dir: &Path, folder: &str, kind: Kind) -> Result<Vec<Found>, S
                 });
             }
         };
-        if !entry.file_type().is_file() {
+        let ft = entry.file_type();
+        if ft.is_symlink() {
+            let Ok(lmeta) = entry.path().symlink_metadata() else {
+                continue;
+            };
+            match classify_link(root_canon.as_deref(), kind, entry.path(), &lmeta) {
+                Entry::File(f) => out.found.push(f),
+                Entry::Skip(s) => out.skipped.push(s),
+                Entry::Ignore => {}
+            }
+            continue;
+        }
+        if !ft.is_file() {
             continue;
         }
         if !desired::is_candidate(&entry.file_name().to_string_lossy()) {
             continue;
         }
         let Ok(meta) = entry.metadata() else { continue };
-        out.push(Found {
+        out.found.push(Found {
             kind,
             path: entry.into_path(),
             key: FileKey::of(&meta),
+            problem: None,
         });
     }
     Ok(out)
+}
+
+/// Whether a folder between `root` and `path` (exclusive of both) is a
+/// symlink: such a path is not part of the desired dir as agentd reads it.
+fn behind_link(root: &Path, path: &Path) -> bool {
+    let Some(parent) = path.parent() else {
+        return false;
+    };
+    let Ok(rel) = parent.strip_prefix(root) else {
+        return false;
+    };
+    let mut cur = root.to_path_buf();
+    rel.components().any(|c| {
+        cur.push(c);
+        fs::symlink_metadata(&cur).is_ok_and(|m| m.file_type().is_symlink())
+    })
 }
 
 /// One candidate file's last validation.
@@ -182,6 +412,8 @@ pub struct Source {
     /// Request ids per profile they name: re-checked when the profile changes.
     by_profile: HashMap<String, BTreeSet<String>>,
     desired: Desired,
+    /// Paths each kind folder's last scan did not follow (reported).
+    skipped: BTreeMap<Kind, Vec<Skipped>>,
     /// Files (re)validated by the last update, for tests and benchmarks.
     pub last_parsed: usize,
 }
@@ -194,6 +426,7 @@ impl Source {
             stems: HashMap::new(),
             by_profile: HashMap::new(),
             desired: Desired::default(),
+            skipped: BTreeMap::new(),
             last_parsed: 0,
         }
     }
@@ -206,8 +439,14 @@ impl Source {
     /// On `Unavailable` nothing is changed: the last good state stands.
     pub fn full_scan(&mut self, host: &dyn HostView) -> Result<(), SourceError> {
         let mut found = Vec::new();
+        let mut skipped = BTreeMap::new();
         for (folder, kind) in FOLDERS {
-            found.extend(scan_folder(&self.dir, folder, kind)?);
+            let scan = scan(&self.dir, folder, kind)?;
+            found.extend(scan.found);
+            skipped.insert(kind, scan.skipped);
+        }
+        for (kind, list) in skipped {
+            self.set_skipped(kind, list);
         }
         self.last_parsed = 0;
         let seen: HashSet<&PathBuf> = found.iter().map(|f| &f.path).collect();
@@ -262,19 +501,26 @@ impl Source {
             if hidden {
                 continue;
             }
+            let root = self.dir.join(folder);
+            // Below a symlinked folder is not ours: never followed.
+            if behind_link(&root, path) {
+                continue;
+            }
             if !desired::is_candidate(&name) {
                 rescan.insert((folder, kind));
                 continue;
             }
-            match std::fs::metadata(path) {
+            match std::fs::symlink_metadata(path) {
                 Ok(meta) if meta.is_file() => {
                     let f = Found {
                         kind,
                         path: path.clone(),
                         key: FileKey::of(&meta),
+                        problem: None,
                     };
                     self.refresh(&f, host, &mut touched);
                 }
+                // A symlinked file: the folder scan classifies it.
                 Ok(_) => {
                     rescan.insert((folder, kind));
                 }
@@ -289,7 +535,8 @@ impl Source {
             }
         }
         for (folder, kind) in rescan {
-            let found = scan_folder(&self.dir, folder, kind)?;
+            let Scan { found, skipped } = scan(&self.dir, folder, kind)?;
+            self.set_skipped(kind, skipped);
             let seen: HashSet<&PathBuf> = found.iter().map(|f| &f.path).collect();
             let root = self.dir.join(folder);
             let gone: Vec<PathBuf> = self
@@ -315,14 +562,19 @@ impl Source {
             return;
         }
         self.last_parsed += 1;
-        let bytes = read_capped(&f.path, MAX_FILE_BYTES);
-        let unreadable = |e: &std::io::Error| {
-            vec![Diagnostic::new(
-                &f.path,
-                None,
-                format!("cannot read file: {e}"),
-            )]
+        // One resolution below the kind folder, so a link swapped after
+        // the scan still cannot lead the read outside it.
+        let bytes = match &f.problem {
+            Some(why) => Err(why.clone()),
+            None => {
+                let root = self.dir.join(folder_of(f.kind));
+                let rel = f.path.strip_prefix(&root).unwrap_or(&f.path);
+                open_beneath(&root, rel)
+                    .and_then(|file| read_capped_from(file, MAX_FILE_BYTES))
+                    .map_err(|e| format!("cannot read file: {e}"))
+            }
         };
+        let unreadable = |why: &String| vec![Diagnostic::new(&f.path, None, why.clone())];
         let parsed = match f.kind {
             Kind::Profile => Parsed::Profile(match &bytes {
                 Ok(b) => desired::validate_profile(&f.path, b, host),
@@ -359,6 +611,21 @@ impl Source {
             }
         }
         touched.mark(kind, &stem);
+    }
+
+    /// Record what a scan of one kind folder did not follow, and publish
+    /// every such path as a diagnostic of the desired state.
+    fn set_skipped(&mut self, kind: Kind, list: Vec<Skipped>) {
+        self.skipped.insert(kind, list);
+        self.desired.skipped = self
+            .skipped
+            .values()
+            .flatten()
+            .map(|s| {
+                Diagnostic::new(&s.path, None, s.why.clone())
+                    .hint("remove the link, or replace it with a real folder or file")
+            })
+            .collect();
     }
 
     /// The files that currently have this stem.
@@ -571,6 +838,145 @@ mod tests {
         assert!(
             s.desired().requests.contains_key("r"),
             "nothing is forgotten while the source is away"
+        );
+    }
+
+    // --- issue 13: planted links and FIFOs ---
+
+    #[test]
+    fn planted_links_are_reported_and_skipped_while_the_rest_loads_issue_13() {
+        use std::os::unix::fs::symlink;
+        let d = tempfile::tempdir().expect("tempdir");
+        let dir = d.path();
+        let outside = tempfile::tempdir().expect("tempdir");
+        put(
+            dir,
+            "profiles/p.toml",
+            "base_image = \"i\"\ncommand = [\"x\"]\nrepo = \"/r\"\n",
+        );
+        put(dir, "requests/ok.toml", "profile = \"p\"\n");
+        put(outside.path(), "stolen.toml", "profile = \"p\"\n");
+        symlink("/", dir.join("requests/evil")).expect("ln");
+        symlink("loop", dir.join("requests/loop")).expect("ln");
+        symlink("self.toml", dir.join("requests/self.toml")).expect("ln");
+        symlink(
+            outside.path().join("stolen.toml"),
+            dir.join("requests/out.toml"),
+        )
+        .expect("ln");
+        symlink(outside.path(), dir.join("profiles/team")).expect("ln");
+        // A link to a file inside the folder (ConfigMap style) is read.
+        put(dir, "requests/..data/cm.toml", "profile = \"p\"\n");
+        symlink("..data/cm.toml", dir.join("requests/cm.toml")).expect("ln");
+        nix::unistd::mkfifo(
+            &dir.join("requests/fifo.toml"),
+            nix::sys::stat::Mode::S_IRWXU,
+        )
+        .expect("mkfifo");
+
+        let mut s = Source::new(dir);
+        s.full_scan(&RealHost)
+            .expect("a planted link never makes the source unavailable");
+        let want_valid = ["cm", "ok"];
+        for id in want_valid {
+            assert!(
+                matches!(
+                    s.desired().requests.get(id),
+                    Some(desired::RequestEntry::Valid(_))
+                ),
+                "{id}: {:?}",
+                s.desired().requests.get(id)
+            );
+        }
+        fn invalid(s: &Source, id: &str) -> String {
+            match s.desired().requests.get(id) {
+                Some(desired::RequestEntry::Invalid(r)) => r.summary(),
+                other => panic!("{id}: {other:?}"),
+            }
+        }
+        assert!(invalid(&s, "out").contains("symlink leads outside its folder"));
+        assert!(invalid(&s, "self").contains("symlink loop"));
+        assert!(!s.desired().requests.contains_key("fifo"));
+        let skipped: Vec<String> = s
+            .desired()
+            .skipped
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(skipped.len(), 3, "{skipped:#?}");
+        assert!(
+            skipped[0].contains("profiles/team: symlink to a folder"),
+            "{skipped:#?}"
+        );
+        assert!(
+            skipped[1].contains("requests/evil: symlink to a folder"),
+            "{skipped:#?}"
+        );
+        assert!(
+            skipped[2].contains("requests/loop: symlink loop"),
+            "{skipped:#?}"
+        );
+        same_as_fresh(&s, dir);
+
+        // Events naming paths behind a symlinked folder are not followed.
+        s.update_paths(
+            &[
+                dir.join("profiles/team/x.toml"),
+                dir.join("requests/evil/etc/passwd"),
+            ]
+            .into(),
+            &RealHost,
+        )
+        .expect("update");
+        assert_eq!(s.last_parsed, 0);
+        // An event on a planted link re-classifies it, never reads through it.
+        s.update_paths(&[dir.join("requests/out.toml")].into(), &RealHost)
+            .expect("update");
+        assert!(invalid(&s, "out").contains("symlink leads outside its folder"));
+        same_as_fresh(&s, dir);
+    }
+
+    #[test]
+    fn a_fifo_is_never_opened_blocking_issue_13() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let fifo = d.path().join("x.toml");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        // These would hang forever with a blocking open (no writer).
+        assert!(read_capped(&fifo, 10).is_err());
+        assert!(RealHost.read(&fifo).is_none());
+        assert!(
+            RealHost
+                .read_beneath(d.path(), Path::new("x.toml"), 10)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn an_artifact_is_read_beneath_the_requests_folder_only_issue_13() {
+        use std::os::unix::fs::symlink;
+        let d = tempfile::tempdir().expect("tempdir");
+        let outside = tempfile::tempdir().expect("tempdir");
+        put(outside.path(), "secret.json", "{\"secret\": 1}");
+        let req = d.path().join("requests");
+        put(&req, "in/a.json", "{\"a\": 1}");
+        symlink(outside.path(), req.join("out")).expect("ln");
+        symlink("in", req.join("sub")).expect("ln");
+        symlink(outside.path().join("secret.json"), req.join("abs.json")).expect("ln");
+        let read = |rel: &str| RealHost.read_beneath(&req, Path::new(rel), 1024);
+        assert_eq!(read("in/a.json").expect("inside"), b"{\"a\": 1}");
+        // A link that stays inside is fine; one that leaves is refused.
+        assert_eq!(read("sub/a.json").expect("inside link"), b"{\"a\": 1}");
+        let why = read("out/secret.json").expect_err("outside");
+        assert!(why.contains("resolves outside"), "{why}");
+        assert!(
+            read("abs.json")
+                .expect_err("absolute link")
+                .contains("resolves outside")
+        );
+        assert!(
+            read("in")
+                .expect_err("a folder")
+                .contains("not a regular file")
         );
     }
 }

@@ -6,6 +6,7 @@ mod cli;
 mod convergence;
 mod git_server;
 mod hardening_daemon;
+mod hardening_desired;
 mod hardening_repos;
 mod podman;
 mod scheduling;
