@@ -201,7 +201,7 @@ fn ready_follows_the_first_full_pass_and_status_tracks_counts_issue_11() {
         w.log()
     );
     assert!(
-        took < Duration::from_secs(2),
+        took < Duration::from_secs(3),
         "first SIGTERM with nothing running took {took:?} to exit; {stop:?}"
     );
     assert!(w.log().contains("drained: no sessions left"), "{}", w.log());
@@ -214,35 +214,37 @@ fn watchdog_pings_come_from_the_loop_when_watchdog_pid_is_ours_issue_11() {
     }
     let w = World::new();
     let n = NotifySocket::new();
-    // 400 ms: the loop must wake and ping at least every 200 ms, though
+    // 1 s: the loop must wake and ping at least every 500 ms, though
     // nothing else happens.
-    let _d = spawn_daemon(&w, &n.path, Some("$$"), &[("WATCHDOG_USEC", "400000")]);
+    let _d = spawn_daemon(&w, &n.path, Some("$$"), &[("WATCHDOG_USEC", "1000000")]);
     n.until("READY=1", Duration::from_secs(60), |m| {
         m.lines().any(|l| l == "READY=1")
     });
     let t0 = Instant::now();
     let mut pings = 0;
-    while t0.elapsed() < Duration::from_secs(2) {
-        if let Some(m) = n.recv(Duration::from_millis(300)) {
+    // Generous bounds for a loaded machine: no gap as long as the watchdog
+    // interval itself, and most of the expected pings.
+    while t0.elapsed() < Duration::from_secs(3) {
+        if let Some(m) = n.recv(Duration::from_millis(1000)) {
             pings += usize::from(m.lines().any(|l| l == "WATCHDOG=1"));
         } else {
             panic!(
-                "no notification for 300 ms with WATCHDOG_USEC=400000 ({pings} pings so far)\n{}",
+                "no notification for 1 s with WATCHDOG_USEC=1000000 ({pings} pings so far)\n{}",
                 w.log()
             );
         }
     }
-    assert!(pings >= 6, "only {pings} WATCHDOG=1 in 2 s\n{}", w.log());
+    assert!(pings >= 4, "only {pings} WATCHDOG=1 in 3 s\n{}", w.log());
 
     // WATCHDOG_PID names another process: the watchdog is not ours.
     let w2 = World::new();
     let n2 = NotifySocket::new();
-    let _d2 = spawn_daemon(&w2, &n2.path, Some("1"), &[("WATCHDOG_USEC", "400000")]);
+    let _d2 = spawn_daemon(&w2, &n2.path, Some("1"), &[("WATCHDOG_USEC", "1000000")]);
     n2.until("READY=1", Duration::from_secs(60), |m| {
         m.lines().any(|l| l == "READY=1")
     });
     let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_millis(1500) {
+    while t0.elapsed() < Duration::from_millis(2500) {
         if let Some(m) = n2.recv(Duration::from_millis(100)) {
             assert!(
                 !m.lines().any(|l| l == "WATCHDOG=1"),
