@@ -129,7 +129,13 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
         match podman.check_available().await {
             Ok(version) => tracing::debug!(podman_version = %version, "podman answers"),
             Err(e) => {
-                let _ = writeln!(std::io::stderr(), "agentd: error: {e}");
+                // `<3>`: journald files the line at priority "err".
+                let level = if super::stderr_is_journal() {
+                    "<3>"
+                } else {
+                    ""
+                };
+                let _ = writeln!(std::io::stderr(), "{level}agentd: error: {e}");
                 return Ok(ExitCode::from(1));
             }
         }

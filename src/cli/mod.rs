@@ -209,7 +209,7 @@ pub fn init_tracing() {
 /// `JOURNAL_STREAM` (`DEVICE:INODE`, set by systemd for a service whose
 /// stderr is the journal) names the file stderr is: a child whose stderr was
 /// redirected elsewhere inherits the variable but not the match.
-fn stderr_is_journal() -> bool {
+pub(crate) fn stderr_is_journal() -> bool {
     let Some(var) = std::env::var_os("JOURNAL_STREAM") else {
         return false;
     };
