@@ -1,5 +1,6 @@
 //! `agentd daemon` (also bare `agentd`): the foreground reconciler.
 
+use std::io::Write as _;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -130,13 +131,27 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async move {
+        let podman = Podman::default();
+        // Fail fast: a daemon that cannot reach Podman would only retry.
+        match podman.check_available().await {
+            Ok(version) => tracing::debug!(podman_version = %version, "podman answers"),
+            Err(e) => {
+                // `<3>`: journald files the line at priority "err".
+                let level = if super::stderr_is_journal() {
+                    "<3>"
+                } else {
+                    ""
+                };
+                let _ = writeln!(std::io::stderr(), "{level}agentd: error: {e}");
+                return Ok(ExitCode::from(1));
+            }
+        }
         let (tx, rx) = mpsc::channel::<Event>(64);
         let hard_stop = CancellationToken::new();
         spawn_signal_handler(tx.clone(), hard_stop.clone())?;
-        daemon::run(settings, Podman::default(), hard_stop, tx, rx).await?;
-        Ok::<_, anyhow::Error>(())
-    })?;
-    Ok(ExitCode::SUCCESS)
+        daemon::run(settings, podman, hard_stop, tx, rx).await?;
+        Ok::<_, anyhow::Error>(ExitCode::SUCCESS)
+    })
 }
 
 /// First SIGINT/SIGTERM drains, a second exits at once; SIGHUP rescans.

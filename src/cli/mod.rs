@@ -160,17 +160,44 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Logs go to stderr: JSON lines when stderr is not a terminal (journald,
-/// files, CI), human-readable when it is. `AGENTD_LOG` (or `RUST_LOG`) sets
-/// the filter, default `info`.
+/// Logs go to stderr: JSON lines when stderr is not a terminal (files, CI),
+/// human-readable when it is. When stderr is the journal (systemd set
+/// `JOURNAL_STREAM` to stderr's device and inode), events go to journald's
+/// native socket instead, so their fields stay fields (`journalctl -o json`
+/// shows `REQUEST=`, `ERROR=`, ...); without the socket, stderr as before.
+/// `AGENTD_LOG` (or `RUST_LOG`) sets the filter, default `info`.
 pub fn init_tracing() {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = std::env::var("AGENTD_LOG")
         .ok()
         .and_then(|f| EnvFilter::try_new(f).ok())
         .or_else(|| EnvFilter::try_from_default_env().ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
+    if stderr_is_journal() {
+        match tracing_journald::layer() {
+            Ok(layer) => {
+                // Fields keep their own names (upper-cased): `journalctl
+                // REQUEST=r1` finds a request's lines.
+                let layer = layer
+                    .with_field_prefix(None)
+                    .with_syslog_identifier("agentd".into());
+                tracing_subscriber::registry()
+                    .with(filter)
+                    .with(layer)
+                    .init();
+                return;
+            }
+            Err(e) => {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "agentd: journald socket unavailable ({e}); logging to stderr"
+                );
+            }
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -185,10 +212,41 @@ pub fn init_tracing() {
     }
 }
 
+/// `JOURNAL_STREAM` (`DEVICE:INODE`, set by systemd for a service whose
+/// stderr is the journal) names the file stderr is: a child whose stderr was
+/// redirected elsewhere inherits the variable but not the match.
+pub(crate) fn stderr_is_journal() -> bool {
+    let Some(var) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(st) = nix::sys::stat::fstat(std::io::stderr()) else {
+        return false;
+    };
+    journal_stream_matches(&var.to_string_lossy(), st.st_dev, st.st_ino)
+}
+
+fn journal_stream_matches(var: &str, dev: u64, ino: u64) -> bool {
+    let Some((d, i)) = var.split_once(':') else {
+        return false;
+    };
+    d.parse() == Ok(dev) && i.parse() == Ok(ino)
+}
+
 /// A closed stdout (`agentd status | head`) is not an error.
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn journal_stream_must_name_stderr_itself_issue_11() {
+        assert!(super::journal_stream_matches("64769:1234", 64769, 1234));
+        assert!(!super::journal_stream_matches("64769:1234", 64769, 1235));
+        assert!(!super::journal_stream_matches("64769", 64769, 1234));
+        assert!(!super::journal_stream_matches("", 0, 0));
+    }
 }

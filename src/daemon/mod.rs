@@ -5,6 +5,7 @@
 //! next periodic resync (`RESYNC`).
 
 mod lock;
+mod notify;
 pub mod private;
 mod watch;
 
@@ -105,6 +106,7 @@ pub async fn run(
     // What daemon.json last said was not followed (symlinked folders, loops).
     let mut reported_skipped: Vec<Diagnostic> = Vec::new();
     let mut passes: u64 = 0;
+    let mut notifier = notify::Notifier::from_env();
     loop {
         let pass_start = std::time::Instant::now();
         let changes = {
@@ -217,6 +219,9 @@ pub async fn run(
             "pass"
         );
         source.last_parsed = 0;
+        // READY=1 after the first full pass, STATUS= on change, WATCHDOG=1.
+        let summary = notify::summary(guard(&sh.store).all().values(), admitting, source_available);
+        notifier.after_pass(summary);
         if !admitting && idle(&sh) {
             tracing::info!("drained: no sessions left; exiting");
             break;
@@ -232,6 +237,9 @@ pub async fn run(
             };
             wake_at = wake_at.min(Instant::now() + wait);
         }
+        if let Some(max) = notifier.max_sleep() {
+            wake_at = wake_at.min(Instant::now() + max);
+        }
         tokio::select! {
             ev = rx.recv() => {
                 let mut evs = vec![ev];
@@ -241,6 +249,7 @@ pub async fn run(
                 for ev in evs.into_iter().flatten() {
                     match ev {
                         Event::Drain => {
+                            notifier.stopping();
                             if admitting {
                                 tracing::info!("draining: admitting nothing new; waiting for running sessions (signal again to exit now)");
                             }
@@ -259,6 +268,7 @@ pub async fn run(
             }
             () = tokio::time::sleep_until(wake_at) => {}
             () = hard_stop.cancelled() => {
+                notifier.stopping();
                 tracing::warn!("exiting now; running containers are left for the next start to adopt");
                 break;
             }
@@ -397,7 +407,7 @@ fn apply_event(t: &mut ContainerTable, ev: &ContainerEvent) {
 async fn follow_container_events(sh: Arc<Shared>) {
     let mut backoff = Duration::from_millis(500);
     loop {
-        match sh.podman.events(&sh.settings.instance) {
+        match sh.podman.events(&sh.settings.instance).await {
             Ok(mut stream) => {
                 while let Some(ev) = stream.next().await {
                     backoff = Duration::from_millis(500);

@@ -349,7 +349,7 @@ impl Shared {
                 profile,
                 message,
             } => {
-                tracing::warn!(request = %request, profile = %profile, message = %message, "request invalid");
+                tracing::warn!(request = %request, profile = %profile, problem = %message, "request invalid");
                 let mut s = lock(&self.store)
                     .get(&request)
                     .cloned()

@@ -10,6 +10,7 @@ mod hardening_desired;
 mod hardening_repos;
 mod podman;
 mod scheduling;
+mod service_daemon;
 mod sessions;
 mod tidy;
 mod util;

@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
+use std::sync::OnceLock;
+use std::sync::mpsc as std_mpsc;
 
 use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
@@ -59,6 +61,69 @@ pub fn parse_event(line: &str) -> Option<ContainerEvent> {
     })
 }
 
+/// A `podman events` child outlives a daemon killed with SIGKILL unless the
+/// kernel kills it: `PR_SET_PDEATHSIG`. That signal fires when the *thread*
+/// that forked the child exits, not the process, and the async runtime's
+/// threads come and go (a worker handed over by `block_in_place`, blocking
+/// threads idle for 10 s). So the child is forked from one thread made for
+/// it that never exits: it blocks on a channel whose sender lives in a
+/// static, so it lives exactly as long as the daemon's process.
+fn spawn_tied_to_daemon(
+    mut cmd: Command,
+) -> impl Future<Output = std::io::Result<Child>> + Send + 'static {
+    type Job = (
+        Command,
+        tokio::runtime::Handle,
+        tokio::sync::oneshot::Sender<std::io::Result<Child>>,
+    );
+    static SPAWNER: OnceLock<std::io::Result<std_mpsc::Sender<Job>>> = OnceLock::new();
+    let parent = nix::unistd::getpid();
+    // SAFETY: the closure runs in the forked child before exec, where only
+    // async-signal-safe calls are allowed. It makes two raw syscalls
+    // (prctl(PR_SET_PDEATHSIG) and getppid) and on failure builds an
+    // io::Error from an errno, which does not allocate; it takes no lock and
+    // touches no shared state (`parent` is a copied integer).
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+            // The daemon may have died between fork and prctl: then the
+            // signal will never come, and the child was re-parented.
+            if nix::unistd::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(nix::libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let queued = match SPAWNER.get_or_init(|| {
+        let (tx, rx) = std_mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("agentd-spawner".into())
+            .spawn(move || {
+                for (mut cmd, rt, reply) in rx {
+                    // Spawning registers the child with the runtime's reaper.
+                    let _in_runtime = rt.enter();
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .map(|_| tx)
+    }) {
+        Ok(tx) => tx
+            .send((cmd, tokio::runtime::Handle::current(), reply))
+            .map_err(|_| std::io::Error::other("the spawner thread is gone")),
+        Err(e) => Err(std::io::Error::new(
+            e.kind(),
+            format!("cannot start the spawner thread: {e}"),
+        )),
+    };
+    async move {
+        queued?;
+        answer
+            .await
+            .map_err(|_| std::io::Error::other("the spawner thread is gone"))?
+    }
+}
+
 /// A running `podman events` process.
 pub struct EventStream {
     child: Child,
@@ -66,18 +131,20 @@ pub struct EventStream {
 }
 
 impl EventStream {
-    pub fn spawn(program: &str, instance: &str) -> Result<EventStream, PodmanError> {
+    /// Start `podman events` for this instance. The child dies with the
+    /// daemon, even on SIGKILL (see `spawn_tied_to_daemon`).
+    pub async fn spawn(program: &str, instance: &str) -> Result<EventStream, PodmanError> {
         let mut cmd = Command::new(program);
         super::scrub_env(&mut cmd);
-        let mut child = cmd
-            .args(["events", "--format=json"])
+        cmd.args(["events", "--format=json"])
             .arg(format!("--filter=label={}={instance}", labels::INSTANCE))
             .arg("--filter=type=container")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
+            .kill_on_drop(true);
+        let mut child = spawn_tied_to_daemon(cmd)
+            .await
             .map_err(|source| PodmanError::Spawn {
                 program: program.into(),
                 source,

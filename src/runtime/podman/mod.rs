@@ -49,6 +49,31 @@ pub enum PodmanError {
     Parse { verb: String, reason: String },
 }
 
+/// Why the daemon cannot start: Podman is missing or not answering. Each
+/// message says what to install or start.
+#[derive(Debug, thiserror::Error)]
+pub enum Unavailable {
+    #[error(
+        "podman is not installed: cannot run `{program}`: {source}; hint: install podman (Debian/Ubuntu: `apt-get install podman`, Fedora/RHEL: `dnf install podman`), put it on the daemon's PATH, or set AGENTD_PODMAN to its absolute path"
+    )]
+    Missing {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "podman is not answering: `{program} info` did not finish within {secs}s; hint: run `podman info` as the daemon's user to see where it hangs (a stuck podman process holding the storage lock, a hung storage mount); with CONTAINER_HOST set, start the Podman service (`systemctl start podman.socket`, or `systemctl --user start podman.socket` rootless); AGENTD_PODMAN_TIMEOUT sets this limit"
+    )]
+    NotAnswering { program: String, secs: u64 },
+    #[error(
+        "podman is not working: `{program} info` failed (exit {code}): {stderr}; hint: run `podman info` as the daemon's user and fix what it reports (rootless: a subuid/subgid range in /etc/subuid and /etc/subgid, a set XDG_RUNTIME_DIR; remote: start the Podman service)"
+    )]
+    Failed {
+        program: String,
+        code: i32,
+        stderr: String,
+    },
+}
+
 impl PodmanError {
     /// The image is not in local storage (agentd never pulls).
     pub fn is_image_missing(&self) -> bool {
@@ -165,6 +190,34 @@ impl Podman {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// Podman is installed and answers `podman info` (which reads its
+    /// storage and finds its OCI runtime) within the quick-call limit, at
+    /// most 30 s. Returns podman's version.
+    pub async fn check_available(&self) -> Result<String, Unavailable> {
+        let limit = self.timeout.min(Duration::from_secs(30));
+        let args = ["info".into(), "--format={{.Version.Version}}".into()];
+        match self.call(&args, limit).await {
+            Ok(out) => Ok(out.trim().to_string()),
+            Err(PodmanError::Spawn { program, source }) => {
+                Err(Unavailable::Missing { program, source })
+            }
+            Err(PodmanError::Timeout { .. }) => Err(Unavailable::NotAnswering {
+                program: self.program.clone(),
+                secs: limit.as_secs_f64().ceil() as u64,
+            }),
+            Err(PodmanError::Failed { code, stderr, .. }) => Err(Unavailable::Failed {
+                program: self.program.clone(),
+                code,
+                stderr,
+            }),
+            Err(PodmanError::Parse { reason, .. }) => Err(Unavailable::Failed {
+                program: self.program.clone(),
+                code: 0,
+                stderr: reason,
+            }),
+        }
+    }
+
     /// Create and start a session container; returns its id.
     pub async fn run(&self, spec: &RunSpec) -> Result<String, PodmanError> {
         let out = self.call(&run_args(spec), self.timeout).await?;
@@ -226,8 +279,8 @@ impl Podman {
     }
 
     /// Follow container events of this instance.
-    pub fn events(&self, instance: &str) -> Result<EventStream, PodmanError> {
-        EventStream::spawn(&self.program, instance)
+    pub async fn events(&self, instance: &str) -> Result<EventStream, PodmanError> {
+        EventStream::spawn(&self.program, instance).await
     }
 }
 
