@@ -32,6 +32,15 @@ fn identity(meta: &fs::Metadata) -> String {
     format!("{}:{born}", meta.ino())
 }
 
+/// Remove a work folder and whatever the agent left in it (any depth, any
+/// modes, symlinks never followed, a few descriptors at most), on a
+/// blocking thread so the async workers never wait on the filesystem.
+pub async fn remove(root: PathBuf) -> io::Result<()> {
+    tokio::task::spawn_blocking(move || crate::fdtree::remove_tree(&root))
+        .await
+        .map_err(io::Error::other)?
+}
+
 pub struct WorkDir {
     pub root: PathBuf,
 }
@@ -86,7 +95,7 @@ impl WorkDir {
     }
     /// Create the folder skeleton (before the clone).
     pub fn create(root: PathBuf) -> io::Result<WorkDir> {
-        let _ = fs::remove_dir_all(&root);
+        crate::fdtree::remove_tree(&root)?;
         if let Some(parent) = root.parent() {
             fs::DirBuilder::new()
                 .recursive(true)
