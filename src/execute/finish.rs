@@ -372,11 +372,23 @@ async fn seal_record(
             Ok(note)
         }
         Err(e) => {
-            sh.retry_later(
+            let attempts = sh.retry_later(
                 request,
                 &format!("finishing: sealing the audit record: {e}"),
             );
-            Err(())
+            if attempts < SEAL_ATTEMPTS {
+                return Err(());
+            }
+            // Whatever the agent left must not hold the slot, the container
+            // or the work folder forever: the record stays incomplete.
+            tracing::error!(request, attempts, error = %e, "giving up sealing the audit record");
+            Ok(Some(format!(
+                "audit record left incomplete: sealing failed {attempts} times: {e}"
+            )))
         }
     }
 }
+
+/// Sealing attempts before a record is left incomplete (with backoff,
+/// about 15 s in all).
+const SEAL_ATTEMPTS: u32 = 5;

@@ -4,6 +4,7 @@
 mod audit;
 mod cli;
 mod convergence;
+mod hardening_seal;
 mod podman;
 mod scheduling;
 mod sessions;
