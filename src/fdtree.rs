@@ -183,7 +183,7 @@ pub fn remove_tree_at(parent: &Dir, name: &CStr) -> io::Result<()> {
             let next = match open_dir_at(&cur, &child) {
                 Ok(d) => d,
                 Err(Errno::ENOENT) => continue,
-                Err(Errno::ENOTDIR) => {
+                Err(Errno::ENOTDIR | Errno::ELOOP) => {
                     unlink_at(&cur, &child, UnlinkatFlags::NoRemoveDir)?;
                     continue;
                 }

@@ -320,8 +320,9 @@ async fn remove_work_dir(
         add_note(
             message,
             Some(format!(
-                "work folder {} not removed yet ({e}); the daemon retries it",
-                work.display()
+                "work folder {} not removed yet ({e}); {}",
+                work.display(),
+                super::leftovers::LEFT_NOTE_END
             )),
         );
     }

@@ -13,6 +13,9 @@ use std::time::Instant;
 
 use super::{Backoff, Shared, backoff_delay, lock};
 
+/// How the note of a work folder left behind ends (see `finish.rs`).
+pub const LEFT_NOTE_END: &str = "the daemon retries it";
+
 /// Sweep state: one sweep at a time, and the folders that failed.
 #[derive(Debug, Default)]
 pub struct Leftovers {
@@ -33,6 +36,32 @@ impl Shared {
             .filter(|s| s.phase.is_active() || busy.contains(&s.request))
             .filter_map(|s| s.session_id.clone())
             .collect()
+    }
+
+    /// The session whose folder was left behind says so in its message
+    /// (`finish::remove_work_dir`): now say it is gone.
+    fn note_removed(&self, session_id: &str, shown: &str) {
+        let request = lock(&self.store)
+            .all()
+            .values()
+            .find(|s| s.session_id.as_deref() == Some(session_id))
+            .map(|s| s.request.clone());
+        let Some(request) = request else { return };
+        let (from, to) = (
+            format!("work folder {shown} not removed yet"),
+            LEFT_NOTE_END,
+        );
+        self.update_status(&request, |s| {
+            if let Some(m) = &mut s.message
+                && let Some(a) = m.find(&from)
+                && let Some(b) = m[a..].find(to)
+            {
+                m.replace_range(
+                    a..a + b + to.len(),
+                    &format!("work folder {shown} removed on a later try"),
+                );
+            }
+        });
     }
 
     /// Remove work folders of sessions that no longer run, off the loop.
@@ -77,11 +106,15 @@ impl Shared {
                 match result {
                     Ok(()) => {
                         let retried = l.failed.remove(&name);
+                        drop(l);
                         tracing::info!(
                             work_dir = %shown,
                             attempts = retried.map_or(0, |b| b.attempts),
                             "removed stale work folder"
                         );
+                        if retried.is_some() {
+                            sh.note_removed(&name, &shown);
+                        }
                     }
                     Err(e) => {
                         let b = l.failed.entry(name).or_insert(Backoff {

@@ -307,6 +307,11 @@ fn a_work_folder_that_cannot_be_removed_is_reported_and_retried_issue_13() {
         || !work.exists(),
     );
     assert!(w.log().contains("removed stale work folder"));
+    w.wait_for("r", Duration::from_secs(10), |s| {
+        s["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("removed on a later try") && !m.contains("not removed"))
+    });
 }
 
 #[test]
