@@ -235,6 +235,39 @@ mod tests {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
     }
 
+    /// A 2,000-level tree, removed by a process allowed 32 descriptors
+    /// (`prlimit`): std's `remove_dir_all` holds one per level and fails.
+    #[test]
+    fn removal_needs_a_few_descriptors_at_any_depth() {
+        const CHILD: &str = "AGENTD_FDTREE_TEST_REMOVE";
+        if let Some(dir) = std::env::var_os(CHILD) {
+            remove_tree(Path::new(&dir)).expect("removed with 32 descriptors");
+            return;
+        }
+        let t = tempfile::tempdir().expect("tempdir");
+        let root = t.path().join("work");
+        std::fs::create_dir(&root).expect("mkdir");
+        let mut cur = open_dir(&root).expect("open");
+        for _ in 0..2000 {
+            nix::sys::stat::mkdirat(&cur, c"d", Mode::from_bits_truncate(0o700)).expect("mkdir");
+            cur = Dir::openat(&cur, c"d", dir_flags(), Mode::empty()).expect("open");
+        }
+        drop(cur);
+        let out = std::process::Command::new("prlimit")
+            .arg("--nofile=32")
+            .arg(std::env::current_exe().expect("test binary"))
+            .args([
+                "--exact",
+                "fdtree::tests::removal_needs_a_few_descriptors_at_any_depth",
+                "--test-threads=1",
+            ])
+            .env(CHILD, &root)
+            .output()
+            .expect("prlimit (util-linux) runs");
+        assert!(out.status.success(), "{out:?}");
+        assert!(!root.exists());
+    }
+
     #[test]
     fn removes_deep_trees_with_odd_modes_and_never_follows_links() {
         let t = tempfile::tempdir().expect("tempdir");
