@@ -138,8 +138,9 @@ fn huge_sparse_and_deep_content_cannot_stall_finishing_or_hold_the_slot_issue_13
 
 /// Agent-made odd modes in the record and in the home: a folder with no
 /// bits, setuid and setgid files, world-writable files and folders, a
-/// read-only folder in the home. `AGENTD_WORK_UNIT=link` adds a hard link.
-const ODD: &str = r#"cd "$AGENTD_AUDIT_DIR" && mkdir -p closed/inner wwd && echo f > closed/inner/f && chmod 000 closed/inner && echo s > suid && chmod 4777 suid && echo g > sgid && chmod 2777 sgid && echo w > ww && chmod 666 ww && chmod 777 wwd && ln -s /etc/shadow link && mkfifo fifo && chmod 666 fifo && if [ "$AGENTD_WORK_UNIT" = link ]; then ln suid alias; fi && cd "$HOME" && mkdir -p locked/in && echo x > locked/in/f && chmod 000 locked/in && chmod 500 locked && echo r > ro && chmod 444 ro"#;
+/// FIFO; in the home a read-only folder, a folder without its x bit, a
+/// read-only file. `AGENTD_WORK_UNIT=link` adds a hard link.
+const ODD: &str = r#"cd "$AGENTD_AUDIT_DIR" && mkdir -p closed/inner wwd && echo f > closed/inner/f && chmod 000 closed/inner && echo s > suid && chmod 4777 suid && echo g > sgid && chmod 2777 sgid && echo w > ww && chmod 666 ww && chmod 777 wwd && ln -s /etc/shadow link && mkfifo fifo && chmod 666 fifo && if [ "$AGENTD_WORK_UNIT" = link ]; then ln suid alias; fi && cd "$HOME" && mkdir -p locked/in && echo x > locked/in/f && chmod 000 locked/in && chmod 500 locked && echo r > ro && chmod 444 ro && mkdir nox && echo n > nox/f && chmod 600 nox"#;
 
 #[test]
 fn odd_modes_are_taken_back_in_sealed_and_refused_records_issue_13() {
