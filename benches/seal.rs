@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use agentd::audit::{Record, SessionRecord};
+use agentd::audit::{Limits, Record, SealOptions, SessionRecord};
 
 fn record(root: &std::path::Path, sid: &str) -> Record {
     let r = Record {
@@ -33,6 +33,15 @@ fn start_form(sid: &str) -> SessionRecord {
         image_id: None,
         image_digest: None,
         message: None,
+        cut: None,
+    }
+}
+
+/// The daemon's defaults: 1 GiB of `session/` hashed, session uid 10001.
+fn options() -> SealOptions {
+    SealOptions {
+        limits: Limits::with_max_bytes(1 << 30),
+        session_uid: 10_001,
     }
 }
 
@@ -48,7 +57,7 @@ fn main() {
         std::fs::write(d.join(format!("f{i}.txt")), format!("file {i}\n")).expect("write");
     }
     let t = Instant::now();
-    r.seal(&start_form("small")).expect("seal");
+    r.seal(&start_form("small"), &options()).expect("seal");
     let small = t.elapsed();
 
     let r = record(tmp.path(), "big");
@@ -62,7 +71,7 @@ fn main() {
         f.sync_all().expect("sync");
     }
     let t = Instant::now();
-    r.seal(&start_form("big")).expect("seal");
+    r.seal(&start_form("big"), &options()).expect("seal");
     let big = t.elapsed();
 
     println!(

@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod desired;
 pub mod execute;
 pub mod fault;
+pub mod fdtree;
 pub mod fsutil;
 pub mod observed;
 pub mod plan;

@@ -8,6 +8,7 @@
 //! incomplete by design: it never claims an end that did not happen.
 
 mod console;
+pub mod manifest;
 mod seal;
 pub mod verify;
 
@@ -19,7 +20,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use console::{K8sLogReader, k8s_to_raw};
-pub use seal::{MANIFEST, SealError, hash_file};
+pub use seal::{Limits, MANIFEST, SealError, SealOptions, Sealed, hash_file};
 
 use crate::fsutil::write_atomic;
 use crate::observed::Outcome;
@@ -64,6 +65,37 @@ pub struct SessionRecord {
     pub image_digest: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// What of `session/` was over budget and left out of the sealed record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cut: Option<Cut>,
+}
+
+/// `session.json`'s `cut`: entries of `session/` left out of a sealed
+/// record because they were over its budget (removed, never hashed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cut {
+    /// Entries removed (a folder cut whole counts once).
+    pub entries: u64,
+    /// Their apparent size in bytes, as far as known (a cut folder's
+    /// content is not counted).
+    pub bytes: u64,
+    /// Why, one reason per kind of limit passed, `; `-separated.
+    pub reason: String,
+    /// The first few of them, relative to the record, escaped as in the manifest.
+    pub paths: Vec<String>,
+}
+
+impl Cut {
+    /// One line for the status message.
+    pub fn note(&self) -> String {
+        format!(
+            "audit record sealed without {} entr{} of session/ ({} bytes): {}; see `cut` in agentd/session.json",
+            self.entries,
+            if self.entries == 1 { "y" } else { "ies" },
+            self.bytes,
+            self.reason
+        )
+    }
 }
 
 /// One session's record folder.

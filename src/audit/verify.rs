@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use super::manifest;
 use super::seal::{MANIFEST, SESSION_JSON, hash_file, hash_record};
 
 /// What verifying one record found.
@@ -12,6 +13,8 @@ pub enum Finding {
     /// No final session.json: the session never finished cleanly. Not a
     /// tampering sign by itself, so it is reported apart.
     Incomplete,
+    /// The file names below are shown escaped as in the manifest
+    /// (`manifest::display`): a newline in a name never reaches the output.
     Missing(String),
     Changed(String),
     Extra(String),
@@ -31,37 +34,27 @@ impl std::fmt::Display for Finding {
     }
 }
 
-/// Parse `sha256sum` lines: `<64 hex>  <path>`.
-pub fn parse_manifest(text: &str) -> Result<BTreeMap<String, String>, String> {
-    let mut out = BTreeMap::new();
-    for (i, line) in text.lines().enumerate() {
-        let (hash, path) = line
-            .split_once("  ")
-            .ok_or_else(|| format!("line {}: not `<hash>  <path>`", i + 1))?;
-        if hash.len() != 64 || !hash.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(format!("line {}: bad hash", i + 1));
-        }
-        out.insert(path.to_string(), hash.to_string());
-    }
-    Ok(out)
+/// Parse `sha256sum` lines (see `manifest::parse`: escaped names too).
+pub fn parse_manifest(text: &[u8]) -> Result<BTreeMap<Vec<u8>, String>, String> {
+    manifest::parse(text)
 }
 
 /// Compare a manifest with what is on disk (both as path -> hash).
 pub fn compare(
-    manifest: &BTreeMap<String, String>,
-    actual: &BTreeMap<String, String>,
+    listed: &BTreeMap<Vec<u8>, String>,
+    actual: &BTreeMap<Vec<u8>, String>,
 ) -> Vec<Finding> {
     let mut out = Vec::new();
-    for (p, h) in manifest {
+    for (p, h) in listed {
         match actual.get(p) {
-            None => out.push(Finding::Missing(p.clone())),
-            Some(a) if a != h => out.push(Finding::Changed(p.clone())),
+            None => out.push(Finding::Missing(manifest::display(p))),
+            Some(a) if a != h => out.push(Finding::Changed(manifest::display(p))),
             Some(_) => {}
         }
     }
     for p in actual.keys() {
-        if !manifest.contains_key(p) {
-            out.push(Finding::Extra(p.clone()));
+        if !listed.contains_key(p) {
+            out.push(Finding::Extra(manifest::display(p)));
         }
     }
     out
@@ -79,21 +72,21 @@ pub fn verify(dir: &Path) -> Vec<Finding> {
     if !complete {
         return vec![Finding::Incomplete];
     }
-    let manifest = match std::fs::read_to_string(dir.join(MANIFEST)) {
+    let listed = match std::fs::read(dir.join(MANIFEST)) {
         Ok(t) => match parse_manifest(&t) {
             Ok(m) => m,
             Err(e) => return vec![Finding::BadManifest(e)],
         },
         Err(_) => return vec![Finding::Missing(MANIFEST.to_string())],
     };
-    let mut actual: BTreeMap<String, String> = match hash_record(dir) {
+    let mut actual: BTreeMap<Vec<u8>, String> = match hash_record(dir) {
         Ok(v) => v.into_iter().collect(),
-        Err(e) => return vec![Finding::BadManifest(e.to_string())],
+        Err(e) => return vec![Finding::BadManifest(format!("cannot read the record: {e}"))],
     };
     if let Ok(h) = hash_file(&dir.join(SESSION_JSON)) {
-        actual.insert(SESSION_JSON.to_string(), h);
+        actual.insert(SESSION_JSON.as_bytes().to_vec(), h);
     }
-    compare(&manifest, &actual)
+    compare(&listed, &actual)
 }
 
 #[cfg(test)]
@@ -103,18 +96,23 @@ mod tests {
     #[test]
     fn manifest_lines_round_trip_and_differences_are_named() {
         let h = "a".repeat(64);
-        let m = parse_manifest(&format!("{h}  agentd/console.log\n{h}  session/x y.txt\n"))
-            .expect("parses");
-        assert_eq!(m.len(), 2);
-        assert!(parse_manifest("nothash  x\n").is_err());
+        let m = parse_manifest(
+            format!("{h}  agentd/console.log\n{h}  session/x y.txt\n\\{h}  session/a\\nb\n")
+                .as_bytes(),
+        )
+        .expect("parses");
+        assert_eq!(m.len(), 3);
+        assert!(parse_manifest(b"nothash  x\n").is_err());
         let mut actual = m.clone();
-        actual.insert("session/x y.txt".into(), "b".repeat(64));
-        actual.remove("agentd/console.log");
-        actual.insert("session/new".into(), h.clone());
+        actual.insert(b"session/x y.txt".to_vec(), "b".repeat(64));
+        actual.insert(b"session/a\nb".to_vec(), "b".repeat(64));
+        actual.remove(b"agentd/console.log".as_slice());
+        actual.insert(b"session/new".to_vec(), h.clone());
         assert_eq!(
             compare(&m, &actual),
             vec![
                 Finding::Missing("agentd/console.log".into()),
+                Finding::Changed("session/a\\nb".into()),
                 Finding::Changed("session/x y.txt".into()),
                 Finding::Extra("session/new".into())
             ]

@@ -24,7 +24,10 @@ pub struct Args {
     #[arg(long, env = "AGENTD_STOP_GRACE", default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
     pub stop_grace: Duration,
     /// Largest console capture kept in one audit record, in bytes; past it
-    /// the capture is truncated with a marker.
+    /// the capture is truncated with a marker. Also the bytes of files
+    /// under `session/` (what the agent wrote in `$AGENTD_AUDIT_DIR`)
+    /// hashed into one record: files past it are left out, and named in
+    /// `session.json`'s `cut`.
     #[arg(long, env = "AGENTD_AUDIT_MAX_BYTES", default_value_t = 1 << 30, value_name = "BYTES")]
     pub audit_max_bytes: u64,
     /// uid (and gid) session commands run as. Rootful: it must belong to no

@@ -85,10 +85,11 @@ pub async fn run(
         clone_cache: Default::default(),
         backoff: Mutex::new(Default::default()),
         gates: Mutex::new(Default::default()),
+        leftovers: Mutex::default(),
     });
     write_daemon_state(&sh.settings.state, None, &[]);
     resync_containers(&sh).await;
-    remove_stale_work_dirs(&sh);
+    sh.sweep_work_dirs();
     reopen_gates(&sh);
     let events_task = tokio::spawn(follow_container_events(Arc::clone(&sh)));
 
@@ -275,6 +276,7 @@ pub async fn run(
         }
         if Instant::now() >= next_resync {
             resync_containers(&sh).await;
+            sh.sweep_work_dirs();
             next_resync = Instant::now() + RESYNC;
             full_scan = true;
         }
@@ -445,27 +447,6 @@ fn reopen_gates(sh: &Shared) {
                 tracing::warn!(request, error = %e, "cannot re-send go");
             }
             Err(e) => tracing::debug!(request, error = %e, "no gate to reopen"),
-        }
-    }
-}
-
-/// Work folders of sessions that no longer run hold clones and credential
-/// files: remove them at start-up.
-fn remove_stale_work_dirs(sh: &Shared) {
-    let live: BTreeSet<String> = guard(&sh.store)
-        .all()
-        .values()
-        .filter(|s| s.phase.is_active())
-        .filter_map(|s| s.session_id.clone())
-        .collect();
-    let Ok(entries) = std::fs::read_dir(sh.settings.state.join("work")) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !live.contains(&name) {
-            tracing::info!(work_dir = %e.path().display(), "removing stale work folder");
-            let _ = std::fs::remove_dir_all(e.path());
         }
     }
 }

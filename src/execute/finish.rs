@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use super::{Shared, lock, stop_message};
-use crate::audit::{Record, SealError};
+use crate::audit::{Limits, Record, SealOptions, Sealed};
 use crate::fault;
 use crate::observed::{ContainerState, Outcome, Phase, Status, StopReason};
 use crate::runtime::podman::Inspected;
@@ -58,20 +58,24 @@ pub async fn fail_start(sh: &Arc<Shared>, request: &str, session_id: Option<&str
     lock(&sh.containers).by_request.remove(request);
     sh.close_gate(request);
     let now = jiff::Timestamp::now();
+    let mut message = Some(message.to_string());
     if let Some(sid) = session_id {
-        let _ = std::fs::remove_dir_all(sh.settings.work_dir(sid));
+        remove_work_dir(sh, request, sid, &mut message).await;
         let audit_dir = lock(&sh.store)
             .get(request)
             .and_then(|s| s.audit_dir.clone());
         if let Some(dir) = audit_dir {
             let record = Record { dir };
-            let sealed = seal_record(sh, request, &record, |rec| {
+            let start_message = message.clone();
+            let sealed = seal_record(sh, request, &record, move |rec| {
                 rec.end_timestamp = Some(now);
                 rec.outcome = Some(Outcome::StartFailed);
-                rec.message = Some(message.to_string());
-            });
-            if sealed.is_err() {
-                return;
+                rec.message = start_message;
+            })
+            .await;
+            match sealed {
+                Ok(note) => add_note(&mut message, note),
+                Err(()) => return,
             }
         }
     }
@@ -81,7 +85,7 @@ pub async fn fail_start(sh: &Arc<Shared>, request: &str, session_id: Option<&str
         s.outcome = Some(Outcome::StartFailed);
         s.exit_code = None;
         s.finished_at = Some(now);
-        s.message = Some(message.to_string());
+        s.message = message;
     });
 }
 
@@ -174,18 +178,18 @@ pub async fn finish(sh: &Arc<Shared>, request: &str, cancelled: bool) {
         if finalized.is_none() {
             fault::point("finish-before-audit");
             let rotated = super::workdir::WorkDir::console_rotated(&work);
-            match crate::audit::k8s_to_raw(
-                &work.join("console.k8s.log"),
-                &record.console_path(),
-                sh.settings.audit_max_bytes,
-                rotated,
-            ) {
-                Ok((_, true)) => {
-                    message = Some(format!(
-                        "console output truncated at {} bytes",
-                        sh.settings.audit_max_bytes
-                    ))
-                }
+            let (src, dest) = (work.join("console.k8s.log"), record.console_path());
+            let cap = sh.settings.audit_max_bytes;
+            let converted = tokio::task::spawn_blocking(move || {
+                crate::audit::k8s_to_raw(&src, &dest, cap, rotated)
+            })
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            match converted {
+                Ok((_, true)) => add_note(
+                    &mut message,
+                    Some(format!("console output truncated at {cap} bytes")),
+                ),
                 Ok(_) => {}
                 Err(e) => {
                     sh.retry_later(
@@ -195,17 +199,20 @@ pub async fn finish(sh: &Arc<Shared>, request: &str, cancelled: bool) {
                     return;
                 }
             }
-            let sealed = seal_record(sh, request, record, |rec| {
+            let image_id = inspected.as_ref().map(|i| i.image_id.clone());
+            let image_digest = inspected.as_ref().and_then(|i| i.image_digest.clone());
+            let final_message = message.clone();
+            let sealed = seal_record(sh, request, record, move |rec| {
                 rec.end_timestamp = Some(now);
                 rec.outcome = Some(outcome);
                 rec.exit_code = exit_code;
-                rec.image_id = inspected.as_ref().map(|i| i.image_id.clone());
-                rec.image_digest = inspected.as_ref().and_then(|i| i.image_digest.clone());
-                rec.message = message.clone();
-            });
+                rec.image_id = image_id;
+                rec.image_digest = image_digest;
+                rec.message = final_message;
+            })
+            .await;
             match sealed {
-                Ok(None) => {}
-                Ok(Some(note)) => message = Some(note),
+                Ok(note) => add_note(&mut message, note),
                 Err(()) => return,
             }
             fault::point("finish-after-audit");
@@ -217,7 +224,7 @@ pub async fn finish(sh: &Arc<Shared>, request: &str, cancelled: bool) {
             return;
         }
         fault::point("finish-after-rm");
-        let _ = std::fs::remove_dir_all(&work);
+        remove_work_dir(sh, request, sid, &mut message).await;
     } else if inspected.is_some()
         && let Err(e) = sh.podman.rm(&name).await
     {
@@ -310,11 +317,55 @@ fn judge(
     }
 }
 
+/// Append `note` to a status message.
+fn add_note(message: &mut Option<String>, note: Option<String>) {
+    let Some(note) = note else { return };
+    *message = Some(match message.take() {
+        Some(m) if !m.is_empty() => format!("{m}; {note}"),
+        _ => note,
+    });
+}
+
+/// Remove the session's work folder (clone, credentials file, whatever the
+/// agent left in its home). A failure never holds the slot: the session
+/// still ends, its message says so, and the sweep retries the folder
+/// (`leftovers`) until it is gone.
+async fn remove_work_dir(
+    sh: &Arc<Shared>,
+    request: &str,
+    session_id: &str,
+    message: &mut Option<String>,
+) {
+    let work = sh.settings.work_dir(session_id);
+    if let Err(e) = super::workdir::remove(work.clone()).await {
+        tracing::warn!(request, work_dir = %work.display(), error = %e, "cannot remove work folder; the sweep retries it");
+        let mut l = lock(&sh.leftovers);
+        let b = l
+            .failed
+            .entry(session_id.to_string())
+            .or_insert(super::Backoff {
+                attempts: 0,
+                until: std::time::Instant::now(),
+            });
+        b.attempts += 1;
+        b.until = std::time::Instant::now() + super::backoff_delay(b.attempts);
+        add_note(
+            message,
+            Some(format!(
+                "work folder {} not removed yet ({e}); {}",
+                work.display(),
+                super::leftovers::LEFT_NOTE_END
+            )),
+        );
+    }
+}
+
 /// Seal `record` with its final `session.json` (the start form changed by
-/// `finish`). `Ok(Some(note))`: the record was deliberately left unsealed and
-/// incomplete (a multi-linked file), `note` says why; `Err(())`: a failure,
-/// retried later.
-fn seal_record(
+/// `finish`), on a blocking thread and within the record's budget.
+/// `Ok(note)`: sealed, or deliberately left unsealed and incomplete (a
+/// multi-linked file); `note` is for the status message (what was cut, why
+/// it was refused). `Err(())`: a failure, retried later.
+async fn seal_record(
     sh: &Shared,
     request: &str,
     record: &Record,
@@ -331,18 +382,46 @@ fn seal_record(
         return Err(());
     };
     finish(&mut rec);
-    match record.seal(&rec) {
-        Ok(()) => Ok(None),
-        Err(e @ SealError::MultiLinked { .. }) => {
-            tracing::error!(request, error = %e, "audit record refused for sealing");
-            Ok(Some(format!("audit record left incomplete: {e}")))
+    let opts = SealOptions {
+        limits: Limits::with_max_bytes(sh.settings.audit_max_bytes),
+        session_uid: sh.settings.session_uid,
+    };
+    let to_seal = record.clone();
+    let sealed = tokio::task::spawn_blocking(move || to_seal.seal(&rec, &opts))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    match sealed {
+        Ok(Sealed::Sealed { cut }) => {
+            if let Some(c) = &cut {
+                tracing::warn!(request, entries = c.entries, bytes = c.bytes, reason = %c.reason, "audit record sealed without what was over budget");
+            }
+            Ok(cut.map(|c| c.note()))
+        }
+        Ok(Sealed::Refused { why, cut }) => {
+            tracing::error!(request, error = %why, "audit record refused for sealing");
+            let mut note = Some(format!("audit record left incomplete: {why}"));
+            add_note(&mut note, cut.map(|c| c.note()));
+            Ok(note)
         }
         Err(e) => {
-            sh.retry_later(
+            let attempts = sh.retry_later(
                 request,
                 &format!("finishing: sealing the audit record: {e}"),
             );
-            Err(())
+            if attempts < SEAL_ATTEMPTS {
+                return Err(());
+            }
+            // Whatever the agent left must not hold the slot, the container
+            // or the work folder forever: the record stays incomplete.
+            tracing::error!(request, attempts, error = %e, "giving up sealing the audit record");
+            Ok(Some(format!(
+                "audit record left incomplete: sealing failed {attempts} times: {e}"
+            )))
         }
     }
 }
+
+/// Sealing attempts before a record is left incomplete (with backoff,
+/// about 15 s in all).
+const SEAL_ATTEMPTS: u32 = 5;

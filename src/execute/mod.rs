@@ -8,11 +8,13 @@
 
 mod clone;
 mod finish;
+mod leftovers;
 mod private_repo;
 mod schedule;
 mod start;
 
 pub use clone::MirrorCache;
+pub use leftovers::Leftovers;
 pub use schedule::{Schedules, read_all as read_schedules};
 pub use start::new_session_id;
 mod workdir;
@@ -47,7 +49,8 @@ pub struct Settings {
     pub session_uid: u32,
     /// How long a stopped session gets between SIGTERM and SIGKILL.
     pub stop_grace: Duration,
-    /// Cap on a record's console capture.
+    /// Cap on a record's console capture, and on the bytes of `session/`
+    /// files hashed into a sealed record.
     pub audit_max_bytes: u64,
     /// Bound on each git run of a clone (fetch, mirror, copy).
     pub clone_timeout: Duration,
@@ -142,6 +145,8 @@ pub struct Shared {
     /// session ends, so a `go` written before the reader opened the FIFO
     /// is not lost.
     pub gates: Mutex<BTreeMap<String, std::fs::File>>,
+    /// Work folders whose removal failed, retried by `sweep_work_dirs`.
+    pub leftovers: Mutex<Leftovers>,
 }
 
 /// Exponential backoff of one request's failing operation.

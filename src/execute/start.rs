@@ -108,6 +108,7 @@ pub async fn start(sh: &Arc<Shared>, request: &str, profile: Profile) {
         image_id: None,
         image_digest: None,
         message: None,
+        cut: None,
     };
     if let Err(e) = record.write_session(&session_rec) {
         super::finish::fail_start(sh, request, Some(&session_id), &e.to_string()).await;

@@ -38,6 +38,15 @@ fn identity(meta: &fs::Metadata) -> String {
 /// What the daemon writes into a start gate.
 const GO: &[u8] = b"go\n";
 
+/// Remove a work folder and whatever the agent left in it (any depth, any
+/// modes, symlinks never followed, a few descriptors at most), on a
+/// blocking thread so the async workers never wait on the filesystem.
+pub async fn remove(root: PathBuf) -> io::Result<()> {
+    tokio::task::spawn_blocking(move || crate::fdtree::remove_tree(&root))
+        .await
+        .map_err(io::Error::other)?
+}
+
 pub struct WorkDir {
     pub root: PathBuf,
 }
@@ -134,7 +143,7 @@ impl WorkDir {
     }
     /// Create the folder skeleton (before the clone).
     pub fn create(root: PathBuf) -> io::Result<WorkDir> {
-        let _ = fs::remove_dir_all(&root);
+        crate::fdtree::remove_tree(&root)?;
         if let Some(parent) = root.parent() {
             fs::DirBuilder::new()
                 .recursive(true)
