@@ -8,6 +8,7 @@ mod cancel;
 mod daemon;
 pub mod escape;
 mod logs;
+mod out;
 mod plan;
 mod run;
 mod schema;
@@ -179,10 +180,17 @@ pub fn init_tracing() {
     }
 }
 
-/// A closed stdout (`agentd status | head`) is not an error.
+/// A closed stdout (`agentd status --json | head -1`) is not an error: the
+/// reader has what it wanted, so the command ends quietly with status 0, as
+/// ripgrep does. Rust ignores SIGPIPE, so the closed pipe shows up as an
+/// `EPIPE` write error, which may arrive wrapped in a serde_json error
+/// (whose `source()` skips the `io::Error` itself).
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    use std::io::ErrorKind::BrokenPipe;
     e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            .is_some_and(|io| io.kind() == BrokenPipe)
+            || c.downcast_ref::<serde_json::Error>()
+                .is_some_and(|j| j.io_error_kind() == Some(BrokenPipe))
     })
 }

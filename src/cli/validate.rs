@@ -1,7 +1,6 @@
 //! `agentd validate [PATH...]`: check a desired dir, or single files, without
 //! Podman. Output is one `path:line:col: message` line per problem.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -50,10 +49,10 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
     diags.sort();
     diags.dedup();
 
-    let mut out = std::io::stdout().lock();
+    let mut out = super::out::Lines::new(std::io::stdout().lock());
     // Paths and quoted file content are untrusted: one escaped line each.
     for d in &diags {
-        writeln!(out, "{}", super::escape::text(&d.to_string()))?;
+        out.line(super::escape::text(&d.to_string()))?;
     }
     let files_with_errors = diags
         .iter()

@@ -7,6 +7,7 @@ mod convergence;
 mod hardening_daemon;
 mod podman;
 mod scheduling;
+mod service_cli;
 mod sessions;
 mod tidy;
 mod util;
