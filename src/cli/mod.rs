@@ -5,6 +5,7 @@
 
 mod audit;
 mod cancel;
+mod completions;
 mod daemon;
 pub mod escape;
 mod logs;
@@ -123,6 +124,15 @@ pub enum Command {
     Validate(validate::Args),
     /// Print or write the JSON Schemas of profile and request files.
     Schema(schema::Args),
+    /// Print shell completions for bash, zsh, fish, elvish or powershell.
+    #[command(after_long_help = completions::COMPLETIONS_EXAMPLES)]
+    Completions(completions::CompletionsArgs),
+    /// Write man pages: agentd.1 and one page per subcommand.
+    ///
+    /// With DIR, writes every page into DIR (created if missing) and prints
+    /// the paths written; without, prints agentd.1 on stdout.
+    #[command(after_long_help = completions::MAN_EXAMPLES)]
+    Man(completions::ManArgs),
 }
 
 /// Parse arguments, run, and turn the result into an exit code.
@@ -152,6 +162,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Audit(a)) => audit::run(&cli.global, &a),
         Some(Command::Validate(a)) => validate::run(&cli.global, &a),
         Some(Command::Schema(a)) => schema::run(&a),
+        Some(Command::Completions(a)) => completions::completions(&a),
+        Some(Command::Man(a)) => completions::man(&a),
     }
 }
 

@@ -1,12 +1,14 @@
-//! Issue 11, CLI side: every printing command ends quietly when its reader
-//! goes away.
+//! Issue 11, CLI side: an installed binary needs nothing from the source
+//! tree (completions and man pages included), every printing command ends
+//! quietly when its reader goes away.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use assert_cmd::cargo::cargo_bin;
+use clap::CommandFactory;
 
-use crate::util::{agentd, write};
+use crate::util::{agentd, repo_root, write};
 
 fn text(out: &Output) -> String {
     format!(
@@ -15,6 +17,170 @@ fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    for e in walkdir::WalkDir::new(from) {
+        let e = e.expect("walk");
+        let dest = to.join(e.path().strip_prefix(from).expect("prefix"));
+        if e.file_type().is_dir() {
+            std::fs::create_dir_all(&dest).expect("mkdir");
+        } else {
+            std::fs::copy(e.path(), &dest).expect("copy");
+        }
+    }
+}
+
+/// The binary alone, as `cargo install` leaves it: copied away from the
+/// source tree, run from an unrelated folder with no agentd environment.
+struct Installed {
+    _tmp: tempfile::TempDir,
+    bin: PathBuf,
+    cwd: PathBuf,
+}
+
+impl Installed {
+    fn new() -> Installed {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let bin = tmp.path().join("bin/agentd");
+        std::fs::create_dir_all(bin.parent().expect("parent")).expect("mkdir");
+        std::fs::copy(cargo_bin("agentd"), &bin).expect("copy binary");
+        let cwd = tmp.path().join("elsewhere");
+        std::fs::create_dir_all(&cwd).expect("mkdir");
+        Installed {
+            _tmp: tmp,
+            bin,
+            cwd,
+        }
+    }
+    fn root(&self) -> &Path {
+        self._tmp.path()
+    }
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.current_dir(&self.cwd);
+        for var in [
+            "AGENTD_DESIRED",
+            "AGENTD_STATE",
+            "AGENTD_AUDIT_ROOT",
+            "AGENTD_MAX_SESSIONS",
+        ] {
+            c.env_remove(var);
+        }
+        c
+    }
+}
+
+#[test]
+fn installed_binary_validates_examples_away_from_the_source_tree_issue_11() {
+    let inst = Installed::new();
+    let ex = inst.root().join("examples");
+    copy_tree(&repo_root().join("examples"), &ex);
+    let out = inst.cmd().arg("validate").arg(&ex).output().expect("run");
+    assert!(out.status.success(), "{}", text(&out));
+
+    // The artifact schema is read from the profile's methodology_dir (here
+    // the copy), not from anything beside the binary or in the source tree.
+    write(
+        &ex,
+        "requests/bad-review.yaml",
+        "profile: code-reviewer\nartifact:\n  type: review\n  json: {pull_request: \"seven\"}\n",
+    );
+    let out = inst.cmd().arg("validate").arg(&ex).output().expect("run");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let named = stdout
+        .split('`')
+        .find(|s| s.ends_with("methodology/schemas/review.schema.json"))
+        .unwrap_or_else(|| panic!("no schema named: {}", text(&out)));
+    assert!(named.starts_with(&ex.display().to_string()), "{named}");
+    assert!(
+        stdout.contains("\"seven\" is not of type \"integer\""),
+        "{stdout}"
+    );
+
+    // The file-format schemas come from the binary itself.
+    let out = inst
+        .cmd()
+        .args(["schema", "request"])
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", text(&out));
+    let fresh: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let shipped: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("schemas/request.schema.json")).expect("read"),
+    )
+    .expect("json");
+    assert_eq!(fresh, shipped);
+}
+
+/// Every visible subcommand path, as clap_mangen names its pages.
+fn subcommand_pages() -> Vec<String> {
+    fn walk(prefix: &str, cmd: &clap::Command, out: &mut Vec<String>) {
+        for s in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            if s.get_name() == "help" {
+                continue;
+            }
+            let name = format!("{prefix}-{}", s.get_name());
+            out.push(format!("{name}.1"));
+            walk(&name, s, out);
+        }
+    }
+    let mut out = Vec::new();
+    walk("agentd", &agentd::cli::Cli::command(), &mut out);
+    out
+}
+
+#[test]
+fn installed_binary_prints_completions_and_writes_man_pages_issue_11() {
+    let inst = Installed::new();
+    let names: Vec<String> = agentd::cli::Cli::command()
+        .get_subcommands()
+        .map(|s| s.get_name().to_string())
+        .collect();
+    for must in ["run", "status", "validate", "completions", "man"] {
+        assert!(names.iter().any(|n| n == must), "no `{must}` subcommand");
+    }
+    for shell in ["bash", "zsh", "fish"] {
+        let out = inst
+            .cmd()
+            .args(["completions", shell])
+            .output()
+            .expect("run");
+        assert!(out.status.success(), "{shell}: {}", text(&out));
+        let script = String::from_utf8_lossy(&out.stdout);
+        for n in &names {
+            assert!(
+                script.contains(n.as_str()),
+                "{shell} completions lack `{n}`"
+            );
+        }
+    }
+    let out = inst
+        .cmd()
+        .args(["completions", "tcsh"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+
+    // `man DIR` writes the top page and one per subcommand (nested too).
+    let dir = inst.root().join("man/man1");
+    let out = inst.cmd().arg("man").arg(&dir).output().expect("run");
+    assert!(out.status.success(), "{}", text(&out));
+    let pages = subcommand_pages();
+    assert!(pages.contains(&"agentd-audit-verify.1".to_string()));
+    for page in std::iter::once("agentd.1".to_string()).chain(pages) {
+        let body = std::fs::read_to_string(dir.join(&page))
+            .unwrap_or_else(|e| panic!("{page}: {e}\n{}", text(&out)));
+        assert!(body.contains(".TH"), "{page} is not a man page");
+    }
+    let top = std::fs::read_to_string(dir.join("agentd.1")).expect("agentd.1");
+    assert!(top.contains("validate"), "agentd.1 lists no validate");
+
+    // Without DIR the top page goes to stdout.
+    let out = inst.cmd().arg("man").output().expect("run");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with(".ie"));
 }
 
 /// Run `cmd` with stdout a pipe whose reading end is already closed: the
@@ -68,6 +234,8 @@ fn every_printing_command_ends_quietly_on_a_closed_pipe_issue_11() {
         vec!["logs", "req-00001"],
         vec!["audit", "verify"],
         vec!["schema"],
+        vec!["completions", "bash"],
+        vec!["man"],
         vec!["--help"],
         vec!["run", "p", "--request", "hi"],
     ]
