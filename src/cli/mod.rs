@@ -8,6 +8,7 @@ mod cancel;
 mod completions;
 mod daemon;
 pub mod escape;
+mod import;
 mod logs;
 mod out;
 mod plan;
@@ -124,6 +125,10 @@ pub enum Command {
     Validate(validate::Args),
     /// Print or write the JSON Schemas of profile and request files.
     Schema(schema::Args),
+    /// Convert an `agentd.toml` of the system agentd is modelled on into
+    /// profile files.
+    #[command(long_about = import::LONG_ABOUT, after_long_help = import::EXAMPLES)]
+    Import(import::Args),
     /// Print shell completions for bash, zsh, fish, elvish or powershell.
     #[command(after_long_help = completions::COMPLETIONS_EXAMPLES)]
     Completions(completions::CompletionsArgs),
@@ -162,6 +167,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Audit(a)) => audit::run(&cli.global, &a),
         Some(Command::Validate(a)) => validate::run(&cli.global, &a),
         Some(Command::Schema(a)) => schema::run(&a),
+        Some(Command::Import(a)) => import::run(&cli.global, &a),
         Some(Command::Completions(a)) => completions::completions(&a),
         Some(Command::Man(a)) => completions::man(&a),
     }
