@@ -34,7 +34,8 @@ use clap::{Parser, Subcommand};
     name = "agentd",
     version,
     propagate_version = true,
-    max_term_width = 100
+    max_term_width = 100,
+    after_long_help = EXAMPLES
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -43,6 +44,18 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
 }
+
+const EXAMPLES: &str = "\
+Examples:
+  agentd --desired /srv/agentd/desired daemon    # run the reconciler
+  agentd validate /srv/agentd/desired            # check files before committing them
+  agentd run reviewer --work-unit PR-42 --wait   # one session, follow it to the end
+  agentd status --json | jq '.[].outcome'
+  agentd import /etc/agentd/agentd.toml --into /srv/agentd/desired
+
+Exit codes: 0 success; 1 the command's own failure (validation problems, a
+failed session, plan has changes); 2 usage and operational errors. A reader
+closing stdout early (`| head`) is not an error.";
 
 /// Options every command understands (CONTRACT.md section 1).
 #[derive(Debug, Clone, clap::Args)]
@@ -125,7 +138,7 @@ pub enum Command {
     Validate(validate::Args),
     /// Print or write the JSON Schemas of profile and request files.
     Schema(schema::Args),
-    /// Convert an `agentd.toml` of the system agentd is modelled on into
+    /// Convert an `agentd.toml` (`[[profiles]]` or `[[agents]]`) into
     /// profile files.
     #[command(long_about = import::LONG_ABOUT, after_long_help = import::EXAMPLES)]
     Import(import::Args),

@@ -18,7 +18,7 @@ use super::escape::text as esc;
 use crate::desired::{self, HostView, Kind};
 
 pub const LONG_ABOUT: &str = "\
-Convert an `agentd.toml` of the system agentd is modelled on into profile files.
+Convert an `agentd.toml` of the agentd this one is modelled on into profile files.
 
 Reads either of that project's formats: `[[profiles]]` with a `command` array,
 or `[[agents]]` with `[agents.command] argv = [...]`. Each entry becomes
