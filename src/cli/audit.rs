@@ -35,6 +35,7 @@ pub fn run(global: &GlobalArgs, cmd: &Command) -> anyhow::Result<ExitCode> {
             .collect::<anyhow::Result<Vec<_>>>()?
     };
     let (mut ok, mut bad, mut incomplete) = (0, 0, 0);
+    let mut out = super::out::Lines::new(std::io::stdout().lock());
     for dir in &records {
         // Record folders and the file names in findings come from the
         // agent's own files: escaped.
@@ -44,14 +45,17 @@ pub fn run(global: &GlobalArgs, cmd: &Command) -> anyhow::Result<ExitCode> {
         let findings = verify(dir);
         if findings.is_empty() {
             ok += 1;
-            println!("{name}: ok");
+            out.line(format_args!("{name}: ok"))?;
         } else if findings == [Finding::Incomplete] {
             incomplete += 1;
-            println!("{name}: {}", Finding::Incomplete);
+            out.line(format_args!("{name}: {}", Finding::Incomplete))?;
         } else {
             bad += 1;
             for f in findings {
-                println!("{name}: {}", super::escape::text(&f.to_string()));
+                out.line(format_args!(
+                    "{name}: {}",
+                    super::escape::text(&f.to_string())
+                ))?;
             }
         }
     }

@@ -5,9 +5,12 @@
 
 mod audit;
 mod cancel;
+mod completions;
 mod daemon;
 pub mod escape;
+mod import;
 mod logs;
+mod out;
 mod plan;
 mod run;
 mod schema;
@@ -31,7 +34,8 @@ use clap::{Parser, Subcommand};
     name = "agentd",
     version,
     propagate_version = true,
-    max_term_width = 100
+    max_term_width = 100,
+    after_long_help = EXAMPLES
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -40,6 +44,18 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
 }
+
+const EXAMPLES: &str = "\
+Examples:
+  agentd --desired /srv/agentd/desired daemon    # run the reconciler
+  agentd validate /srv/agentd/desired            # check files before committing them
+  agentd run reviewer --work-unit PR-42 --wait   # one session, follow it to the end
+  agentd status --json | jq '.[].outcome'
+  agentd import /etc/agentd/agentd.toml --into /srv/agentd/desired
+
+Exit codes: 0 success; 1 the command's own failure (validation problems, a
+failed session, plan has changes); 2 usage and operational errors. A reader
+closing stdout early (`| head`) is not an error.";
 
 /// Options every command understands (CONTRACT.md section 1).
 #[derive(Debug, Clone, clap::Args)]
@@ -128,6 +144,19 @@ pub enum Command {
     Validate(validate::Args),
     /// Print or write the JSON Schemas of profile and request files.
     Schema(schema::Args),
+    /// Convert an `agentd.toml` (`[[profiles]]` or `[[agents]]`) into
+    /// profile files.
+    #[command(long_about = import::LONG_ABOUT, after_long_help = import::EXAMPLES)]
+    Import(import::Args),
+    /// Print shell completions for bash, zsh, fish, elvish or powershell.
+    #[command(after_long_help = completions::COMPLETIONS_EXAMPLES)]
+    Completions(completions::CompletionsArgs),
+    /// Write man pages: agentd.1 and one page per subcommand.
+    ///
+    /// With DIR, writes every page into DIR (created if missing) and prints
+    /// the paths written; without, prints agentd.1 on stdout.
+    #[command(after_long_help = completions::MAN_EXAMPLES)]
+    Man(completions::ManArgs),
 }
 
 /// Parse arguments, run, and turn the result into an exit code.
@@ -157,6 +186,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Audit(a)) => audit::run(&cli.global, &a),
         Some(Command::Validate(a)) => validate::run(&cli.global, &a),
         Some(Command::Schema(a)) => schema::run(&a),
+        Some(Command::Import(a)) => import::run(&cli.global, &a),
+        Some(Command::Completions(a)) => completions::completions(&a),
+        Some(Command::Man(a)) => completions::man(&a),
     }
 }
 
@@ -232,11 +264,18 @@ fn journal_stream_matches(var: &str, dev: u64, ino: u64) -> bool {
     d.parse() == Ok(dev) && i.parse() == Ok(ino)
 }
 
-/// A closed stdout (`agentd status | head`) is not an error.
+/// A closed stdout (`agentd status --json | head -1`) is not an error: the
+/// reader has what it wanted, so the command ends quietly with status 0, as
+/// ripgrep does. Rust ignores SIGPIPE, so the closed pipe shows up as an
+/// `EPIPE` write error, which may arrive wrapped in a serde_json error
+/// (whose `source()` skips the `io::Error` itself).
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    use std::io::ErrorKind::BrokenPipe;
     e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            .is_some_and(|io| io.kind() == BrokenPipe)
+            || c.downcast_ref::<serde_json::Error>()
+                .is_some_and(|j| j.io_error_kind() == Some(BrokenPipe))
     })
 }
 

@@ -65,8 +65,9 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
         max_pending: global.max_pending,
     };
     let actions = plan(&desired, &observed, &cfg);
+    let mut out = super::out::Lines::new(std::io::stdout().lock());
     for a in &actions {
-        println!("{}", super::escape::text(&a.to_string()));
+        out.line(super::escape::text(&a.to_string()))?;
     }
     let changes = actions.iter().filter(|a| a.is_change()).count();
     if changes == 0 {

@@ -1,6 +1,7 @@
 //! `agentd run`: write a request file (atomically) and print its id;
 //! `--wait` follows it to `done`.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -109,7 +110,12 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
     let path = dir.join(format!("{id}.toml"));
     crate::fsutil::write_atomic(&path, text.as_bytes(), 0o644)
         .with_context(|| format!("writing {}", path.display()))?;
-    println!("{id}");
+    // A reader that closed stdout early still gets the wait and its exit code.
+    if let Err(e) = writeln!(std::io::stdout(), "{id}")
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        return Err(e.into());
+    }
     if !args.wait {
         return Ok(ExitCode::SUCCESS);
     }

@@ -1,6 +1,7 @@
 //! `agentd schema`: the JSON Schemas of the file formats, generated from the
 //! wire structs so they cannot drift (a test compares them with `schemas/`).
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -50,7 +51,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         for (name, text) in [profile, request] {
             let path = dir.join(name);
             std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-            println!("wrote {}", path.display());
+            writeln!(std::io::stdout(), "wrote {}", path.display())?;
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -58,7 +59,6 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         Which::Profile => profile.1,
         Which::Request => request.1,
     };
-    use std::io::Write;
     std::io::stdout().write_all(text.as_bytes())?;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,7 +1,6 @@
 //! `agentd validate [PATH...]`: check a desired dir, or single files, without
 //! Podman. Output is one `path:line:col: message` line per problem.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -46,14 +45,29 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
         .map(|(k, p, b)| (*k, *p, b.as_slice()))
         .collect();
     let (model, found) = desired::load(&borrowed, &RealHost);
-    diags.extend(found);
+    // A config of the system agentd is modelled on, dropped among profiles:
+    // one diagnostic that names the converter instead of its first unknown field.
+    let foreign: Vec<&Path> = borrowed
+        .iter()
+        .filter(|(_, _, b)| foreign_config(b).is_some())
+        .map(|(_, p, _)| *p)
+        .collect();
+    diags.extend(
+        found
+            .into_iter()
+            .filter(|d| !foreign.contains(&d.path.as_path())),
+    );
+    diags.extend(foreign.iter().filter_map(|p| {
+        let bytes = borrowed.iter().find(|(_, q, _)| q == p)?.2;
+        Some(import_hint(p, foreign_config(bytes)?))
+    }));
     diags.sort();
     diags.dedup();
 
-    let mut out = std::io::stdout().lock();
+    let mut out = super::out::Lines::new(std::io::stdout().lock());
     // Paths and quoted file content are untrusted: one escaped line each.
     for d in &diags {
-        writeln!(out, "{}", super::escape::text(&d.to_string()))?;
+        out.line(super::escape::text(&d.to_string()))?;
     }
     let files_with_errors = diags
         .iter()
@@ -80,6 +94,13 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
 /// Gather the files `path` stands for: a desired dir's candidates, or one file.
 fn collect(path: &Path, files: &mut Vec<(Kind, PathBuf)>, diags: &mut Vec<Diagnostic>) {
     if path.is_file() {
+        if let Ok(b) = source::read_capped(path, desired::MAX_FILE_BYTES)
+            && let Some(which) = foreign_config(&b)
+            && kind_of_file(path).is_none()
+        {
+            diags.push(import_hint(path, which));
+            return;
+        }
         match kind_of_file(path) {
             Some(k) => files.push((k, path.to_path_buf())),
             None => diags.push(
@@ -139,4 +160,27 @@ fn kind_of_file(path: &Path) -> Option<Kind> {
             "requests" => Some(Kind::Request),
             _ => None,
         })
+}
+
+/// `Some("profiles")` or `Some("agents")` when `bytes` are TOML with that
+/// top-level array: the `agentd.toml` of the system agentd is modelled on.
+fn foreign_config(bytes: &[u8]) -> Option<&'static str> {
+    let table: toml::Table = toml::from_str(std::str::from_utf8(bytes).ok()?).ok()?;
+    ["profiles", "agents"]
+        .into_iter()
+        .find(|k| table.get(*k).is_some_and(toml::Value::is_array))
+}
+
+fn import_hint(path: &Path, which: &str) -> Diagnostic {
+    Diagnostic::new(
+        path,
+        None,
+        format!(
+            "this is an `agentd.toml` of the system agentd is modelled on (`[[{which}]]`), not a profile or request"
+        ),
+    )
+    .hint(format!(
+        "convert it with `agentd import {} --into DIR` (keep the config itself out of profiles/ and requests/)",
+        path.display()
+    ))
 }

@@ -11,6 +11,7 @@ mod hardening_repos;
 mod hardening_seal;
 mod podman;
 mod scheduling;
+mod service_cli;
 mod service_daemon;
 mod sessions;
 mod tidy;
