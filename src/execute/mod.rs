@@ -10,6 +10,7 @@ mod clone;
 mod finish;
 mod private_repo;
 mod schedule;
+mod secrets;
 mod start;
 
 pub use clone::MirrorCache;
