@@ -11,6 +11,7 @@ mod model;
 mod parse;
 mod repos;
 mod rules;
+mod sources;
 mod validate;
 pub mod wire;
 

@@ -110,7 +110,8 @@ pub struct Profile {
     pub starting_deadline: Option<Duration>,
     pub methodology_dir: Option<PathBuf>,
     pub credentials: Vec<Credential>,
-    pub repo_token_source: Option<String>,
+    /// The clone token's source (`repo_token_source` is the `Env` form).
+    pub repo_token: Option<SecretSource>,
     pub env: BTreeMap<String, String>,
     pub mounts: Vec<Mount>,
     pub timeout: Option<Duration>,
@@ -140,7 +141,7 @@ impl Profile {
             starting_deadline: None,
             methodology_dir: None,
             credentials: Vec::new(),
-            repo_token_source: None,
+            repo_token: None,
             env: BTreeMap::new(),
             mounts: Vec::new(),
             timeout: None,
@@ -189,8 +190,41 @@ impl Repo {
 pub struct Credential {
     /// Env var name inside the session.
     pub name: String,
-    /// Env var of the daemon holding the value.
-    pub source: String,
+    /// Where its value comes from.
+    pub source: SecretSource,
+}
+
+/// Largest secret value read from a file (a systemd credential or a `file`),
+/// in bytes: a credential is a token or a key, and the value ends up in one
+/// environment variable (Linux refuses a single one over 128 KiB).
+pub const MAX_SECRET_BYTES: usize = 64 * 1024;
+
+/// Where a secret value (a credential or the clone token) comes from.
+/// Validation checked the form; whether the source exists is known only
+/// when a session starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// An environment variable of the daemon; its value is taken as is.
+    Env(String),
+    /// `$CREDENTIALS_DIRECTORY/<name>` (systemd `LoadCredential=`); the
+    /// name is one path component.
+    SystemdCredential(String),
+    /// A Podman secret the operator created, mounted into the session.
+    PodmanSecret(String),
+    /// A file owned by the daemon's user, not group/other accessible.
+    File(PathBuf),
+}
+
+impl SecretSource {
+    /// The source as an operator wrote it, for messages (never the value).
+    pub fn describe(&self) -> String {
+        match self {
+            SecretSource::Env(v) => format!("the daemon's environment variable `{v}`"),
+            SecretSource::SystemdCredential(n) => format!("systemd credential `{n}`"),
+            SecretSource::PodmanSecret(n) => format!("podman secret `{n}`"),
+            SecretSource::File(p) => format!("file `{}`", p.display()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -179,7 +179,7 @@ impl Profile {
     /// `https://` (the token never travels in clear text; other schemes have
     /// no use for it).
     pub fn token_goes_to(&self, repo: &Repo) -> bool {
-        self.repo_token_source.is_some()
+        self.repo_token.is_some()
             && matches!(repo, Repo::Url(u) if u.starts_with("https://"))
             && self.allows_repo(repo)
     }
@@ -264,13 +264,17 @@ mod tests {
                 "/srv/*",
             ],
         );
-        p.repo_token_source = Some("TOK".into());
+        p.repo_token = Some(crate::desired::SecretSource::Env("TOK".into()));
         assert!(p.token_goes_to(&repo("https://git.example.com/a.git")));
         assert!(p.token_goes_to(&repo("https://git.example.com/team/b")));
         assert!(!p.token_goes_to(&repo("http://mirror.example.com/b")));
         assert!(!p.token_goes_to(&repo("https://git.example.com/b.git")));
         assert!(!p.token_goes_to(&repo("/srv/x")));
-        p.repo_token_source = None;
+        // Every form of the token follows the same rule (issue 11).
+        p.repo_token = Some(crate::desired::SecretSource::File("/etc/agentd/tok".into()));
+        assert!(p.token_goes_to(&repo("https://git.example.com/a.git")));
+        assert!(!p.token_goes_to(&repo("http://mirror.example.com/b")));
+        p.repo_token = None;
         assert!(!p.token_goes_to(&repo("https://git.example.com/a.git")));
     }
 

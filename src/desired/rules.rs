@@ -129,7 +129,7 @@ pub fn repo(text: &str) -> Result<Repo, Problem> {
         let redacted = format!("{scheme}://***@{}", &rest[at + 1..]);
         return Err(problem(
             format!("repo URL embeds credentials ({redacted})"),
-            "remove them from the URL and name a daemon env var holding the token in `repo_token_source`",
+            "remove them from the URL and name where the token is kept in `repo_token_source` or `repo_token`",
         ));
     }
     if rest.contains(['?', '#']) {

@@ -451,6 +451,57 @@ const CASES: &[Case] = &[
         text: "base_image = \"i\"\ncommand = [\"x\"]\nrepo = \"http://git.example.com/a.git\"\nrepo_token_source = \"TOK\"\n",
         expect: "d/profiles/p.toml:4:1: repo_token_source `TOK` would send the clone token over plain http:// (repo `http://git.example.com/a.git`); hint: use an https:// repo URL",
     },
+    // --- secret sources (issue 11) ---
+    Case {
+        path: P,
+        text: "base_image = \"i\"\ncommand = [\"x\"]\ncredentials = [{ name = \"T\" }]\n",
+        expect: "d/profiles/p.toml:3:18: credentials[0] names no source; hint: give exactly one of source (the daemon's env var), systemd_credential, podman_secret or file",
+    },
+    Case {
+        path: PY,
+        text: "base_image: i\ncommand: [x]\ncredentials:\n  - name: A\n    source: A\n  - name: T\n    source: T\n    file: /etc/t\n",
+        expect: "d/profiles/p.yaml:6:5: credentials[1] names 2 sources (source, file); a secret comes from exactly one",
+    },
+    Case {
+        path: PY,
+        text: "base_image: i\ncommand: [x]\ncredentials:\n  - {name: A, file: /etc/a}\n  - {name: T, file: etc/t}\n",
+        expect: "d/profiles/p.yaml:5:15: credentials[1].file `etc/t` is not a clean absolute path",
+    },
+    Case {
+        path: P,
+        text: "base_image = \"i\"\ncommand = [\"x\"]\ncredentials = [{ name = \"T\", systemd_credential = \"../etc/shadow\" }]\n",
+        expect: "d/profiles/p.toml:3:30: credentials[0].systemd_credential `../etc/shadow` is not a credential name",
+    },
+    Case {
+        path: P,
+        text: "base_image = \"i\"\ncommand = [\"x\"]\ncredentials = [{ name = \"T\", podman_secret = \"a,target=/etc\" }]\n",
+        expect: "d/profiles/p.toml:3:30: credentials[0].podman_secret `a,target=/etc` is not a Podman secret name",
+    },
+    Case {
+        path: P,
+        text: "base_image = \"i\"\ncommand = [\"x\"]\ncredentials = [{ name = \"T\", vault = \"x\" }]\n",
+        expect: "d/profiles/p.toml:3:30: unknown field `vault`, expected one of `name`, `source`, `systemd_credential`, `podman_secret`, `file`",
+    },
+    Case {
+        path: P,
+        text: "base_image = \"i\"\ncommand = [\"x\"]\nrepo_token_source = \"TOK\"\nrepo_token = { file = \"/etc/tok\" }\n",
+        expect: "d/profiles/p.toml:4:1: repo_token and repo_token_source are exclusive",
+    },
+    Case {
+        path: P,
+        text: "base_image = \"i\"\ncommand = [\"x\"]\nrepo_token = { podman_secret = \"tok\" }\n",
+        expect: "d/profiles/p.toml:3:1: repo_token.podman_secret: the clone token cannot come from a Podman secret; hint: git uses the token on the host",
+    },
+    Case {
+        path: P,
+        text: "base_image = \"i\"\ncommand = [\"x\"]\nrepo_token = {}\n",
+        expect: "d/profiles/p.toml:3:1: repo_token names no source; hint: give exactly one of source (the daemon's env var), systemd_credential or file",
+    },
+    Case {
+        path: P,
+        text: "base_image = \"i\"\ncommand = [\"x\"]\nrepo = \"http://git.example.com/a.git\"\nrepo_token = { systemd_credential = \"tok\" }\n",
+        expect: "d/profiles/p.toml:4:1: repo_token (systemd credential `tok`) would send the clone token over plain http:// (repo `http://git.example.com/a.git`); hint: use an https:// repo URL, or remove repo_token",
+    },
     Case {
         path: P,
         text: "base_image = \"i\"\ncommand = [\"x\"]\nallowed_repos = [\"/srv/git/*\", \"**\"]\n",
@@ -815,4 +866,33 @@ fn an_artifact_file_over_its_cap_is_refused_issue_13() {
         err[0].to_string().contains("is too large (over 1024 KiB)"),
         "{err:?}"
     );
+}
+
+#[test]
+fn every_secret_source_form_is_valid_issue_11() {
+    let text = "base_image: img\ncommand: [x]\nrepo: https://example.com/r.git\nrepo_token: {systemd_credential: clone.token}\ncredentials:\n  - {name: A, source: HOST_A}\n  - {name: B, systemd_credential: b.key}\n  - {name: C, podman_secret: c-key}\n  - {name: D, file: /etc/agentd/d}\n";
+    let host = FakeHost::new(&[]);
+    let p = validate_profile(Path::new("d/profiles/s.yaml"), text.as_bytes(), &host)
+        .expect("valid profile");
+    let sources: Vec<_> = p.credentials.iter().map(|c| c.source.clone()).collect();
+    assert_eq!(
+        sources,
+        [
+            SecretSource::Env("HOST_A".into()),
+            SecretSource::SystemdCredential("b.key".into()),
+            SecretSource::PodmanSecret("c-key".into()),
+            SecretSource::File("/etc/agentd/d".into()),
+        ]
+    );
+    assert_eq!(
+        p.repo_token,
+        Some(SecretSource::SystemdCredential("clone.token".into()))
+    );
+    let p = validate_profile(
+        Path::new("d/profiles/s.toml"),
+        b"base_image = \"i\"\ncommand = [\"x\"]\nrepo_token_source = \"TOK\"\n",
+        &host,
+    )
+    .expect("valid profile");
+    assert_eq!(p.repo_token, Some(SecretSource::Env("TOK".into())));
 }

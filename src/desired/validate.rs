@@ -16,7 +16,8 @@ use super::model::{
 use super::parse::{self, Format};
 use super::repos;
 use super::rules::{self, Problem};
-use super::wire::{ConcurrencyPolicyWire, ProfileFile, RequestFile};
+use super::sources;
+use super::wire::{ConcurrencyPolicyWire, CredentialWire, ProfileFile, RequestFile};
 use crate::schedule;
 
 /// Collects diagnostics for one file, placing each at its field when the
@@ -134,13 +135,18 @@ pub fn profile(path: &Path, bytes: &[u8], host: &dyn HostView) -> Result<Profile
                 .ok()
         })
         .collect();
-    if let (Some(src), Some(Repo::Url(u))) = (&w.repo_token_source, &repo)
+    let repo_token = token_source(&mut s, &w);
+    if let (Some(t), Some(Repo::Url(u))) = (&repo_token, &repo)
         && u.starts_with("http://")
     {
+        let (key, what) = match (&w.repo_token_source, t) {
+            (Some(src), _) => ("repo_token_source", format!("repo_token_source `{src}`")),
+            (None, t) => ("repo_token", format!("repo_token ({})", t.describe())),
+        };
         s.field(
-            "repo_token_source",
-            format!("repo_token_source `{src}` would send the clone token over plain http:// (repo `{u}`)"),
-            "use an https:// repo URL, or remove repo_token_source",
+            key,
+            format!("{what} would send the clone token over plain http:// (repo `{u}`)"),
+            format!("use an https:// repo URL, or remove {key}"),
         );
     }
     let schedule_v = w.schedule.as_deref().and_then(|e| match schedule::parse(e) {
@@ -176,25 +182,37 @@ pub fn profile(path: &Path, bytes: &[u8], host: &dyn HostView) -> Result<Profile
         }
     });
     let mut seen_env = BTreeSet::new();
+    let mut credentials = Vec::new();
     for (i, c) in w.credentials.iter().enumerate() {
+        let name_nth = i + usize::from(w.name.is_some());
         if !rules::env_name(&c.name) || rules::reserved_env(&c.name) {
-            s.at("name", i + usize::from(w.name.is_some()), (
+            s.at("name", name_nth, (
                 format!("credentials[{i}].name `{}` is not a usable env var name", c.name),
                 Some("use letters, digits and _, not starting with a digit; AGENTD_*, HOME, USER and LOGNAME are set by agentd".into()),
             ));
         }
-        if !rules::env_name(&c.source) {
-            s.at(
-                "source",
-                i,
-                (
-                    format!(
-                        "credentials[{i}].source `{}` is not an env var name",
-                        c.source
-                    ),
-                    Some("name the daemon's environment variable that holds the secret".into()),
-                ),
-            );
+        match sources::source(&format!("credentials[{i}]"), credential_given(c), false) {
+            Ok(source) => credentials.push(Credential {
+                name: c.name.clone(),
+                source,
+            }),
+            Err(problems) => {
+                for (field, p) in problems {
+                    // The nth key of that name: earlier credentials using
+                    // the same form come first in the file.
+                    let (key, nth) = match field {
+                        Some(f) => (
+                            f,
+                            w.credentials[..i]
+                                .iter()
+                                .filter(|e| credential_uses(e, f))
+                                .count(),
+                        ),
+                        None => ("name", name_nth),
+                    };
+                    s.at(key, nth, p);
+                }
+            }
         }
         if !seen_env.insert(c.name.clone()) {
             s.at(
@@ -203,15 +221,6 @@ pub fn profile(path: &Path, bytes: &[u8], host: &dyn HostView) -> Result<Profile
                 (format!("credential `{}` is listed twice", c.name), None),
             );
         }
-    }
-    if let Some(t) = &w.repo_token_source
-        && !rules::env_name(t)
-    {
-        s.field(
-            "repo_token_source",
-            format!("repo_token_source `{t}` is not an env var name"),
-            "name the daemon's environment variable holding the clone token",
-        );
     }
     for k in w.env.keys() {
         if !rules::env_name(k) || rules::reserved_env(k) {
@@ -311,15 +320,8 @@ pub fn profile(path: &Path, bytes: &[u8], host: &dyn HostView) -> Result<Profile
         history_limit: w.history_limit.unwrap_or(10),
         starting_deadline,
         methodology_dir,
-        credentials: w
-            .credentials
-            .into_iter()
-            .map(|c| Credential {
-                name: c.name,
-                source: c.source,
-            })
-            .collect(),
-        repo_token_source: w.repo_token_source,
+        credentials,
+        repo_token,
         env: w.env,
         mounts,
         timeout,
@@ -332,8 +334,70 @@ pub fn profile(path: &Path, bytes: &[u8], host: &dyn HostView) -> Result<Profile
     })
 }
 
+fn credential_given(c: &CredentialWire) -> sources::Given<'_> {
+    sources::Given {
+        source: c.source.as_deref(),
+        systemd_credential: c.systemd_credential.as_deref(),
+        podman_secret: c.podman_secret.as_deref(),
+        file: c.file.as_deref(),
+    }
+}
+
+/// Whether credential `c` writes the source field `field`.
+fn credential_uses(c: &CredentialWire, field: &str) -> bool {
+    let g = credential_given(c);
+    match field {
+        "source" => g.source.is_some(),
+        "systemd_credential" => g.systemd_credential.is_some(),
+        "podman_secret" => g.podman_secret.is_some(),
+        _ => g.file.is_some(),
+    }
+}
+
+/// The clone token's source: `repo_token_source` (the env form) or
+/// `repo_token` (any form but a Podman secret), never both.
+fn token_source(s: &mut Sink<'_>, w: &ProfileFile) -> Option<super::model::SecretSource> {
+    match (&w.repo_token_source, &w.repo_token) {
+        (Some(_), Some(_)) => {
+            s.field(
+                "repo_token",
+                "repo_token and repo_token_source are exclusive",
+                "keep one: `repo_token_source = \"VAR\"` is `repo_token = { source = \"VAR\" }`",
+            );
+            None
+        }
+        (Some(t), None) if !rules::env_name(t) => {
+            s.field(
+                "repo_token_source",
+                format!("repo_token_source `{t}` is not an env var name"),
+                "name the daemon's environment variable holding the clone token",
+            );
+            None
+        }
+        (Some(t), None) => Some(super::model::SecretSource::Env(t.clone())),
+        (None, Some(t)) => {
+            let g = sources::Given {
+                source: t.source.as_deref(),
+                systemd_credential: t.systemd_credential.as_deref(),
+                podman_secret: t.podman_secret.as_deref(),
+                file: t.file.as_deref(),
+            };
+            sources::source("repo_token", g, true)
+                .map_err(|problems| {
+                    for (_, p) in problems {
+                        s.at("repo_token", 0, p);
+                    }
+                })
+                .ok()
+        }
+        (None, None) => None,
+    }
+}
+
 fn mounts(s: &mut Sink<'_>, w: &ProfileFile, profile: &str, host: &dyn HostView) -> Vec<Mount> {
     let mut out = Vec::new();
+    // `source` keys of credentials (written before `mounts`) come first.
+    let env_credentials = w.credentials.iter().filter(|c| c.source.is_some()).count();
     for (i, m) in w.mounts.iter().enumerate() {
         // Resolved once, like methodology_dir (and a comma can hide behind a link).
         let canonical = rules::clean_absolute(&m.source)
@@ -344,7 +408,7 @@ fn mounts(s: &mut Sink<'_>, w: &ProfileFile, profile: &str, host: &dyn HostView)
             Some(p) => {
                 s.at(
                     "source",
-                    i + w.credentials.len(),
+                    i + env_credentials,
                     (
                         format!("mounts[{i}].source `{}` does not exist", p.display()),
                         Some("create it on the host, or fix the path".into()),
@@ -355,7 +419,7 @@ fn mounts(s: &mut Sink<'_>, w: &ProfileFile, profile: &str, host: &dyn HostView)
             None => {
                 s.at(
                     "source",
-                    i + w.credentials.len(),
+                    i + env_credentials,
                     (
                         format!(
                             "mounts[{i}].source `{}` is not a clean absolute path",

@@ -16,6 +16,7 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(title = "agentd profile")]
+#[schemars(extend("not" = { "required": ["repo_token", "repo_token_source"] }))]
 pub struct ProfileFile {
     /// Must equal the file stem when present. Also the in-container user name.
     pub name: Option<String>,
@@ -25,7 +26,7 @@ pub struct ProfileFile {
     pub command: Vec<String>,
     /// Default repository: `https://`, `http://`, `git://`, `file://` URL or an
     /// absolute local path. Credentials in the URL are rejected: use
-    /// `repo_token_source`.
+    /// `repo_token_source` or `repo_token`.
     pub repo: Option<String>,
     /// Patterns of repositories a request may name instead of `repo` (`*`
     /// matches within a path segment, `**` across), e.g.
@@ -47,11 +48,19 @@ pub struct ProfileFile {
     pub starting_deadline: Option<String>,
     /// Host folder mounted read-only at `/agentd/methodology`.
     pub methodology_dir: Option<String>,
-    /// Environment variables of the session filled from the daemon's environment.
+    /// Environment variables of the session holding secret values, each
+    /// from exactly one source: the daemon's environment, a systemd
+    /// credential, a Podman secret or a file.
     #[serde(default)]
     pub credentials: Vec<CredentialWire>,
-    /// Daemon environment variable holding a token used only to clone.
+    /// Daemon environment variable holding a token used only to clone
+    /// (https:// only; it never reaches the session). Exclusive with `repo_token`.
     pub repo_token_source: Option<String>,
+    /// The clone token from another source: `{ systemd_credential = "..." }`,
+    /// `{ file = "/abs/path" }` or `{ source = "ENV_VAR" }`. A Podman secret
+    /// cannot be used here (git reads the token on the host). Exclusive with
+    /// `repo_token_source`.
+    pub repo_token: Option<TokenSourceWire>,
     /// Plain, non-secret environment variables.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
@@ -85,14 +94,53 @@ pub enum ConcurrencyPolicyWire {
     Replace,
 }
 
-/// Session env var `name` gets the value of the daemon's env var `source`.
+/// Session env var `name` gets a secret value from exactly one source.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("oneOf" = [
+    { "required": ["source"] },
+    { "required": ["systemd_credential"] },
+    { "required": ["podman_secret"] },
+    { "required": ["file"] },
+]))]
 pub struct CredentialWire {
     /// Environment variable name inside the session.
     pub name: String,
-    /// Environment variable of the daemon holding the value.
-    pub source: String,
+    /// Environment variable of the daemon holding the value (taken as is).
+    pub source: Option<String>,
+    /// Name of a systemd credential: the file `$CREDENTIALS_DIRECTORY/<name>`
+    /// that `LoadCredential=`/`LoadCredentialEncrypted=` provide. One
+    /// trailing newline is dropped.
+    pub systemd_credential: Option<String>,
+    /// Name of a Podman secret the operator created (`podman secret
+    /// create`). It reaches the session as a file, never through
+    /// `podman run --env`. One trailing newline is dropped.
+    pub podman_secret: Option<String>,
+    /// Absolute path of a file owned by the daemon's user and not readable
+    /// by group or others (mode 0600 or 0400). One trailing newline is dropped.
+    pub file: Option<String>,
+}
+
+/// Where the clone token comes from: exactly one of these.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(extend("oneOf" = [
+    { "required": ["source"] },
+    { "required": ["systemd_credential"] },
+    { "required": ["file"] },
+]))]
+pub struct TokenSourceWire {
+    /// Environment variable of the daemon holding the token (taken as is).
+    pub source: Option<String>,
+    /// Name of a systemd credential (`$CREDENTIALS_DIRECTORY/<name>`). One
+    /// trailing newline is dropped.
+    pub systemd_credential: Option<String>,
+    /// Not supported for the clone token (git uses it on the host, and
+    /// Podman cannot hand a secret's value back); kept so validation can say so.
+    pub podman_secret: Option<String>,
+    /// Absolute path of a file owned by the daemon's user, mode 0600 or
+    /// 0400. One trailing newline is dropped.
+    pub file: Option<String>,
 }
 
 /// An extra bind mount.

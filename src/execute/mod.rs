@@ -11,6 +11,7 @@ mod finish;
 mod leftovers;
 mod private_repo;
 mod schedule;
+mod secrets;
 mod start;
 
 pub use clone::MirrorCache;

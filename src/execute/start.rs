@@ -6,10 +6,10 @@ use std::sync::Arc;
 use super::workdir::WorkDir;
 use super::{Shared, lock};
 use crate::audit::{Record, SessionRecord};
-use crate::desired::{DEFAULT_TIMEOUT, Network, Profile, Request};
+use crate::desired::{DEFAULT_TIMEOUT, Network, Profile, Request, SecretSource};
 use crate::fault;
 use crate::observed::{Container, ContainerState, Phase};
-use crate::runtime::podman::{BindMount, RunSpec, labels};
+use crate::runtime::podman::{BindMount, RunSpec, SecretMount, labels};
 
 /// Starts that fail transiently (Podman hung or missing) are retried this
 /// many times before the request ends as `start_failed`.
@@ -114,6 +114,10 @@ pub async fn start(sh: &Arc<Shared>, request: &str, profile: Profile) {
         super::finish::fail_start(sh, request, Some(&session_id), &e.to_string()).await;
         return;
     }
+    if let Err(msg) = check_podman_secrets(sh, &profile).await {
+        super::finish::fail_start(sh, request, Some(&session_id), &msg).await;
+        return;
+    }
     let (run_spec, clone_job) =
         match prepare(sh, &session_id, &profile, &spec, repo.as_ref(), &record) {
             Ok(s) => s,
@@ -209,6 +213,37 @@ pub async fn start(sh: &Arc<Shared>, request: &str, profile: Profile) {
     }
 }
 
+/// Every Podman secret the profile's credentials name must exist before
+/// the container is made: a missing one is `start_failed` naming the
+/// credential and the secret. Podman not answering is left to `podman run`
+/// (and its retries).
+async fn check_podman_secrets(sh: &Shared, profile: &Profile) -> Result<(), String> {
+    for c in &profile.credentials {
+        let SecretSource::PodmanSecret(secret) = &c.source else {
+            continue;
+        };
+        match sh.podman.secret_exists(secret).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(format!(
+                    "credential `{}`: podman secret `{secret}` does not exist; hint: create it with `podman secret create {secret} FILE` as the user agentd runs as",
+                    c.name
+                ));
+            }
+            Err(e) if e.is_transient() => {
+                tracing::warn!(secret = %secret, error = %e, "cannot check a podman secret; podman run will tell");
+            }
+            Err(e) => {
+                return Err(format!(
+                    "credential `{}`: cannot check podman secret `{secret}`: {e}",
+                    c.name
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Record that the session's container runs.
 fn mark_running(sh: &Shared, request: &str, name: &str) {
     sh.succeeded(request);
@@ -280,10 +315,10 @@ fn prepare(
     )?;
     // The clone token is the profile's: it goes only to the profile's own
     // repository and those its allowed_repos admit, and only over https.
-    let token = match &profile.repo_token_source {
-        Some(src) if profile.token_goes_to(repo) => Some(env_lookup(src).ok_or_else(|| {
-            format!("repo_token_source: the daemon's environment variable `{src}` is not set")
-        })?),
+    let token = match &profile.repo_token {
+        Some(src) if profile.token_goes_to(repo) => {
+            Some(super::secrets::read("repo_token", src, &env_lookup)?)
+        }
         Some(_) => {
             tracing::info!(session = %session_id, repo = %repo.as_str(), "the clone token goes only to allowed https:// repositories; cloning without it");
             None
@@ -412,6 +447,17 @@ fn prepare(
         workdir: format!("{home}/repo"),
         env,
         mounts,
+        secrets: profile
+            .credentials
+            .iter()
+            .filter_map(|c| match &c.source {
+                SecretSource::PodmanSecret(secret) => Some(SecretMount {
+                    secret: secret.clone(),
+                    target: super::secrets::secret_target(&c.name),
+                }),
+                _ => None,
+            })
+            .collect(),
         log_path: work.console(),
         // Twice the record's cap: the k8s-file framing roughly doubles short
         // lines, and the conversion into the record applies the exact cap.

@@ -5,7 +5,8 @@
 //!   record's `session/` folder
 //! - `input/`           `/agentd/input`, read-only: request.json or `<type>/<stem>.json`
 //! - `credentials.sh`   `/agentd/credentials.sh`, read-only, mode 0400, owned by
-//!   the session user: `export NAME='value'` lines the entry wrapper sources.
+//!   the session user: `export NAME='value'` lines the entry wrapper sources
+//!   (and, for Podman secrets, lines reading `/agentd/secrets/NAME`).
 //!   Values live only here (never argv, never `podman inspect`), and the
 //!   file goes with the work folder when the session ends.
 //! - `console.k8s.log`  conmon's capture of stdout/stderr
@@ -203,31 +204,19 @@ impl WorkDir {
         Ok(true)
     }
 
-    /// Write the credentials file from the daemon's environment. An unset
-    /// source variable is an error naming it; a value is never logged.
+    /// Write the credentials file (see `secrets::script`: host-read values,
+    /// and lines reading mounted Podman secrets). A missing or refused
+    /// source is an error naming the credential and the source; a value is
+    /// never logged.
     pub fn write_credentials(
         &self,
         profile: &Profile,
         uid: u32,
         lookup: &dyn Fn(&str) -> Option<String>,
     ) -> Result<bool, String> {
-        if profile.credentials.is_empty() {
+        let Some(text) = super::secrets::script(&profile.credentials, lookup)? else {
             return Ok(false);
-        }
-        let mut text = String::new();
-        for c in &profile.credentials {
-            let value = lookup(&c.source).ok_or_else(|| {
-                format!(
-                    "credential `{}`: the daemon's environment variable `{}` is not set",
-                    c.name, c.source
-                )
-            })?;
-            text.push_str(&format!(
-                "export {}='{}'\n",
-                c.name,
-                value.replace('\'', "'\\''")
-            ));
-        }
+        };
         let path = self.credentials();
         let write = || -> io::Result<()> {
             use std::io::Write;

@@ -2,8 +2,10 @@
 //! PURE, so every flag is unit-tested without Podman.
 //!
 //! Secrets never appear here: credential values reach the session through a
-//! file mounted into the container (see `execute::session`), so nothing in
-//! argv or in `podman inspect` carries them.
+//! file mounted into the container (see `execute::secrets`), so nothing in
+//! argv or in `podman inspect` carries them. A Podman secret is named here
+//! (its name, never its value) and always mounted as a file: `type=env`
+//! would show the value in `podman inspect` on Podman 4.3.
 
 use std::path::PathBuf;
 
@@ -23,6 +25,8 @@ pub struct RunSpec {
     /// Plain environment; never secret values.
     pub env: Vec<(String, String)>,
     pub mounts: Vec<BindMount>,
+    /// Podman secrets mounted as files, owned by `uid`, mode 0400.
+    pub secrets: Vec<SecretMount>,
     /// Where conmon writes the container's stdout/stderr (k8s-file format).
     pub log_path: PathBuf,
     /// Bound on that file, so a runaway agent cannot fill the host disk
@@ -41,6 +45,13 @@ pub struct BindMount {
     pub source: PathBuf,
     pub target: String,
     pub read_only: bool,
+}
+
+/// A Podman secret the operator created, mounted read-only at `target`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretMount {
+    pub secret: String,
+    pub target: String,
 }
 
 /// argv after `podman` for `podman run -d ...`.
@@ -80,6 +91,12 @@ pub fn run_args(spec: &RunSpec) -> Vec<String> {
             opt.push_str(",readonly=true");
         }
         a.push(opt);
+    }
+    for m in &spec.secrets {
+        a.push(format!(
+            "--secret={},type=mount,target={},uid={},gid={},mode=0400",
+            m.secret, m.target, spec.uid, spec.gid
+        ));
     }
     a.push("--log-driver=k8s-file".into());
     a.push(format!("--log-opt=path={}", spec.log_path.display()));
@@ -130,6 +147,7 @@ mod tests {
                     read_only: true,
                 },
             ],
+            secrets: vec![],
             log_path: "/w/console.k8s.log".into(),
             log_max_bytes: Some(2048),
             network: Some("none".into()),
@@ -153,6 +171,24 @@ mod tests {
              --log-driver=k8s-file --log-opt=path=/w/console.k8s.log --log-opt=max-size=2048 --network=none --memory=512m \
              --cpus=1.5 --pids-limit=100 localhost/img:1 /bin/sh -c echo $HOME"
         );
+    }
+
+    #[test]
+    fn a_podman_secret_is_mounted_as_a_file_for_the_session_user_issue_11() {
+        let mut s = spec();
+        s.secrets = vec![SecretMount {
+            secret: "gh-token".into(),
+            target: "/agentd/secrets/GH_TOKEN".into(),
+        }];
+        let a = run_args(&s);
+        let flags: Vec<&String> = a.iter().filter(|f| f.starts_with("--secret")).collect();
+        assert_eq!(
+            flags,
+            [
+                "--secret=gh-token,type=mount,target=/agentd/secrets/GH_TOKEN,uid=10001,gid=10001,mode=0400"
+            ]
+        );
+        assert!(!a.iter().any(|f| f.contains("type=env")));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
-pub use args::{BindMount, RunSpec, run_args};
+pub use args::{BindMount, RunSpec, SecretMount, run_args};
 pub use events::{ContainerEvent, EventStream};
 pub use json::Inspected;
 
@@ -91,6 +91,11 @@ impl PodmanError {
             self,
             PodmanError::Timeout { .. } | PodmanError::Spawn { .. }
         )
+    }
+
+    /// `podman secret inspect` of a secret that does not exist.
+    pub fn is_no_such_secret(&self) -> bool {
+        matches!(self, PodmanError::Failed { stderr, .. } if stderr.contains("no such secret"))
     }
 
     /// Podman reported that the container does not exist.
@@ -266,6 +271,23 @@ impl Podman {
         }
     }
 
+    /// Whether the Podman secret `name` exists (`podman secret inspect`;
+    /// Podman 4.3 has no `secret exists`). Only its metadata is read:
+    /// Podman 4.3 cannot show a secret's value, and agentd never asks.
+    pub async fn secret_exists(&self, name: &str) -> Result<bool, PodmanError> {
+        let args = [
+            "secret".into(),
+            "inspect".into(),
+            "--format={{.ID}}".into(),
+            name.into(),
+        ];
+        match self.call(&args, self.timeout).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_no_such_secret() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Every container carrying this instance's label.
     pub async fn list(&self, instance: &str) -> Result<Vec<Container>, PodmanError> {
         let args = [
@@ -315,5 +337,9 @@ mod tests {
             .is_transient()
         );
         assert!(!failed("boom").is_transient());
+        assert!(
+            failed("inspecting secret: no secret with name or id \"x\": no such secret")
+                .is_no_such_secret()
+        );
     }
 }
