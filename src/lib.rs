@@ -8,6 +8,7 @@ pub mod desired;
 pub mod execute;
 pub mod fault;
 pub mod fsutil;
+pub mod metrics;
 pub mod observed;
 pub mod plan;
 pub mod runtime;

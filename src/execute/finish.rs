@@ -331,7 +331,11 @@ fn seal_record(
         return Err(());
     };
     finish(&mut rec);
-    match record.seal(&rec) {
+    let sealed = record.seal(&rec);
+    if matches!(sealed, Ok(()) | Err(SealError::MultiLinked { .. })) {
+        crate::metrics::get().audit_record(sealed.is_ok());
+    }
+    match sealed {
         Ok(()) => Ok(None),
         Err(e @ SealError::MultiLinked { .. }) => {
             tracing::error!(request, error = %e, "audit record refused for sealing");
