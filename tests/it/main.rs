@@ -8,6 +8,7 @@ mod git_server;
 mod hardening_daemon;
 mod hardening_desired;
 mod hardening_repos;
+mod metrics;
 mod podman;
 mod scheduling;
 mod service_daemon;
