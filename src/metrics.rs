@@ -24,10 +24,10 @@
 //! | `agentd_desired_files` | gauge | `kind` (`profile`, `request`) | files in the desired dir, valid or not, as of the last pass |
 //! | `agentd_desired_invalid_files` | gauge | `kind` | of those, the rejected ones |
 //! | `agentd_podman_calls_total` | counter | `verb` (`info`, `run`, `container inspect`, `stop`, `rm`, `ps`, `other`) | Podman CLI calls (the `podman events` follower is not one) |
-//! | `agentd_podman_call_errors_total` | counter | `verb` | of those, the failed ones (non-zero exit, timeout, cannot run) |
+//! | `agentd_podman_call_errors_total` | counter | `verb` | of those, the failed ones (non-zero exit, timeout, cannot run; "no such container" is an answer, not an error) |
 //! | `agentd_podman_call_duration_seconds` | histogram | `verb` | wall time of each call |
 //! | `agentd_schedule_fires_total` | counter | `profile` | schedule fires materialized as request files |
-//! | `agentd_schedule_missed_fires_total` | counter | `profile` | fires given up because their `starting_deadline` passed |
+//! | `agentd_schedule_missed_fires_total` | counter | `profile` | fires given up (too late: past their minute and `starting_deadline`); the fires missed during one downtime count once, as `last_missed` reports them |
 //! | `agentd_audit_records_sealed_total` | counter | | audit records sealed |
 //! | `agentd_audit_records_incomplete_total` | counter | | audit records deliberately left unsealed and incomplete |
 

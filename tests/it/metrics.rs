@@ -471,3 +471,98 @@ fn metrics_on_a_non_loopback_address_need_allow_remote_issue_11() {
         .expect("agentd runs");
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn schedule_fires_and_missed_fires_are_counted_issue_11() {
+    if !require_podman() {
+        return;
+    }
+    let mut w = World::new();
+    w.sh_profile("minutely", "true", "schedule = \"* * * * *\"");
+    w.sh_profile("yearly", "true", "schedule = \"0 0 1 1 *\"");
+    // Schedule state as a daemon that was down for a long while left it:
+    // the latest minute is due now (on time), the latest New Year is missed.
+    let dir = w.state.join("schedules");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    for p in [&w.state, &dir] {
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .expect("chmod");
+    }
+    let long_ago = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24 * 400);
+    for (profile, expr) in [("minutely", "* * * * *"), ("yearly", "0 0 1 1 *")] {
+        let state = serde_json::json!({
+            "profile": profile,
+            "schedule": expr,
+            "covered_until": long_ago.to_string(),
+            "last_fire": null,
+            "last_request": null,
+            "next_fire": null,
+            "last_missed": null,
+            "last_skip": null,
+            "suspended": false,
+        });
+        let path = dir.join(format!("{profile}.json"));
+        std::fs::write(&path, state.to_string()).expect("write");
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod");
+    }
+    let port = free_port();
+    w.start_daemon_with(&[], &["--metrics-listen", &format!("127.0.0.1:{port}")]);
+    let deadline = Instant::now() + MIN;
+    let text = loop {
+        let text = http_get(port, "/metrics", None)
+            .map(|(_, body)| body)
+            .unwrap_or_default();
+        let fired = value(
+            &text,
+            "agentd_schedule_fires_total",
+            &[("profile", "minutely")],
+        );
+        let missed = value(
+            &text,
+            "agentd_schedule_missed_fires_total",
+            &[("profile", "yearly")],
+        );
+        if fired.is_some() && missed.is_some() {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no fire or missed fire counted\n--- metrics ---\n{text}\n--- log ---\n{}",
+            w.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    promtool_check(&text);
+    // One fire file per counted fire (a minute may have turned meanwhile).
+    let files = std::fs::read_dir(w.desired.join("requests"))
+        .expect("requests")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("minutely-"))
+        .count();
+    let fired = value(
+        &text,
+        "agentd_schedule_fires_total",
+        &[("profile", "minutely")],
+    );
+    assert!(
+        fired.is_some_and(|n| n >= 1.0 && n <= files as f64),
+        "{fired:?}, {files} files"
+    );
+    assert_eq!(
+        value(
+            &text,
+            "agentd_schedule_missed_fires_total",
+            &[("profile", "yearly")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "agentd_schedule_fires_total",
+            &[("profile", "yearly")]
+        ),
+        None
+    );
+}

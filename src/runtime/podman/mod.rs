@@ -162,7 +162,12 @@ impl Podman {
     async fn call(&self, args: &[String], timeout: Duration) -> Result<String, PodmanError> {
         let started = std::time::Instant::now();
         let r = self.call_unmeasured(args, timeout).await;
-        crate::metrics::get().podman_call(&verb_of(args), r.is_ok(), started.elapsed());
+        // "No such container" answers the question asked (inspect, stop, rm
+        // of a gone container): not an error for the metrics either.
+        let ok = r
+            .as_ref()
+            .map_or_else(PodmanError::is_no_such_container, |_| true);
+        crate::metrics::get().podman_call(&verb_of(args), ok, started.elapsed());
         r
     }
 
