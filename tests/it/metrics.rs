@@ -566,3 +566,42 @@ fn schedule_fires_and_missed_fires_are_counted_issue_11() {
         None
     );
 }
+
+#[test]
+fn an_audit_record_left_incomplete_is_counted_issue_11() {
+    if !require_podman() {
+        return;
+    }
+    let mut w = World::new();
+    // A hard-linked file in the record: it is left unsealed and incomplete.
+    w.sh_profile(
+        "linker",
+        "echo data > \"$AGENTD_AUDIT_DIR/a\"; ln \"$AGENTD_AUDIT_DIR/a\" \"$AGENTD_AUDIT_DIR/b\"; exit 0",
+        "",
+    );
+    w.sh_profile("ok", "true", "");
+    w.request("i-linker", "profile = \"linker\"\n");
+    w.request("i-ok", "profile = \"ok\"\n");
+    let port = free_port();
+    w.start_daemon_with(&[], &["--metrics-listen", &format!("127.0.0.1:{port}")]);
+    let s = w.wait_done("i-linker");
+    assert!(
+        s["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("audit record left incomplete")),
+        "{s}"
+    );
+    w.wait_done("i-ok");
+    let text = scrape(port);
+    promtool_check(&text);
+    assert_eq!(
+        value(&text, "agentd_audit_records_incomplete_total", &[]),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, "agentd_audit_records_sealed_total", &[]),
+        Some(1.0),
+        "{text}"
+    );
+}
