@@ -9,6 +9,7 @@ pub mod execute;
 pub mod fault;
 pub mod fdtree;
 pub mod fsutil;
+pub mod metrics;
 pub mod observed;
 pub mod plan;
 pub mod runtime;

@@ -39,6 +39,15 @@ pub struct Args {
     /// it git is killed and the session is start_failed.
     #[arg(long, env = "AGENTD_CLONE_TIMEOUT", default_value = "15m", value_parser = parse_duration, value_name = "DURATION")]
     pub clone_timeout: Duration,
+    /// Serve Prometheus metrics at http://ADDR/metrics (`127.0.0.1:9464`).
+    /// Off by default. Only loopback addresses unless
+    /// --metrics-allow-remote is given too.
+    #[arg(long, env = "AGENTD_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Let --metrics-listen take a non-loopback address (`0.0.0.0:9464`):
+    /// anyone who can reach it sees profile names and activity.
+    #[arg(long, env = "AGENTD_METRICS_ALLOW_REMOTE")]
+    pub metrics_allow_remote: bool,
 }
 
 impl Default for Args {
@@ -49,6 +58,8 @@ impl Default for Args {
             audit_max_bytes: 1 << 30,
             session_uid: SESSION_UID,
             clone_timeout: Duration::from_secs(15 * 60),
+            metrics_listen: None,
+            metrics_allow_remote: false,
         }
     }
 }
@@ -113,6 +124,11 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
         }
     }
     check_session_uid(args.session_uid)?;
+    // Bound before anything starts: a refused or busy address fails the start.
+    let metrics = args
+        .metrics_listen
+        .map(|addr| crate::metrics::bind(addr, args.metrics_allow_remote))
+        .transpose()?;
     // Private to the daemon's user, checked before anything is read there.
     daemon::private::ensure_dir("state dir", &state, nix::unistd::geteuid().as_raw(), true)?;
     let settings = Settings {
@@ -148,6 +164,12 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
                 let _ = writeln!(std::io::stderr(), "{level}agentd: error: {e}");
                 return Ok(ExitCode::from(1));
             }
+        }
+        if let Some(listener) = metrics {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "serving metrics at /metrics");
+            }
+            crate::metrics::serve(listener)?;
         }
         let (tx, rx) = mpsc::channel::<Event>(64);
         let hard_stop = CancellationToken::new();

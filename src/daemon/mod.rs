@@ -211,6 +211,12 @@ pub async fn run(
         }
 
         passes += 1;
+        let pass_elapsed = pass_start.elapsed();
+        crate::metrics::get().pass_done(
+            pass_elapsed,
+            guard(&sh.store).all().values(),
+            last_desired,
+        );
         // One event per pass, at debug level: what it cost and why.
         tracing::debug!(
             pass = passes,

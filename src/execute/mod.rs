@@ -204,8 +204,18 @@ impl Shared {
 
     /// Write a status change; log (never propagate) a failure to persist.
     pub fn update_status(&self, id: &str, f: impl FnOnce(&mut Status)) -> Option<Status> {
-        match lock(&self.store).update(id, f) {
-            Ok(s) => s,
+        let mut before = None;
+        let r = lock(&self.store).update(id, |s| {
+            before = Some(s.phase);
+            f(s);
+        });
+        match r {
+            Ok(s) => {
+                if let Some(after) = &s {
+                    crate::metrics::get().status_changed(before, after);
+                }
+                s
+            }
             Err(e) => {
                 tracing::error!(request = id, error = %e, "cannot persist status");
                 None
@@ -215,7 +225,10 @@ impl Shared {
 
     fn put_status(&self, s: Status) {
         let id = s.request.clone();
-        if let Err(e) = lock(&self.store).put(s) {
+        let mut store = lock(&self.store);
+        let before = store.get(&id).map(|old| old.phase);
+        crate::metrics::get().status_changed(before, &s);
+        if let Err(e) = store.put(s) {
             tracing::error!(request = id, error = %e, "cannot persist status");
         }
     }

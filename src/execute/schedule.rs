@@ -32,14 +32,29 @@ impl Schedules {
 
     /// One tick: decide, apply, persist.
     pub fn tick(&mut self, sh: &Shared, desired: &crate::desired::Desired, now: &jiff::Zoned) {
+        let missed_before = self.missed();
         let actions = {
             let store = lock(&sh.store);
             self.scheduler.tick(desired, store.all(), now)
         };
+        for (profile, at) in self.missed() {
+            if missed_before.get(&profile) != Some(&at) {
+                crate::metrics::get().schedule_missed(&profile);
+            }
+        }
         for action in actions {
             apply(sh, &action);
         }
         self.persist();
+    }
+
+    /// The last missed fire of each profile (for the missed-fires counter).
+    fn missed(&self) -> BTreeMap<String, jiff::Timestamp> {
+        self.scheduler
+            .profiles
+            .iter()
+            .filter_map(|(n, s)| Some((n.clone(), s.last_missed?)))
+            .collect()
     }
 
     fn persist(&mut self) {
@@ -107,6 +122,7 @@ fn apply(sh: &Shared, action: &SchedAction) {
             );
             match crate::fsutil::write_atomic(&path, text.as_bytes(), 0o644) {
                 Ok(()) => {
+                    crate::metrics::get().schedule_fired(profile);
                     tracing::info!(profile, request = %id, scheduled_for = %scheduled_for, "schedule fired")
                 }
                 Err(e) => {

@@ -10,6 +10,7 @@ mod hardening_daemon;
 mod hardening_desired;
 mod hardening_repos;
 mod hardening_seal;
+mod metrics;
 mod podman;
 mod scheduling;
 mod service_cli;

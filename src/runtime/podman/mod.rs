@@ -133,6 +133,15 @@ pub fn scrub_env(cmd: &mut Command) {
     }
 }
 
+/// `container inspect`, `run`, `ps`: enough to say which call failed.
+fn verb_of(args: &[String]) -> String {
+    match args {
+        [first, second, ..] if first == "container" => format!("{first} {second}"),
+        [first, ..] => first.clone(),
+        [] => String::new(),
+    }
+}
+
 /// A handle on the podman binary.
 #[derive(Debug, Clone)]
 pub struct Podman {
@@ -156,12 +165,23 @@ impl Default for Podman {
 
 impl Podman {
     async fn call(&self, args: &[String], timeout: Duration) -> Result<String, PodmanError> {
-        // `container inspect`, `run`, `ps`: enough to say which call failed.
-        let verb = match args {
-            [first, second, ..] if first == "container" => format!("{first} {second}"),
-            [first, ..] => first.clone(),
-            [] => String::new(),
-        };
+        let started = std::time::Instant::now();
+        let r = self.call_unmeasured(args, timeout).await;
+        // "No such container" answers the question asked (inspect, stop, rm
+        // of a gone container): not an error for the metrics either.
+        let ok = r
+            .as_ref()
+            .map_or_else(PodmanError::is_no_such_container, |_| true);
+        crate::metrics::get().podman_call(&verb_of(args), ok, started.elapsed());
+        r
+    }
+
+    async fn call_unmeasured(
+        &self,
+        args: &[String],
+        timeout: Duration,
+    ) -> Result<String, PodmanError> {
+        let verb = verb_of(args);
         let mut cmd = Command::new(&self.program);
         scrub_env(&mut cmd);
         cmd.args(args)
