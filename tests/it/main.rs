@@ -4,6 +4,7 @@
 mod audit;
 mod cli;
 mod convergence;
+mod docs;
 mod git_server;
 mod hardening_daemon;
 mod hardening_desired;
