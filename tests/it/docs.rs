@@ -86,6 +86,25 @@ fn every_profile_and_request_field_is_in_the_reference_issue_11() {
     );
 }
 
+#[test]
+fn every_status_object_field_is_in_the_reference_issue_11() {
+    let doc = read(&repo_root().join("docs/sessions.md"));
+    let mut status = agentd::observed::Status::new("r", "p");
+    // Serialized only while set: give it a value so its key shows.
+    status.stop_reason = Some(agentd::observed::StopReason::Cancelled);
+    let json = serde_json::to_value(&status).expect("serialize");
+    let keys: Vec<&String> = json.as_object().expect("an object").keys().collect();
+    assert!(keys.len() >= 17, "status keys: {keys:?}");
+    let missing: Vec<_> = keys
+        .into_iter()
+        .filter(|k| !doc.contains(&format!("`{k}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/sessions.md does not mention these status object fields: {missing:?}"
+    );
+}
+
 /// Every subcommand path (`audit verify`), long flag and environment
 /// variable of the clap command tree.
 fn cli_surface() -> (BTreeSet<String>, BTreeSet<String>, BTreeSet<String>) {
