@@ -5,6 +5,7 @@ mod audit;
 mod cli;
 mod convergence;
 mod credentials;
+mod docs;
 mod git_server;
 mod hardening_daemon;
 mod hardening_desired;
