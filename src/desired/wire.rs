@@ -177,8 +177,8 @@ pub struct RequestFile {
     pub scheduled_for: Option<String>,
 }
 
-/// `{type, path}` (a JSON file, relative to the request file's folder or
-/// absolute) or `{type, json}` (inline JSON text).
+/// `{type, path}` (a JSON file, relative to the request file's folder and
+/// resolving inside `requests/`) or `{type, json}` (inline JSON text).
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ArtifactWire {
