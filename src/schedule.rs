@@ -298,7 +298,7 @@ impl Scheduler {
             // does not stop the schedule: the fire replaces it (issue 13).
             let on_disk = matches!(
                 desired.requests.get(&id),
-                Some(RequestEntry::Valid(r)) if r.scheduled_for.is_some()
+                Some(RequestEntry::Valid(r)) if r.scheduled_for.is_some() && r.profile == p.name
             );
             let known = statuses.get(&id).is_some_and(|s| s.phase != Phase::Invalid);
             if !on_disk && !known {

@@ -163,6 +163,13 @@ pub fn human_duration(d: std::time::Duration) -> String {
 /// known, its timeout only shortens the profile's, and an artifact matches its schema when the profile ships one.
 /// A request whose profile exists but is invalid stays valid here: the
 /// planner holds it back with the profile's own message.
+/// The profile whose fire name `id` is, if it has that form.
+fn fire_owner(id: &str) -> Option<&str> {
+    let cut = id.len().checked_sub(14)?;
+    let owner = id.get(..cut)?;
+    crate::schedule::is_fire_id(owner, id).then_some(owner)
+}
+
 fn cross_check(
     r: Request,
     desired: &Desired,
@@ -176,6 +183,24 @@ fn cross_check(
             0,
         )
     };
+    // A fire's name (`<profile>-YYYYMMDDTHHMM`) is the scheduler's: a
+    // request that takes one must be that profile's scheduled request, or a
+    // request writer could squat the name and stop the fire (issue 13).
+    if let Some(owner) = fire_owner(&r.id)
+        && (r.profile != owner || r.scheduled_for.is_none())
+    {
+        return Err(vec![
+            Diagnostic::new(
+                &r.path,
+                at("profile"),
+                format!(
+                    "request id `{}` is the name of a scheduled fire of profile `{owner}`; only that profile's scheduled requests (with `scheduled_for`) may take it",
+                    r.id
+                ),
+            )
+            .hint("rename the file: ids of the form <profile>-YYYYMMDDTHHMM are reserved for the scheduler"),
+        ]);
+    }
     let profile = match desired.profiles.get(&r.profile) {
         Some(p) => p,
         None if desired.invalid_profiles.contains_key(&r.profile) => return Ok(r),

@@ -370,6 +370,17 @@ const CASES: &[Case] = &[
         text: "profile = \"ghost\"\n",
         expect: "d/requests/r.toml:1:1: profile `ghost` not found",
     },
+    // A request writer squatting a fire's name (issue 13).
+    Case {
+        path: "d/requests/nightly-20260101T0200.toml",
+        text: "profile = \"base\"\n",
+        expect: "d/requests/nightly-20260101T0200.toml:1:1: request id `nightly-20260101T0200` is the name of a scheduled fire of profile `nightly`",
+    },
+    Case {
+        path: "d/requests/base-20260101T0200.toml",
+        text: "profile = \"base\"\n",
+        expect: "d/requests/base-20260101T0200.toml:1:1: request id `base-20260101T0200` is the name of a scheduled fire of profile `base`",
+    },
     Case {
         path: "d/requests/Fix-1.toml",
         text: "profile = \"base\"\n",
