@@ -57,7 +57,7 @@ pub fn refuse_private(repo: &Repo, private: &[(&str, &Path)]) -> Result<(), Stri
                 repo.as_str()
             ));
         }
-        let Ok(text) = std::fs::read_to_string(objects.join("info/alternates")) else {
+        let Some(text) = small_text(&objects.join("info/alternates")) else {
             continue;
         };
         for line in text.lines().map(str::trim) {
@@ -70,6 +70,15 @@ pub fn refuse_private(repo: &Repo, private: &[(&str, &Path)]) -> Result<(), Stri
         }
     }
     Ok(())
+}
+
+/// A small file of a repository someone else may write (alternates,
+/// `commondir`, a `.git` file): opened without blocking (a planted FIFO),
+/// regular files only (not `/dev/zero`), at most 64 KiB read.
+fn small_text(path: &Path) -> Option<String> {
+    const CAP: usize = 64 * 1024;
+    let bytes = crate::source::read_capped(path, CAP).ok()?;
+    (bytes.len() <= CAP).then(|| String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// Every git dir `git upload-pack <local>` may end up in: git tries
@@ -89,7 +98,7 @@ fn git_dirs(local: &Path) -> Vec<PathBuf> {
         with(".git"),
     ] {
         if candidate.is_file() {
-            let target = std::fs::read_to_string(&candidate).ok().and_then(|t| {
+            let target = small_text(&candidate).and_then(|t| {
                 t.trim()
                     .strip_prefix("gitdir:")
                     .map(|g| PathBuf::from(g.trim()))
@@ -104,7 +113,7 @@ fn git_dirs(local: &Path) -> Vec<PathBuf> {
     let common: Vec<PathBuf> = out
         .iter()
         .filter_map(|d| {
-            let c = std::fs::read_to_string(d.join("commondir")).ok()?;
+            let c = small_text(&d.join("commondir"))?;
             Some(d.join(c.trim()))
         })
         .collect();
@@ -115,6 +124,43 @@ fn git_dirs(local: &Path) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found in review: a writer of an allowed local repository could plant
+    /// a FIFO (a worker blocked forever) or a link to `/dev/zero` (memory
+    /// without end) as `objects/info/alternates`.
+    #[test]
+    fn planted_fifo_or_endless_alternates_do_not_block_or_grow_issue_13() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("state");
+        std::fs::create_dir_all(&state).expect("mkdir");
+        let private = [("state dir", state.as_path())];
+        for (name, plant) in [("fifo", 0), ("zero", 1)] {
+            let repo = dir.path().join(format!("{name}.git"));
+            std::fs::create_dir_all(repo.join("objects/info")).expect("mkdir");
+            let alt = repo.join("objects/info/alternates");
+            if plant == 0 {
+                nix::unistd::mkfifo(&alt, nix::sys::stat::Mode::from_bits_truncate(0o600))
+                    .expect("mkfifo");
+            } else {
+                std::os::unix::fs::symlink("/dev/zero", &alt).expect("symlink");
+            }
+            let (tx, rx) = std::sync::mpsc::channel();
+            let r = Repo::Local(repo.clone());
+            let p: Vec<(&str, PathBuf)> =
+                private.iter().map(|(w, p)| (*w, p.to_path_buf())).collect();
+            std::thread::spawn(move || {
+                let p: Vec<(&str, &Path)> = p.iter().map(|(w, p)| (*w, p.as_path())).collect();
+                let _ = tx.send(refuse_private(&r, &p).is_ok());
+            });
+            let ok = rx
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .unwrap_or_else(|_| panic!("{name}: the check blocked"));
+            assert!(
+                ok,
+                "{name}: an unreadable alternates file is no private path"
+            );
+        }
+    }
 
     #[test]
     fn private_folders_are_refused_as_written_resolved_and_through_alternates() {
