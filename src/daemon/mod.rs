@@ -86,6 +86,7 @@ pub async fn run(
         backoff: Mutex::new(Default::default()),
         gates: Mutex::new(Default::default()),
         leftovers: Mutex::default(),
+        seal_failures: Mutex::default(),
     });
     write_daemon_state(&sh.settings.state, None, &[]);
     resync_containers(&sh).await;

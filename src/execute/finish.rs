@@ -391,6 +391,9 @@ async fn seal_record(
         .await
         .map_err(|e| e.to_string())
         .and_then(|r| r.map_err(|e| e.to_string()));
+    if sealed.is_ok() {
+        lock(&sh.seal_failures).remove(request);
+    }
     match sealed {
         Ok(Sealed::Sealed { cut }) => {
             crate::metrics::get().audit_record(true);
@@ -407,13 +410,20 @@ async fn seal_record(
             Ok(note)
         }
         Err(e) => {
-            let attempts = sh.retry_later(
+            sh.retry_later(
                 request,
                 &format!("finishing: sealing the audit record: {e}"),
             );
+            let attempts = {
+                let mut failures = lock(&sh.seal_failures);
+                let n = failures.entry(request.to_string()).or_insert(0);
+                *n += 1;
+                *n
+            };
             if attempts < SEAL_ATTEMPTS {
                 return Err(());
             }
+            lock(&sh.seal_failures).remove(request);
             // Whatever the agent left must not hold the slot, the container
             // or the work folder forever: the record stays incomplete.
             tracing::error!(request, attempts, error = %e, "giving up sealing the audit record");

@@ -148,6 +148,10 @@ pub struct Shared {
     pub gates: Mutex<BTreeMap<String, std::fs::File>>,
     /// Work folders whose removal failed, retried by `sweep_work_dirs`.
     pub leftovers: Mutex<Leftovers>,
+    /// Failed sealing attempts per request, counted apart from `backoff`
+    /// (which every failure of a finish shares), so a Podman outage during
+    /// finishing does not make the daemon give up on a record early.
+    pub seal_failures: Mutex<BTreeMap<String, u32>>,
 }
 
 /// Exponential backoff of one request's failing operation.

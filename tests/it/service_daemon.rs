@@ -201,7 +201,7 @@ fn ready_follows_the_first_full_pass_and_status_tracks_counts_issue_11() {
         w.log()
     );
     assert!(
-        took < Duration::from_secs(3),
+        took < Duration::from_secs(5),
         "first SIGTERM with nothing running took {took:?} to exit; {stop:?}"
     );
     assert!(w.log().contains("drained: no sessions left"), "{}", w.log());
@@ -214,9 +214,9 @@ fn watchdog_pings_come_from_the_loop_when_watchdog_pid_is_ours_issue_11() {
     }
     let w = World::new();
     let n = NotifySocket::new();
-    // 1 s: the loop must wake and ping at least every 500 ms, though
-    // nothing else happens.
-    let _d = spawn_daemon(&w, &n.path, Some("$$"), &[("WATCHDOG_USEC", "1000000")]);
+    // 4 s: the loop must wake and ping at least every 2 s, though nothing
+    // else happens.
+    let _d = spawn_daemon(&w, &n.path, Some("$$"), &[("WATCHDOG_USEC", "4000000")]);
     n.until("READY=1", Duration::from_secs(60), |m| {
         m.lines().any(|l| l == "READY=1")
     });
@@ -224,17 +224,17 @@ fn watchdog_pings_come_from_the_loop_when_watchdog_pid_is_ours_issue_11() {
     let mut pings = 0;
     // Generous bounds for a loaded machine: no gap as long as the watchdog
     // interval itself, and most of the expected pings.
-    while t0.elapsed() < Duration::from_secs(3) {
-        if let Some(m) = n.recv(Duration::from_millis(1000)) {
+    while t0.elapsed() < Duration::from_secs(10) {
+        if let Some(m) = n.recv(Duration::from_millis(3500)) {
             pings += usize::from(m.lines().any(|l| l == "WATCHDOG=1"));
         } else {
             panic!(
-                "no notification for 1 s with WATCHDOG_USEC=1000000 ({pings} pings so far)\n{}",
+                "no notification for 3.5 s with WATCHDOG_USEC=4000000 ({pings} pings so far)\n{}",
                 w.log()
             );
         }
     }
-    assert!(pings >= 4, "only {pings} WATCHDOG=1 in 3 s\n{}", w.log());
+    assert!(pings >= 4, "only {pings} WATCHDOG=1 in 10 s\n{}", w.log());
 
     // WATCHDOG_PID names another process: the watchdog is not ours.
     let w2 = World::new();
