@@ -198,7 +198,11 @@ pub fn env_name(name: &str) -> bool {
 
 /// Names the daemon sets itself; a profile may not set them.
 pub fn reserved_env(name: &str) -> bool {
-    name.starts_with("AGENTD_") || matches!(name, "HOME" | "USER" | "LOGNAME")
+    // `agentd_*` in any case: the session's credentials file uses such
+    // shell variables itself while it reads Podman secrets.
+    name.get(..7)
+        .is_some_and(|p| p.eq_ignore_ascii_case("agentd_"))
+        || matches!(name, "HOME" | "USER" | "LOGNAME")
 }
 
 /// A lexically clean absolute path: starts at `/`, no `.` or `..` parts.

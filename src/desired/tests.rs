@@ -291,6 +291,11 @@ const CASES: &[Case] = &[
     },
     Case {
         path: P,
+        text: "base_image = \"i\"\ncommand = [\"x\"]\ncredentials = [{ name = \"agentd_v\", source = \"T\" }]\n",
+        expect: "d/profiles/p.toml:3:18: credentials[0].name `agentd_v` is not a usable env var name",
+    },
+    Case {
+        path: P,
         text: "base_image = \"i\"\ncommand = [\"x\"]\ncredentials = [{ name = \"T\", source = \"A\" }, { name = \"T\", source = \"B\" }]\n",
         expect: "d/profiles/p.toml:3:1: credential `T` is listed twice",
     },

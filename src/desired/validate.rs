@@ -188,7 +188,7 @@ pub fn profile(path: &Path, bytes: &[u8], host: &dyn HostView) -> Result<Profile
         if !rules::env_name(&c.name) || rules::reserved_env(&c.name) {
             s.at("name", name_nth, (
                 format!("credentials[{i}].name `{}` is not a usable env var name", c.name),
-                Some("use letters, digits and _, not starting with a digit; AGENTD_*, HOME, USER and LOGNAME are set by agentd".into()),
+                Some("use letters, digits and _, not starting with a digit; AGENTD_* (any case), HOME, USER and LOGNAME are agentd's".into()),
             ));
         }
         match sources::source(&format!("credentials[{i}]"), credential_given(c), false) {
@@ -225,7 +225,7 @@ pub fn profile(path: &Path, bytes: &[u8], host: &dyn HostView) -> Result<Profile
     for k in w.env.keys() {
         if !rules::env_name(k) || rules::reserved_env(k) {
             s.at(k, 0, (format!("env key `{k}` is not a usable env var name"),
-                Some("use letters, digits and _; AGENTD_*, HOME, USER and LOGNAME are set by agentd".into())));
+                Some("use letters, digits and _; AGENTD_* (any case), HOME, USER and LOGNAME are agentd's".into())));
         } else if seen_env.contains(k) {
             s.at(
                 k,
