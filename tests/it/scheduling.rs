@@ -26,10 +26,19 @@ fn cron_fires_run_once_per_minute_with_forbid_and_history() {
         return;
     }
     let mut w = World::new();
+    // Each run of the command appends its request id to a ledger on the
+    // host: "one session" is counted outside agentd.
+    let ledger = w.path().join("ledger");
+    std::fs::create_dir(&ledger).expect("ledger");
+    std::fs::set_permissions(&ledger, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+        .expect("chmod ledger");
     w.sh_profile(
         "tick",
-        "echo fired",
-        "schedule = \"* * * * *\"\nhistory_limit = 1",
+        "echo fired; echo \"$AGENTD_REQUEST\" >> /ledger/runs",
+        &format!(
+            "schedule = \"* * * * *\"\nhistory_limit = 1\nmounts = [{{ source = \"{}\", target = \"/ledger\", read_only = false }}]",
+            ledger.display()
+        ),
     );
     w.gate_profile(
         "hold",
@@ -59,10 +68,25 @@ fn cron_fires_run_once_per_minute_with_forbid_and_history() {
     assert_eq!(s["outcome"], "success", "{s}");
     assert_eq!(s["origin"], "schedule");
     let first_audit = w.audit_dir(&first);
+    // One session: the command ran once and left one record. (A kill that
+    // lands between `podman run` and the clone being in place leaves a
+    // container whose command is still at its gate; the restarted daemon
+    // removes it and starts again, so a second container may be created,
+    // but never a second run.)
+    let runs = std::fs::read_to_string(ledger.join("runs")).unwrap_or_default();
     assert_eq!(
-        w.containers_created_for(&first),
+        runs.lines().filter(|l| *l == first).count(),
         1,
-        "one session for the fire"
+        "one run of the fire's command: {runs:?}"
+    );
+    assert_eq!(
+        w.audit_records("tick").len(),
+        1,
+        "one audit record for the fire"
+    );
+    assert!(
+        w.containers_created_for(&first) <= 2,
+        "at most the one retried start"
     );
     let hold_first = fire_files(&w, "hold");
     assert_eq!(hold_first.len(), 1, "{hold_first:?}");
