@@ -25,8 +25,8 @@ use crate::desired::Diagnostic;
 use crate::execute::{ContainerTable, Event, Settings, Shared, lock as guard};
 use crate::observed::{Container, ContainerState, Observed, Phase};
 use crate::plan::{PlanConfig, plan};
-use crate::runtime::podman::ContainerEvent;
 use crate::runtime::podman::Podman;
+use crate::runtime::podman::{ContainerEvent, ExitFile, exits};
 use crate::source::{RealHost, Source};
 use crate::status::StatusStore;
 
@@ -93,6 +93,7 @@ pub async fn run(
     sh.sweep_work_dirs();
     reopen_gates(&sh);
     let events_task = tokio::spawn(follow_container_events(Arc::clone(&sh)));
+    let exits_task = tokio::spawn(follow_exit_files(Arc::clone(&sh)));
 
     let mut schedules = crate::execute::Schedules::load(&sh.settings.state);
     let dirty: Arc<Mutex<watch::Dirty>> = Arc::default();
@@ -290,6 +291,7 @@ pub async fn run(
     }
     drop(watcher);
     events_task.abort();
+    exits_task.abort();
     if !hard_stop.is_cancelled() {
         sh.tasks.close();
         sh.tasks.wait().await;
@@ -430,6 +432,50 @@ async fn follow_container_events(sh: Arc<Shared>) {
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(30));
         let _ = sh.wake.try_send(Event::Resync);
+    }
+}
+
+/// Apply one exit file to the table: the container of that id exited.
+/// Only a container the table knows (this instance's, by id) and that it
+/// believes is not over yet changes; `-1` when the file was gone before it
+/// was read (finishing inspects the container anyway). Returns whether
+/// the table changed.
+fn apply_exit_file(t: &mut ContainerTable, exit: &ExitFile) -> bool {
+    let Some(c) = t.by_request.values_mut().find(|c| c.id == exit.id) else {
+        return false;
+    };
+    if matches!(c.state, ContainerState::Exited(_)) {
+        return false;
+    }
+    c.state = ContainerState::Exited(exit.exit_code.unwrap_or(-1));
+    c.started = true;
+    true
+}
+
+/// Watch conmon's exit files (see `runtime::podman::exits`) so the planner
+/// finishes a session the moment its container exits instead of when
+/// `podman events` gets around to the `died` event. Without an exit folder
+/// (remote or unusual Podman), or if watching fails, the events stream
+/// alone reports exits, as before.
+async fn follow_exit_files(sh: Arc<Shared>) {
+    let Some(dir) = exits::exit_dir() else {
+        tracing::info!("no Podman exit folder to watch; exits are learned from podman events");
+        return;
+    };
+    let (tx, mut rx) = mpsc::channel(256);
+    let _watcher = match exits::watch(&dir, tx) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch Podman's exit folder; exits are learned from podman events");
+            return;
+        }
+    };
+    tracing::debug!(dir = %dir.display(), "watching Podman's exit folder");
+    while let Some(exit) = rx.recv().await {
+        tracing::debug!(id = %exit.id, exit_code = exit.exit_code, "exit file");
+        if apply_exit_file(&mut guard(&sh.containers), &exit) {
+            let _ = sh.wake.try_send(Event::Container);
+        }
     }
 }
 
