@@ -541,3 +541,54 @@ fn release_freed_memory() {
         nix::libc::malloc_trim(0);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table_with(id: &str, state: ContainerState) -> ContainerTable {
+        let mut t = ContainerTable::default();
+        t.by_request.insert(
+            "r".into(),
+            Container {
+                id: id.into(),
+                name: "agentd-i-r".into(),
+                request: Some("r".into()),
+                session_id: Some("s".into()),
+                state,
+                deadline: None,
+                started: true,
+            },
+        );
+        t
+    }
+
+    fn exit(id: &str, code: Option<i32>) -> ExitFile {
+        ExitFile {
+            id: id.into(),
+            exit_code: code,
+        }
+    }
+
+    #[test]
+    fn an_exit_file_marks_only_its_own_running_container_exited() {
+        let id = "a".repeat(64);
+        let mut t = table_with(&id, ContainerState::Running);
+        // Another container's exit (another instance, a bare `podman run`).
+        assert!(!apply_exit_file(&mut t, &exit(&"b".repeat(64), Some(0))));
+        assert_eq!(t.by_request["r"].state, ContainerState::Running);
+        assert!(apply_exit_file(&mut t, &exit(&id, Some(3))));
+        assert_eq!(t.by_request["r"].state, ContainerState::Exited(3));
+        // The events stream's code, or an earlier file, is not overwritten.
+        assert!(!apply_exit_file(&mut t, &exit(&id, None)));
+        assert_eq!(t.by_request["r"].state, ContainerState::Exited(3));
+    }
+
+    #[test]
+    fn an_exit_file_read_too_late_still_ends_the_container() {
+        let id = "c".repeat(64);
+        let mut t = table_with(&id, ContainerState::Running);
+        assert!(apply_exit_file(&mut t, &exit(&id, None)));
+        assert_eq!(t.by_request["r"].state, ContainerState::Exited(-1));
+    }
+}
