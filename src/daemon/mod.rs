@@ -25,8 +25,8 @@ use crate::desired::Diagnostic;
 use crate::execute::{ContainerTable, Event, Settings, Shared, lock as guard};
 use crate::observed::{Container, ContainerState, Observed, Phase};
 use crate::plan::{PlanConfig, plan};
-use crate::runtime::podman::ContainerEvent;
 use crate::runtime::podman::Podman;
+use crate::runtime::podman::{ContainerEvent, ExitFile, exits};
 use crate::source::{RealHost, Source};
 use crate::status::StatusStore;
 
@@ -93,6 +93,7 @@ pub async fn run(
     sh.sweep_work_dirs();
     reopen_gates(&sh);
     let events_task = tokio::spawn(follow_container_events(Arc::clone(&sh)));
+    let exits_task = tokio::spawn(follow_exit_files(Arc::clone(&sh)));
 
     let mut schedules = crate::execute::Schedules::load(&sh.settings.state);
     let dirty: Arc<Mutex<watch::Dirty>> = Arc::default();
@@ -290,6 +291,7 @@ pub async fn run(
     }
     drop(watcher);
     events_task.abort();
+    exits_task.abort();
     if !hard_stop.is_cancelled() {
         sh.tasks.close();
         sh.tasks.wait().await;
@@ -433,6 +435,50 @@ async fn follow_container_events(sh: Arc<Shared>) {
     }
 }
 
+/// Apply one exit file to the table: the container of that id exited.
+/// Only a container the table knows (this instance's, by id) and that it
+/// believes is not over yet changes; `-1` when the file was gone before it
+/// was read (finishing inspects the container anyway). Returns whether
+/// the table changed.
+fn apply_exit_file(t: &mut ContainerTable, exit: &ExitFile) -> bool {
+    let Some(c) = t.by_request.values_mut().find(|c| c.id == exit.id) else {
+        return false;
+    };
+    if matches!(c.state, ContainerState::Exited(_)) {
+        return false;
+    }
+    c.state = ContainerState::Exited(exit.exit_code.unwrap_or(-1));
+    c.started = true;
+    true
+}
+
+/// Watch conmon's exit files (see `runtime::podman::exits`) so the planner
+/// finishes a session the moment its container exits instead of when
+/// `podman events` gets around to the `died` event. Without an exit folder
+/// (remote or unusual Podman), or if watching fails, the events stream
+/// alone reports exits, as before.
+async fn follow_exit_files(sh: Arc<Shared>) {
+    let Some(dir) = exits::exit_dir() else {
+        tracing::info!("no Podman exit folder to watch; exits are learned from podman events");
+        return;
+    };
+    let (tx, mut rx) = mpsc::channel(256);
+    let _watcher = match exits::watch(&dir, tx) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch Podman's exit folder; exits are learned from podman events");
+            return;
+        }
+    };
+    tracing::debug!(dir = %dir.display(), "watching Podman's exit folder");
+    while let Some(exit) = rx.recv().await {
+        tracing::debug!(id = %exit.id, exit_code = exit.exit_code, "exit file");
+        if apply_exit_file(&mut guard(&sh.containers), &exit) {
+            let _ = sh.wake.try_send(Event::Container);
+        }
+    }
+}
+
 /// After a restart, re-send `go` to every running session's gate: a `go`
 /// written just before a crash may never have reached its reader.
 fn reopen_gates(sh: &Shared) {
@@ -493,5 +539,56 @@ fn release_freed_memory() {
     // thread at any time is allowed by glibc.
     unsafe {
         nix::libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table_with(id: &str, state: ContainerState) -> ContainerTable {
+        let mut t = ContainerTable::default();
+        t.by_request.insert(
+            "r".into(),
+            Container {
+                id: id.into(),
+                name: "agentd-i-r".into(),
+                request: Some("r".into()),
+                session_id: Some("s".into()),
+                state,
+                deadline: None,
+                started: true,
+            },
+        );
+        t
+    }
+
+    fn exit(id: &str, code: Option<i32>) -> ExitFile {
+        ExitFile {
+            id: id.into(),
+            exit_code: code,
+        }
+    }
+
+    #[test]
+    fn an_exit_file_marks_only_its_own_running_container_exited() {
+        let id = "a".repeat(64);
+        let mut t = table_with(&id, ContainerState::Running);
+        // Another container's exit (another instance, a bare `podman run`).
+        assert!(!apply_exit_file(&mut t, &exit(&"b".repeat(64), Some(0))));
+        assert_eq!(t.by_request["r"].state, ContainerState::Running);
+        assert!(apply_exit_file(&mut t, &exit(&id, Some(3))));
+        assert_eq!(t.by_request["r"].state, ContainerState::Exited(3));
+        // The events stream's code, or an earlier file, is not overwritten.
+        assert!(!apply_exit_file(&mut t, &exit(&id, None)));
+        assert_eq!(t.by_request["r"].state, ContainerState::Exited(3));
+    }
+
+    #[test]
+    fn an_exit_file_read_too_late_still_ends_the_container() {
+        let id = "c".repeat(64);
+        let mut t = table_with(&id, ContainerState::Running);
+        assert!(apply_exit_file(&mut t, &exit(&id, None)));
+        assert_eq!(t.by_request["r"].state, ContainerState::Exited(-1));
     }
 }

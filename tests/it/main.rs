@@ -6,6 +6,7 @@ mod cli;
 mod convergence;
 mod credentials;
 mod docs;
+mod exit_detection;
 mod git_server;
 mod hardening_daemon;
 mod hardening_desired;

@@ -6,6 +6,7 @@
 
 mod args;
 mod events;
+pub mod exits;
 mod json;
 
 use std::process::Stdio;
@@ -15,6 +16,7 @@ use tokio::process::Command;
 
 pub use args::{BindMount, RunSpec, SecretMount, run_args};
 pub use events::{ContainerEvent, EventStream};
+pub use exits::ExitFile;
 pub use json::Inspected;
 
 use crate::observed::Container;

@@ -1,0 +1,150 @@
+//! Learning that a container exited without waiting for `podman events`.
+//!
+//! conmon writes the container's exit code to `<exit dir>/<container id>`
+//! the moment the container's process ends (rootful Podman:
+//! `/run/libpod/exits`, conmon's `--exit-dir`); Podman's clean-up process
+//! reads and deletes it a few milliseconds later. With the file event
+//! logger, the `died` event reaches `podman events` up to ~250 ms later.
+//! Watching the folder with inotify sees the file at once.
+//!
+//! This is a wake-up hint only, like the events stream: the daemon still
+//! asks `podman container inspect` before it ends a session, so a missed,
+//! unreadable or misattributed file costs latency, never correctness. The
+//! events stream stays the fallback (and the only source for containers
+//! whose file we cannot see: remote Podman, another tmp dir).
+
+use std::path::{Path, PathBuf};
+
+use notify::{EventKind, RecursiveMode, Watcher as _};
+use tokio::sync::mpsc;
+
+/// A container's exit, as conmon wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExitFile {
+    /// The full container id (the file's name).
+    pub id: String,
+    /// The exit code, when the file could still be read (Podman's clean-up
+    /// may delete it first).
+    pub exit_code: Option<i32>,
+}
+
+/// The folder conmon writes exit files to, when this daemon can watch it:
+/// `AGENTD_PODMAN_EXIT_DIR` (empty: do not watch), else Podman's default
+/// for a local rootful (`/run/libpod/exits`) or rootless
+/// (`$XDG_RUNTIME_DIR/libpod/tmp/exits`) engine. `None` when remote
+/// (`CONTAINER_HOST`/`CONTAINER_CONNECTION`) or the folder does not exist.
+pub fn exit_dir() -> Option<PathBuf> {
+    if let Ok(d) = std::env::var("AGENTD_PODMAN_EXIT_DIR") {
+        return (!d.is_empty())
+            .then(|| PathBuf::from(d))
+            .filter(|d| d.is_dir());
+    }
+    let remote = ["CONTAINER_HOST", "CONTAINER_CONNECTION"]
+        .iter()
+        .any(|k| std::env::var_os(k).is_some_and(|v| !v.is_empty()));
+    if remote {
+        return None;
+    }
+    let dir = if nix::unistd::geteuid().is_root() {
+        PathBuf::from("/run/libpod/exits")
+    } else {
+        PathBuf::from(std::env::var_os("XDG_RUNTIME_DIR")?).join("libpod/tmp/exits")
+    };
+    dir.is_dir().then_some(dir)
+}
+
+/// A container id as Podman names exit files: 64 lowercase hex digits.
+fn container_id(name: &str) -> Option<&str> {
+    (name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+        .then_some(name)
+}
+
+/// The exit code in an exit file's content (conmon writes it in decimal).
+pub fn parse_exit_code(content: &str) -> Option<i32> {
+    content.trim().parse().ok()
+}
+
+/// Watch `dir`; every exit file written there is sent to `tx` (the
+/// receiver must keep up: a full channel drops the hint, the events stream
+/// then reports the exit). Keep the returned watcher alive.
+pub fn watch(dir: &Path, tx: mpsc::Sender<ExitFile>) -> notify::Result<notify::RecommendedWatcher> {
+    let handler = move |result: notify::Result<notify::Event>| {
+        let Ok(event) = result else { return };
+        // conmon writes `<id>.tmp` and renames it to `<id>` (older conmon
+        // writes `<id>` in place: its close tells the code is complete). A
+        // create is sent too: if the clean-up wins the race to delete the
+        // file, the exit is still known.
+        if !matches!(
+            event.kind,
+            EventKind::Create(_)
+                | EventKind::Modify(notify::event::ModifyKind::Name(_))
+                | EventKind::Access(notify::event::AccessKind::Close(_))
+        ) {
+            return;
+        }
+        for path in &event.paths {
+            let Some(id) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(container_id)
+            else {
+                continue;
+            };
+            let exit_code = std::fs::read_to_string(path)
+                .ok()
+                .as_deref()
+                .and_then(parse_exit_code);
+            let _ = tx.try_send(ExitFile {
+                id: id.to_string(),
+                exit_code,
+            });
+        }
+    };
+    let mut watcher = notify::recommended_watcher(handler)?;
+    watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    Ok(watcher)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_container_ids_name_exit_files() {
+        let id = "2394462ae6a6b43c2efdf4adee72acf1b14d5f9730956cca05c4fe9fd2c04384";
+        assert_eq!(container_id(id), Some(id));
+        assert_eq!(container_id("2394462ae6a6"), None);
+        assert_eq!(container_id(&id.to_uppercase()), None);
+        assert_eq!(container_id(&format!("{id}.tmp")), None);
+    }
+
+    #[test]
+    fn exit_codes_parse_as_conmon_writes_them() {
+        assert_eq!(parse_exit_code("0"), Some(0));
+        assert_eq!(parse_exit_code("137\n"), Some(137));
+        assert_eq!(parse_exit_code(""), None);
+        assert_eq!(parse_exit_code("x"), None);
+    }
+
+    #[tokio::test]
+    async fn a_written_exit_file_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, mut rx) = mpsc::channel(16);
+        let _w = watch(dir.path(), tx).unwrap();
+        let id = "a".repeat(64);
+        let tmp = dir.path().join(format!("{id}.tmp"));
+        std::fs::write(&tmp, "3").unwrap();
+        std::fs::rename(&tmp, dir.path().join(&id)).unwrap();
+        let mut got = Vec::new();
+        while let Ok(Some(e)) =
+            tokio::time::timeout(std::time::Duration::from_secs(2), rx.recv()).await
+        {
+            got.push(e);
+            if got.iter().any(|e: &ExitFile| e.exit_code == Some(3)) {
+                break;
+            }
+        }
+        assert!(got.iter().all(|e| e.id == id), "{got:?}");
+        assert!(got.iter().any(|e| e.exit_code == Some(3)), "{got:?}");
+    }
+}
