@@ -11,7 +11,9 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use crate::git_server::{GitServer, bare_repo, self_signed};
-use crate::util::{World, agentd, require_podman, test_image, toml_string, write};
+use crate::util::{
+    World, agentd, leak_haystacks, require_podman, sample_ps, test_image, toml_string, write,
+};
 
 /// A Podman secret made for one test, removed when dropped.
 struct PodmanSecret(String);
@@ -59,22 +61,6 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-/// Sample the process table every few milliseconds until `stop` is set.
-fn sample_ps(
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> std::thread::JoinHandle<Vec<Vec<u8>>> {
-    std::thread::spawn(move || {
-        let mut samples = Vec::new();
-        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            if let Ok(out) = Command::new("ps").args(["-eww", "-o", "args"]).output() {
-                samples.push(out.stdout);
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        samples
-    })
 }
 
 #[test]
@@ -234,21 +220,13 @@ fn every_secret_source_reaches_the_session_and_never_leaks_issue_11() {
         "both clones used the token: {served_log}"
     );
 
-    let mut haystacks: Vec<(String, Vec<u8>)> = vec![
-        ("podman inspect".into(), inspect.stdout),
-        ("ps".into(), ps.concat()),
-        ("daemon log".into(), w.log().into_bytes()),
-    ];
-    for e in walkdir::WalkDir::new(&w.state)
-        .into_iter()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_file())
-    {
-        haystacks.push((
-            e.path().display().to_string(),
-            std::fs::read(e.path()).expect("read"),
-        ));
-    }
+    let haystacks = leak_haystacks(
+        &w,
+        vec![
+            ("podman inspect".into(), inspect.stdout),
+            ("ps".into(), ps.concat()),
+        ],
+    );
     let mut saw = [false; 3];
     for (name, bytes) in &haystacks {
         saw[0] |= name.contains("/status/");

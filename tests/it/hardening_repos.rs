@@ -7,7 +7,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::git_server::{GitServer, bare_repo, self_signed};
-use crate::util::{World, agentd, require_podman, test_image, toml_string, write};
+use crate::util::{
+    World, agentd, leak_haystacks, require_podman, sample_ps, test_image, toml_string, write,
+};
 
 /// A profile on the test image that runs `script` with `repo`.
 fn repo_profile(w: &World, name: &str, repo: &str, script: &str, extra: &str) {
@@ -387,19 +389,7 @@ fn clone_token_reaches_only_an_allowed_https_remote_and_never_leaks_issue_13() {
     // The process table, sampled every few milliseconds from before the
     // daemon starts until the session runs: it covers git's clone too.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sampler = {
-        let stop = std::sync::Arc::clone(&stop);
-        std::thread::spawn(move || {
-            let mut samples = Vec::new();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                if let Ok(out) = Command::new("ps").args(["-eww", "-o", "args"]).output() {
-                    samples.push(out.stdout);
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            samples
-        })
-    };
+    let sampler = sample_ps(std::sync::Arc::clone(&stop));
     w.start_daemon_with(
         &[
             ("HOST_SECRET", &secret),
@@ -465,23 +455,15 @@ fn clone_token_reaches_only_an_allowed_https_remote_and_never_leaks_issue_13() {
         plain.requests()
     );
 
-    let mut haystacks: Vec<(String, Vec<u8>)> = vec![
-        ("podman inspect".into(), inspect.stdout),
-        ("ps".into(), ps.concat()),
-        ("daemon log".into(), w.log().into_bytes()),
-    ];
     // Everything the daemon keeps: status, specs, audit records, the mirror
     // cache (its config and refs), git's home, work folders.
-    for e in walkdir::WalkDir::new(&w.state)
-        .into_iter()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_file())
-    {
-        haystacks.push((
-            e.path().display().to_string(),
-            std::fs::read(e.path()).expect("read"),
-        ));
-    }
+    let haystacks = leak_haystacks(
+        &w,
+        vec![
+            ("podman inspect".into(), inspect.stdout),
+            ("ps".into(), ps.concat()),
+        ],
+    );
     assert!(haystacks.len() > 10);
     let mut saw = [false; 3];
     for (name, bytes) in &haystacks {

@@ -360,6 +360,41 @@ impl Drop for World {
 }
 
 /// A TOML basic string literal.
+/// Sample the process table (`ps -eww -o args`) every few milliseconds
+/// until `stop` is set: what a leak test searches for argv leaks.
+pub fn sample_ps(
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<Vec<u8>>> {
+    std::thread::spawn(move || {
+        let mut samples = Vec::new();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok(out) = Command::new("ps").args(["-eww", "-o", "args"]).output() {
+                samples.push(out.stdout);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        samples
+    })
+}
+
+/// Everything a leak test searches: `outputs` (named captures such as
+/// `podman inspect` and `ps`), the daemon log, and every file under the
+/// state dir (status, specs, audit records, caches, work folders).
+pub fn leak_haystacks(w: &World, mut outputs: Vec<(String, Vec<u8>)>) -> Vec<(String, Vec<u8>)> {
+    outputs.push(("daemon log".into(), w.log().into_bytes()));
+    for e in walkdir::WalkDir::new(&w.state)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+    {
+        outputs.push((
+            e.path().display().to_string(),
+            std::fs::read(e.path()).expect("read"),
+        ));
+    }
+    outputs
+}
+
 pub fn toml_string(s: &str) -> String {
     let mut out = String::from("\"");
     for c in s.chars() {
