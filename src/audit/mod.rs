@@ -122,7 +122,9 @@ impl Record {
         fs::create_dir_all(&agentd).map_err(err(&agentd))?;
         let session = dir.join("session");
         fs::create_dir_all(&session).map_err(err(&session))?;
-        std::os::unix::fs::chown(&session, Some(uid), Some(uid)).map_err(err(&session))?;
+        if uid != nix::unistd::geteuid().as_raw() {
+            std::os::unix::fs::chown(&session, Some(uid), Some(uid)).map_err(err(&session))?;
+        }
         fs::set_permissions(&session, fs::Permissions::from_mode(0o700)).map_err(err(&session))?;
         Ok(Record { dir })
     }

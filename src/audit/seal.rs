@@ -186,8 +186,10 @@ fn join(rel: &[u8], name: &CStr) -> Vec<u8> {
     p
 }
 
+/// Who taken-back files belong to: the daemon's user (root when rootful;
+/// rootless, the user whose uid the session's files already have).
 fn root_ids() -> (Option<Uid>, Option<Gid>) {
-    (Some(Uid::from_raw(0)), Some(Gid::from_raw(0)))
+    (Some(nix::unistd::geteuid()), Some(nix::unistd::getegid()))
 }
 
 fn moved() -> io::Error {
@@ -233,6 +235,10 @@ impl Walker {
                 .join("; "),
             paths: self.cut.paths.clone(),
         })
+    }
+
+    fn own_uid(&self) -> u32 {
+        nix::unistd::geteuid().as_raw()
     }
 
     /// Make a folder root's and 0700 through its descriptor, before its
@@ -376,6 +382,14 @@ impl Walker {
         let fd = match openat(dir, name, flags, Mode::empty()) {
             Ok(fd) => fd,
             Err(Errno::ENOENT) => return Ok(()),
+            // Rootless: no CAP_DAC_OVERRIDE, and the agent may have left its
+            // file unreadable to its owner (mode 0000). The daemon owns it:
+            // make it readable without following a link, then open it.
+            Err(Errno::EACCES) if self.taking_back() && st.st_uid == self.own_uid() => {
+                let mode = Mode::from_bits_truncate((st.st_mode & 0o7777) | 0o400);
+                fchmodat(dir, name, mode, FchmodatFlags::NoFollowSymlink)?;
+                openat(dir, name, flags, Mode::empty())?
+            }
             Err(e) => return Err(e.into()),
         };
         let fst = fstat(&fd)?;

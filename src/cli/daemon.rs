@@ -131,19 +131,7 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
         .transpose()?;
     // Private to the daemon's user, checked before anything is read there.
     daemon::private::ensure_dir("state dir", &state, nix::unistd::geteuid().as_raw(), true)?;
-    let settings = Settings {
-        desired: absolute(global.desired.clone())?,
-        instance: daemon::instance_id(&state),
-        audit_root,
-        state,
-        max_sessions: global.max_sessions,
-        max_pending: global.max_pending,
-        status_retention: args.status_retention,
-        session_uid: args.session_uid,
-        stop_grace: args.stop_grace,
-        audit_max_bytes: args.audit_max_bytes,
-        clone_timeout: args.clone_timeout,
-    };
+    let desired = absolute(global.desired.clone())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -152,8 +140,10 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
     rt.block_on(async move {
         let podman = Podman::default();
         // Fail fast: a daemon that cannot reach Podman would only retry.
-        match podman.check_available().await {
-            Ok(version) => tracing::debug!(podman_version = %version, "podman answers"),
+        // `podman info` also tells the mode (rootless or rootful), which is
+        // detected, never configured.
+        let host = match podman.check_available().await {
+            Ok(host) => host,
             Err(e) => {
                 // `<3>`: journald files the line at priority "err".
                 let level = if super::stderr_is_journal() {
@@ -164,7 +154,32 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
                 let _ = writeln!(std::io::stderr(), "{level}agentd: error: {e}");
                 return Ok(ExitCode::from(1));
             }
-        }
+        };
+        tracing::info!(
+            mode = host.mode(),
+            podman_version = %host.version,
+            cgroups = %host.cgroup_version,
+            cgroup_manager = %host.cgroup_manager,
+            cgroup_controllers = %host.cgroup_controllers.join(","),
+            network_backend = %host.network_backend,
+            storage_driver = %host.storage_driver,
+            "podman answers: {}",
+            host.summary()
+        );
+        let settings = Settings {
+            desired,
+            instance: daemon::instance_id(&state),
+            audit_root,
+            state,
+            max_sessions: global.max_sessions,
+            max_pending: global.max_pending,
+            status_retention: args.status_retention,
+            session_uid: args.session_uid,
+            stop_grace: args.stop_grace,
+            audit_max_bytes: args.audit_max_bytes,
+            clone_timeout: args.clone_timeout,
+            host,
+        };
         if let Some(listener) = metrics {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, "serving metrics at /metrics");

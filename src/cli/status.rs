@@ -87,6 +87,14 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
         if args.watch {
             write!(out, "\x1b[2J\x1b[H")?;
         }
+        // Mode, cgroups and network as the daemon found them at its start,
+        // so what this host cannot enforce is seen before a session fails.
+        if let Some(host) = std::fs::read(state.join("host.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<crate::runtime::podman::Host>(&b).ok())
+        {
+            writeln!(out, "host: {}", escape::text(&host.summary()))?;
+        }
         writeln!(out, "{}", table(&selected, jiff::Timestamp::now()))?;
         if !schedules.is_empty() && args.ids.is_empty() {
             writeln!(out, "\n{}", schedule_table(&schedules))?;

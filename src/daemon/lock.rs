@@ -1,7 +1,14 @@
-//! One daemon per state dir: an exclusive `flock` on `<state>/agentd.lock`,
-//! which also records the holder's pid for the error a second daemon prints.
-//! The kernel drops the lock when the process dies, so a crash never leaves
-//! a stale lock behind.
+//! One daemon per state dir: an exclusive `flock` on a lock file, which also
+//! records the holder's pid for the error a second daemon prints, and one
+//! on the state dir itself. The kernel drops both when the process dies, so
+//! a crash never leaves a stale lock behind.
+//!
+//! Where the lock file lives (`lock_path`): for an unprivileged user with a
+//! usable `XDG_RUNTIME_DIR`, `$XDG_RUNTIME_DIR/agentd/<instance>.lock` (a
+//! private tmpfs that goes with the user's last session); otherwise (root,
+//! or no runtime dir, as under `su -` or cron) `<state>/agentd.lock`. The
+//! lock on the state dir's own descriptor keeps two daemons apart even when
+//! they disagree on `XDG_RUNTIME_DIR`.
 //!
 //! The file is opened without following a symlink (a link planted there
 //! would make the daemon truncate whatever it points at), created 0600, and
@@ -38,15 +45,83 @@ pub enum LockError {
 /// Held for the daemon's lifetime; dropping it releases the lock.
 pub struct StateLock {
     _file: Flock<File>,
+    _dir: Flock<File>,
+    pub path: PathBuf,
 }
 
-pub fn acquire(state: &Path) -> Result<StateLock, LockError> {
-    let path = state.join("agentd.lock");
+/// The lock file of the daemon whose state dir is `state` (see the module
+/// docs). `instance` is that state dir's instance id.
+pub fn lock_path(state: &Path, instance: &str) -> PathBuf {
+    match runtime_dir() {
+        Some(run) => run.join("agentd").join(format!("{instance}.lock")),
+        None => state.join("agentd.lock"),
+    }
+}
+
+/// `$XDG_RUNTIME_DIR` when it can hold a private lock: not root, set,
+/// absolute, and a folder of the daemon's user that nobody else can write.
+fn runtime_dir() -> Option<PathBuf> {
+    let me = nix::unistd::geteuid();
+    if me.is_root() {
+        return None;
+    }
+    let dir = PathBuf::from(std::env::var_os("XDG_RUNTIME_DIR")?);
+    let meta = std::fs::symlink_metadata(&dir).ok()?;
+    (dir.is_absolute() && meta.is_dir() && meta.uid() == me.as_raw() && meta.mode() & 0o022 == 0)
+        .then_some(dir)
+}
+
+pub fn acquire(state: &Path, instance: &str) -> Result<StateLock, LockError> {
+    let path = lock_path(state, instance);
+    if let Some(parent) = path.parent().filter(|p| *p != state) {
+        crate::daemon::private::ensure_dir(
+            "runtime folder",
+            parent,
+            nix::unistd::geteuid().as_raw(),
+            true,
+        )
+        .map_err(|e| LockError::Io {
+            path: parent.to_path_buf(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    }
+    let file = lock_file(&path)?;
+    let dir = lock_dir(state, &path)?;
+    Ok(StateLock {
+        _file: file,
+        _dir: dir,
+        path,
+    })
+}
+
+/// The second lock: on the state dir's own descriptor.
+fn lock_dir(state: &Path, lock_file: &Path) -> Result<Flock<File>, LockError> {
+    let dir = OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_DIRECTORY | nix::libc::O_NOFOLLOW)
+        .open(state)
+        .map_err(|source| LockError::Io {
+            path: state.to_path_buf(),
+            source,
+        })?;
+    Flock::lock(dir, FlockArg::LockExclusiveNonblock).map_err(|_| LockError::Held {
+        path: state.to_path_buf(),
+        pid: format!(
+            "unknown: not the holder of {}; it was started with another XDG_RUNTIME_DIR",
+            lock_file.display()
+        ),
+    })
+}
+
+fn lock_file(path: &Path) -> Result<Flock<File>, LockError> {
+    let path = path.to_path_buf();
     let io = |source| LockError::Io {
         path: path.clone(),
         source,
     };
-    std::fs::create_dir_all(state).map_err(io)?;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io)?;
+    }
     let file = match OpenOptions::new()
         .read(true)
         .write(true)
@@ -79,7 +154,7 @@ pub fn acquire(state: &Path) -> Result<StateLock, LockError> {
             locked.seek(SeekFrom::Start(0)).map_err(io)?;
             writeln!(locked, "{}", std::process::id()).map_err(io)?;
             locked.sync_all().map_err(io)?;
-            Ok(StateLock { _file: locked })
+            Ok(locked)
         }
         Err((mut file, _errno)) => {
             let mut pid = String::new();

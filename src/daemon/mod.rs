@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use lock::{LockError, acquire};
+pub use lock::{LockError, acquire, lock_path};
 
 use crate::desired::Diagnostic;
 use crate::execute::{ContainerTable, Event, Settings, Shared, lock as guard};
@@ -61,7 +61,9 @@ pub async fn run(
     mut rx: mpsc::Receiver<Event>,
 ) -> Result<(), DaemonError> {
     private::prepare(&settings.state, &settings.audit_root)?;
-    let _lock = acquire(&settings.state)?;
+    let lock = acquire(&settings.state, &settings.instance)?;
+    tracing::info!(lock = %lock.path.display(), "holding the daemon lock");
+    write_host(&settings.state, &settings.host);
     let (store, problems) = StatusStore::open(&settings.state)?;
     for p in problems {
         tracing::warn!(problem = %p, "skipping unreadable status record");
@@ -515,6 +517,15 @@ pub struct DaemonState {
     /// symlinked folder, a symlink loop), as `path: why` lines.
     #[serde(default)]
     pub skipped: Vec<String>,
+}
+
+/// `agentd status` shows this one-line host summary (mode, cgroups,
+/// network backend) from `<state>/host.json`, written once at start.
+fn write_host(state: &Path, host: &crate::runtime::podman::Host) {
+    let bytes = serde_json::to_vec_pretty(host).unwrap_or_default();
+    if let Err(e) = crate::fsutil::write_atomic(&state.join("host.json"), &bytes, 0o600) {
+        tracing::warn!(error = %e, "cannot write host.json");
+    }
 }
 
 fn write_daemon_state(state: &Path, source_unavailable: Option<&str>, skipped: &[Diagnostic]) {

@@ -384,7 +384,7 @@ async fn seal_record(
     finish(&mut rec);
     let opts = SealOptions {
         limits: Limits::with_max_bytes(sh.settings.audit_max_bytes),
-        session_uid: sh.settings.session_uid,
+        session_uid: sh.settings.host_session_uid(),
     };
     let to_seal = record.clone();
     let sealed = tokio::task::spawn_blocking(move || to_seal.seal(&rec, &opts))

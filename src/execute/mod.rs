@@ -55,9 +55,23 @@ pub struct Settings {
     pub audit_max_bytes: u64,
     /// Bound on each git run of a clone (fetch, mirror, copy).
     pub clone_timeout: Duration,
+    /// What `podman info` said at start: the mode and what it enforces.
+    pub host: crate::runtime::podman::Host,
 }
 
 impl Settings {
+    /// The host uid that owns the session's files (its home, clone,
+    /// credentials file, `session/` folder) while it runs. Rootful: the
+    /// session uid itself, which Podman maps 1:1. Rootless: the daemon's own
+    /// uid, which `--userns=keep-id:uid=N` shows inside as the session uid,
+    /// so the daemon takes the files back without `CAP_CHOWN`.
+    pub fn host_session_uid(&self) -> u32 {
+        if self.host.rootless {
+            nix::unistd::geteuid().as_raw()
+        } else {
+            self.session_uid
+        }
+    }
     pub fn container_name(&self, request: &str) -> String {
         format!("agentd-{}-{request}", self.instance)
     }

@@ -9,7 +9,7 @@ use crate::audit::{Record, SessionRecord};
 use crate::desired::{DEFAULT_TIMEOUT, Network, Profile, Request, SecretSource};
 use crate::fault;
 use crate::observed::{Container, ContainerState, Phase};
-use crate::runtime::podman::{BindMount, RunSpec, SecretMount, labels};
+use crate::runtime::podman::{BindMount, Limit, RunSpec, SecretMount, labels};
 
 /// Starts that fail transiently (Podman hung or missing) are retried this
 /// many times before the request ends as `start_failed`.
@@ -79,7 +79,12 @@ pub async fn start(sh: &Arc<Shared>, request: &str, profile: Profile) {
         s.audit_dir = Some(Record::path_for(&st.audit_root, &profile.name, &session_id));
         s.message = None;
     });
-    let record = match Record::create(&st.audit_root, &profile.name, &session_id, st.session_uid) {
+    let record = match Record::create(
+        &st.audit_root,
+        &profile.name,
+        &session_id,
+        st.host_session_uid(),
+    ) {
         Ok(r) => r,
         Err(e) => {
             super::finish::fail_start(sh, request, None, &e.to_string()).await;
@@ -169,6 +174,14 @@ pub async fn start(sh: &Arc<Shared>, request: &str, profile: Profile) {
             tracing::info!(request, session = %session_id, container = %run_spec.name, "session running");
         }
         Err(e) => {
+            if let Some(cause) = e.user_network_failure() {
+                let msg = format!(
+                    "network: the default network of rootless Podman could not start: {cause}; hint: set `network = \"none\"` in profile {} if its sessions need no network, make /dev/net/tun usable for the daemon's user, or run agentd rootful; podman said: {e}",
+                    profile.name
+                );
+                super::finish::fail_start(sh, request, Some(&session_id), &msg).await;
+                return;
+            }
             if e.is_image_missing() {
                 let msg = format!(
                     "image `{}` is not available locally (agentd never pulls): {e}",
@@ -266,7 +279,23 @@ fn prepare(
     record: &Record,
 ) -> Result<(RunSpec, CloneJob), String> {
     let st = &sh.settings;
+    // Nothing silently weaker than the profile: a limit this host's Podman
+    // would ignore (rootless on cgroup v1, or v2 without the controller
+    // delegated) fails the start instead of running the session unlimited.
+    let limits = [
+        (Limit::Memory, profile.memory.is_some()),
+        (Limit::Cpus, profile.cpus.is_some()),
+        (Limit::PidsLimit, profile.pids_limit.is_some()),
+    ];
+    for (limit, set) in limits {
+        if let Some(why) = set.then(|| st.host.why_not_enforced(limit)).flatten() {
+            return Err(format!("profile {}: {why}", profile.name));
+        }
+    }
+    // Inside the container the session runs as `session_uid`; on the host
+    // its files belong to `host_uid` (see `Settings::host_session_uid`).
     let uid = st.session_uid;
+    let host_uid = st.host_session_uid();
     let home = format!("/home/{}", profile.name);
     // Right before use, the host folders the profile names must still be
     // what validation resolved: no component may have become a symlink.
@@ -294,7 +323,7 @@ fn prepare(
         .map_err(|e| format!("cannot create work folder: {e}"))?;
     let env_lookup = |name: &str| std::env::var(name).ok();
     fault::point("start-before-credentials");
-    let has_credentials = work.write_credentials(profile, uid, &env_lookup)?;
+    let has_credentials = work.write_credentials(profile, host_uid, &env_lookup)?;
     fault::point("start-after-credentials");
     let repo = repo.ok_or_else(|| {
         "no repository to clone (neither request nor profile sets `repo`)".to_string()
@@ -442,6 +471,13 @@ fn prepare(
         labels: labels_v,
         uid,
         gid: uid,
+        // Rootless: map the session uid onto the daemon's own uid, so what
+        // the daemon owns on the host the session owns inside, and what the
+        // agent creates stays the daemon's to take back and remove.
+        userns: st
+            .host
+            .rootless
+            .then(|| format!("keep-id:uid={uid},gid={uid}")),
         user: profile.name.clone(),
         home: home.clone(),
         workdir: format!("{home}/repo"),
@@ -504,7 +540,7 @@ impl CloneJob {
         )
         .await?;
         self.work
-            .give_home_to(sh.settings.session_uid)
+            .give_home_to(sh.settings.host_session_uid())
             .map_err(|e| format!("cannot hand the home folder to the session user: {e}"))?;
         fault::point("start-before-prepared");
         self.work

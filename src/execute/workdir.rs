@@ -165,11 +165,14 @@ impl WorkDir {
         Ok(w)
     }
 
-    /// Hand the home folder (with the clone) to the session user.
+    /// Hand the home folder (with the clone) to the session user's host
+    /// uid. Rootless that is the daemon's own uid, which already owns it.
     pub fn give_home_to(&self, uid: u32) -> io::Result<()> {
-        for entry in walkdir::WalkDir::new(self.home()).follow_links(false) {
-            let entry = entry.map_err(io::Error::other)?;
-            std::os::unix::fs::lchown(entry.path(), Some(uid), Some(uid))?;
+        if uid != nix::unistd::geteuid().as_raw() {
+            for entry in walkdir::WalkDir::new(self.home()).follow_links(false) {
+                let entry = entry.map_err(io::Error::other)?;
+                std::os::unix::fs::lchown(entry.path(), Some(uid), Some(uid))?;
+            }
         }
         fs::set_permissions(self.home(), fs::Permissions::from_mode(0o700))
     }
@@ -227,6 +230,11 @@ impl WorkDir {
                 .mode(0o400)
                 .open(&path)?;
             f.write_all(text.as_bytes())?;
+            // Rootless: the daemon's own file, 0400 in a 0700 folder, which
+            // the session sees as its own through the user namespace.
+            if uid == nix::unistd::geteuid().as_raw() {
+                return Ok(());
+            }
             std::os::unix::fs::fchown(&f, Some(uid), Some(uid))
         };
         write().map_err(|e| format!("cannot write credentials file: {e}"))?;

@@ -18,6 +18,8 @@ pub struct RunSpec {
     /// Numeric uid and gid the command runs as.
     pub uid: u32,
     pub gid: u32,
+    /// `--userns=` (rootless: `keep-id:uid=N,gid=N`).
+    pub userns: Option<String>,
     /// User name (the profile) and home folder for the passwd entry.
     pub user: String,
     pub home: String,
@@ -68,6 +70,9 @@ pub fn run_args(spec: &RunSpec) -> Vec<String> {
     ];
     for (k, v) in &spec.labels {
         a.push(format!("--label={k}={v}"));
+    }
+    if let Some(u) = &spec.userns {
+        a.push(format!("--userns={u}"));
     }
     a.push(format!("--user={}:{}", spec.uid, spec.gid));
     a.push(format!(
@@ -131,6 +136,7 @@ mod tests {
             labels: vec![("io.agentd.managed".into(), "true".into())],
             uid: 10001,
             gid: 10001,
+            userns: None,
             user: "rev".into(),
             home: "/home/rev".into(),
             workdir: "/home/rev/repo".into(),
@@ -171,6 +177,17 @@ mod tests {
              --log-driver=k8s-file --log-opt=path=/w/console.k8s.log --log-opt=max-size=2048 --network=none --memory=512m \
              --cpus=1.5 --pids-limit=100 localhost/img:1 /bin/sh -c echo $HOME"
         );
+    }
+
+    #[test]
+    fn rootless_maps_the_session_uid_onto_the_daemons_user_issue_10() {
+        let mut s = spec();
+        s.userns = Some("keep-id:uid=10001,gid=10001".into());
+        let a = run_args(&s);
+        let at = |f: &str| a.iter().position(|x| x == f).expect(f);
+        // Before --user, which then names the mapped uid.
+        assert!(at("--userns=keep-id:uid=10001,gid=10001") < at("--user=10001:10001"));
+        assert!(!run_args(&spec()).iter().any(|f| f.starts_with("--userns")));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 mod args;
 mod events;
 pub mod exits;
+mod host;
 mod json;
 
 use std::process::Stdio;
@@ -17,6 +18,7 @@ use tokio::process::Command;
 pub use args::{BindMount, RunSpec, SecretMount, run_args};
 pub use events::{ContainerEvent, EventStream};
 pub use exits::ExitFile;
+pub use host::{Host, Limit};
 pub use json::Inspected;
 
 use crate::observed::Container;
@@ -80,6 +82,24 @@ impl PodmanError {
     /// The image is not in local storage (agentd never pulls).
     pub fn is_image_missing(&self) -> bool {
         matches!(self, PodmanError::Failed { stderr, .. } if stderr.contains("image not known") || stderr.contains("no such image"))
+    }
+
+    /// Rootless Podman's user-mode network (slirp4netns or pasta) could not
+    /// start: the cause in a few words, for a message that names it rather
+    /// than passing on Podman's raw text alone.
+    pub fn user_network_failure(&self) -> Option<&'static str> {
+        let PodmanError::Failed { stderr, .. } = self else {
+            return None;
+        };
+        let helper = stderr.contains("slirp4netns") || stderr.contains("pasta");
+        if !helper {
+            return None;
+        }
+        Some(if stderr.contains("/dev/net/tun") {
+            "its user-mode network helper (slirp4netns or pasta) cannot open /dev/net/tun on this host"
+        } else {
+            "its user-mode network helper (slirp4netns or pasta) failed"
+        })
     }
 
     /// A container with that name exists already.
@@ -219,12 +239,18 @@ impl Podman {
 
     /// Podman is installed and answers `podman info` (which reads its
     /// storage and finds its OCI runtime) within the quick-call limit, at
-    /// most 30 s. Returns podman's version.
-    pub async fn check_available(&self) -> Result<String, Unavailable> {
+    /// most 30 s. Returns what the daemon needs to know of it: the mode
+    /// (rootless or rootful), cgroups, network backend, storage.
+    pub async fn check_available(&self) -> Result<Host, Unavailable> {
         let limit = self.timeout.min(Duration::from_secs(30));
-        let args = ["info".into(), "--format={{.Version.Version}}".into()];
+        let args = ["info".into(), "--format=json".into()];
+        let failed = |code, stderr| Unavailable::Failed {
+            program: self.program.clone(),
+            code,
+            stderr,
+        };
         match self.call(&args, limit).await {
-            Ok(out) => Ok(out.trim().to_string()),
+            Ok(out) => Host::parse(&out).map_err(|e| failed(0, format!("unexpected output: {e}"))),
             Err(PodmanError::Spawn { program, source }) => {
                 Err(Unavailable::Missing { program, source })
             }
@@ -232,16 +258,8 @@ impl Podman {
                 program: self.program.clone(),
                 secs: limit.as_secs_f64().ceil() as u64,
             }),
-            Err(PodmanError::Failed { code, stderr, .. }) => Err(Unavailable::Failed {
-                program: self.program.clone(),
-                code,
-                stderr,
-            }),
-            Err(PodmanError::Parse { reason, .. }) => Err(Unavailable::Failed {
-                program: self.program.clone(),
-                code: 0,
-                stderr: reason,
-            }),
+            Err(PodmanError::Failed { code, stderr, .. }) => Err(failed(code, stderr)),
+            Err(PodmanError::Parse { reason, .. }) => Err(failed(0, reason)),
         }
     }
 
@@ -362,6 +380,31 @@ mod tests {
         assert!(
             failed("inspecting secret: no secret with name or id \"x\": no such secret")
                 .is_no_such_secret()
+        );
+    }
+
+    #[test]
+    fn a_rootless_network_that_cannot_start_is_named_issue_10() {
+        // Podman 4.3.1 rootless on these hosts, verbatim but for the run.
+        let tun = failed(
+            "/usr/bin/slirp4netns failed: \"open(\\\"/dev/net/tun\\\"): Permission denied\\nchild failed(1)\\n\"",
+        );
+        assert!(
+            tun.user_network_failure()
+                .expect("named")
+                .contains("/dev/net/tun")
+        );
+        let pasta = failed("pasta failed with exit code 1: Couldn't open user namespace");
+        assert!(
+            pasta
+                .user_network_failure()
+                .expect("named")
+                .contains("failed")
+        );
+        assert_eq!(failed("OCI runtime error").user_network_failure(), None);
+        assert_eq!(
+            failed("localhost/x:1: image not known").user_network_failure(),
+            None
         );
     }
 }

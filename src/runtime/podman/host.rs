@@ -1,0 +1,288 @@
+//! What this host's Podman is and can enforce, read once from `podman info`
+//! when the daemon starts. PURE: parsing and the questions asked of it are
+//! unit-tested with captured `podman info` output.
+//!
+//! The mode is detected, never configured: `podman info` of the daemon's own
+//! user says whether that Podman is rootless.
+
+use serde::{Deserialize, Serialize};
+
+/// The facts of `podman info` agentd acts on or shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Host {
+    /// Podman's version.
+    pub version: String,
+    /// The daemon drives its user's rootless Podman.
+    pub rootless: bool,
+    /// `v1` or `v2`.
+    pub cgroup_version: String,
+    /// `systemd` or `cgroupfs`.
+    pub cgroup_manager: String,
+    /// Controllers Podman can use for this user's containers: every one
+    /// rootful; on cgroup v2 rootless only those delegated to the user; none
+    /// on cgroup v1 rootless.
+    pub cgroup_controllers: Vec<String>,
+    /// `netavark` or `cni`.
+    pub network_backend: String,
+    /// `overlay`, `vfs`, ...
+    pub storage_driver: String,
+}
+
+/// A profile limit and the cgroup controller that enforces it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    Memory,
+    Cpus,
+    PidsLimit,
+}
+
+impl Limit {
+    /// The profile field.
+    pub fn field(self) -> &'static str {
+        match self {
+            Limit::Memory => "memory",
+            Limit::Cpus => "cpus",
+            Limit::PidsLimit => "pids_limit",
+        }
+    }
+
+    /// The cgroup controller Podman needs for it.
+    pub fn controller(self) -> &'static str {
+        match self {
+            Limit::Memory => "memory",
+            Limit::Cpus => "cpu",
+            Limit::PidsLimit => "pids",
+        }
+    }
+
+    pub const ALL: [Limit; 3] = [Limit::Memory, Limit::Cpus, Limit::PidsLimit];
+}
+
+/// The part of `podman info --format json` read here.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Info {
+    host: InfoHost,
+    store: InfoStore,
+    version: InfoVersion,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct InfoHost {
+    security: InfoSecurity,
+    #[serde(default)]
+    cgroup_version: String,
+    #[serde(default)]
+    cgroup_manager: String,
+    #[serde(default)]
+    cgroup_controllers: Option<Vec<String>>,
+    #[serde(default)]
+    network_backend: String,
+}
+
+#[derive(Deserialize)]
+struct InfoSecurity {
+    rootless: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct InfoStore {
+    #[serde(default)]
+    graph_driver_name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct InfoVersion {
+    version: String,
+}
+
+impl Host {
+    /// Parse `podman info --format json`.
+    pub fn parse(json: &str) -> Result<Host, String> {
+        let i: Info = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        Ok(Host {
+            version: i.version.version,
+            rootless: i.host.security.rootless,
+            cgroup_version: i.host.cgroup_version,
+            cgroup_manager: i.host.cgroup_manager,
+            cgroup_controllers: i.host.cgroup_controllers.unwrap_or_default(),
+            network_backend: i.host.network_backend,
+            storage_driver: i.store.graph_driver_name,
+        })
+    }
+
+    pub fn mode(&self) -> &'static str {
+        if self.rootless { "rootless" } else { "rootful" }
+    }
+
+    /// Whether Podman would enforce `limit` for this user's containers.
+    /// Rootless Podman on cgroup v1, or on v2 without the controller
+    /// delegated, ignores the flag with a warning and runs unlimited.
+    pub fn enforces(&self, limit: Limit) -> bool {
+        if !self.rootless {
+            return true;
+        }
+        self.cgroup_version == "v2"
+            && self
+                .cgroup_controllers
+                .iter()
+                .any(|c| c == limit.controller())
+    }
+
+    /// Why `limit` is not enforced here, for a `start_failed` message that
+    /// names the field; `None` when it is.
+    pub fn why_not_enforced(&self, limit: Limit) -> Option<String> {
+        if self.enforces(limit) {
+            return None;
+        }
+        let cause = if self.cgroup_version == "v2" {
+            format!(
+                "cgroups v2 here, but the `{}` controller is not delegated to this user",
+                limit.controller()
+            )
+        } else {
+            format!(
+                "cgroups {} here, and rootless containers get no cgroup limits on cgroups v1",
+                self.cgroup_version
+            )
+        };
+        Some(format!(
+            "{field}: rootless Podman on this host cannot enforce it ({cause}); it would run the session without the limit, so the session was not started; hint: run agentd on a cgroup v2 host that delegates the `{ctl}` controller to its user (systemd: a user@.service drop-in with `Delegate=cpu memory pids`), run agentd rootful, or remove `{field}` from the profile",
+            field = limit.field(),
+            ctl = limit.controller(),
+        ))
+    }
+
+    /// One line for logs and `agentd status`: mode, cgroups, network,
+    /// storage, and which profile limits are not enforced.
+    pub fn summary(&self) -> String {
+        let unenforced: Vec<&str> = Limit::ALL
+            .iter()
+            .filter(|l| !self.enforces(**l))
+            .map(|l| l.field())
+            .collect();
+        let limits = if unenforced.is_empty() {
+            "limits enforced".to_string()
+        } else {
+            format!(
+                "limits NOT enforceable: {} (sessions of profiles that set them end start_failed)",
+                unenforced.join(", ")
+            )
+        };
+        format!(
+            "{} Podman {}; cgroups {} ({}), {limits}; network backend {}; storage {}",
+            self.mode(),
+            self.version,
+            self.cgroup_version,
+            self.cgroup_manager,
+            self.network_backend,
+            self.storage_driver
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Trimmed `podman info --format json` of rootless Podman 4.3.1 on this
+    /// project's CI machines (cgroup v1).
+    const ROOTLESS_V1: &str = r#"{
+      "host": {"arch": "amd64", "cgroupManager": "cgroupfs", "cgroupVersion": "v1",
+               "cgroupControllers": [], "networkBackend": "netavark",
+               "security": {"rootless": true, "seccompEnabled": true}},
+      "store": {"graphDriverName": "overlay", "runRoot": "/run/user/1001/containers"},
+      "version": {"APIVersion": "4.3.1", "Version": "4.3.1"}
+    }"#;
+
+    const ROOTFUL_V1: &str = r#"{
+      "host": {"cgroupManager": "cgroupfs", "cgroupVersion": "v1",
+               "cgroupControllers": ["cpuset","cpu","cpuacct","blkio","memory","devices","freezer","pids"],
+               "networkBackend": "netavark", "security": {"rootless": false}},
+      "store": {"graphDriverName": "overlay"},
+      "version": {"Version": "4.3.1"}
+    }"#;
+
+    fn rootless_v2(controllers: &[&str]) -> Host {
+        Host {
+            version: "4.9.3".into(),
+            rootless: true,
+            cgroup_version: "v2".into(),
+            cgroup_manager: "systemd".into(),
+            cgroup_controllers: controllers.iter().map(|c| c.to_string()).collect(),
+            network_backend: "netavark".into(),
+            storage_driver: "overlay".into(),
+        }
+    }
+
+    #[test]
+    fn parses_the_facts_of_rootless_and_rootful_info() {
+        let h = Host::parse(ROOTLESS_V1).expect("parse");
+        assert!(h.rootless);
+        assert_eq!(h.cgroup_version, "v1");
+        assert_eq!(h.cgroup_manager, "cgroupfs");
+        assert!(h.cgroup_controllers.is_empty());
+        assert_eq!(h.network_backend, "netavark");
+        assert_eq!(h.storage_driver, "overlay");
+        assert_eq!(h.version, "4.3.1");
+        let r = Host::parse(ROOTFUL_V1).expect("parse");
+        assert!(!r.rootless);
+        assert_eq!(r.cgroup_controllers.len(), 8);
+    }
+
+    #[test]
+    fn null_controllers_and_garbage_are_handled() {
+        let h = Host::parse(&ROOTLESS_V1.replace("[]", "null")).expect("parse");
+        assert!(h.cgroup_controllers.is_empty());
+        assert!(Host::parse("not json").is_err());
+        assert!(Host::parse("{}").is_err());
+    }
+
+    #[test]
+    fn rootful_enforces_every_limit() {
+        let h = Host::parse(ROOTFUL_V1).expect("parse");
+        for l in Limit::ALL {
+            assert!(h.enforces(l));
+            assert_eq!(h.why_not_enforced(l), None);
+        }
+        assert!(h.summary().contains("limits enforced"), "{}", h.summary());
+    }
+
+    #[test]
+    fn rootless_cgroup_v1_enforces_no_limit_and_says_which_field() {
+        let h = Host::parse(ROOTLESS_V1).expect("parse");
+        for l in Limit::ALL {
+            let msg = h.why_not_enforced(l).expect("not enforced");
+            assert!(msg.starts_with(&format!("{}:", l.field())), "{msg}");
+            assert!(msg.contains("cgroups v1"), "{msg}");
+            assert!(msg.contains("Delegate="), "{msg}");
+        }
+        let s = h.summary();
+        assert!(
+            s.starts_with("rootless Podman 4.3.1; cgroups v1 (cgroupfs)"),
+            "{s}"
+        );
+        assert!(s.contains("memory, cpus, pids_limit"), "{s}");
+        assert!(s.contains("network backend netavark"), "{s}");
+    }
+
+    #[test]
+    fn rootless_cgroup_v2_enforces_exactly_the_delegated_controllers() {
+        let h = rootless_v2(&["memory", "pids"]);
+        assert!(h.enforces(Limit::Memory));
+        assert!(h.enforces(Limit::PidsLimit));
+        assert!(!h.enforces(Limit::Cpus));
+        let msg = h.why_not_enforced(Limit::Cpus).expect("cpu not delegated");
+        assert!(msg.contains("`cpu` controller is not delegated"), "{msg}");
+        assert!(
+            h.summary().contains("NOT enforceable: cpus "),
+            "{}",
+            h.summary()
+        );
+        let all = rootless_v2(&["cpuset", "cpu", "io", "memory", "pids"]);
+        assert!(Limit::ALL.iter().all(|l| all.enforces(*l)));
+    }
+}
