@@ -6,7 +6,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::util::{World, require_podman, write};
+use crate::util::{World, daemon_uid, require_podman, running_rootless, session_host_uid, write};
 
 const MIN: Duration = Duration::from_secs(60);
 
@@ -44,8 +44,8 @@ fn sealed_record_has_its_layout_modes_and_a_sha256sum_manifest() {
         assert_eq!(mode(&p), 0o444, "{f}");
         assert_eq!(
             std::fs::metadata(&p).expect("stat").uid(),
-            0,
-            "{f} owned by root"
+            daemon_uid(),
+            "{f} owned by the daemon's user (root, or the rootless user)"
         );
     }
     for d in [
@@ -119,7 +119,12 @@ fn verify_names_every_changed_missing_and_extra_file() {
         .output()
         .expect("verify");
     assert!(out.status.success());
-    // Tamper (as root, modes do not stop us).
+    // Tamper (as the owner: root ignores the modes, a rootless owner
+    // changes them first).
+    for d in ["session", "session/a.txt"] {
+        std::fs::set_permissions(dir.join(d), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+    }
     std::fs::write(dir.join("session/a.txt"), "forged\n").expect("write");
     std::fs::remove_file(dir.join("session/b.txt")).expect("rm");
     std::fs::write(dir.join("session/planted.txt"), "x").expect("write");
@@ -148,7 +153,14 @@ fn planted_symlink_to_a_host_file_is_never_followed() {
     let host_file = w.path().join("host-secret.txt");
     write(w.path(), "host-secret.txt", "host data");
     std::fs::set_permissions(&host_file, std::fs::Permissions::from_mode(0o640)).expect("chmod");
-    std::os::unix::fs::chown(&host_file, Some(4242), Some(4242)).expect("chown");
+    // Another account's file (rootless cannot chown: then the daemon user's
+    // own, whose mode must not change either).
+    let other = if running_rootless() {
+        (daemon_uid(), nix::unistd::getegid().as_raw())
+    } else {
+        std::os::unix::fs::chown(&host_file, Some(4242), Some(4242)).expect("chown");
+        (4242, 4242)
+    };
     let host_dir = w.path().join("host-dir");
     std::fs::create_dir(&host_dir).expect("mkdir");
     std::fs::set_permissions(&host_dir, std::fs::Permissions::from_mode(0o750)).expect("chmod");
@@ -169,7 +181,7 @@ fn planted_symlink_to_a_host_file_is_never_followed() {
     );
     assert_eq!(
         (meta.uid(), meta.gid()),
-        (4242, 4242),
+        other,
         "host file owner changed through the link"
     );
     assert_eq!(
@@ -226,7 +238,10 @@ fn hard_linked_file_is_refused_and_the_record_left_incomplete() {
     // Taken back all the same (issue 13 changed this: it used to stay the
     // session user's): root's, and the linked file only lost permissions.
     let a = std::fs::metadata(dir.join("session/a")).expect("stat");
-    assert_eq!((a.uid(), a.permissions().mode() & 0o7777), (0, 0o444));
+    assert_eq!(
+        (a.uid(), a.permissions().mode() & 0o7777),
+        (daemon_uid(), 0o444)
+    );
     let out = w
         .agentd()
         .args(["audit", "verify"])
@@ -284,7 +299,7 @@ fn session_folder_is_private_to_the_session_user_while_it_runs() {
     w.wait_for("r", MIN, |s| s["phase"] == "running");
     let session = w.audit_dir("r").join("session");
     let meta = std::fs::metadata(&session).expect("stat");
-    assert_eq!(meta.uid(), 10_001);
+    assert_eq!(meta.uid(), session_host_uid());
     assert_eq!(
         meta.permissions().mode() & 0o777,
         0o700,
@@ -292,7 +307,10 @@ fn session_folder_is_private_to_the_session_user_while_it_runs() {
     );
     w.open_gate();
     w.wait_done("r");
-    assert_eq!(std::fs::metadata(&session).expect("stat").uid(), 0);
+    assert_eq!(
+        std::fs::metadata(&session).expect("stat").uid(),
+        daemon_uid()
+    );
 }
 
 #[test]

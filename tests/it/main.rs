@@ -14,6 +14,7 @@ mod hardening_repos;
 mod hardening_seal;
 mod metrics;
 mod podman;
+mod rootless;
 mod scheduling;
 mod service_cli;
 mod service_daemon;

@@ -320,11 +320,13 @@ fn start_failures_are_reported_precisely() {
         return;
     }
     let mut w = World::new();
-    w.profile("noimage", &format!("base_image = \"localhost/agentd-does-not-exist:1\"\ncommand = [\"true\"]\nrepo = \"{}\"\n", w.repo_url));
+    // network = "none": none of these needs one, and rootless Podman's
+    // default network cannot start on every host (issue 10).
+    w.profile("noimage", &format!("base_image = \"localhost/agentd-does-not-exist:1\"\ncommand = [\"true\"]\nrepo = \"{}\"\nnetwork = \"none\"\n", w.repo_url));
     w.profile(
         "badrepo",
         &format!(
-            "base_image = \"{}\"\ncommand = [\"true\"]\nrepo = \"file:///nonexistent/repo.git\"\n",
+            "base_image = \"{}\"\ncommand = [\"true\"]\nrepo = \"file:///nonexistent/repo.git\"\nnetwork = \"none\"\n",
             test_image()
         ),
     );
@@ -582,7 +584,7 @@ fn second_daemon_on_the_same_state_dir_is_refused() {
     let mut w = World::new();
     w.start_daemon();
     // Wait until the first daemon holds the lock.
-    let lock = w.state.join("agentd.lock");
+    let lock = w.lock_path();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while std::fs::read_to_string(&lock)
         .map(|s| s.trim().is_empty())

@@ -72,6 +72,85 @@ pub struct World {
     /// `file://` URL of a bare repo holding README.md ("agentd test repo")
     pub repo_url: String,
     daemon: Option<std::process::Child>,
+    /// Set by `new_rootless`: agentd, podman and clients run as this user.
+    pub run_as: Option<RunAs>,
+}
+
+/// An unprivileged user a root test drives a rootless daemon as.
+#[derive(Debug, Clone)]
+pub struct RunAs {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: PathBuf,
+}
+
+impl RunAs {
+    /// The rootless test user scripts/setup-podman prepares
+    /// (`AGENTD_ROOTLESS_USER`, default `agentd-rootless`). Tests that need
+    /// it fail loudly when it is missing: run scripts/setup-podman.
+    pub fn test_user() -> RunAs {
+        let name =
+            std::env::var("AGENTD_ROOTLESS_USER").unwrap_or_else(|_| "agentd-rootless".into());
+        let u = nix::unistd::User::from_name(&name)
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| {
+                panic!("the rootless test user `{name}` does not exist: run scripts/setup-podman")
+            });
+        RunAs {
+            name,
+            uid: u.uid.as_raw(),
+            gid: u.gid.as_raw(),
+            home: u.dir,
+        }
+    }
+
+    pub fn runtime_dir(&self) -> PathBuf {
+        PathBuf::from(format!("/run/user/{}", self.uid))
+    }
+
+    /// `program` run as this user with a login-like environment (no
+    /// inherited variables), in `/`. `setpriv` execs, so the child's pid is
+    /// the program's.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("setpriv");
+        c.arg(format!("--reuid={}", self.uid))
+            .arg(format!("--regid={}", self.gid))
+            .args(["--init-groups", "--"])
+            .arg(program)
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+            .env("HOME", &self.home)
+            .env("USER", &self.name)
+            .env("LOGNAME", &self.name)
+            .env("XDG_RUNTIME_DIR", self.runtime_dir())
+            .env("AGENTD_TEST_IMAGE", test_image())
+            .current_dir("/");
+        c
+    }
+}
+
+/// Whether this test process itself runs rootless (the second pass of
+/// scripts/test runs the Podman suites as the rootless test user).
+pub fn running_rootless() -> bool {
+    !nix::unistd::geteuid().is_root()
+}
+
+/// The uid of a daemon this test process starts: what sealed records and
+/// the daemon's own files belong to (root, or the rootless user).
+pub fn daemon_uid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
+/// The host uid of a running session's files: the session uid rootful
+/// (mapped 1:1), the daemon's own uid rootless (`--userns=keep-id`).
+pub fn session_host_uid() -> u32 {
+    if running_rootless() {
+        daemon_uid()
+    } else {
+        10_001
+    }
 }
 
 impl World {
@@ -124,6 +203,37 @@ impl World {
             desired,
             state,
             daemon: None,
+            run_as: None,
+        }
+    }
+
+    /// A world whose daemon, clients and Podman calls run as the rootless
+    /// test user (this test runs as root): everything in it belongs to that
+    /// user, and the agentd binary is linked in where the user can run it.
+    pub fn new_rootless() -> World {
+        let mut w = World::new();
+        let user = RunAs::test_user();
+        let bin = w.path().join("bin");
+        std::fs::create_dir_all(&bin).expect("mkdir");
+        let exe = cargo_bin("agentd");
+        if std::fs::hard_link(&exe, bin.join("agentd")).is_err() {
+            std::fs::copy(&exe, bin.join("agentd")).expect("copy agentd");
+        }
+        let chown = Command::new("chown")
+            .args(["-R", &format!("{}:{}", user.uid, user.gid)])
+            .arg(w.path())
+            .status()
+            .expect("chown");
+        assert!(chown.success());
+        w.run_as = Some(user);
+        w
+    }
+
+    /// `podman` as this world's user.
+    pub fn podman(&self) -> Command {
+        match &self.run_as {
+            Some(u) => u.command("podman"),
+            None => Command::new("podman"),
         }
     }
 
@@ -133,7 +243,10 @@ impl World {
 
     /// An agentd command pointed at this world.
     pub fn agentd(&self) -> Command {
-        let mut c = agentd();
+        let mut c = match &self.run_as {
+            Some(u) => u.command(self.path().join("bin/agentd")),
+            None => agentd(),
+        };
         c.arg("--desired")
             .arg(&self.desired)
             .arg("--state")
@@ -195,7 +308,8 @@ impl World {
 
     /// How many containers were ever created for `request` (podman events).
     pub fn containers_created_for(&self, request: &str) -> usize {
-        let out = Command::new("podman")
+        let out = self
+            .podman()
             .args([
                 "events",
                 "--stream=false",
@@ -307,6 +421,12 @@ impl World {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
+    /// The daemon's lock file, as a daemon of this process's user and
+    /// environment places it.
+    pub fn lock_path(&self) -> PathBuf {
+        agentd::daemon::lock_path(&self.state, &self.instance())
+    }
+
     /// This world's instance id, as the daemon derives it.
     pub fn instance(&self) -> String {
         agentd::daemon::instance_id(&self.state)
@@ -314,7 +434,8 @@ impl World {
 
     /// Names of containers carrying this world's instance label.
     pub fn containers(&self) -> Vec<String> {
-        let out = Command::new("podman")
+        let out = self
+            .podman()
             .args(["ps", "-a", "--format", "{{.Names}}", "--filter"])
             .arg(format!("label=io.agentd.instance={}", self.instance()))
             .output()
@@ -352,9 +473,7 @@ impl Drop for World {
             let _ = c.wait();
         }
         for name in self.containers() {
-            let _ = Command::new("podman")
-                .args(["rm", "-f", "-t", "0", &name])
-                .output();
+            let _ = self.podman().args(["rm", "-f", "-t", "0", &name]).output();
         }
     }
 }
