@@ -8,6 +8,7 @@
 
 mod clone;
 mod finish;
+mod images;
 mod leftovers;
 mod private_repo;
 mod schedule;
@@ -15,6 +16,7 @@ mod secrets;
 mod start;
 
 pub use clone::MirrorCache;
+pub use images::ImageCache;
 pub use leftovers::Leftovers;
 pub use schedule::{Schedules, read_all as read_schedules};
 pub use start::new_session_id;
@@ -152,6 +154,8 @@ pub struct Shared {
     /// (which every failure of a finish shares), so a Podman outage during
     /// finishing does not make the daemon give up on a record early.
     pub seal_failures: Mutex<BTreeMap<String, u32>>,
+    /// Image ids learned at starts, so ends need not ask (`images`).
+    pub images: Mutex<ImageCache>,
 }
 
 /// Exponential backoff of one request's failing operation.

@@ -133,7 +133,7 @@ fn huge_sparse_and_deep_content_cannot_stall_finishing_or_hold_the_slot_issue_13
         0,
         "work folders (with the deep homes) removed"
     );
-    assert!(w.containers().is_empty());
+    assert!(w.containers_after_removal().is_empty());
 }
 
 /// Agent-made odd modes in the record and in the home: a folder with no
@@ -190,7 +190,7 @@ fn odd_modes_are_taken_back_in_sealed_and_refused_records_issue_13() {
     assert_eq!(alias.mode() & 0o7777, 0o444, "only permissions dropped");
 
     assert_eq!(w.work_dirs(), 0, "homes with odd modes removed");
-    assert!(w.containers().is_empty());
+    assert!(w.containers_after_removal().is_empty());
 }
 
 #[test]
@@ -299,7 +299,7 @@ fn a_work_folder_that_cannot_be_removed_is_reported_and_retried_issue_13() {
         "{msg}"
     );
     assert!(work.exists());
-    assert!(w.containers().is_empty());
+    assert!(w.containers_after_removal().is_empty());
     guard.clear();
     // The sweep (every resync, 30 s) retries it.
     w.eventually(
@@ -307,7 +307,10 @@ fn a_work_folder_that_cannot_be_removed_is_reported_and_retried_issue_13() {
         Duration::from_secs(75),
         || !work.exists(),
     );
-    assert!(w.log().contains("removed stale work folder"));
+    // The sweep logs right after the removal: wait for the line too.
+    w.eventually("the sweep's log line", Duration::from_secs(10), || {
+        w.log().contains("removed stale work folder")
+    });
     w.wait_for("r", Duration::from_secs(10), |s| {
         s["message"]
             .as_str()
@@ -348,6 +351,6 @@ fn a_record_that_cannot_be_sealed_still_frees_the_slot_and_the_container_issue_1
     // The slot was freed: the next request ran (its gate is open already).
     assert_eq!(w.wait_done("second")["outcome"], "success");
     assert_eq!(w.work_dirs(), 0);
-    assert!(w.containers().is_empty());
+    assert!(w.containers_after_removal().is_empty());
     drop(guard);
 }

@@ -325,6 +325,21 @@ impl World {
             .collect()
     }
 
+    /// Names of this world's containers once the daemon has removed what it
+    /// removes: an exited container goes right after `done` is written
+    /// (issue 12), so a test claiming that nothing is left waits for that
+    /// removal (bounded: 30 s) and then looks.
+    pub fn containers_after_removal(&self) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = self.containers();
+            if left.is_empty() || Instant::now() >= deadline {
+                return left;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// A request's `agentd/session.json`.
     pub fn session_record(&self, id: &str) -> serde_json::Value {
         read_json(&self.audit_dir(id).join("agentd/session.json"))

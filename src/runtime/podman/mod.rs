@@ -7,9 +7,12 @@
 mod args;
 mod events;
 pub mod exits;
+mod images;
 mod json;
 
+use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::process::Command;
@@ -17,6 +20,7 @@ use tokio::process::Command;
 pub use args::{BindMount, RunSpec, SecretMount, run_args};
 pub use events::{ContainerEvent, EventStream};
 pub use exits::ExitFile;
+pub use images::{ImageInfo, ImagesStamp};
 pub use json::Inspected;
 
 use crate::observed::Container;
@@ -150,6 +154,9 @@ pub struct Podman {
     pub program: String,
     /// Limit for quick calls (inspect, rm, ps).
     pub timeout: Duration,
+    /// The storage's image list, learned from `podman info` at start-up
+    /// (`images.rs`); unset when it is not a local file.
+    images_file: Arc<OnceLock<PathBuf>>,
 }
 
 impl Default for Podman {
@@ -161,6 +168,7 @@ impl Default for Podman {
                 .ok()
                 .and_then(|t| crate::desired::parse_duration(&t).ok())
                 .unwrap_or(Duration::from_secs(60)),
+            images_file: Arc::default(),
         }
     }
 }
@@ -219,12 +227,27 @@ impl Podman {
 
     /// Podman is installed and answers `podman info` (which reads its
     /// storage and finds its OCI runtime) within the quick-call limit, at
-    /// most 30 s. Returns podman's version.
+    /// most 30 s. Returns podman's version. Also learns where the storage
+    /// keeps its image list (see `images.rs`).
     pub async fn check_available(&self) -> Result<String, Unavailable> {
         let limit = self.timeout.min(Duration::from_secs(30));
-        let args = ["info".into(), "--format={{.Version.Version}}".into()];
+        let args = [
+            "info".into(),
+            "--format={{.Version.Version}}\n{{.Store.GraphRoot}}\n{{.Store.GraphDriverName}}"
+                .into(),
+        ];
         match self.call(&args, limit).await {
-            Ok(out) => Ok(out.trim().to_string()),
+            Ok(out) => {
+                let mut lines = out.lines().map(str::trim);
+                let version = lines.next().unwrap_or_default().to_string();
+                if let (Some(root), Some(driver)) = (lines.next(), lines.next())
+                    && !root.is_empty()
+                    && let Some(f) = images::images_file(std::path::Path::new(root), driver)
+                {
+                    let _ = self.images_file.set(f);
+                }
+                Ok(version)
+            }
             Err(PodmanError::Spawn { program, source }) => {
                 Err(Unavailable::Missing { program, source })
             }
