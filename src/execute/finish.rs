@@ -13,9 +13,10 @@
 //! (`exits::process_gone`), and the image from the start (`images`); only
 //! when one of them is missing, or when the record needs what only Podman
 //! knows (137: out of memory or killed; the deadline passed: when exactly
-//! it ended), is `container inspect` asked. An exited container is removed
-//! after `done` is written: a crash in between leaves a container of a done
-//! request, which the planner removes on a later pass.
+//! it ended), is `container inspect` asked. The work folder and an exited
+//! container are removed after `done` is written: a crash in between
+//! leaves a stale work folder (the sweep removes it) or a container of a
+//! done request (the planner removes it on a later pass).
 
 use std::sync::Arc;
 
@@ -242,7 +243,6 @@ pub async fn finish(sh: &Arc<Shared>, request: &str, cancelled: bool) {
             sh.retry_later(request, &format!("finishing: cannot remove container: {e}"));
             return;
         }
-        remove_work_dir(sh, request, sid, &mut message).await;
     } else if rm_first && let Err(e) = sh.podman.rm(&name).await {
         sh.retry_later(request, &format!("finishing: cannot remove container: {e}"));
         return;
@@ -268,6 +268,17 @@ pub async fn finish(sh: &Arc<Shared>, request: &str, cancelled: bool) {
         exit_code,
         "session done"
     );
+    // The work folder (clone, credentials file, whatever the agent left:
+    // possibly many files) goes after `done` too. The request stays busy
+    // meanwhile, so the sweep leaves the folder to us; a crash before it is
+    // gone leaves a stale folder the sweep removes.
+    if let Some(sid) = &status.session_id {
+        let mut note = None;
+        remove_work_dir(sh, request, sid, &mut note).await;
+        if note.is_some() {
+            sh.update_status(request, |s| add_note(&mut s.message, note));
+        }
+    }
     if exited {
         fault::point("finish-after-done");
         remove_exited(sh, request, &name).await;

@@ -231,6 +231,20 @@ impl World {
             .unwrap_or(0)
     }
 
+    /// Work folders left once the daemon has removed what it removes: a
+    /// session's folder goes right after `done` is written (issue 12), so a
+    /// test claiming none is left waits (bounded: 30 s) and then counts.
+    pub fn work_dirs_after_removal(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let n = self.work_dirs();
+            if n == 0 || Instant::now() >= deadline {
+                return n;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Poll `cond` until true, or panic with the daemon log.
     pub fn eventually(&self, what: &str, timeout: Duration, cond: impl Fn() -> bool) {
         let deadline = Instant::now() + timeout;
