@@ -424,8 +424,14 @@ impl Shared {
                     return;
                 };
                 // `starting` now, before the task runs: the slot is taken
-                // in the very next pass's count.
-                self.update_status(&request, |s| s.phase = Phase::Starting);
+                // in the very next pass's count. In memory only: the task's
+                // first write (with the session id) persists it.
+                let before = lock(&self.store).get(&request).map(|s| s.phase);
+                let marked =
+                    lock(&self.store).update_unpersisted(&request, |s| s.phase = Phase::Starting);
+                if let Some(after) = &marked {
+                    crate::metrics::get().status_changed(before, after);
+                }
                 let sh = Arc::clone(self);
                 self.spawn_for(request.clone(), async move {
                     start::start(&sh, &request, profile).await

@@ -58,6 +58,8 @@ pub async fn start(sh: &Arc<Shared>, request: &str, profile: Profile) {
             Ok(None) => {}
             Ok(Some(i)) => {
                 sh.remember(request, prior.as_deref(), &i);
+                // Persist the `starting` that `apply` set in memory only.
+                sh.update_status(request, |_| {});
                 return;
             }
             Err(e) => {
