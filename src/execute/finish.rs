@@ -121,6 +121,9 @@ pub async fn finish(sh: &Arc<Shared>, request: &str, cancelled: bool) {
         .filter(|r| r.outcome.is_some());
 
     let quick = known_exit(sh, request, &status, now);
+    if quick.is_some() {
+        tracing::debug!(request, "exit and image known; podman not asked");
+    }
     let inspected = match quick {
         Some(i) => Some(i),
         None => match sh.podman.inspect(&name).await {
