@@ -312,8 +312,10 @@ async fn remove_exited(sh: &Shared, request: &str, name: &str) {
 /// exit file cannot end a running session), and the image it ran was
 /// learned at its start. `None` sends the caller to `container inspect`:
 /// so does a code of 137 (killed: out of memory or not, only Podman
-/// knows), a passed deadline (whether it ended before it needs Podman's
-/// end time), or anything else unknown.
+/// knows), a session with a memory limit (its image is not recorded at the
+/// start, `images::ran`: an out-of-memory kill of one of its processes is
+/// Podman's to report), a passed deadline (whether it ended before it
+/// needs Podman's end time), or anything else unknown.
 fn known_exit(
     sh: &Shared,
     request: &str,

@@ -49,9 +49,20 @@ pub async fn learn(sh: &Shared, image: &str) -> Option<(ImagesStamp, ImageInfo)>
 
 /// After `podman run` of `request` succeeded: `learned` is the image its
 /// container runs if the image list is still the one it was learned from
-/// (no tag can have moved while `podman run` resolved the name).
-pub fn ran(sh: &Shared, request: &str, learned: Option<(ImagesStamp, ImageInfo)>) {
+/// (no tag can have moved while `podman run` resolved the name). A session
+/// with a memory limit records nothing: whether the kernel killed one of
+/// its processes for memory (the status says so) only Podman knows, so its
+/// end asks `container inspect`.
+pub fn ran(
+    sh: &Shared,
+    request: &str,
+    learned: Option<(ImagesStamp, ImageInfo)>,
+    memory_limit: bool,
+) {
     let Some((stamp, info)) = learned else { return };
+    if memory_limit {
+        return;
+    }
     if sh.podman.images_stamp() == Some(stamp) {
         lock(&sh.images).ran.insert(request.to_string(), info);
     }

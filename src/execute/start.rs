@@ -147,7 +147,7 @@ pub async fn start(sh: &Arc<Shared>, request: &str, profile: Profile) {
         }
         Ok(id) => {
             fault::point("start-after-run");
-            super::images::ran(sh, request, image);
+            super::images::ran(sh, request, image, profile.memory.is_some());
             // A fast command may have died (and its event been recorded)
             // before we get here: never overwrite what is known.
             lock(&sh.containers)

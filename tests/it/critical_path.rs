@@ -172,3 +172,30 @@ fn a_killed_session_is_still_judged_by_podman_issue_12() {
         w.containers()
     );
 }
+
+/// With a memory limit, whether the kernel killed one of the session's
+/// processes for memory is Podman's to say ("killed: out of memory"): the
+/// end asks `container inspect` even when the exit code is known.
+#[test]
+fn a_session_with_a_memory_limit_is_judged_by_podman_issue_12() {
+    if !require_podman() {
+        return;
+    }
+    let mut w = World::new();
+    w.sh_profile("limited", "exit 0", "memory = \"256m\"");
+    w.request("m", "profile = \"limited\"\n");
+    let podman = logging_podman(&w, "m");
+    w.start_daemon_with(&[("AGENTD_PODMAN", podman.as_str())], &[]);
+    let s = w.wait_done("m");
+    assert_eq!(s["outcome"], "success", "{s}");
+    assert!(
+        calls(&w).iter().any(|c| c == "container inspect"),
+        "{:?}",
+        calls(&w)
+    );
+    assert!(
+        w.containers_after_removal().is_empty(),
+        "{:?}",
+        w.containers()
+    );
+}
