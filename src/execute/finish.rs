@@ -105,6 +105,9 @@ pub async fn fail_start(sh: &Arc<Shared>, request: &str, session_id: Option<&str
 /// one), finalize its record, remove its resources and mark it done.
 /// Idempotent: a re-run after a crash at any point reaches the same end.
 pub async fn finish(sh: &Arc<Shared>, request: &str, cancelled: bool) {
+    // How long the end took up to `done` (logged): the critical path of
+    // issue 12, seen in every deployment's log, not only in a benchmark.
+    let began = std::time::Instant::now();
     let Some(status) = sh.update_status(request, |s| s.phase = Phase::Finishing) else {
         return;
     };
@@ -124,6 +127,7 @@ pub async fn finish(sh: &Arc<Shared>, request: &str, cancelled: bool) {
     if quick.is_some() {
         tracing::debug!(request, "exit and image known; podman not asked");
     }
+    let asked_podman = quick.is_none();
     let inspected = match quick {
         Some(i) => Some(i),
         None => match sh.podman.inspect(&name).await {
@@ -269,6 +273,8 @@ pub async fn finish(sh: &Arc<Shared>, request: &str, cancelled: bool) {
         session = status.session_id.as_deref().unwrap_or(""),
         outcome = outcome.as_str(),
         exit_code,
+        asked_podman,
+        finish_ms = u64::try_from(began.elapsed().as_millis()).unwrap_or(u64::MAX),
         "session done"
     );
     // The work folder (clone, credentials file, whatever the agent left:
