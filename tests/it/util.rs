@@ -408,8 +408,12 @@ pub fn sample_ps(
 
 /// Everything a leak test searches: `outputs` (named captures such as
 /// `podman inspect` and `ps`), the daemon log, and every file under the
-/// state dir (status, specs, audit records, caches, work folders).
+/// state dir (status, specs, audit records, caches, work folders), once
+/// the ended sessions' work folders are gone: they are removed right after
+/// `done` is written (issue 12), and until then hold the credentials file,
+/// as while the session ran.
 pub fn leak_haystacks(w: &World, mut outputs: Vec<(String, Vec<u8>)>) -> Vec<(String, Vec<u8>)> {
+    w.work_dirs_after_removal();
     outputs.push(("daemon log".into(), w.log().into_bytes()));
     for e in walkdir::WalkDir::new(&w.state)
         .into_iter()
