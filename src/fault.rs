@@ -5,7 +5,8 @@
 //!
 //! Points: `start-before-credentials`, `start-after-credentials`,
 //! `start-before-prepared`, `start-after-run`, `finish-before-audit`, `finish-after-audit`,
-//! `finish-after-rm`.
+//! `finish-after-done` (the status says `done`, the exited container is not
+//! removed yet), `finish-after-rm`.
 
 use std::sync::OnceLock;
 

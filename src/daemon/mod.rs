@@ -89,6 +89,7 @@ pub async fn run(
         gates: Mutex::new(Default::default()),
         leftovers: Mutex::default(),
         seal_failures: Mutex::default(),
+        images: Mutex::default(),
     });
     write_daemon_state(&sh.settings.state, None, &[]);
     resync_containers(&sh).await;

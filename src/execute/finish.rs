@@ -3,9 +3,20 @@
 //! and the work folder; record `done`.
 //!
 //! Order matters for crash safety: the audit record is completed before the
-//! container is removed, so a crash in between leaves a container the next
-//! pass finishes again (idempotently), never a lost exit code. Every failure
-//! is retried with backoff (`Shared::retry_later`).
+//! status says `done`, so a crash in between leaves a session the next pass
+//! finishes again (idempotently), never a lost exit code. Every failure is
+//! retried with backoff (`Shared::retry_later`).
+//!
+//! The critical path from the exit to `done` holds only what the record
+//! needs (issue 12 item 3). The exit code comes from conmon's exit file
+//! (via the container table), confirmed by the container's pid being gone
+//! (`exits::process_gone`), and the image from the start (`images`); only
+//! when one of them is missing, or when the record needs what only Podman
+//! knows (137: out of memory or killed; the deadline passed: when exactly
+//! it ended), is `container inspect` asked. The work folder and an exited
+//! container are removed after `done` is written: a crash in between
+//! leaves a stale work folder (the sweep removes it) or a container of a
+//! done request (the planner removes it on a later pass).
 
 use std::sync::Arc;
 
@@ -57,6 +68,7 @@ pub async fn fail_start(sh: &Arc<Shared>, request: &str, session_id: Option<&str
     }
     lock(&sh.containers).by_request.remove(request);
     sh.close_gate(request);
+    super::images::forget(sh, request);
     let now = jiff::Timestamp::now();
     let mut message = Some(message.to_string());
     if let Some(sid) = session_id {
@@ -93,6 +105,9 @@ pub async fn fail_start(sh: &Arc<Shared>, request: &str, session_id: Option<&str
 /// one), finalize its record, remove its resources and mark it done.
 /// Idempotent: a re-run after a crash at any point reaches the same end.
 pub async fn finish(sh: &Arc<Shared>, request: &str, cancelled: bool) {
+    // How long the end took up to `done` (logged): the critical path of
+    // issue 12, seen in every deployment's log, not only in a benchmark.
+    let began = std::time::Instant::now();
     let Some(status) = sh.update_status(request, |s| s.phase = Phase::Finishing) else {
         return;
     };
@@ -108,12 +123,20 @@ pub async fn finish(sh: &Arc<Shared>, request: &str, cancelled: bool) {
         .and_then(Record::read_session)
         .filter(|r| r.outcome.is_some());
 
-    let inspected = match sh.podman.inspect(&name).await {
-        Ok(i) => i,
-        Err(e) => {
-            sh.retry_later(request, &format!("finishing: {e}"));
-            return;
-        }
+    let quick = known_exit(sh, request, &status, now);
+    if quick.is_some() {
+        tracing::debug!(request, "exit and image known; podman not asked");
+    }
+    let asked_podman = quick.is_none();
+    let inspected = match quick {
+        Some(i) => Some(i),
+        None => match sh.podman.inspect(&name).await {
+            Ok(i) => i,
+            Err(e) => {
+                sh.retry_later(request, &format!("finishing: {e}"));
+                return;
+            }
+        },
     };
     if let Some(i) = &inspected
         && i.state == ContainerState::Running
@@ -164,6 +187,12 @@ pub async fn finish(sh: &Arc<Shared>, request: &str, cancelled: bool) {
         return;
     }
 
+    // An exited container goes after `done` (off the critical path);
+    // anything else (created, never started) before, as a start would.
+    let exited = inspected
+        .as_ref()
+        .is_some_and(|i| matches!(i.state, ContainerState::Exited(_)));
+    let rm_first = inspected.is_some() && !exited;
     let (outcome, exit_code, mut message) = match &finalized {
         Some(rec) => (
             rec.outcome.unwrap_or(Outcome::GenericFailure),
@@ -217,23 +246,20 @@ pub async fn finish(sh: &Arc<Shared>, request: &str, cancelled: bool) {
             }
             fault::point("finish-after-audit");
         }
-        if inspected.is_some()
-            && let Err(e) = sh.podman.rm(&name).await
-        {
+        if rm_first && let Err(e) = sh.podman.rm(&name).await {
             sh.retry_later(request, &format!("finishing: cannot remove container: {e}"));
             return;
         }
-        fault::point("finish-after-rm");
-        remove_work_dir(sh, request, sid, &mut message).await;
-    } else if inspected.is_some()
-        && let Err(e) = sh.podman.rm(&name).await
-    {
+    } else if rm_first && let Err(e) = sh.podman.rm(&name).await {
         sh.retry_later(request, &format!("finishing: cannot remove container: {e}"));
         return;
     }
     sh.succeeded(request);
     sh.close_gate(request);
-    lock(&sh.containers).by_request.remove(request);
+    super::images::forget(sh, request);
+    if !exited {
+        lock(&sh.containers).by_request.remove(request);
+    }
     sh.update_status(request, |s| {
         s.phase = Phase::Done;
         s.outcome = Some(outcome);
@@ -247,8 +273,91 @@ pub async fn finish(sh: &Arc<Shared>, request: &str, cancelled: bool) {
         session = status.session_id.as_deref().unwrap_or(""),
         outcome = outcome.as_str(),
         exit_code,
+        asked_podman,
+        finish_ms = u64::try_from(began.elapsed().as_millis()).unwrap_or(u64::MAX),
         "session done"
     );
+    // The work folder (clone, credentials file, whatever the agent left:
+    // possibly many files) goes after `done` too. The request stays busy
+    // meanwhile, so the sweep leaves the folder to us; a crash before it is
+    // gone leaves a stale folder the sweep removes.
+    if let Some(sid) = &status.session_id {
+        let mut note = None;
+        remove_work_dir(sh, request, sid, &mut note).await;
+        if note.is_some() {
+            sh.update_status(request, |s| add_note(&mut s.message, note));
+        }
+    }
+    if exited {
+        fault::point("finish-after-done");
+        remove_exited(sh, request, &name).await;
+        fault::point("finish-after-rm");
+    }
+}
+
+/// Remove the exited container of a done session. A failure is only
+/// logged: the planner removes containers of done requests on later passes.
+async fn remove_exited(sh: &Shared, request: &str, name: &str) {
+    match sh.podman.rm(name).await {
+        Ok(()) => {
+            let mut t = lock(&sh.containers);
+            if t.by_request.get(request).is_some_and(|c| c.name == name) {
+                t.by_request.remove(request);
+            }
+            tracing::debug!(request, container = name, "container removed");
+        }
+        Err(e) => {
+            tracing::warn!(request, container = name, error = %e, "cannot remove the container of a done session; a later pass retries");
+        }
+    }
+}
+
+/// The exit of `request`'s container when it is known without asking
+/// Podman: the table holds an exit code (conmon's exit file, or Podman's
+/// own `died` event or listing), the container's pid is gone (so a stray
+/// exit file cannot end a running session), and the image it ran was
+/// learned at its start. `None` sends the caller to `container inspect`:
+/// so does a code of 137 (killed: out of memory or not, only Podman
+/// knows), a session with a memory limit (its image is not recorded at the
+/// start, `images::ran`: an out-of-memory kill of one of its processes is
+/// Podman's to report), a passed deadline (whether it ended before it
+/// needs Podman's end time), or anything else unknown.
+fn known_exit(
+    sh: &Shared,
+    request: &str,
+    status: &Status,
+    now: jiff::Timestamp,
+) -> Option<Inspected> {
+    let container = lock(&sh.containers).by_request.get(request).cloned()?;
+    let ContainerState::Exited(code) = container.state else {
+        return None;
+    };
+    if code < 0 || code == 137 || !container.started {
+        return None;
+    }
+    if container
+        .deadline
+        .is_some_and(|d| now.as_millisecond() >= d)
+    {
+        return None;
+    }
+    let sid = status.session_id.as_deref()?;
+    let pid_file = super::workdir::WorkDir::pid_file(&sh.settings.work_dir(sid));
+    if !crate::runtime::podman::exits::process_gone(&pid_file) {
+        return None;
+    }
+    let image = super::images::of(sh, request)?;
+    Some(Inspected {
+        id: container.id,
+        state: ContainerState::Exited(code),
+        exit_code: code,
+        image_id: image.id,
+        image_digest: image.digest,
+        started_at: status.started_at.or(Some(now)),
+        finished_at: None,
+        oom_killed: false,
+        deadline: container.deadline,
+    })
 }
 
 /// The outcome of a session from what is known: why agentd stopped it (if

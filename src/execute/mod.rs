@@ -8,6 +8,7 @@
 
 mod clone;
 mod finish;
+mod images;
 mod leftovers;
 mod private_repo;
 mod schedule;
@@ -15,6 +16,7 @@ mod secrets;
 mod start;
 
 pub use clone::MirrorCache;
+pub use images::ImageCache;
 pub use leftovers::Leftovers;
 pub use schedule::{Schedules, read_all as read_schedules};
 pub use start::new_session_id;
@@ -166,6 +168,8 @@ pub struct Shared {
     /// (which every failure of a finish shares), so a Podman outage during
     /// finishing does not make the daemon give up on a record early.
     pub seal_failures: Mutex<BTreeMap<String, u32>>,
+    /// Image ids learned at starts, so ends need not ask (`images`).
+    pub images: Mutex<ImageCache>,
 }
 
 /// Exponential backoff of one request's failing operation.
@@ -434,8 +438,14 @@ impl Shared {
                     return;
                 };
                 // `starting` now, before the task runs: the slot is taken
-                // in the very next pass's count.
-                self.update_status(&request, |s| s.phase = Phase::Starting);
+                // in the very next pass's count. In memory only: the task's
+                // first write (with the session id) persists it.
+                let before = lock(&self.store).get(&request).map(|s| s.phase);
+                let marked =
+                    lock(&self.store).update_unpersisted(&request, |s| s.phase = Phase::Starting);
+                if let Some(after) = &marked {
+                    crate::metrics::get().status_changed(before, after);
+                }
                 let sh = Arc::clone(self);
                 self.spawn_for(request.clone(), async move {
                     start::start(&sh, &request, profile).await

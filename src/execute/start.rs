@@ -58,6 +58,8 @@ pub async fn start(sh: &Arc<Shared>, request: &str, profile: Profile) {
             Ok(None) => {}
             Ok(Some(i)) => {
                 sh.remember(request, prior.as_deref(), &i);
+                // Persist the `starting` that `apply` set in memory only.
+                sh.update_status(request, |_| {});
                 return;
             }
             Err(e) => {
@@ -138,7 +140,11 @@ pub async fn start(sh: &Arc<Shared>, request: &str, profile: Profile) {
         .and_then(|(_, v)| v.parse().ok());
     // The container is created while the repository is cloned; its command
     // waits at the gate until both are done.
-    let (run, prepared) = tokio::join!(sh.podman.run(&run_spec), clone_job.run(sh));
+    let (run, prepared, image) = tokio::join!(
+        sh.podman.run(&run_spec),
+        clone_job.run(sh),
+        super::images::learn(sh, &profile.base_image)
+    );
     match run {
         Ok(_) if prepared.is_err() => {
             let msg = prepared.err().unwrap_or_default();
@@ -146,6 +152,7 @@ pub async fn start(sh: &Arc<Shared>, request: &str, profile: Profile) {
         }
         Ok(id) => {
             fault::point("start-after-run");
+            super::images::ran(sh, request, image, profile.memory.is_some());
             // A fast command may have died (and its event been recorded)
             // before we get here: never overwrite what is known.
             lock(&sh.containers)
@@ -498,6 +505,7 @@ fn prepare(
         // Twice the record's cap: the k8s-file framing roughly doubles short
         // lines, and the conversion into the record applies the exact cap.
         log_max_bytes: Some(st.audit_max_bytes.saturating_mul(2)),
+        pid_file: WorkDir::pid_file(&work.root),
         network: match &profile.network {
             Network::Default => None,
             Network::None => Some("none".into()),

@@ -68,6 +68,11 @@ impl WorkDir {
     pub fn console(&self) -> PathBuf {
         self.root.join("console.k8s.log")
     }
+    /// The container's host pid (`podman run --pidfile`), outside every
+    /// mount of the session.
+    pub fn pid_file(root: &Path) -> PathBuf {
+        root.join("container.pid")
+    }
 
     /// The start gate: a FIFO the session's entry reads `go` from.
     pub fn gate(&self) -> PathBuf {

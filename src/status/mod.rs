@@ -22,6 +22,9 @@ pub enum StatusError {
 pub struct StatusStore {
     dir: PathBuf,
     records: BTreeMap<String, Status>,
+    /// Records changed in memory only (`update_unpersisted`): their next
+    /// write goes to disk even if it changes nothing more.
+    unpersisted: std::collections::BTreeSet<String>,
 }
 
 impl StatusStore {
@@ -34,7 +37,14 @@ impl StatusStore {
             source,
         })?;
         let (records, problems) = read_dir(&dir)?;
-        Ok((StatusStore { dir, records }, problems))
+        Ok((
+            StatusStore {
+                dir,
+                records,
+                unpersisted: Default::default(),
+            },
+            problems,
+        ))
     }
 
     pub fn get(&self, id: &str) -> Option<&Status> {
@@ -47,15 +57,31 @@ impl StatusStore {
 
     /// Write `status` to disk, then to memory; a no-op when unchanged.
     pub fn put(&mut self, status: Status) -> Result<(), StatusError> {
-        if self.records.get(&status.request) == Some(&status) {
+        if self.records.get(&status.request) == Some(&status)
+            && !self.unpersisted.contains(&status.request)
+        {
             return Ok(());
         }
         let path = self.dir.join(format!("{}.json", status.request));
         let mut bytes = serde_json::to_vec_pretty(&status).unwrap_or_default();
         bytes.push(b'\n');
         write_atomic(&path, &bytes, 0o600).map_err(|source| StatusError::Write { path, source })?;
+        self.unpersisted.remove(&status.request);
         self.records.insert(status.request.clone(), status);
         Ok(())
+    }
+
+    /// Apply `f` to a record in memory only, for a change the very next
+    /// write of that record supersedes (a start marks `starting` for the
+    /// slot count; its task writes `starting` with the session id a moment
+    /// later): a crash in between leaves the older record on disk, which
+    /// the next daemon handles the same way. Saves a synced write on the
+    /// way to `podman run` (issue 12 item 4).
+    pub fn update_unpersisted(&mut self, id: &str, f: impl FnOnce(&mut Status)) -> Option<Status> {
+        let s = self.records.get_mut(id)?;
+        f(s);
+        self.unpersisted.insert(id.to_string());
+        Some(s.clone())
     }
 
     /// Apply `f` to a record and store the result, if the record exists.
@@ -80,6 +106,7 @@ impl StatusStore {
             Err(source) => return Err(StatusError::Write { path, source }),
         }
         self.records.remove(id);
+        self.unpersisted.remove(id);
         Ok(())
     }
 }
@@ -117,4 +144,30 @@ pub fn read_dir(dir: &Path) -> Result<(BTreeMap<String, Status>, Vec<String>), S
 pub fn read_one(path: &Path) -> Result<Status, String> {
     let bytes = fs::read(path).map_err(|e| e.to_string())?;
     serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observed::Phase;
+
+    fn on_disk(state: &Path, id: &str) -> Phase {
+        let (records, _) = read_dir(&state.join("status")).expect("read");
+        records[id].phase
+    }
+
+    #[test]
+    fn an_unpersisted_change_is_written_by_the_next_update_even_if_equal_issue_12() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut store, _) = StatusStore::open(dir.path()).expect("open");
+        let mut s = Status::new("r", "p");
+        s.phase = Phase::Pending;
+        store.put(s).expect("put");
+        store.update_unpersisted("r", |s| s.phase = Phase::Starting);
+        assert_eq!(store.get("r").map(|s| s.phase), Some(Phase::Starting));
+        assert_eq!(on_disk(dir.path(), "r"), Phase::Pending);
+        // An update that changes nothing more still persists it.
+        store.update("r", |_| {}).expect("update");
+        assert_eq!(on_disk(dir.path(), "r"), Phase::Starting);
+    }
 }

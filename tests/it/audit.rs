@@ -252,7 +252,7 @@ fn hard_linked_file_is_refused_and_the_record_left_incomplete() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    assert!(w.containers().is_empty());
+    assert!(w.containers_after_removal().is_empty());
 }
 
 #[test]

@@ -244,8 +244,12 @@ fn every_secret_source_reaches_the_session_and_never_leaks_issue_11() {
         }
     }
     assert_eq!(saw, [true; 3], "status, audit and specs were searched");
-    assert!(w.containers().is_empty());
-    assert_eq!(w.work_dirs(), 0, "work folder (credentials file) left");
+    assert!(w.containers_after_removal().is_empty());
+    assert_eq!(
+        w.work_dirs_after_removal(),
+        0,
+        "work folder (credentials file) left"
+    );
     // The operator's secret is the operator's: still there.
     let still = Command::new("podman")
         .args(["secret", "inspect", &secret.0])

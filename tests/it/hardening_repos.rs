@@ -201,7 +201,11 @@ fn the_mirror_cache_is_not_clonable_issue_13() {
         "{s}"
     );
     assert!(s["session_id"].is_null(), "{s}");
-    assert!(w.containers().is_empty(), "{:?}", w.containers());
+    assert!(
+        w.containers_after_removal().is_empty(),
+        "{:?}",
+        w.containers()
+    );
 }
 
 #[test]
@@ -305,7 +309,11 @@ fn a_stalled_remote_blocks_only_its_own_clone_and_times_out_issue_13() {
     assert_eq!(s["outcome"], "start_failed", "{s}");
     assert!(message(&s).contains("did not finish within 75s"), "{s}");
     assert!(started.elapsed() < Duration::from_secs(140));
-    assert!(w.containers().is_empty(), "{:?}", w.containers());
+    assert!(
+        w.containers_after_removal().is_empty(),
+        "{:?}",
+        w.containers()
+    );
 }
 
 #[test]
@@ -475,5 +483,5 @@ fn clone_token_reaches_only_an_allowed_https_remote_and_never_leaks_issue_13() {
         assert!(!text.contains(&token), "repo token found in {name}");
     }
     assert_eq!(saw, [true; 3], "status, audit and cache were searched");
-    assert!(w.containers().is_empty());
+    assert!(w.containers_after_removal().is_empty());
 }

@@ -5,6 +5,7 @@ mod audit;
 mod cli;
 mod convergence;
 mod credentials;
+mod critical_path;
 mod docs;
 mod exit_detection;
 mod git_server;

@@ -147,7 +147,7 @@ fn in_container_contract_holds_for_a_dropped_request() {
     }
     assert!(w.path().join("rw/from-agent").exists());
     assert!(
-        w.containers().is_empty(),
+        w.containers_after_removal().is_empty(),
         "containers left: {:?}",
         w.containers()
     );
@@ -297,7 +297,7 @@ fn each_exit_code_maps_to_its_outcome() {
         assert_eq!(s["outcome"], outcome, "exit {code}: {s}");
         assert_eq!(s["exit_code"], code);
     }
-    assert!(w.containers().is_empty());
+    assert!(w.containers_after_removal().is_empty());
 }
 
 #[test]
@@ -391,7 +391,11 @@ fn start_failures_are_reported_precisely() {
         let rec: serde_json::Value = w.session_record(id);
         assert_eq!(rec["outcome"], "start_failed", "{id}: {rec}");
     }
-    assert!(w.containers().is_empty(), "{:?}", w.containers());
+    assert!(
+        w.containers_after_removal().is_empty(),
+        "{:?}",
+        w.containers()
+    );
     assert_eq!(
         std::fs::read_dir(w.state.join("work"))
             .map(|d| d.count())
@@ -542,7 +546,7 @@ fn credential_values_never_leak() {
         assert!(!text.contains(&secret), "credential value found in {name}");
         assert!(!text.contains(&token), "repo token found in {name}");
     }
-    assert!(w.containers().is_empty());
+    assert!(w.containers_after_removal().is_empty());
     let secrets = Command::new("podman")
         .args(["secret", "ls", "--format", "{{.Name}}"])
         .output()
@@ -632,5 +636,5 @@ fn first_signal_drains_running_sessions_then_exits_0() {
         w.status("late")
             .is_none_or(|s| s["phase"] != "running" && s["phase"] != "done")
     );
-    assert!(w.containers().is_empty());
+    assert!(w.containers_after_removal().is_empty());
 }

@@ -345,6 +345,20 @@ impl World {
             .unwrap_or(0)
     }
 
+    /// Work folders left once the daemon has removed what it removes: a
+    /// session's folder goes right after `done` is written (issue 12), so a
+    /// test claiming none is left waits (bounded: 30 s) and then counts.
+    pub fn work_dirs_after_removal(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let n = self.work_dirs();
+            if n == 0 || Instant::now() >= deadline {
+                return n;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Poll `cond` until true, or panic with the daemon log.
     pub fn eventually(&self, what: &str, timeout: Duration, cond: impl Fn() -> bool) {
         let deadline = Instant::now() + timeout;
@@ -446,6 +460,21 @@ impl World {
             .collect()
     }
 
+    /// Names of this world's containers once the daemon has removed what it
+    /// removes: an exited container goes right after `done` is written
+    /// (issue 12), so a test claiming that nothing is left waits for that
+    /// removal (bounded: 30 s) and then looks.
+    pub fn containers_after_removal(&self) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = self.containers();
+            if left.is_empty() || Instant::now() >= deadline {
+                return left;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// A request's `agentd/session.json`.
     pub fn session_record(&self, id: &str) -> serde_json::Value {
         read_json(&self.audit_dir(id).join("agentd/session.json"))
@@ -498,8 +527,12 @@ pub fn sample_ps(
 
 /// Everything a leak test searches: `outputs` (named captures such as
 /// `podman inspect` and `ps`), the daemon log, and every file under the
-/// state dir (status, specs, audit records, caches, work folders).
+/// state dir (status, specs, audit records, caches, work folders), once
+/// the ended sessions' work folders are gone: they are removed right after
+/// `done` is written (issue 12), and until then hold the credentials file,
+/// as while the session ran.
 pub fn leak_haystacks(w: &World, mut outputs: Vec<(String, Vec<u8>)>) -> Vec<(String, Vec<u8>)> {
+    w.work_dirs_after_removal();
     outputs.push(("daemon log".into(), w.log().into_bytes()));
     for e in walkdir::WalkDir::new(&w.state)
         .into_iter()

@@ -34,6 +34,10 @@ pub struct RunSpec {
     /// Bound on that file, so a runaway agent cannot fill the host disk
     /// (conmon truncates it past this size).
     pub log_max_bytes: Option<u64>,
+    /// Where the OCI runtime writes the container's host pid (conmon's
+    /// `--container-pidfile`): with it, an exit is confirmed without asking
+    /// Podman (`exits::process_gone`).
+    pub pid_file: PathBuf,
     pub network: Option<String>,
     pub memory: Option<String>,
     pub cpus: Option<f64>,
@@ -108,6 +112,7 @@ pub fn run_args(spec: &RunSpec) -> Vec<String> {
     if let Some(m) = spec.log_max_bytes {
         a.push(format!("--log-opt=max-size={m}"));
     }
+    a.push(format!("--pidfile={}", spec.pid_file.display()));
     if let Some(n) = &spec.network {
         a.push(format!("--network={n}"));
     }
@@ -155,6 +160,7 @@ mod tests {
             ],
             secrets: vec![],
             log_path: "/w/console.k8s.log".into(),
+            pid_file: "/w/container.pid".into(),
             log_max_bytes: Some(2048),
             network: Some("none".into()),
             memory: Some("512m".into()),
@@ -174,7 +180,7 @@ mod tests {
              --passwd-entry=rev:*:10001:10001:rev:/home/rev:/bin/sh --workdir=/home/rev/repo \
              --env=AGENTD_PROFILE=rev --mount=type=bind,source=/w/home,target=/home/rev \
              --mount=type=bind,source=/m,target=/agentd/methodology,readonly=true \
-             --log-driver=k8s-file --log-opt=path=/w/console.k8s.log --log-opt=max-size=2048 --network=none --memory=512m \
+             --log-driver=k8s-file --log-opt=path=/w/console.k8s.log --log-opt=max-size=2048 --pidfile=/w/container.pid --network=none --memory=512m \
              --cpus=1.5 --pids-limit=100 localhost/img:1 /bin/sh -c echo $HOME"
         );
     }

@@ -7,10 +7,11 @@
 //! logger, the `died` event reaches `podman events` up to ~250 ms later.
 //! Watching the folder with inotify sees the file at once.
 //!
-//! This is a wake-up hint only, like the events stream: the daemon still
-//! asks `podman container inspect` before it ends a session, so a missed,
-//! unreadable or misattributed file costs latency, never correctness. The
-//! events stream stays the fallback (and the only source for containers
+//! The file alone is never believed: the daemon ends a session from it
+//! without asking Podman only when the container's pid is gone as well
+//! (`process_gone`), else it asks `podman container inspect`, so a missed,
+//! unreadable, stray or misattributed file costs latency, never
+//! correctness. The events stream stays the fallback (and the only source for containers
 //! whose file we cannot see: remote Podman, another tmp dir).
 
 use std::path::{Path, PathBuf};
@@ -62,6 +63,27 @@ fn container_id(name: &str) -> Option<&str> {
 /// The exit code in an exit file's content (conmon writes it in decimal).
 pub fn parse_exit_code(content: &str) -> Option<i32> {
     content.trim().parse().ok()
+}
+
+/// Whether the container whose OCI runtime wrote `pid_file` (`podman run
+/// --pidfile`) has certainly ended: the file names a pid and no process
+/// has it. conmon reaps the container's first process before it writes the
+/// exit file, and the end of that process ends the container's pid
+/// namespace, so together with an exit file this proves the exit without
+/// asking Podman. Anything less certain (no file, a pid that is in use
+/// again, a zombie) is `false`: the caller then asks `container inspect`.
+pub fn process_gone(pid_file: &Path) -> bool {
+    let Some(pid) = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .filter(|p| *p > 1)
+    else {
+        return false;
+    };
+    matches!(
+        std::fs::symlink_metadata(format!("/proc/{pid}")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound
+    )
 }
 
 /// Watch `dir`; every exit file written there is sent to `tx` (the
@@ -124,6 +146,22 @@ mod tests {
         assert_eq!(parse_exit_code("137\n"), Some(137));
         assert_eq!(parse_exit_code(""), None);
         assert_eq!(parse_exit_code("x"), None);
+    }
+
+    #[test]
+    fn only_a_named_process_that_is_gone_proves_an_exit() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("container.pid");
+        assert!(!process_gone(&f), "no pid file");
+        std::fs::write(&f, std::process::id().to_string()).unwrap();
+        assert!(!process_gone(&f), "a live process");
+        std::fs::write(&f, "junk").unwrap();
+        assert!(!process_gone(&f), "no pid");
+        std::fs::write(&f, "1").unwrap();
+        assert!(!process_gone(&f), "init");
+        // A pid above the kernel's maximum is never in use.
+        std::fs::write(&f, "4194305").unwrap();
+        assert!(process_gone(&f));
     }
 
     #[tokio::test]

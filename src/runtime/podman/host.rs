@@ -26,6 +26,9 @@ pub struct Host {
     pub network_backend: String,
     /// `overlay`, `vfs`, ...
     pub storage_driver: String,
+    /// Where the storage keeps images (`store.graphRoot`).
+    #[serde(default)]
+    pub graph_root: String,
 }
 
 /// A profile limit and the cgroup controller that enforces it.
@@ -91,6 +94,8 @@ struct InfoSecurity {
 struct InfoStore {
     #[serde(default)]
     graph_driver_name: String,
+    #[serde(default)]
+    graph_root: String,
 }
 
 #[derive(Deserialize)]
@@ -111,6 +116,7 @@ impl Host {
             cgroup_controllers: i.host.cgroup_controllers.unwrap_or_default(),
             network_backend: i.host.network_backend,
             storage_driver: i.store.graph_driver_name,
+            graph_root: i.store.graph_root,
         })
     }
 
@@ -194,7 +200,8 @@ mod tests {
       "host": {"arch": "amd64", "cgroupManager": "cgroupfs", "cgroupVersion": "v1",
                "cgroupControllers": [], "networkBackend": "netavark",
                "security": {"rootless": true, "seccompEnabled": true}},
-      "store": {"graphDriverName": "overlay", "runRoot": "/run/user/1001/containers"},
+      "store": {"graphDriverName": "overlay", "graphRoot": "/home/u/.local/share/containers/storage",
+                "runRoot": "/run/user/1001/containers"},
       "version": {"APIVersion": "4.3.1", "Version": "4.3.1"}
     }"#;
 
@@ -215,6 +222,7 @@ mod tests {
             cgroup_controllers: controllers.iter().map(|c| c.to_string()).collect(),
             network_backend: "netavark".into(),
             storage_driver: "overlay".into(),
+            graph_root: "/home/u/.local/share/containers/storage".into(),
         }
     }
 
@@ -228,6 +236,7 @@ mod tests {
         assert_eq!(h.network_backend, "netavark");
         assert_eq!(h.storage_driver, "overlay");
         assert_eq!(h.version, "4.3.1");
+        assert_eq!(h.graph_root, "/home/u/.local/share/containers/storage");
         let r = Host::parse(ROOTFUL_V1).expect("parse");
         assert!(!r.rootless);
         assert_eq!(r.cgroup_controllers.len(), 8);

@@ -8,9 +8,12 @@ mod args;
 mod events;
 pub mod exits;
 mod host;
+mod images;
 mod json;
 
+use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::process::Command;
@@ -19,6 +22,7 @@ pub use args::{BindMount, RunSpec, SecretMount, run_args};
 pub use events::{ContainerEvent, EventStream};
 pub use exits::ExitFile;
 pub use host::{Host, Limit};
+pub use images::{ImageInfo, ImagesStamp};
 pub use json::Inspected;
 
 use crate::observed::Container;
@@ -170,6 +174,9 @@ pub struct Podman {
     pub program: String,
     /// Limit for quick calls (inspect, rm, ps).
     pub timeout: Duration,
+    /// The storage's image list, learned from `podman info` at start-up
+    /// (`images.rs`); unset when it is not a local file.
+    images_file: Arc<OnceLock<PathBuf>>,
 }
 
 impl Default for Podman {
@@ -181,6 +188,7 @@ impl Default for Podman {
                 .ok()
                 .and_then(|t| crate::desired::parse_duration(&t).ok())
                 .unwrap_or(Duration::from_secs(60)),
+            images_file: Arc::default(),
         }
     }
 }
@@ -240,7 +248,8 @@ impl Podman {
     /// Podman is installed and answers `podman info` (which reads its
     /// storage and finds its OCI runtime) within the quick-call limit, at
     /// most 30 s. Returns what the daemon needs to know of it: the mode
-    /// (rootless or rootful), cgroups, network backend, storage.
+    /// (rootless or rootful), cgroups, network backend, storage. Also
+    /// learns where the storage keeps its image list (see `images.rs`).
     pub async fn check_available(&self) -> Result<Host, Unavailable> {
         let limit = self.timeout.min(Duration::from_secs(30));
         let args = ["info".into(), "--format=json".into()];
@@ -250,7 +259,19 @@ impl Podman {
             stderr,
         };
         match self.call(&args, limit).await {
-            Ok(out) => Host::parse(&out).map_err(|e| failed(0, format!("unexpected output: {e}"))),
+            Ok(out) => {
+                let host =
+                    Host::parse(&out).map_err(|e| failed(0, format!("unexpected output: {e}")))?;
+                if !host.graph_root.is_empty()
+                    && let Some(f) = images::images_file(
+                        std::path::Path::new(&host.graph_root),
+                        &host.storage_driver,
+                    )
+                {
+                    let _ = self.images_file.set(f);
+                }
+                Ok(host)
+            }
             Err(PodmanError::Spawn { program, source }) => {
                 Err(Unavailable::Missing { program, source })
             }
