@@ -192,6 +192,7 @@ pub async fn run(
         // Plan against the live views, borrowed under their locks (tasks
         // take them one at a time, never both), then apply with the locks
         // released.
+        let plan_start = std::time::Instant::now();
         let actions = {
             let busy = sh.busy_now();
             let store = guard(&sh.store);
@@ -205,6 +206,7 @@ pub async fn run(
             };
             plan(last_desired, &observed, &cfg)
         };
+        let apply_start = std::time::Instant::now();
         for action in actions {
             if action.is_change() {
                 tracing::debug!(action = %action, request = action.request().unwrap_or(""), "applying");
@@ -213,6 +215,7 @@ pub async fn run(
         }
 
         passes += 1;
+        let apply_end = std::time::Instant::now();
         let pass_elapsed = pass_start.elapsed();
         crate::metrics::get().pass_done(
             pass_elapsed,
@@ -225,6 +228,9 @@ pub async fn run(
             parsed = source.last_parsed,
             requests = last_desired.requests.len(),
             elapsed_us = u64::try_from(pass_start.elapsed().as_micros()).unwrap_or(u64::MAX),
+            before_plan_us = us(plan_start - pass_start),
+            plan_us = us(apply_start - plan_start),
+            apply_us = us(apply_end - apply_start),
             "pass"
         );
         source.last_parsed = 0;
@@ -311,6 +317,10 @@ fn start_watcher(
             None
         }
     }
+}
+
+fn us(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// No session holds a slot and no task runs.
