@@ -98,7 +98,7 @@ fn run(fixture: &str) -> String {
                 };
                 desired
                     .requests
-                    .insert(args[0].into(), RequestEntry::Valid(r));
+                    .insert(args[0].into(), RequestEntry::Valid(r.into()));
             }
             "cross-invalid" => {
                 let r = Rejected {
@@ -107,12 +107,15 @@ fn run(fixture: &str) -> String {
                 };
                 desired
                     .requests
-                    .insert(args[0].into(), RequestEntry::Invalid(r));
+                    .insert(args[0].into(), RequestEntry::Invalid(Box::new(r)));
             }
             "bad-file" => {
                 desired.requests.insert(
                     args[0].into(),
-                    RequestEntry::Invalid(rejected(&format!("d/requests/{}.toml", args[0]))),
+                    RequestEntry::Invalid(Box::new(rejected(&format!(
+                        "d/requests/{}.toml",
+                        args[0]
+                    )))),
                 );
             }
             "status" => {

@@ -226,11 +226,11 @@ fn a_file_squatting_a_fire_name_does_not_stop_the_fire_issue_13() {
         },
     );
     let squat = |id: &str| {
-        RequestEntry::Invalid(Rejected {
+        RequestEntry::Invalid(Box::new(Rejected {
             path: format!("d/requests/{id}.toml").into(),
             diagnostics: Vec::new(),
             sha256: None,
-        })
+        }))
     };
     // 10:01 is squatted by a planted link (invalid, with an invalid
     // status); 10:02 by a real earlier fire, which is never written twice.
@@ -270,16 +270,17 @@ fn a_file_squatting_a_fire_name_does_not_stop_the_fire_issue_13() {
         scheduled_for: Some(ts("2026-05-01T10:02:00")),
         spec_sha256: "s".into(),
     };
-    desired
-        .requests
-        .insert(earlier.id.clone(), RequestEntry::Valid(earlier.clone()));
+    desired.requests.insert(
+        earlier.id.clone(),
+        RequestEntry::Valid(earlier.clone().into()),
+    );
     assert!(fired(&mut s, &desired, &statuses, "2026-05-01T10:02:00.2").is_empty());
     // A plain request squatting the next name is replaced too.
     earlier.id = "tick-20260501T1003".into();
     earlier.scheduled_for = None;
     desired
         .requests
-        .insert(earlier.id.clone(), RequestEntry::Valid(earlier));
+        .insert(earlier.id.clone(), RequestEntry::Valid(earlier.into()));
     assert_eq!(
         fired(&mut s, &desired, &statuses, "2026-05-01T10:03:00.2"),
         ["tick-20260501T1003"]
