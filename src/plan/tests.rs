@@ -177,10 +177,15 @@ fn run(fixture: &str) -> String {
         busy: &busy,
         containers_known,
     };
-    plan(&desired, &observed, &cfg)
-        .iter()
-        .map(|a| format!("{a}\n"))
-        .collect()
+    let actions = plan(&desired, &observed, &cfg);
+    // Every case also holds for the daemon's scoped planning (issue 12).
+    let scope = Scope::rebuild(&desired, &statuses);
+    assert_eq!(
+        plan_in(&desired, &observed, &cfg, &scope.ids(&observed)),
+        actions,
+        "planning the scope differs from planning everything"
+    );
+    actions.iter().map(|a| format!("{a}\n")).collect()
 }
 
 fn check(fixture: &str, expect: &str) {

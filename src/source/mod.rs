@@ -397,6 +397,9 @@ pub struct Source {
     /// Request ids whose entry was re-decided since `take_touched` (the
     /// daemon's planner looks at those, see `plan::Scope`).
     touched: BTreeSet<String>,
+    /// How many of `desired.requests` are invalid (for the metrics, which
+    /// must not walk every request after every pass).
+    invalid_requests: usize,
     /// Paths each kind folder's last scan did not follow (reported).
     skipped: BTreeMap<Kind, Vec<Skipped>>,
     /// Files (re)validated by the last update, for tests and benchmarks.
@@ -410,6 +413,7 @@ impl Source {
             files: Files::default(),
             desired: Desired::default(),
             touched: BTreeSet::new(),
+            invalid_requests: 0,
             skipped: BTreeMap::new(),
             last_parsed: 0,
         }
@@ -417,6 +421,11 @@ impl Source {
 
     pub fn desired(&self) -> &Desired {
         &self.desired
+    }
+
+    /// How many request files are rejected (invalid entries).
+    pub fn invalid_requests(&self) -> usize {
+        self.invalid_requests
     }
 
     /// The request ids whose entry may have changed (appeared, changed,
@@ -636,14 +645,16 @@ impl Source {
                 .iter()
                 .filter_map(|(p, s)| Some((p, s.parsed.request()?)))
                 .collect();
-            match desired::request_entry(&id, &files, &self.desired, host) {
-                Some(e) => {
-                    self.desired.requests.insert(id.clone(), e);
-                }
-                None => {
-                    self.desired.requests.remove(&id);
-                }
-            }
+            let invalid = |e: Option<&desired::RequestEntry>| {
+                usize::from(matches!(e, Some(desired::RequestEntry::Invalid(_))))
+            };
+            let entry = desired::request_entry(&id, &files, &self.desired, host);
+            self.invalid_requests += invalid(entry.as_ref());
+            let old = match entry {
+                Some(e) => self.desired.requests.insert(id.clone(), e),
+                None => self.desired.requests.remove(&id),
+            };
+            self.invalid_requests = self.invalid_requests.saturating_sub(invalid(old.as_ref()));
             self.touched.insert(id);
         }
     }
@@ -690,6 +701,16 @@ mod tests {
             s.desired(),
             &fresh,
             "incremental state differs from a fresh load"
+        );
+        let invalid = fresh
+            .requests
+            .values()
+            .filter(|e| matches!(e, desired::RequestEntry::Invalid(_)))
+            .count();
+        assert_eq!(
+            s.invalid_requests(),
+            invalid,
+            "invalid count kept per change"
         );
     }
 

@@ -2,13 +2,13 @@
 //! atomically replaced. The daemon is the only writer (it holds the state
 //! lock) and keeps the records in memory; CLI commands read the files.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::fsutil::write_atomic;
-use crate::observed::Status;
+use crate::observed::{Status, StatusCounts};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
@@ -22,6 +22,11 @@ pub enum StatusError {
 pub struct StatusStore {
     dir: PathBuf,
     records: BTreeMap<String, Status>,
+    /// The records counted by phase and profile, updated with every change.
+    counts: StatusCounts,
+    /// Ids whose record was written or removed since `take_changed`: the
+    /// daemon re-decides only those for its planning scope (issue 12).
+    changed: BTreeSet<String>,
 }
 
 impl StatusStore {
@@ -34,7 +39,16 @@ impl StatusStore {
             source,
         })?;
         let (records, problems) = read_dir(&dir)?;
-        Ok((StatusStore { dir, records }, problems))
+        let counts = StatusCounts::of(records.values());
+        Ok((
+            StatusStore {
+                dir,
+                records,
+                counts,
+                changed: BTreeSet::new(),
+            },
+            problems,
+        ))
     }
 
     pub fn get(&self, id: &str) -> Option<&Status> {
@@ -43,6 +57,16 @@ impl StatusStore {
 
     pub fn all(&self) -> &BTreeMap<String, Status> {
         &self.records
+    }
+
+    /// The records counted by phase and profile.
+    pub fn counts(&self) -> &StatusCounts {
+        &self.counts
+    }
+
+    /// The ids whose record was written or removed since the last call.
+    pub fn take_changed(&mut self) -> BTreeSet<String> {
+        std::mem::take(&mut self.changed)
     }
 
     /// Write `status` to disk, then to memory; a no-op when unchanged.
@@ -54,7 +78,10 @@ impl StatusStore {
         let mut bytes = serde_json::to_vec_pretty(&status).unwrap_or_default();
         bytes.push(b'\n');
         write_atomic(&path, &bytes, 0o600).map_err(|source| StatusError::Write { path, source })?;
-        self.records.insert(status.request.clone(), status);
+        let id = status.request.clone();
+        self.counts.replace(self.records.get(&id), Some(&status));
+        self.records.insert(id.clone(), status);
+        self.changed.insert(id);
         Ok(())
     }
 
@@ -79,7 +106,10 @@ impl StatusStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(source) => return Err(StatusError::Write { path, source }),
         }
-        self.records.remove(id);
+        if let Some(old) = self.records.remove(id) {
+            self.counts.replace(Some(&old), None);
+            self.changed.insert(id.to_string());
+        }
         Ok(())
     }
 }
@@ -117,4 +147,53 @@ pub fn read_dir(dir: &Path) -> Result<(BTreeMap<String, Status>, Vec<String>), S
 pub fn read_one(path: &Path) -> Result<Status, String> {
     let bytes = fs::read(path).map_err(|e| e.to_string())?;
     serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observed::Phase;
+
+    /// The store's own counts and change list follow every write and
+    /// removal (the pure counting is property-tested in `observed`).
+    #[test]
+    fn counts_and_changes_follow_writes_and_removals_issue_12() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let (mut store, problems) = StatusStore::open(d.path()).expect("open");
+        assert!(problems.is_empty());
+        let mut seed = 7u64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for _ in 0..120 {
+            let id = format!("r{}", next(5));
+            if next(4) == 0 {
+                store.remove(&id).expect("remove");
+            } else if next(2) == 0 {
+                let phase = Phase::ALL[usize::try_from(next(6)).unwrap_or(0)];
+                store.update(&id, |s| s.phase = phase).expect("update");
+            } else {
+                let mut s = Status::new(&id, &format!("p{}", next(3)));
+                s.phase = Phase::ALL[usize::try_from(next(6)).unwrap_or(0)];
+                store.put(s).expect("put");
+            }
+            assert_eq!(store.counts(), &StatusCounts::of(store.all().values()));
+        }
+        let (reopened, _) = StatusStore::open(d.path()).expect("reopen");
+        assert_eq!(reopened.counts(), store.counts());
+        assert_eq!(reopened.all(), store.all());
+
+        store.take_changed();
+        let mut s = Status::new("x", "p");
+        store.put(s.clone()).expect("put");
+        store.put(s.clone()).expect("unchanged: no write");
+        s.phase = Phase::Done;
+        store.put(s).expect("put");
+        store.remove("absent").expect("remove");
+        assert_eq!(store.take_changed(), BTreeSet::from(["x".to_string()]));
+        assert!(store.take_changed().is_empty());
+    }
 }
