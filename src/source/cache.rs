@@ -44,6 +44,8 @@ impl Parsed {
 pub(super) struct FileState {
     pub(super) key: FileKey,
     pub(super) parsed: Parsed,
+    /// The scan generation that last saw the file (see `Source::walk`).
+    pub(super) seen: u32,
 }
 
 /// The files of one stem, sorted by path. More than one is a duplicate.
@@ -80,6 +82,37 @@ impl Files {
             .map(|(_, s)| s.key)
     }
 
+    /// If `path` is cached with `key` (unchanged), mark it seen by scan
+    /// `generation` and say so.
+    pub(super) fn mark_seen(
+        &mut self,
+        kind: Kind,
+        path: &Path,
+        key: FileKey,
+        generation: u32,
+    ) -> bool {
+        let Some(files) = self.map_mut(kind).get_mut(&desired::stem(path)) else {
+            return false;
+        };
+        match files.iter_mut().find(|(p, s)| p == path && s.key == key) {
+            Some((_, s)) => {
+                s.seen = generation;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The cached paths of one kind not seen by scan `generation`.
+    pub(super) fn unseen(&self, kind: Kind, generation: u32) -> Vec<PathBuf> {
+        self.map(kind)
+            .values()
+            .flatten()
+            .filter(|(_, s)| s.seen != generation)
+            .map(|(p, _)| p.clone())
+            .collect()
+    }
+
     /// Cache `state` for `path` (replacing what it held).
     pub(super) fn insert(&mut self, kind: Kind, path: &Path, state: FileState) {
         // Capacity 1, not `Vec`'s default 4: a second file is a rare mistake.
@@ -112,11 +145,6 @@ impl Files {
     /// The files of one stem (empty when none).
     pub(super) fn stem(&self, kind: Kind, name: &str) -> &[(PathBuf, FileState)] {
         self.map(kind).get(name).map_or(&[], Vec::as_slice)
-    }
-
-    /// Every cached path of one kind.
-    pub(super) fn paths(&self, kind: Kind) -> impl Iterator<Item = &PathBuf> {
-        self.map(kind).values().flatten().map(|(p, _)| p)
     }
 
     /// The request ids with a file that names `profile` (valid on its own).
@@ -158,6 +186,7 @@ mod tests {
         FileState {
             key: key(1),
             parsed: Parsed::Request(Ok(Arc::new(r))),
+            seen: 0,
         }
     }
 
@@ -181,10 +210,14 @@ mod tests {
         f.insert(Kind::Request, b, request("p"));
         assert_eq!(f.stem(Kind::Request, "r").len(), 2);
         assert_eq!(f.naming("q").count(), 0);
+        // Marks: only an unchanged file is seen; the others are unseen.
+        assert!(!f.mark_seen(Kind::Request, a, key(2), 1), "changed");
+        assert!(f.mark_seen(Kind::Request, b, key(1), 1));
+        assert_eq!(f.unseen(Kind::Request, 1), [a.to_path_buf()]);
         assert!(f.remove(Kind::Request, a));
         assert!(!f.remove(Kind::Request, a));
         assert!(f.remove(Kind::Request, b));
         assert!(f.stem(Kind::Request, "r").is_empty());
-        assert_eq!(f.paths(Kind::Request).count(), 0);
+        assert!(f.unseen(Kind::Request, 9).is_empty());
     }
 }

@@ -308,9 +308,23 @@ pub fn scan_folder(dir: &Path, folder: &str, kind: Kind) -> Result<Vec<Found>, S
 /// Scan one kind folder: candidate files, plus the symlinks it does not
 /// follow (reported, never walked into).
 pub fn scan(dir: &Path, folder: &str, kind: Kind) -> Result<Scan, SourceError> {
+    let mut found = Vec::new();
+    let skipped = scan_each(dir, folder, kind, &mut |f| found.push(f))?;
+    Ok(Scan { found, skipped })
+}
+
+/// [`scan`], handing each candidate file to `each` as it is found instead
+/// of collecting them (the daemon's full scans keep only the changed ones:
+/// 10,000 unchanged files need no list). Returns what was not followed.
+pub fn scan_each(
+    dir: &Path,
+    folder: &str,
+    kind: Kind,
+    each: &mut dyn FnMut(Found),
+) -> Result<Vec<Skipped>, SourceError> {
     let root = kind_root(dir, folder)?;
     let root_canon = fs::canonicalize(&root).ok();
-    let mut out = Scan::default();
+    let mut skipped = Vec::new();
     // The root itself is followed (walkdir follows a root link); nothing
     // below it is.
     let walker = WalkDir::new(&root)
@@ -344,8 +358,8 @@ pub fn scan(dir: &Path, folder: &str, kind: Kind) -> Result<Scan, SourceError> {
                 continue;
             };
             match classify_link(root_canon.as_deref(), kind, entry.path(), &lmeta) {
-                Entry::File(f) => out.found.push(f),
-                Entry::Skip(s) => out.skipped.push(s),
+                Entry::File(f) => each(f),
+                Entry::Skip(s) => skipped.push(s),
                 Entry::Ignore => {}
             }
             continue;
@@ -357,14 +371,14 @@ pub fn scan(dir: &Path, folder: &str, kind: Kind) -> Result<Scan, SourceError> {
             continue;
         }
         let Ok(meta) = entry.metadata() else { continue };
-        out.found.push(Found {
+        each(Found {
             kind,
             path: entry.into_path(),
             key: FileKey::of(&meta),
             problem: None,
         });
     }
-    Ok(out)
+    Ok(skipped)
 }
 
 /// Whether a folder between `root` and `path` (exclusive of both) is a
@@ -397,6 +411,9 @@ pub struct Source {
     /// Request ids whose entry was re-decided since `take_touched` (the
     /// daemon's planner looks at those, see `plan::Scope`).
     touched: BTreeSet<String>,
+    /// The current scan's number: a file whose `seen` is older was not
+    /// found by the last full scan (or folder rescan) and is gone.
+    generation: u32,
     /// How many of `desired.requests` are invalid (for the metrics, which
     /// must not walk every request after every pass).
     invalid_requests: usize,
@@ -414,6 +431,7 @@ impl Source {
             desired: Desired::default(),
             touched: BTreeSet::new(),
             invalid_requests: 0,
+            generation: 0,
             skipped: BTreeMap::new(),
             last_parsed: 0,
         }
@@ -437,36 +455,44 @@ impl Source {
     /// Re-stat every candidate file; re-validate the ones that changed.
     /// On `Unavailable` nothing is changed: the last good state stands.
     pub fn full_scan(&mut self, host: &dyn HostView) -> Result<(), SourceError> {
-        let mut found = Vec::new();
+        self.generation = self.generation.wrapping_add(1);
+        let mut changed = Vec::new();
         let mut skipped = BTreeMap::new();
         for (folder, kind) in FOLDERS {
-            let scan = scan(&self.dir, folder, kind)?;
-            found.extend(scan.found);
-            skipped.insert(kind, scan.skipped);
+            skipped.insert(kind, self.walk(folder, kind, &mut changed)?);
         }
         for (kind, list) in skipped {
             self.set_skipped(kind, list);
         }
         self.last_parsed = 0;
-        let seen: HashSet<&PathBuf> = found.iter().map(|f| &f.path).collect();
-        let gone: Vec<(Kind, PathBuf)> = FOLDERS
-            .iter()
-            .flat_map(|&(_, kind)| {
-                self.files
-                    .paths(kind)
-                    .filter(|p| !seen.contains(p))
-                    .map(move |p| (kind, p.clone()))
-            })
-            .collect();
         let mut touched = Touched::default();
-        for (kind, p) in gone {
-            self.forget(kind, &p, &mut touched);
-        }
-        for f in &found {
+        for f in &changed {
             self.refresh(f, host, &mut touched);
+        }
+        for (_, kind) in FOLDERS {
+            for p in self.files.unseen(kind, self.generation) {
+                self.forget(kind, &p, &mut touched);
+            }
         }
         self.redecide(touched, host);
         Ok(())
+    }
+
+    /// Scan one kind folder: mark every unchanged file seen in this
+    /// generation, collect the new or changed ones into `changed`. Marks
+    /// are all it changes, so an `Unavailable` part-way changes nothing.
+    fn walk(
+        &mut self,
+        folder: &str,
+        kind: Kind,
+        changed: &mut Vec<Found>,
+    ) -> Result<Vec<Skipped>, SourceError> {
+        let (files, generation) = (&mut self.files, self.generation);
+        scan_each(&self.dir, folder, kind, &mut |f| {
+            if !files.mark_seen(kind, &f.path, f.key, generation) {
+                changed.push(f);
+            }
+        })
     }
 
     /// Update only `paths` (from watcher events). A path that is not a
@@ -537,21 +563,15 @@ impl Source {
             }
         }
         for (folder, kind) in rescan {
-            let Scan { found, skipped } = scan(&self.dir, folder, kind)?;
+            self.generation = self.generation.wrapping_add(1);
+            let mut changed = Vec::new();
+            let skipped = self.walk(folder, kind, &mut changed)?;
             self.set_skipped(kind, skipped);
-            let seen: HashSet<&PathBuf> = found.iter().map(|f| &f.path).collect();
-            let root = self.dir.join(folder);
-            let gone: Vec<PathBuf> = self
-                .files
-                .paths(kind)
-                .filter(|p| p.starts_with(&root) && !seen.contains(p))
-                .cloned()
-                .collect();
-            for p in gone {
-                self.forget(kind, &p, &mut touched);
-            }
-            for f in &found {
+            for f in &changed {
                 self.refresh(f, host, &mut touched);
+            }
+            for p in self.files.unseen(kind, self.generation) {
+                self.forget(kind, &p, &mut touched);
             }
         }
         self.redecide(touched, host);
@@ -588,8 +608,12 @@ impl Source {
             }),
         };
         touched.mark(f.kind, &desired::stem(&f.path));
-        self.files
-            .insert(f.kind, &f.path, FileState { key: f.key, parsed });
+        let state = FileState {
+            key: f.key,
+            parsed,
+            seen: self.generation,
+        };
+        self.files.insert(f.kind, &f.path, state);
     }
 
     fn forget(&mut self, kind: Kind, path: &Path, touched: &mut Touched) {
@@ -638,6 +662,11 @@ impl Source {
             // Every request naming it is re-checked against it.
             touched.requests.extend(self.files.naming(&name).cloned());
         }
+        // Most entries re-decided (the first scan): rebuild the map after,
+        // from its sorted entries, into full B-tree nodes (inserting in
+        // order leaves them half empty).
+        let compact =
+            touched.requests.len() > 64 && touched.requests.len() > self.desired.requests.len() / 2;
         for id in touched.requests {
             let files: Vec<desired::FileRef<'_, Arc<Request>>> = self
                 .files
@@ -656,6 +685,11 @@ impl Source {
             };
             self.invalid_requests = self.invalid_requests.saturating_sub(invalid(old.as_ref()));
             self.touched.insert(id);
+        }
+        if compact {
+            self.desired.requests = std::mem::take(&mut self.desired.requests)
+                .into_iter()
+                .collect();
         }
     }
 }

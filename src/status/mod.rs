@@ -116,11 +116,14 @@ impl StatusStore {
 
 /// Read every `*.json` record of a status folder (for the CLI and startup).
 pub fn read_dir(dir: &Path) -> Result<(BTreeMap<String, Status>, Vec<String>), StatusError> {
-    let mut records = BTreeMap::new();
+    // Collected first, then built in one go: `BTreeMap` builds sorted input
+    // into full nodes, where inserting in the folder's order leaves them
+    // about a third empty (10,000 records: ~1.5 MB, issue 12).
+    let mut records = Vec::new();
     let mut problems = Vec::new();
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((records, problems)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((BTreeMap::new(), problems)),
         Err(source) => {
             return Err(StatusError::ReadDir {
                 path: dir.to_path_buf(),
@@ -135,13 +138,11 @@ pub fn read_dir(dir: &Path) -> Result<(BTreeMap<String, Status>, Vec<String>), S
             continue;
         }
         match read_one(&path) {
-            Ok(s) => {
-                records.insert(s.request.clone(), s);
-            }
+            Ok(s) => records.push((s.request.clone(), s)),
             Err(e) => problems.push(format!("{}: {e}", path.display())),
         }
     }
-    Ok((records, problems))
+    Ok((records.into_iter().collect(), problems))
 }
 
 pub fn read_one(path: &Path) -> Result<Status, String> {
