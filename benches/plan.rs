@@ -33,7 +33,7 @@ fn main() {
         let prof = format!("p{}", i % n_profiles);
         desired.requests.insert(
             id.clone(),
-            RequestEntry::Valid(Request {
+            RequestEntry::Valid(std::sync::Arc::new(Request {
                 id: id.clone(),
                 path: PathBuf::from(format!("d/requests/{id}.toml")),
                 profile: prof.clone(),
@@ -42,7 +42,7 @@ fn main() {
                 timeout: None,
                 scheduled_for: None,
                 spec_sha256: "s".into(),
-            }),
+            })),
         );
         let mut s = Status::new(&id, &prof);
         s.spec_sha256 = Some("s".into());

@@ -43,17 +43,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::observed::{Outcome, Phase, Status};
+use crate::observed::{Outcome, Phase, Status, StatusCounts};
 
 /// Every phase, for the phase gauge (all are always exported, 0 included).
-pub const PHASES: [Phase; 6] = [
-    Phase::Pending,
-    Phase::Starting,
-    Phase::Running,
-    Phase::Finishing,
-    Phase::Done,
-    Phase::Invalid,
-];
+pub const PHASES: [Phase; 6] = Phase::ALL;
 
 /// Every outcome, to remove a vanished profile's series.
 const OUTCOMES: [Outcome; 13] = [
@@ -334,34 +327,31 @@ impl Metrics {
     }
 
     /// After a reconcile pass: its duration, the phase counts of the status
-    /// store, the desired dir's file counts; and drop the series of profiles
-    /// no longer in the desired dir nor in any status record.
-    pub fn pass_done<'a>(
+    /// store, the desired dir's file counts (`invalid_requests` of them
+    /// rejected request files); and drop the series of profiles no longer in
+    /// the desired dir nor in any status record. Counts come kept up to date
+    /// (`StatusCounts`, `Source::invalid_requests`): nothing here walks the
+    /// records or the files (issue 12).
+    pub fn pass_done(
         &self,
         elapsed: Duration,
-        statuses: impl Iterator<Item = &'a Status>,
+        statuses: &StatusCounts,
         desired: &crate::desired::Desired,
+        invalid_requests: usize,
     ) {
         self.passes.inc();
         self.pass_duration.observe(elapsed.as_secs_f64());
-        let mut counts = [0i64; PHASES.len()];
-        let mut keep: BTreeSet<&str> = desired.profiles.keys().map(String::as_str).collect();
-        for s in statuses {
-            if let Some(i) = PHASES.iter().position(|p| *p == s.phase) {
-                counts[i] += 1;
-            }
-            keep.insert(s.profile.as_str());
-        }
-        for (p, n) in PHASES.iter().zip(counts) {
+        let keep: BTreeSet<&str> = desired
+            .profiles
+            .keys()
+            .map(String::as_str)
+            .chain(statuses.profiles())
+            .collect();
+        for p in PHASES {
             self.sessions_in_phase
                 .get_or_create(&PhaseLabel { phase: p.as_str() })
-                .set(n);
+                .set(i64::try_from(statuses.phase(p)).unwrap_or(i64::MAX));
         }
-        let invalid_requests = desired
-            .requests
-            .values()
-            .filter(|r| matches!(r, crate::desired::RequestEntry::Invalid(_)))
-            .count();
         let gauge = |f: &Family<KindLabel, Gauge>, kind, n: usize| {
             f.get_or_create(&KindLabel { kind })
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
@@ -676,10 +666,10 @@ mod tests {
         assert!(m.encode().contains("profile=\"gone-profile\""));
         // Still in a status record: kept.
         let desired = crate::desired::Desired::default();
-        m.pass_done(Duration::ZERO, [&s].into_iter(), &desired);
+        m.pass_done(Duration::ZERO, &StatusCounts::of([&s]), &desired, 0);
         assert!(m.encode().contains("profile=\"gone-profile\""));
         // In neither the desired dir nor the store: removed.
-        m.pass_done(Duration::ZERO, std::iter::empty(), &desired);
+        m.pass_done(Duration::ZERO, &StatusCounts::default(), &desired, 0);
         assert!(!m.encode().contains("gone-profile"), "{}", m.encode());
     }
 

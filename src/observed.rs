@@ -40,6 +40,93 @@ impl Phase {
     pub fn is_active(self) -> bool {
         matches!(self, Phase::Starting | Phase::Running | Phase::Finishing)
     }
+
+    /// Every phase, in lifecycle order.
+    pub const ALL: [Phase; 6] = [
+        Phase::Pending,
+        Phase::Starting,
+        Phase::Running,
+        Phase::Finishing,
+        Phase::Done,
+        Phase::Invalid,
+    ];
+
+    /// Its position in [`Phase::ALL`].
+    fn index(self) -> usize {
+        match self {
+            Phase::Pending => 0,
+            Phase::Starting => 1,
+            Phase::Running => 2,
+            Phase::Finishing => 3,
+            Phase::Done => 4,
+            Phase::Invalid => 5,
+        }
+    }
+}
+
+/// Status records counted by phase and by profile, kept up to date record
+/// by record (`StatusStore` calls [`StatusCounts::replace`] on every
+/// change), so the metrics and the systemd `STATUS=` line after each pass
+/// cost nothing per record (issue 12: 10,000 finished records are walked
+/// by nobody).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StatusCounts {
+    /// Records per phase, in [`Phase::ALL`] order.
+    by_phase: [usize; 6],
+    /// Records per profile name; only names with at least one record.
+    by_profile: BTreeMap<String, usize>,
+}
+
+impl StatusCounts {
+    /// Count `statuses` from scratch.
+    pub fn of<'a>(statuses: impl IntoIterator<Item = &'a Status>) -> StatusCounts {
+        let mut c = StatusCounts::default();
+        for s in statuses {
+            c.replace(None, Some(s));
+        }
+        c
+    }
+
+    /// One record changed from `old` to `new` (`None`: absent).
+    pub fn replace(&mut self, old: Option<&Status>, new: Option<&Status>) {
+        if let Some(o) = old {
+            self.by_phase[o.phase.index()] = self.by_phase[o.phase.index()].saturating_sub(1);
+            if let Some(n) = self.by_profile.get_mut(&o.profile) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.by_profile.remove(&o.profile);
+                }
+            }
+        }
+        if let Some(n) = new {
+            self.by_phase[n.phase.index()] += 1;
+            match self.by_profile.get_mut(&n.profile) {
+                Some(c) => *c += 1,
+                None => {
+                    self.by_profile.insert(n.profile.clone(), 1);
+                }
+            }
+        }
+    }
+
+    /// Records in `phase`.
+    pub fn phase(&self, phase: Phase) -> usize {
+        self.by_phase[phase.index()]
+    }
+
+    /// Records holding a session slot (starting, running, finishing).
+    pub fn active(&self) -> usize {
+        Phase::ALL
+            .iter()
+            .filter(|p| p.is_active())
+            .map(|p| self.phase(*p))
+            .sum()
+    }
+
+    /// Every profile some record names.
+    pub fn profiles(&self) -> impl Iterator<Item = &str> {
+        self.by_profile.keys().map(String::as_str)
+    }
 }
 
 /// How a session ended.
@@ -220,7 +307,47 @@ pub struct Observed<'a> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        /// Counts kept change by change equal a recount, after every change
+        /// of a random history (records written, rewritten, removed).
+        #[test]
+        fn counts_kept_per_change_equal_a_recount_issue_12(
+            ops in proptest::collection::vec(
+                (0usize..6, proptest::option::of((0usize..6, 0usize..3))),
+                0..200,
+            ),
+        ) {
+            let mut records: BTreeMap<String, Status> = BTreeMap::new();
+            let mut counts = StatusCounts::default();
+            for (id, change) in ops {
+                let id = format!("r{id}");
+                let new = change.map(|(phase, profile)| {
+                    let mut s = Status::new(&id, &format!("p{profile}"));
+                    s.phase = Phase::ALL[phase];
+                    s
+                });
+                let old = match &new {
+                    Some(n) => records.insert(id.clone(), n.clone()),
+                    None => records.remove(&id),
+                };
+                counts.replace(old.as_ref(), new.as_ref());
+                prop_assert_eq!(&counts, &StatusCounts::of(records.values()));
+            }
+            let active = records.values().filter(|s| s.phase.is_active()).count();
+            prop_assert_eq!(counts.active(), active);
+        }
+    }
+
+    #[test]
+    fn phase_index_follows_all() {
+        for (i, p) in Phase::ALL.iter().enumerate() {
+            assert_eq!(p.index(), i);
+        }
+    }
 
     #[test]
     fn exit_codes_map_to_outcomes() {

@@ -131,6 +131,21 @@ pub fn active_fires<'a>(
         .collect()
 }
 
+/// The records whose id starts `<profile>-`, where every fire id of the
+/// profile is: one range of the id-sorted map. The scheduler looks at its
+/// history every pass; this makes that cost the profile's own requests,
+/// not every record the store keeps (issue 12).
+pub fn fire_range<'a>(
+    statuses: &'a std::collections::BTreeMap<String, Status>,
+    profile: &str,
+) -> impl Iterator<Item = &'a Status> + use<'a> {
+    let prefix = format!("{profile}-");
+    statuses
+        .range(prefix.clone()..)
+        .take_while(move |(id, _)| id.starts_with(&prefix))
+        .map(|(_, s)| s)
+}
+
 /// Finished scheduled requests of `profile` beyond `limit`, oldest first.
 pub fn history_to_prune<'a>(
     profile: &str,
@@ -267,7 +282,7 @@ impl Scheduler {
             let Some(fire) = d.fire else { continue };
             st.covered_until = fire.timestamp();
             let id = request_id(&p.name, &fire);
-            let running = active_fires(&p.name, statuses.values());
+            let running = active_fires(&p.name, fire_range(statuses, &p.name));
             match p.concurrency_policy {
                 ConcurrencyPolicy::Forbid if !running.is_empty() => {
                     let ids: Vec<&str> = running.iter().map(|s| s.request.as_str()).collect();
@@ -311,7 +326,7 @@ impl Scheduler {
             }
         }
         for p in desired.profiles.values().filter(|p| p.schedule.is_some()) {
-            for id in history_to_prune(&p.name, p.history_limit, statuses.values()) {
+            for id in history_to_prune(&p.name, p.history_limit, fire_range(statuses, &p.name)) {
                 let path = match desired.requests.get(&id) {
                     Some(RequestEntry::Valid(r)) => Some(r.path.clone()),
                     Some(RequestEntry::Invalid(r)) => Some(r.path.clone()),

@@ -24,7 +24,7 @@ pub use lock::{LockError, acquire, lock_path};
 use crate::desired::Diagnostic;
 use crate::execute::{ContainerTable, Event, Settings, Shared, lock as guard};
 use crate::observed::{Container, ContainerState, Observed, Phase};
-use crate::plan::{PlanConfig, plan};
+use crate::plan::{PlanConfig, Scope, plan, plan_in};
 use crate::runtime::podman::Podman;
 use crate::runtime::podman::{ContainerEvent, ExitFile, exits};
 use crate::source::{RealHost, Source};
@@ -112,6 +112,8 @@ pub async fn run(
     // What daemon.json last said was not followed (symlinked folders, loops).
     let mut reported_skipped: Vec<Diagnostic> = Vec::new();
     let mut passes: u64 = 0;
+    // The requests a pass plans; rebuilt by the first (full) pass.
+    let mut scope = Scope::default();
     let mut notifier = notify::Notifier::from_env();
     loop {
         let pass_start = std::time::Instant::now();
@@ -177,6 +179,9 @@ pub async fn run(
         if source_available && watcher.is_none() {
             watcher = start_watcher(&sh.settings.desired, &tx, &dirty);
         }
+        // Request ids whose desired entry changed: their planning scope is
+        // re-decided below (a full scan rebuilds it instead).
+        let touched = source.take_touched();
         let last_desired = source.desired();
 
         // Cron fires become request files; never while the source is away
@@ -194,10 +199,16 @@ pub async fn run(
         };
         // Plan against the live views, borrowed under their locks (tasks
         // take them one at a time, never both), then apply with the locks
-        // released.
+        // released. A full scan plans every request and rebuilds the scope;
+        // other passes plan the scope (`plan::Scope`): the requests not
+        // finished, plus those with a container or an operation under way,
+        // after re-deciding the ids whose status or file changed. Both give
+        // the same actions; only the cost differs (issue 12).
+        let plan_start = std::time::Instant::now();
         let actions = {
             let busy = sh.busy_now();
-            let store = guard(&sh.store);
+            let mut store = guard(&sh.store);
+            let changed = store.take_changed();
             let table = guard(&sh.containers);
             let observed = Observed {
                 statuses: store.all(),
@@ -206,8 +217,15 @@ pub async fn run(
                 busy: &busy,
                 containers_known: table.known,
             };
-            plan(last_desired, &observed, &cfg)
+            if was_full {
+                scope = Scope::rebuild(last_desired, store.all());
+                plan(last_desired, &observed, &cfg)
+            } else {
+                scope.update(touched.iter().chain(&changed), last_desired, store.all());
+                plan_in(last_desired, &observed, &cfg, &scope.ids(&observed))
+            }
         };
+        let apply_start = std::time::Instant::now();
         for action in actions {
             if action.is_change() {
                 tracing::debug!(action = %action, request = action.request().unwrap_or(""), "applying");
@@ -216,11 +234,13 @@ pub async fn run(
         }
 
         passes += 1;
+        let apply_end = std::time::Instant::now();
         let pass_elapsed = pass_start.elapsed();
         crate::metrics::get().pass_done(
             pass_elapsed,
-            guard(&sh.store).all().values(),
+            guard(&sh.store).counts(),
             last_desired,
+            source.invalid_requests(),
         );
         // One event per pass, at debug level: what it cost and why.
         tracing::debug!(
@@ -228,18 +248,21 @@ pub async fn run(
             parsed = source.last_parsed,
             requests = last_desired.requests.len(),
             elapsed_us = u64::try_from(pass_start.elapsed().as_micros()).unwrap_or(u64::MAX),
+            before_plan_us = us(plan_start - pass_start),
+            plan_us = us(apply_start - plan_start),
+            apply_us = us(apply_end - apply_start),
             "pass"
         );
         source.last_parsed = 0;
         // READY=1 after the first full pass, STATUS= on change, WATCHDOG=1.
-        let summary = notify::summary(guard(&sh.store).all().values(), admitting, source_available);
+        let summary = notify::summary(guard(&sh.store).counts(), admitting, source_available);
         notifier.after_pass(summary);
         if !admitting && idle(&sh) {
             tracing::info!("drained: no sessions left; exiting");
             break;
         }
 
-        let mut wake_at = next_wake(&sh, next_resync);
+        let mut wake_at = next_wake(&sh, next_resync, &scope);
         if let Some(fire) = schedules.scheduler.next_wake() {
             let until = jiff::Timestamp::now().duration_until(fire);
             let wait = if until.is_negative() {
@@ -316,14 +339,19 @@ fn start_watcher(
     }
 }
 
+fn us(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
 /// No session holds a slot and no task runs.
 fn idle(sh: &Shared) -> bool {
-    sh.busy_now().is_empty() && !guard(&sh.store).all().values().any(|s| s.phase.is_active())
+    sh.busy_now().is_empty() && guard(&sh.store).counts().active() == 0
 }
 
 /// The next moment a pass is due without any event: the resync, a session
-/// deadline, or a status retention expiry.
-fn next_wake(sh: &Shared, next_resync: Instant) -> Instant {
+/// deadline, or the retention expiry of a finished request whose file is
+/// gone (only those are pruned; all of them are in the scope).
+fn next_wake(sh: &Shared, next_resync: Instant, scope: &Scope) -> Instant {
     let now_ms = jiff::Timestamp::now().as_millisecond();
     let mut at = next_resync;
     // Unix milliseconds to a tokio instant (the past means now).
@@ -341,7 +369,8 @@ fn next_wake(sh: &Shared, next_resync: Instant) -> Instant {
     }
     let retention_ms =
         i64::try_from(sh.settings.status_retention.as_millis()).unwrap_or(i64::MAX / 4);
-    for s in guard(&sh.store).all().values() {
+    let store = guard(&sh.store);
+    for s in scope.live().iter().filter_map(|id| store.get(id)) {
         if s.phase == Phase::Done
             && let Some(f) = s.finished_at
         {
@@ -361,8 +390,9 @@ async fn resync_containers(sh: &Shared) {
         Ok(listing) => {
             let mut keep = busy_before;
             keep.extend(sh.busy_now());
-            let known: BTreeSet<String> = guard(&sh.store).all().keys().cloned().collect();
-            guard(&sh.containers).replace(listing, &keep, &|r| known.contains(r));
+            // The store's lock, then the table's: the order planning uses.
+            let store = guard(&sh.store);
+            guard(&sh.containers).replace(listing, &keep, &|r| store.get(r).is_some());
         }
         Err(e) => {
             tracing::warn!(error = %e, "cannot list containers; retrying at the next resync");

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use sd_notify::NotifyState;
 
-use crate::observed::{Phase, Status};
+use crate::observed::{Phase, StatusCounts};
 
 /// Talks to the service manager; remembers what it already said.
 #[derive(Debug, Default)]
@@ -91,21 +91,13 @@ impl Notifier {
     }
 }
 
-/// The one-line `STATUS=`: requests by phase, and the daemon's condition.
-pub fn summary<'a>(
-    statuses: impl Iterator<Item = &'a Status>,
-    admitting: bool,
-    source_available: bool,
-) -> String {
-    let (mut running, mut pending, mut invalid) = (0usize, 0usize, 0usize);
-    for s in statuses {
-        match s.phase {
-            Phase::Starting | Phase::Running | Phase::Finishing => running += 1,
-            Phase::Pending => pending += 1,
-            Phase::Invalid => invalid += 1,
-            Phase::Done => {}
-        }
-    }
+/// The one-line `STATUS=`: requests by phase (sessions holding a slot
+/// count as running), and the daemon's condition. From the store's kept
+/// counts: no walk over the records (issue 12).
+pub fn summary(statuses: &StatusCounts, admitting: bool, source_available: bool) -> String {
+    let running = statuses.active();
+    let pending = statuses.phase(Phase::Pending);
+    let invalid = statuses.phase(Phase::Invalid);
     let mut line = format!("{running} running, {pending} pending, {invalid} invalid");
     if !admitting {
         line.insert_str(0, "draining: ");
@@ -123,12 +115,22 @@ mod tests {
     #[test]
     fn summary_counts_sessions_holding_slots_as_running_issue_11() {
         assert_eq!(
-            summary(std::iter::empty(), true, true),
+            summary(&StatusCounts::default(), true, true),
             "0 running, 0 pending, 0 invalid"
         );
         assert_eq!(
-            summary(std::iter::empty(), false, false),
+            summary(&StatusCounts::default(), false, false),
             "draining: 0 running, 0 pending, 0 invalid; desired dir unavailable"
+        );
+        let mut records = Vec::new();
+        for (i, phase) in Phase::ALL.iter().chain(&[Phase::Running]).enumerate() {
+            let mut s = crate::observed::Status::new(&format!("r{i}"), "p");
+            s.phase = *phase;
+            records.push(s);
+        }
+        assert_eq!(
+            summary(&StatusCounts::of(&records), true, true),
+            "4 running, 1 pending, 1 invalid"
         );
     }
 

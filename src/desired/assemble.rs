@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use super::HostView;
 use super::diag::{Diagnostic, locate_key};
@@ -45,29 +46,28 @@ pub fn profile_entry(name: &str, files: &[FileRef<'_, Profile>]) -> ProfileEntry
 /// no file has that stem.
 pub fn request_entry(
     id: &str,
-    files: &[FileRef<'_, Request>],
+    files: &[FileRef<'_, Arc<Request>>],
     desired: &Desired,
     host: &dyn HostView,
 ) -> Option<RequestEntry> {
     match files {
         [] => None,
-        [(path, Err(d))] => Some(RequestEntry::Invalid(Rejected {
+        [(path, Err(d))] => Some(RequestEntry::Invalid(Box::new(Rejected {
             path: (*path).clone(),
             diagnostics: d.clone(),
             sha256: None,
-        })),
-        [(path, Ok(r))] => {
-            let sha = r.spec_sha256.clone();
-            Some(match cross_check(r.clone(), desired, host) {
-                Ok(r) => RequestEntry::Valid(r),
-                Err(d) => RequestEntry::Invalid(Rejected {
-                    path: (*path).clone(),
-                    diagnostics: d,
-                    sha256: Some(sha),
-                }),
-            })
-        }
-        _ => Some(RequestEntry::Invalid(duplicate(id, "request", files))),
+        }))),
+        [(path, Ok(r))] => Some(match cross_check(r, desired, host) {
+            Ok(()) => RequestEntry::Valid(Arc::clone(r)),
+            Err(d) => RequestEntry::Invalid(Box::new(Rejected {
+                path: (*path).clone(),
+                diagnostics: d,
+                sha256: Some(r.spec_sha256.clone()),
+            })),
+        }),
+        _ => Some(RequestEntry::Invalid(Box::new(duplicate(
+            id, "request", files,
+        )))),
     }
 }
 
@@ -76,7 +76,7 @@ pub fn request_entry(
 /// incrementally with the two functions above).
 pub fn assemble(
     profiles: Vec<FileResult<Profile>>,
-    requests: Vec<FileResult<Request>>,
+    requests: Vec<FileResult<Arc<Request>>>,
     host: &dyn HostView,
 ) -> (Desired, Vec<Diagnostic>) {
     let mut desired = Desired::default();
@@ -170,11 +170,7 @@ fn fire_owner(id: &str) -> Option<&str> {
     crate::schedule::is_fire_id(owner, id).then_some(owner)
 }
 
-fn cross_check(
-    r: Request,
-    desired: &Desired,
-    host: &dyn HostView,
-) -> Result<Request, Vec<Diagnostic>> {
+fn cross_check(r: &Request, desired: &Desired, host: &dyn HostView) -> Result<(), Vec<Diagnostic>> {
     // Only error paths need the text (to place the diagnostic): read it lazily.
     let at = |key: &str| {
         locate_key(
@@ -203,7 +199,7 @@ fn cross_check(
     }
     let profile = match desired.profiles.get(&r.profile) {
         Some(p) => p,
-        None if desired.invalid_profiles.contains_key(&r.profile) => return Ok(r),
+        None if desired.invalid_profiles.contains_key(&r.profile) => return Ok(()),
         None => {
             return Err(vec![
                 Diagnostic::new(
@@ -325,5 +321,5 @@ fn cross_check(
             }
         }
     }
-    Ok(r)
+    Ok(())
 }

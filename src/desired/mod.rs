@@ -84,9 +84,10 @@ pub fn load(files: &[(Kind, &Path, &[u8])], host: &dyn HostView) -> (Desired, Ve
             Kind::Profile => {
                 profiles.push((path.to_path_buf(), validate_profile(path, bytes, host)))
             }
-            Kind::Request => {
-                requests.push((path.to_path_buf(), validate_request(path, bytes, host)))
-            }
+            Kind::Request => requests.push((
+                path.to_path_buf(),
+                validate_request(path, bytes, host).map(std::sync::Arc::new),
+            )),
         }
     }
     assemble(profiles, requests, host)

@@ -6,13 +6,16 @@
 //! so missed events, crashes and restarts all converge. `agentd plan` prints
 //! its output; the daemon's executor applies it.
 
-use std::collections::BTreeMap;
+mod scope;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Duration;
 
 use crate::desired::{Desired, RequestEntry};
 pub use crate::observed::StopReason;
 use crate::observed::{ContainerState, Observed, Phase, Status};
+pub use scope::{Scope, is_live};
 
 /// Knobs and facts the planner needs besides the two states.
 #[derive(Debug, Clone)]
@@ -152,14 +155,55 @@ pub const EDITED_MESSAGE: &str = "file changed after admission; the admitted spe
 
 /// Compute the actions that converge `observed` toward `desired`.
 pub fn plan(desired: &Desired, observed: &Observed<'_>, cfg: &PlanConfig) -> Vec<Action> {
+    plan_joined(
+        desired,
+        observed,
+        cfg,
+        &join(observed.statuses, &desired.requests),
+    )
+}
+
+/// [`plan`] looking only at the requests `ids` names (and at orphans): the
+/// same actions as `plan` when `ids` holds every request that is live, has
+/// a container or is busy ([`Scope::ids`]), at a cost that grows with
+/// those, not with every finished request the desired dir keeps.
+pub fn plan_in(
+    desired: &Desired,
+    observed: &Observed<'_>,
+    cfg: &PlanConfig,
+    ids: &BTreeSet<&str>,
+) -> Vec<Action> {
+    let joined: Joined<'_> = ids
+        .iter()
+        .filter_map(|id| {
+            let status = observed.statuses.get_key_value(*id);
+            let entry = desired.requests.get_key_value(*id);
+            let key = match (status, entry) {
+                (Some((k, _)), _) | (None, Some((k, _))) => k,
+                (None, None) => return None,
+            };
+            Some((key, status.map(|(_, s)| s), entry.map(|(_, e)| e)))
+        })
+        .collect();
+    plan_joined(desired, observed, cfg, &joined)
+}
+
+/// The planner over the (id, status, entry) triples it is given, in id
+/// order. Counts that span requests (pending, active) are taken over these
+/// triples, which hold every request that counts.
+fn plan_joined(
+    desired: &Desired,
+    observed: &Observed<'_>,
+    cfg: &PlanConfig,
+    joined: &Joined<'_>,
+) -> Vec<Action> {
     let mut actions = Vec::new();
     // Requests admitted in this pass compete for slots in this pass too:
     // a dropped file starts without waiting for another wake-up.
     let mut admitted: Vec<Status> = Vec::new();
     let mut pending: Vec<(&Status, bool)> = Vec::new();
-    let joined = join(observed.statuses, &desired.requests);
 
-    for &(id, status, entry) in &joined {
+    for &(id, status, entry) in joined {
         let Some(status) = status else { continue };
         if observed.busy.contains(id) {
             continue;
@@ -248,7 +292,7 @@ pub fn plan(desired: &Desired, observed: &Observed<'_>, cfg: &PlanConfig) -> Vec
 
     // Files not admitted yet: admit the valid ones, explain the others.
     let mut admissible: Vec<(jiff::Timestamp, &String, &str, Option<&Status>)> = Vec::new();
-    for &(id, status, entry) in &joined {
+    for &(id, status, entry) in joined {
         let Some(entry) = entry else { continue };
         if observed.busy.contains(id) {
             continue;
@@ -295,9 +339,7 @@ pub fn plan(desired: &Desired, observed: &Observed<'_>, cfg: &PlanConfig) -> Vec
     }
     // Within `--max-pending`, oldest first (first seen, then by id); the
     // rest wait with a status that says why.
-    let already = observed
-        .statuses
-        .values()
+    let already = statuses(joined)
         .filter(|s| s.phase == Phase::Pending && !is_deferred(s))
         .count();
     let room = cfg.max_pending.saturating_sub(already);
@@ -324,7 +366,7 @@ pub fn plan(desired: &Desired, observed: &Observed<'_>, cfg: &PlanConfig) -> Vec
     }
 
     pending.extend(admitted.iter().map(|s| (s, false)));
-    schedule_starts(&mut actions, desired, observed, cfg, pending);
+    schedule_starts(&mut actions, desired, statuses(joined), cfg, pending);
 
     for orphan in observed.orphans {
         remove_container(
@@ -341,6 +383,10 @@ pub fn plan(desired: &Desired, observed: &Observed<'_>, cfg: &PlanConfig) -> Vec
 /// status and its desired entry (either may be missing). Cheaper than a
 /// lookup per id, which is what a pass over 10,000 requests spends its time on.
 type Joined<'a> = Vec<(&'a String, Option<&'a Status>, Option<&'a RequestEntry>)>;
+
+fn statuses<'a>(joined: &'a Joined<'_>) -> impl Iterator<Item = &'a Status> {
+    joined.iter().filter_map(|(_, s, _)| *s)
+}
 
 fn join<'a>(
     statuses: &'a BTreeMap<String, Status>,
@@ -441,16 +487,16 @@ fn running(
 
 /// Hand free slots to pending requests, oldest admitted first, within the
 /// global limit and each profile's `max_concurrent`.
-fn schedule_starts(
+fn schedule_starts<'a>(
     actions: &mut Vec<Action>,
-    desired: &Desired,
-    observed: &Observed<'_>,
+    desired: &'a Desired,
+    statuses: impl Iterator<Item = &'a Status>,
     cfg: &PlanConfig,
     mut pending: Vec<(&Status, bool)>,
 ) {
     let mut active_total = 0u32;
     let mut active_by_profile: BTreeMap<&str, u32> = BTreeMap::new();
-    for s in observed.statuses.values() {
+    for s in statuses {
         if s.phase.is_active() && !pending.iter().any(|(p, _)| p.request == s.request) {
             active_total += 1;
             *active_by_profile.entry(s.profile.as_str()).or_default() += 1;

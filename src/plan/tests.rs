@@ -98,7 +98,7 @@ fn run(fixture: &str) -> String {
                 };
                 desired
                     .requests
-                    .insert(args[0].into(), RequestEntry::Valid(r));
+                    .insert(args[0].into(), RequestEntry::Valid(r.into()));
             }
             "cross-invalid" => {
                 let r = Rejected {
@@ -107,12 +107,15 @@ fn run(fixture: &str) -> String {
                 };
                 desired
                     .requests
-                    .insert(args[0].into(), RequestEntry::Invalid(r));
+                    .insert(args[0].into(), RequestEntry::Invalid(Box::new(r)));
             }
             "bad-file" => {
                 desired.requests.insert(
                     args[0].into(),
-                    RequestEntry::Invalid(rejected(&format!("d/requests/{}.toml", args[0]))),
+                    RequestEntry::Invalid(Box::new(rejected(&format!(
+                        "d/requests/{}.toml",
+                        args[0]
+                    )))),
                 );
             }
             "status" => {
@@ -174,10 +177,15 @@ fn run(fixture: &str) -> String {
         busy: &busy,
         containers_known,
     };
-    plan(&desired, &observed, &cfg)
-        .iter()
-        .map(|a| format!("{a}\n"))
-        .collect()
+    let actions = plan(&desired, &observed, &cfg);
+    // Every case also holds for the daemon's scoped planning (issue 12).
+    let scope = Scope::rebuild(&desired, &statuses);
+    assert_eq!(
+        plan_in(&desired, &observed, &cfg, &scope.ids(&observed)),
+        actions,
+        "planning the scope differs from planning everything"
+    );
+    actions.iter().map(|a| format!("{a}\n")).collect()
 }
 
 fn check(fixture: &str, expect: &str) {

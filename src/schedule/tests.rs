@@ -212,6 +212,34 @@ fn history_prunes_only_finished_scheduled_fires_oldest_first() {
 }
 
 #[test]
+fn the_fire_range_holds_every_fire_of_the_profile_and_no_other_issue_12() {
+    let ids = [
+        "o-20260501T1000",
+        "p",
+        "p-",
+        "p-20260501T1000",
+        "p-20260501T1001",
+        "p-manual",
+        "p.x",
+        "pa-20260501T1000",
+        "q-20260501T1000",
+    ];
+    let map: std::collections::BTreeMap<String, Status> = ids
+        .iter()
+        .map(|id| (id.to_string(), st(id, "p", Phase::Done, Origin::Schedule)))
+        .collect();
+    let got: Vec<&str> = fire_range(&map, "p").map(|s| s.request.as_str()).collect();
+    assert_eq!(
+        got,
+        ["p-", "p-20260501T1000", "p-20260501T1001", "p-manual"]
+    );
+    assert_eq!(
+        history_to_prune("p", 0, fire_range(&map, "p")),
+        history_to_prune("p", 0, map.values())
+    );
+}
+
+#[test]
 fn a_file_squatting_a_fire_name_does_not_stop_the_fire_issue_13() {
     use crate::desired::{Desired, Profile, Rejected, Repo, Request, RequestEntry, Schedule};
     let mut desired = Desired::default();
@@ -226,11 +254,11 @@ fn a_file_squatting_a_fire_name_does_not_stop_the_fire_issue_13() {
         },
     );
     let squat = |id: &str| {
-        RequestEntry::Invalid(Rejected {
+        RequestEntry::Invalid(Box::new(Rejected {
             path: format!("d/requests/{id}.toml").into(),
             diagnostics: Vec::new(),
             sha256: None,
-        })
+        }))
     };
     // 10:01 is squatted by a planted link (invalid, with an invalid
     // status); 10:02 by a real earlier fire, which is never written twice.
@@ -270,16 +298,17 @@ fn a_file_squatting_a_fire_name_does_not_stop_the_fire_issue_13() {
         scheduled_for: Some(ts("2026-05-01T10:02:00")),
         spec_sha256: "s".into(),
     };
-    desired
-        .requests
-        .insert(earlier.id.clone(), RequestEntry::Valid(earlier.clone()));
+    desired.requests.insert(
+        earlier.id.clone(),
+        RequestEntry::Valid(earlier.clone().into()),
+    );
     assert!(fired(&mut s, &desired, &statuses, "2026-05-01T10:02:00.2").is_empty());
     // A plain request squatting the next name is replaced too.
     earlier.id = "tick-20260501T1003".into();
     earlier.scheduled_for = None;
     desired
         .requests
-        .insert(earlier.id.clone(), RequestEntry::Valid(earlier));
+        .insert(earlier.id.clone(), RequestEntry::Valid(earlier.into()));
     assert_eq!(
         fired(&mut s, &desired, &statuses, "2026-05-01T10:03:00.2"),
         ["tick-20260501T1003"]

@@ -4,16 +4,20 @@
 //!
 //! This is IO; everything it hands on is checked by the pure `desired` module.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+mod cache;
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use walkdir::WalkDir;
 
 use crate::desired::{self, Desired, Diagnostic, HostView, Kind, MAX_FILE_BYTES, Profile, Request};
+use cache::{FileState, Files, Parsed};
 
 /// The sub-folders of the desired dir and the kind of file each holds.
 pub const FOLDERS: [(&str, Kind); 2] = [("profiles", Kind::Profile), ("requests", Kind::Request)];
@@ -145,14 +149,17 @@ fn read_capped_from(f: fs::File, cap: usize) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// What identifies a version of a file without reading it.
+/// What identifies a version of a file without reading it. Times are
+/// nanoseconds in an `i64` (kept per file, 10,000 times over): that covers
+/// the years 1677-2262; an mtime beyond saturates, and the ctime, which
+/// the kernel sets to the real time of every change, still tells a change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileKey {
     pub ino: u64,
     pub dev: u64,
     pub len: u64,
-    pub mtime_ns: i128,
-    pub ctime_ns: i128,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
 }
 
 impl FileKey {
@@ -162,10 +169,14 @@ impl FileKey {
             ino: meta.ino(),
             dev: meta.dev(),
             len: meta.len(),
-            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
-            ctime_ns: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
+            mtime_ns: nanos(meta.mtime(), meta.mtime_nsec()),
+            ctime_ns: nanos(meta.ctime(), meta.ctime_nsec()),
         }
     }
+}
+
+fn nanos(secs: i64, nsec: i64) -> i64 {
+    secs.saturating_mul(1_000_000_000).saturating_add(nsec)
 }
 
 /// A candidate file found by a scan.
@@ -297,9 +308,23 @@ pub fn scan_folder(dir: &Path, folder: &str, kind: Kind) -> Result<Vec<Found>, S
 /// Scan one kind folder: candidate files, plus the symlinks it does not
 /// follow (reported, never walked into).
 pub fn scan(dir: &Path, folder: &str, kind: Kind) -> Result<Scan, SourceError> {
+    let mut found = Vec::new();
+    let skipped = scan_each(dir, folder, kind, &mut |f| found.push(f))?;
+    Ok(Scan { found, skipped })
+}
+
+/// [`scan`], handing each candidate file to `each` as it is found instead
+/// of collecting them (the daemon's full scans keep only the changed ones:
+/// 10,000 unchanged files need no list). Returns what was not followed.
+pub fn scan_each(
+    dir: &Path,
+    folder: &str,
+    kind: Kind,
+    each: &mut dyn FnMut(Found),
+) -> Result<Vec<Skipped>, SourceError> {
     let root = kind_root(dir, folder)?;
     let root_canon = fs::canonicalize(&root).ok();
-    let mut out = Scan::default();
+    let mut skipped = Vec::new();
     // The root itself is followed (walkdir follows a root link); nothing
     // below it is.
     let walker = WalkDir::new(&root)
@@ -333,8 +358,8 @@ pub fn scan(dir: &Path, folder: &str, kind: Kind) -> Result<Scan, SourceError> {
                 continue;
             };
             match classify_link(root_canon.as_deref(), kind, entry.path(), &lmeta) {
-                Entry::File(f) => out.found.push(f),
-                Entry::Skip(s) => out.skipped.push(s),
+                Entry::File(f) => each(f),
+                Entry::Skip(s) => skipped.push(s),
                 Entry::Ignore => {}
             }
             continue;
@@ -346,14 +371,14 @@ pub fn scan(dir: &Path, folder: &str, kind: Kind) -> Result<Scan, SourceError> {
             continue;
         }
         let Ok(meta) = entry.metadata() else { continue };
-        out.found.push(Found {
+        each(Found {
             kind,
             path: entry.into_path(),
             key: FileKey::of(&meta),
             problem: None,
         });
     }
-    Ok(out)
+    Ok(skipped)
 }
 
 /// Whether a folder between `root` and `path` (exclusive of both) is a
@@ -372,32 +397,6 @@ fn behind_link(root: &Path, path: &Path) -> bool {
     })
 }
 
-/// One candidate file's last validation.
-enum Parsed {
-    Profile(Result<Profile, Vec<Diagnostic>>),
-    Request(Result<Request, Vec<Diagnostic>>),
-}
-
-impl Parsed {
-    fn profile(&self) -> Option<&Result<Profile, Vec<Diagnostic>>> {
-        match self {
-            Parsed::Profile(r) => Some(r),
-            Parsed::Request(_) => None,
-        }
-    }
-    fn request(&self) -> Option<&Result<Request, Vec<Diagnostic>>> {
-        match self {
-            Parsed::Request(r) => Some(r),
-            Parsed::Profile(_) => None,
-        }
-    }
-}
-
-struct FileState {
-    key: FileKey,
-    parsed: Parsed,
-}
-
 /// The desired dir as the daemon sees it, kept up to date incrementally:
 /// per-file validation results keyed by file identity, the assembled
 /// `Desired`, and the indexes that say which entries a change touches. A
@@ -406,12 +405,18 @@ struct FileState {
 /// re-stats everything but still re-parses only files whose key changed.
 pub struct Source {
     dir: PathBuf,
-    files: HashMap<PathBuf, FileState>,
-    /// Files per (kind, stem): more than one is a duplicate.
-    stems: HashMap<(Kind, String), BTreeSet<PathBuf>>,
-    /// Request ids per profile they name: re-checked when the profile changes.
-    by_profile: HashMap<String, BTreeSet<String>>,
+    /// Every candidate file's last validation, by kind and stem.
+    files: Files,
     desired: Desired,
+    /// Request ids whose entry was re-decided since `take_touched` (the
+    /// daemon's planner looks at those, see `plan::Scope`).
+    touched: BTreeSet<String>,
+    /// The current scan's number: a file whose `seen` is older was not
+    /// found by the last full scan (or folder rescan) and is gone.
+    generation: u32,
+    /// How many of `desired.requests` are invalid (for the metrics, which
+    /// must not walk every request after every pass).
+    invalid_requests: usize,
     /// Paths each kind folder's last scan did not follow (reported).
     skipped: BTreeMap<Kind, Vec<Skipped>>,
     /// Files (re)validated by the last update, for tests and benchmarks.
@@ -422,10 +427,11 @@ impl Source {
     pub fn new(dir: &Path) -> Source {
         Source {
             dir: dir.to_path_buf(),
-            files: HashMap::new(),
-            stems: HashMap::new(),
-            by_profile: HashMap::new(),
+            files: Files::default(),
             desired: Desired::default(),
+            touched: BTreeSet::new(),
+            invalid_requests: 0,
+            generation: 0,
             skipped: BTreeMap::new(),
             last_parsed: 0,
         }
@@ -435,36 +441,58 @@ impl Source {
         &self.desired
     }
 
+    /// How many request files are rejected (invalid entries).
+    pub fn invalid_requests(&self) -> usize {
+        self.invalid_requests
+    }
+
+    /// The request ids whose entry may have changed (appeared, changed,
+    /// gone) since the last call.
+    pub fn take_touched(&mut self) -> BTreeSet<String> {
+        std::mem::take(&mut self.touched)
+    }
+
     /// Re-stat every candidate file; re-validate the ones that changed.
     /// On `Unavailable` nothing is changed: the last good state stands.
     pub fn full_scan(&mut self, host: &dyn HostView) -> Result<(), SourceError> {
-        let mut found = Vec::new();
+        self.generation = self.generation.wrapping_add(1);
+        let mut changed = Vec::new();
         let mut skipped = BTreeMap::new();
         for (folder, kind) in FOLDERS {
-            let scan = scan(&self.dir, folder, kind)?;
-            found.extend(scan.found);
-            skipped.insert(kind, scan.skipped);
+            skipped.insert(kind, self.walk(folder, kind, &mut changed)?);
         }
         for (kind, list) in skipped {
             self.set_skipped(kind, list);
         }
         self.last_parsed = 0;
-        let seen: HashSet<&PathBuf> = found.iter().map(|f| &f.path).collect();
-        let gone: Vec<PathBuf> = self
-            .files
-            .keys()
-            .filter(|p| !seen.contains(p))
-            .cloned()
-            .collect();
         let mut touched = Touched::default();
-        for p in gone {
-            self.forget(&p, &mut touched);
-        }
-        for f in &found {
+        for f in &changed {
             self.refresh(f, host, &mut touched);
+        }
+        for (_, kind) in FOLDERS {
+            for p in self.files.unseen(kind, self.generation) {
+                self.forget(kind, &p, &mut touched);
+            }
         }
         self.redecide(touched, host);
         Ok(())
+    }
+
+    /// Scan one kind folder: mark every unchanged file seen in this
+    /// generation, collect the new or changed ones into `changed`. Marks
+    /// are all it changes, so an `Unavailable` part-way changes nothing.
+    fn walk(
+        &mut self,
+        folder: &str,
+        kind: Kind,
+        changed: &mut Vec<Found>,
+    ) -> Result<Vec<Skipped>, SourceError> {
+        let (files, generation) = (&mut self.files, self.generation);
+        scan_each(&self.dir, folder, kind, &mut |f| {
+            if !files.mark_seen(kind, &f.path, f.key, generation) {
+                changed.push(f);
+            }
+        })
     }
 
     /// Update only `paths` (from watcher events). A path that is not a
@@ -525,7 +553,7 @@ impl Source {
                     rescan.insert((folder, kind));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    self.forget(path, &mut touched)
+                    self.forget(kind, path, &mut touched)
                 }
                 // Unreadable: the folder scan decides whether the source is
                 // unavailable.
@@ -535,21 +563,15 @@ impl Source {
             }
         }
         for (folder, kind) in rescan {
-            let Scan { found, skipped } = scan(&self.dir, folder, kind)?;
+            self.generation = self.generation.wrapping_add(1);
+            let mut changed = Vec::new();
+            let skipped = self.walk(folder, kind, &mut changed)?;
             self.set_skipped(kind, skipped);
-            let seen: HashSet<&PathBuf> = found.iter().map(|f| &f.path).collect();
-            let root = self.dir.join(folder);
-            let gone: Vec<PathBuf> = self
-                .files
-                .keys()
-                .filter(|p| p.starts_with(&root) && !seen.contains(p))
-                .cloned()
-                .collect();
-            for p in gone {
-                self.forget(&p, &mut touched);
-            }
-            for f in &found {
+            for f in &changed {
                 self.refresh(f, host, &mut touched);
+            }
+            for p in self.files.unseen(kind, self.generation) {
+                self.forget(kind, &p, &mut touched);
             }
         }
         self.redecide(touched, host);
@@ -558,7 +580,7 @@ impl Source {
 
     /// Re-validate `f` if its key changed since it was last read.
     fn refresh(&mut self, f: &Found, host: &dyn HostView, touched: &mut Touched) {
-        if self.files.get(&f.path).is_some_and(|s| s.key == f.key) {
+        if self.files.key(f.kind, &f.path) == Some(f.key) {
             return;
         }
         self.last_parsed += 1;
@@ -576,41 +598,28 @@ impl Source {
         };
         let unreadable = |why: &String| vec![Diagnostic::new(&f.path, None, why.clone())];
         let parsed = match f.kind {
-            Kind::Profile => Parsed::Profile(match &bytes {
+            Kind::Profile => Parsed::Profile(Box::new(match &bytes {
                 Ok(b) => desired::validate_profile(&f.path, b, host),
                 Err(e) => Err(unreadable(e)),
-            }),
+            })),
             Kind::Request => Parsed::Request(match &bytes {
-                Ok(b) => desired::validate_request(&f.path, b, host),
+                Ok(b) => desired::validate_request(&f.path, b, host).map(Arc::new),
                 Err(e) => Err(unreadable(e)),
             }),
         };
-        let stem = desired::stem(&f.path);
-        touched.mark(f.kind, &stem);
-        self.stems
-            .entry((f.kind, stem))
-            .or_default()
-            .insert(f.path.clone());
-        self.files
-            .insert(f.path.clone(), FileState { key: f.key, parsed });
+        touched.mark(f.kind, &desired::stem(&f.path));
+        let state = FileState {
+            key: f.key,
+            parsed,
+            seen: self.generation,
+        };
+        self.files.insert(f.kind, &f.path, state);
     }
 
-    fn forget(&mut self, path: &Path, touched: &mut Touched) {
-        let Some(state) = self.files.remove(path) else {
-            return;
-        };
-        let kind = match state.parsed {
-            Parsed::Profile(_) => Kind::Profile,
-            Parsed::Request(_) => Kind::Request,
-        };
-        let stem = desired::stem(path);
-        if let Some(set) = self.stems.get_mut(&(kind, stem.clone())) {
-            set.remove(path);
-            if set.is_empty() {
-                self.stems.remove(&(kind, stem.clone()));
-            }
+    fn forget(&mut self, kind: Kind, path: &Path, touched: &mut Touched) {
+        if self.files.remove(kind, path) {
+            touched.mark(kind, &desired::stem(path));
         }
-        touched.mark(kind, &stem);
     }
 
     /// Record what a scan of one kind folder did not follow, and publish
@@ -628,22 +637,15 @@ impl Source {
             .collect();
     }
 
-    /// The files that currently have this stem.
-    fn stem_paths(&self, kind: Kind, name: &str) -> BTreeSet<PathBuf> {
-        self.stems
-            .get(&(kind, name.to_string()))
-            .cloned()
-            .unwrap_or_default()
-    }
-
     /// Re-decide the touched names: profiles first (a changed profile
     /// re-checks every request that names it), then requests.
     fn redecide(&mut self, mut touched: Touched, host: &dyn HostView) {
         for name in std::mem::take(&mut touched.profiles) {
-            let paths = self.stem_paths(Kind::Profile, &name);
-            let files: Vec<desired::FileRef<'_, Profile>> = paths
+            let files: Vec<desired::FileRef<'_, Profile>> = self
+                .files
+                .stem(Kind::Profile, &name)
                 .iter()
-                .filter_map(|p| Some((p, self.files.get(p)?.parsed.profile()?)))
+                .filter_map(|(p, s)| Some((p, s.parsed.profile()?)))
                 .collect();
             let entry = desired::profile_entry(&name, &files);
             self.desired.profiles.remove(&name);
@@ -657,38 +659,38 @@ impl Source {
                 }
                 desired::ProfileEntry::Absent => {}
             }
-            if let Some(ids) = self.by_profile.get(&name) {
-                touched.requests.extend(ids.iter().cloned());
-            }
+            // Every request naming it is re-checked against it.
+            touched.requests.extend(self.files.naming(&name).cloned());
         }
+        // Most entries re-decided (the first scan): rebuild the map after,
+        // from its sorted entries, into full B-tree nodes (inserting in
+        // order leaves them half empty).
+        let compact =
+            touched.requests.len() > 64 && touched.requests.len() > self.desired.requests.len() / 2;
         for id in touched.requests {
-            let paths = self.stem_paths(Kind::Request, &id);
-            let files: Vec<desired::FileRef<'_, Request>> = paths
+            let files: Vec<desired::FileRef<'_, Arc<Request>>> = self
+                .files
+                .stem(Kind::Request, &id)
                 .iter()
-                .filter_map(|p| Some((p, self.files.get(p)?.parsed.request()?)))
+                .filter_map(|(p, s)| Some((p, s.parsed.request()?)))
                 .collect();
-            // Re-index which profile this id names.
-            for ids in self.by_profile.values_mut() {
-                ids.remove(&id);
-            }
-            for (_, r) in &files {
-                if let Ok(r) = r {
-                    self.by_profile
-                        .entry(r.profile.clone())
-                        .or_default()
-                        .insert(id.clone());
-                }
-            }
-            match desired::request_entry(&id, &files, &self.desired, host) {
-                Some(e) => {
-                    self.desired.requests.insert(id, e);
-                }
-                None => {
-                    self.desired.requests.remove(&id);
-                }
-            }
+            let invalid = |e: Option<&desired::RequestEntry>| {
+                usize::from(matches!(e, Some(desired::RequestEntry::Invalid(_))))
+            };
+            let entry = desired::request_entry(&id, &files, &self.desired, host);
+            self.invalid_requests += invalid(entry.as_ref());
+            let old = match entry {
+                Some(e) => self.desired.requests.insert(id.clone(), e),
+                None => self.desired.requests.remove(&id),
+            };
+            self.invalid_requests = self.invalid_requests.saturating_sub(invalid(old.as_ref()));
+            self.touched.insert(id);
         }
-        self.by_profile.retain(|_, ids| !ids.is_empty());
+        if compact {
+            self.desired.requests = std::mem::take(&mut self.desired.requests)
+                .into_iter()
+                .collect();
+        }
     }
 }
 
@@ -733,6 +735,16 @@ mod tests {
             s.desired(),
             &fresh,
             "incremental state differs from a fresh load"
+        );
+        let invalid = fresh
+            .requests
+            .values()
+            .filter(|e| matches!(e, desired::RequestEntry::Invalid(_)))
+            .count();
+        assert_eq!(
+            s.invalid_requests(),
+            invalid,
+            "invalid count kept per change"
         );
     }
 
