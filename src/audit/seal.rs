@@ -27,6 +27,7 @@ use std::collections::BTreeSet;
 use std::ffi::{CStr, OsStr};
 use std::fs;
 use std::io::{self, Read};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -383,12 +384,27 @@ impl Walker {
             Ok(fd) => fd,
             Err(Errno::ENOENT) => return Ok(()),
             // Rootless: no CAP_DAC_OVERRIDE, and the agent may have left its
-            // file unreadable to its owner (mode 0000). The daemon owns it:
-            // make it readable without following a link, then open it.
+            // file unreadable to its owner (mode 0000). The daemon owns it.
+            // Pin the inode first (O_PATH needs no permission), check it is
+            // the single-linked regular file listed, and only then make it
+            // exactly 0400 through that descriptor: a swap in between
+            // changes no other file's mode, and a multi-linked file is
+            // refused without gaining a bit.
             Err(Errno::EACCES) if self.taking_back() && st.st_uid == self.own_uid() => {
-                let mode = Mode::from_bits_truncate((st.st_mode & 0o7777) | 0o400);
-                fchmodat(dir, name, mode, FchmodatFlags::NoFollowSymlink)?;
-                openat(dir, name, flags, Mode::empty())?
+                let pin = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+                let pinned = openat(dir, name, pin, Mode::empty())?;
+                let pst = fstat(&pinned)?;
+                if !same_file(&pst, st) || file_kind(&pst) != SFlag::S_IFREG {
+                    return Err(moved());
+                }
+                if pst.st_nlink > 1 {
+                    self.multi_linked.get_or_insert((path, pst.st_nlink));
+                    return Ok(());
+                }
+                // The magic link names the pinned inode itself.
+                let by_fd = PathBuf::from(format!("/proc/self/fd/{}", pinned.as_raw_fd()));
+                fs::set_permissions(&by_fd, fs::Permissions::from_mode(0o400))?;
+                nix::fcntl::open(&by_fd, flags & !OFlag::O_NOFOLLOW, Mode::empty())?
             }
             Err(e) => return Err(e.into()),
         };

@@ -1,6 +1,7 @@
 //! Starting a session: allocate its id and audit record, prepare the work
 //! folder (clone, input, credentials), then one `podman run`.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::workdir::WorkDir;
@@ -181,14 +182,6 @@ pub async fn start(sh: &Arc<Shared>, request: &str, profile: Profile) {
             tracing::info!(request, session = %session_id, container = %run_spec.name, "session running");
         }
         Err(e) => {
-            if let Some(cause) = e.user_network_failure() {
-                let msg = format!(
-                    "network: the default network of rootless Podman could not start: {cause}; hint: set `network = \"none\"` in profile {} if its sessions need no network, make /dev/net/tun usable for the daemon's user, or run agentd rootful; podman said: {e}",
-                    profile.name
-                );
-                super::finish::fail_start(sh, request, Some(&session_id), &msg).await;
-                return;
-            }
             if e.is_image_missing() {
                 let msg = format!(
                     "image `{}` is not available locally (agentd never pulls): {e}",
@@ -200,6 +193,17 @@ pub async fn start(sh: &Arc<Shared>, request: &str, profile: Profile) {
             // The run may have gone through anyway (timed out, or a name
             // taken by an earlier attempt): worth another look.
             let transient = e.is_transient() || e.is_name_in_use();
+            let user_network = (st.host.rootless && profile.network == Network::Default)
+                .then(|| e.user_network_failure())
+                .flatten();
+            if let Some(cause) = user_network.filter(|_| !transient) {
+                let msg = format!(
+                    "network: the default network of rootless Podman could not start: {cause}; hint: set `network = \"none\"` in profile {} if its sessions need no network, make /dev/net/tun usable for the daemon's user, or run agentd rootful; podman said: {e}",
+                    profile.name
+                );
+                super::finish::fail_start(sh, request, Some(&session_id), &msg).await;
+                return;
+            }
             if !transient {
                 super::finish::fail_start(
                     sh,
@@ -317,12 +321,31 @@ fn prepare(
                 .enumerate()
                 .map(|(i, m)| (format!("mounts[{i}].source"), &m.source)),
         );
+    // The daemon's own folders never reach a session, inside or around a
+    // mount: rootless, the agent has the daemon user's uid on the host
+    // (keep-id), so a mount holding them would hand it other sessions'
+    // credentials, sealed records and Podman's storage.
+    let own = [
+        ("state dir", st.state.clone()),
+        ("audit root", st.audit_root.clone()),
+        ("Podman storage", PathBuf::from(&st.host.graph_root)),
+    ];
     for (field, p) in host_paths {
         if let Some(link) = crate::fsutil::symlink_component(p) {
             return Err(format!(
                 "{field} `{}`: `{}` is now a symlink (it was resolved when the profile was validated); fix the host path or re-save the profile",
                 p.display(),
                 link.display()
+            ));
+        }
+        if let Some((what, dir)) = own
+            .iter()
+            .find(|(_, d)| !d.as_os_str().is_empty() && overlaps(p, d))
+        {
+            return Err(format!(
+                "{field} `{}` overlaps the daemon's {what} `{}`, which no session may see; hint: mount a folder that neither holds nor lies inside agentd's state, audit records or Podman's storage",
+                p.display(),
+                dir.display()
             ));
         }
     }
@@ -517,6 +540,18 @@ fn prepare(
         command,
     };
     Ok((run_spec, clone_job))
+}
+
+/// `a` and `b` are the same folder or one holds the other, as written or
+/// resolved.
+fn overlaps(a: &Path, b: &Path) -> bool {
+    let forms = |p: &Path| [Some(p.to_path_buf()), std::fs::canonicalize(p).ok()];
+    forms(a).iter().flatten().any(|a| {
+        forms(b)
+            .iter()
+            .flatten()
+            .any(|b| a.starts_with(b) || b.starts_with(a))
+    })
 }
 
 /// The part of a start that runs while `podman run` creates the container.

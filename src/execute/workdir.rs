@@ -52,6 +52,16 @@ pub struct WorkDir {
     pub root: PathBuf,
 }
 
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// The start gate's mode: 0644 rootful (the session uid is not the owner),
+/// 0444 rootless (the session uid is the owner).
+fn gate_mode() -> u32 {
+    if is_root() { 0o644 } else { 0o444 }
+}
+
 impl WorkDir {
     pub fn home(&self) -> PathBuf {
         self.root.join("home")
@@ -83,14 +93,17 @@ impl WorkDir {
     /// session user can read its `go` and nothing more. A FIFO ignores a
     /// read-only bind mount (writing into one changes no file), so its mode
     /// is what keeps the agent from writing into it: a gate the agent could
-    /// fill would make the daemon's next write block.
+    /// fill would make the daemon's next write block. Rootless, the session
+    /// user *is* the owner (keep-id), so the gate is 0444: nobody may write
+    /// it, the agent cannot chmod it (its mount is read-only), and the
+    /// daemon lends itself `u+w` for the moment of `send_go`.
     pub fn make_gate(&self) -> io::Result<()> {
         let path = self.gate();
         let _ = fs::remove_file(&path);
-        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o644))
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o400))
             .map_err(io::Error::from)?;
         // mkfifo applies the umask; the mode must not depend on it.
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o644))
+        fs::set_permissions(&path, fs::Permissions::from_mode(gate_mode()))
     }
 
     /// Write `go` into the gate at `path` without ever waiting. The FIFO is
@@ -104,11 +117,27 @@ impl WorkDir {
     pub fn send_go(path: &Path) -> io::Result<fs::File> {
         use std::io::Write;
         use std::os::unix::fs::FileTypeExt;
-        let mut f = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOFOLLOW)
-            .open(path)?;
+        let open = || {
+            fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOFOLLOW)
+                .open(path)
+        };
+        let mut f = match open() {
+            // Rootless: the 0444 gate (see `make_gate`). Its folder is the
+            // daemon's alone, so the name is still the gate made.
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied && !is_root() => {
+                if fs::symlink_metadata(path)?.file_type().is_symlink() {
+                    return Err(e);
+                }
+                fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
+                let opened = open();
+                fs::set_permissions(path, fs::Permissions::from_mode(gate_mode()))?;
+                opened?
+            }
+            other => other?,
+        };
         if !f.metadata()?.file_type().is_fifo() {
             return Err(io::Error::other(format!(
                 "{} is not a FIFO; the start gate was replaced",
@@ -159,6 +188,12 @@ impl WorkDir {
         fs::DirBuilder::new().mode(0o700).create(&root)?;
         let w = WorkDir { root };
         fs::create_dir_all(w.home().join(".agentd/audit"))?;
+        // The clone's folder exists before `podman run`, which runs while
+        // the clone is made: Podman creates a missing `--workdir` itself, as
+        // the container's root, which rootless is a subordinate uid the
+        // daemon could not write into (git then fails "Permission denied").
+        // git clones into an empty folder.
+        fs::DirBuilder::new().mode(0o755).create(w.repo())?;
         // Conmon appends to this file, and replaces it (a new inode) when it
         // passes its size cap: the inode noted here tells the two apart.
         let console = fs::OpenOptions::new()

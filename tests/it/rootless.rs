@@ -118,6 +118,8 @@ fn a_rootless_daemon_runs_a_session_with_the_contract_intact_issue_10() {
     assert_eq!(owner(&record.join("session/note.txt")), user.uid);
     assert_eq!(owner(&record.join("agentd/session.json")), user.uid);
     w.eventually("the work folder removed", LONG, || w.work_dirs() == 0);
+    // The container goes right after `done`; then nothing is left to plan.
+    w.eventually("the container removed", LONG, || w.containers().is_empty());
 
     // Every client works for that user, without root.
     let status = client(&w, &["status"]);
@@ -438,4 +440,44 @@ fn kill9_of_a_rootless_daemon_mid_session_adopts_it_without_a_duplicate_issue_10
     assert_eq!(w.audit_records("p").len(), 1);
     assert_eq!(w.console("r").matches("ran-once").count(), 1);
     assert!(client(&w, &["audit", "verify"]).contains("1 ok"));
+}
+
+#[test]
+fn a_mount_that_would_show_the_daemons_own_folders_is_refused_issue_10() {
+    if !require_podman() {
+        return;
+    }
+    // Rootless, the agent has the daemon user's uid on the host: a mount
+    // holding the state dir would hand it every session's credentials and
+    // record. Found in review.
+    let mut w = World::new_rootless();
+    let around = w.path().display().to_string();
+    let inside = w.state.join("audit").display().to_string();
+    w.sh_profile(
+        "around",
+        "echo should-not-run",
+        &format!("mounts = [{{ source = \"{around}\", target = \"/mnt/h\" }}]"),
+    );
+    w.sh_profile(
+        "inside",
+        "echo should-not-run",
+        &format!("methodology_dir = \"{inside}\""),
+    );
+    w.request("a", "profile = \"around\"\n");
+    w.request("b", "profile = \"inside\"\n");
+    w.start_daemon();
+    for (id, field, what) in [
+        ("a", "mounts[0].source", "state dir"),
+        ("b", "methodology_dir", "state dir"),
+    ] {
+        let s = w.wait_done(id);
+        assert_eq!(s["outcome"], "start_failed", "{s}");
+        let msg = s["message"].as_str().unwrap_or_default();
+        assert!(msg.starts_with(field), "{msg}");
+        assert!(
+            msg.contains(&format!("overlaps the daemon's {what}")),
+            "{msg}"
+        );
+        assert_eq!(w.containers_created_for(id), 0);
+    }
 }

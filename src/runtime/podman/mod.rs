@@ -95,7 +95,10 @@ impl PodmanError {
         let PodmanError::Failed { stderr, .. } = self else {
             return None;
         };
-        let helper = stderr.contains("slirp4netns") || stderr.contains("pasta");
+        // Podman's own phrases ("/usr/bin/slirp4netns failed: ...", "pasta
+        // failed with exit code ..."), not any mention of the words (a
+        // request or image name may hold them).
+        let helper = stderr.contains("slirp4netns failed") || stderr.contains("pasta failed");
         if !helper {
             return None;
         }
@@ -423,6 +426,16 @@ mod tests {
                 .contains("failed")
         );
         assert_eq!(failed("OCI runtime error").user_network_failure(), None);
+        // Names that merely hold the words are no network failure.
+        assert_eq!(
+            failed("localhost/antipasta:1: image not known").user_network_failure(),
+            None
+        );
+        assert_eq!(
+            failed("the container name \"agentd-a-slirp4netns-1\" is already in use")
+                .user_network_failure(),
+            None
+        );
         assert_eq!(
             failed("localhost/x:1: image not known").user_network_failure(),
             None
