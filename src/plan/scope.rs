@@ -105,14 +105,7 @@ mod tests {
     use crate::plan::{PlanConfig, plan, plan_in};
 
     const IDS: usize = 8;
-    const PHASES: [Phase; 6] = [
-        Phase::Pending,
-        Phase::Starting,
-        Phase::Running,
-        Phase::Finishing,
-        Phase::Done,
-        Phase::Invalid,
-    ];
+    const PHASES: [Phase; 6] = Phase::ALL;
 
     /// One change to the world, as the daemon would see it happen.
     #[derive(Debug, Clone)]
