@@ -142,19 +142,25 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
         // Fail fast: a daemon that cannot reach Podman would only retry.
         // `podman info` also tells the mode (rootless or rootful), which is
         // detected, never configured.
+        let fail = |why: &dyn std::fmt::Display| {
+            // `<3>`: journald files the line at priority "err".
+            let level = if super::stderr_is_journal() {
+                "<3>"
+            } else {
+                ""
+            };
+            let _ = writeln!(std::io::stderr(), "{level}agentd: error: {why}");
+            Ok(ExitCode::from(1))
+        };
         let host = match podman.check_available().await {
             Ok(host) => host,
-            Err(e) => {
-                // `<3>`: journald files the line at priority "err".
-                let level = if super::stderr_is_journal() {
-                    "<3>"
-                } else {
-                    ""
-                };
-                let _ = writeln!(std::io::stderr(), "{level}agentd: error: {e}");
-                return Ok(ExitCode::from(1));
-            }
+            Err(e) => return fail(&e),
         };
+        // Rootless sessions need keep-id:uid= and ids to map the session
+        // uid: say so at start, not as every session's start_failed.
+        if let Some(why) = host.cannot_run_sessions(args.session_uid) {
+            return fail(&why);
+        }
         tracing::info!(
             mode = host.mode(),
             podman_version = %host.version,

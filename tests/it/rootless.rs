@@ -481,3 +481,33 @@ fn a_mount_that_would_show_the_daemons_own_folders_is_refused_issue_10() {
         assert_eq!(w.containers_created_for(id), 0);
     }
 }
+
+#[test]
+fn a_rootless_podman_that_cannot_map_the_session_uid_stops_the_start_issue_10() {
+    // What Podman says decides the mode: a rootless `podman info` whose
+    // user namespace holds too few ids (no subordinate range) is refused at
+    // start with the fix, not as every session's start_failed. Found in
+    // review. A stand-in `podman` answers `info` only.
+    use std::os::unix::fs::PermissionsExt;
+    let w = World::new();
+    let info = r#"{"host": {"cgroupVersion": "v1", "cgroupManager": "cgroupfs",
+        "networkBackend": "netavark", "security": {"rootless": true},
+        "idMappings": {"uidmap": [{"container_id": 0, "host_id": 1001, "size": 1}],
+                       "gidmap": [{"container_id": 0, "host_id": 1001, "size": 1}]}},
+        "store": {"graphDriverName": "overlay", "graphRoot": "/nonexistent"},
+        "version": {"Version": "4.3.1"}}"#;
+    let fake = w.path().join("fake-podman");
+    std::fs::write(&fake, format!("#!/bin/sh\ncat <<'EOF'\n{info}\nEOF\n")).expect("write");
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let out = w
+        .agentd()
+        .arg("daemon")
+        .env("AGENTD_PODMAN", &fake)
+        .output()
+        .expect("daemon runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("holds 1 uids and 1 gids"), "{err}");
+    assert!(err.contains("usermod --add-subuids"), "{err}");
+    assert!(!w.state.join("host.json").exists());
+}

@@ -29,6 +29,10 @@ pub struct Host {
     /// Where the storage keeps images (`store.graphRoot`).
     #[serde(default)]
     pub graph_root: String,
+    /// Rootless: how many uids and gids the user namespace holds (the user
+    /// plus its subordinate ranges); `None` rootful.
+    #[serde(default)]
+    pub mapped_ids: Option<(u64, u64)>,
 }
 
 /// A profile limit and the cgroup controller that enforces it.
@@ -82,6 +86,21 @@ struct InfoHost {
     cgroup_controllers: Option<Vec<String>>,
     #[serde(default)]
     network_backend: String,
+    #[serde(default)]
+    id_mappings: Option<IdMappings>,
+}
+
+#[derive(Deserialize)]
+struct IdMappings {
+    #[serde(default)]
+    uidmap: Option<Vec<IdMap>>,
+    #[serde(default)]
+    gidmap: Option<Vec<IdMap>>,
+}
+
+#[derive(Deserialize)]
+struct IdMap {
+    size: u64,
 }
 
 #[derive(Deserialize)]
@@ -117,7 +136,42 @@ impl Host {
             network_backend: i.host.network_backend,
             storage_driver: i.store.graph_driver_name,
             graph_root: i.store.graph_root,
+            mapped_ids: i.host.id_mappings.and_then(|m| {
+                let total = |v: Option<Vec<IdMap>>| v.map(|v| v.iter().map(|m| m.size).sum());
+                Some((total(m.uidmap)?, total(m.gidmap)?))
+            }),
         })
+    }
+
+    /// Why this Podman cannot run sessions as `session_uid`, for an exit 1
+    /// at start; `None` when it can. Rootless sessions use
+    /// `--userns=keep-id:uid=N,gid=N`, which needs Podman 4.3 or later and
+    /// a user namespace holding ids 0..=N (the user and at least N
+    /// subordinate ids).
+    pub fn cannot_run_sessions(&self, session_uid: u32) -> Option<String> {
+        if !self.rootless {
+            return None;
+        }
+        let mut v = self
+            .version
+            .split(['.', '-'])
+            .map(|p| p.parse::<u32>().ok());
+        let (major, minor) = (v.next().flatten(), v.next().flatten());
+        if let (Some(major), Some(minor)) = (major, minor)
+            && (major, minor) < (4, 3)
+        {
+            return Some(format!(
+                "rootless Podman {} cannot map the session uid: agentd runs rootless sessions with `--userns=keep-id:uid={session_uid},gid={session_uid}`, which needs Podman 4.3 or later; hint: upgrade Podman, or run agentd rootful",
+                self.version
+            ));
+        }
+        let need = u64::from(session_uid) + 1;
+        match self.mapped_ids {
+            Some((uids, gids)) if uids < need || gids < need => Some(format!(
+                "rootless Podman's user namespace holds {uids} uids and {gids} gids, too few to map the session uid {session_uid} (it needs {need} of each: the user and {session_uid} subordinate ids); hint: give the user a subordinate range of 65536 ids (`usermod --add-subuids 100000-165535 --add-subgids 100000-165535 USER`), then run `podman system migrate`; or pass a smaller --session-uid"
+            )),
+            _ => None,
+        }
     }
 
     pub fn mode(&self) -> &'static str {
@@ -199,6 +253,10 @@ mod tests {
     const ROOTLESS_V1: &str = r#"{
       "host": {"arch": "amd64", "cgroupManager": "cgroupfs", "cgroupVersion": "v1",
                "cgroupControllers": [], "networkBackend": "netavark",
+               "idMappings": {"gidmap": [{"container_id": 0, "host_id": 1001, "size": 1},
+                                         {"container_id": 1, "host_id": 100000, "size": 65536}],
+                              "uidmap": [{"container_id": 0, "host_id": 1001, "size": 1},
+                                         {"container_id": 1, "host_id": 100000, "size": 65536}]},
                "security": {"rootless": true, "seccompEnabled": true}},
       "store": {"graphDriverName": "overlay", "graphRoot": "/home/u/.local/share/containers/storage",
                 "runRoot": "/run/user/1001/containers"},
@@ -223,6 +281,7 @@ mod tests {
             network_backend: "netavark".into(),
             storage_driver: "overlay".into(),
             graph_root: "/home/u/.local/share/containers/storage".into(),
+            mapped_ids: Some((65537, 65537)),
         }
     }
 
@@ -237,9 +296,45 @@ mod tests {
         assert_eq!(h.storage_driver, "overlay");
         assert_eq!(h.version, "4.3.1");
         assert_eq!(h.graph_root, "/home/u/.local/share/containers/storage");
+        assert_eq!(h.mapped_ids, Some((65537, 65537)));
         let r = Host::parse(ROOTFUL_V1).expect("parse");
         assert!(!r.rootless);
         assert_eq!(r.cgroup_controllers.len(), 8);
+    }
+
+    #[test]
+    fn a_podman_that_cannot_map_the_session_uid_is_named_at_start_issue_10() {
+        let h = Host::parse(ROOTLESS_V1).expect("parse");
+        assert_eq!(h.cannot_run_sessions(10_001), None);
+        assert_eq!(
+            Host::parse(ROOTFUL_V1)
+                .expect("parse")
+                .cannot_run_sessions(10_001),
+            None
+        );
+        // A range too small for the session uid.
+        let small = Host {
+            mapped_ids: Some((5001, 65537)),
+            ..h.clone()
+        };
+        let why = small.cannot_run_sessions(10_001).expect("too few ids");
+        assert!(why.contains("holds 5001 uids"), "{why}");
+        assert!(why.contains("usermod --add-subuids"), "{why}");
+        assert_eq!(small.cannot_run_sessions(5000), None);
+        // keep-id:uid= came with Podman 4.3.
+        for old in ["4.2.1", "3.4.4"] {
+            let o = Host {
+                version: old.into(),
+                ..h.clone()
+            };
+            let why = o.cannot_run_sessions(10_001).expect("too old");
+            assert!(why.contains("needs Podman 4.3 or later"), "{why}");
+        }
+        let newer = Host {
+            version: "5.0.0-dev".into(),
+            ..h
+        };
+        assert_eq!(newer.cannot_run_sessions(10_001), None);
     }
 
     #[test]
