@@ -200,7 +200,10 @@ fn every_secret_source_reaches_the_session_and_never_leaks_issue_11() {
         format!("{want}400\nprivate repo over https\n0\n")
     );
 
-    // The clone token from a file, on a second profile.
+    // The clone token from a file, on a second profile. Close the gate the
+    // first session went through, so this one waits there too (it ends
+    // within milliseconds once through, faster than a poll may see it run).
+    std::fs::remove_file(w.path().join("gate/go")).expect("close the gate");
     let stop2 = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sampler = sample_ps(std::sync::Arc::clone(&stop2));
     w.request("t", "profile = \"tokfile\"\n");
