@@ -117,9 +117,9 @@ fn a_rootless_daemon_runs_a_session_with_the_contract_intact_issue_10() {
     let record = w.audit_dir("r1");
     assert_eq!(owner(&record.join("session/note.txt")), user.uid);
     assert_eq!(owner(&record.join("agentd/session.json")), user.uid);
-    w.eventually("the work folder removed", LONG, || w.work_dirs() == 0);
+    assert_eq!(w.work_dirs_after_removal(), 0, "{}", w.log());
     // The container goes right after `done`; then nothing is left to plan.
-    w.eventually("the container removed", LONG, || w.containers().is_empty());
+    assert!(w.containers_after_removal().is_empty(), "{}", w.log());
 
     // Every client works for that user, without root.
     let status = client(&w, &["status"]);
@@ -307,8 +307,8 @@ fn a_default_network_that_cannot_start_is_refused_clearly_issue_10() {
     assert!(msg.contains("network = \"none\""), "says how to fix: {msg}");
     // One attempt (the cause is not transient), and nothing left behind.
     assert!(!msg.contains("times"), "{msg}");
-    w.eventually("no container left", LONG, || w.containers().is_empty());
-    w.eventually("no work folder left", LONG, || w.work_dirs() == 0);
+    assert!(w.containers_after_removal().is_empty(), "{}", w.log());
+    assert_eq!(w.work_dirs_after_removal(), 0, "{}", w.log());
 }
 
 #[test]
@@ -335,7 +335,7 @@ fn files_the_agent_leaves_with_odd_modes_are_still_taken_back_and_removed_issue_
     let s = w.wait_done("r1");
     assert_eq!(s["outcome"], "success", "{s}\n{}", w.console("r1"));
     // The work folder (home, clone) is removed whatever the modes.
-    w.eventually("the work folder removed", LONG, || w.work_dirs() == 0);
+    assert_eq!(w.work_dirs_after_removal(), 0, "{}", w.log());
     assert!(!w.log().contains("cannot remove"), "{}", w.log());
     // The record took the files back: hashed, read-only, the daemon's.
     let record = w.audit_dir("r1");
@@ -410,7 +410,7 @@ fn rootful_and_rootless_daemons_side_by_side_never_cross_talk_issue_10() {
         rootless.run_as.as_ref().expect("user").uid
     );
     for w in [&rootful, &rootless] {
-        w.eventually("work folders removed", LONG, || w.work_dirs() == 0);
+        assert_eq!(w.work_dirs_after_removal(), 0, "{}", w.log());
     }
 }
 

@@ -349,14 +349,7 @@ impl World {
     /// session's folder goes right after `done` is written (issue 12), so a
     /// test claiming none is left waits (bounded: 30 s) and then counts.
     pub fn work_dirs_after_removal(&self) -> usize {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let n = self.work_dirs();
-            if n == 0 || Instant::now() >= deadline {
-                return n;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        settle(|| self.work_dirs(), |n| *n == 0)
     }
 
     /// Poll `cond` until true, or panic with the daemon log.
@@ -465,14 +458,7 @@ impl World {
     /// (issue 12), so a test claiming that nothing is left waits for that
     /// removal (bounded: 30 s) and then looks.
     pub fn containers_after_removal(&self) -> Vec<String> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = self.containers();
-            if left.is_empty() || Instant::now() >= deadline {
-                return left;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        settle(|| self.containers(), Vec::is_empty)
     }
 
     /// A request's `agentd/session.json`.
@@ -620,6 +606,19 @@ impl World {
 
     pub fn open_gate(&self) {
         std::fs::write(self.path().join("gate/go"), "").expect("open gate");
+    }
+}
+
+/// Read `read()` until `done` holds or 30 s pass; the last reading. What
+/// goes right after `done` (container, work folder) is awaited this way.
+fn settle<T>(read: impl Fn() -> T, done: impl Fn(&T) -> bool) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = read();
+        if done(&v) || Instant::now() >= deadline {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
