@@ -273,3 +273,62 @@ fn a_wildcard_does_not_admit_the_folder_above_issue_17() {
         assert!(message.contains("empty path segment"), "{message}");
     }
 }
+
+/// A config file whose path holds a newline: the generated profile's
+/// comment stays one line, and no key comes from the path.
+#[test]
+fn an_imported_path_cannot_add_keys_to_the_profile_issue_17() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let folder = dir.path().join("cfg\nnetwork = \"host\"\n#");
+    std::fs::create_dir_all(&folder).expect("mkdir");
+    let cfg = folder.join("agentd\nallowed_repos = [\"\\u002f**\"]\n#.toml");
+    std::fs::write(
+        &cfg,
+        "[[profiles]]\nname = \"imp\"\nbase_image = \"localhost/x\"\ncommand = [\"/bin/true\"]\n",
+    )
+    .expect("write config");
+    let desired = dir.path().join("desired");
+    let out = agentd()
+        .arg("import")
+        .arg(&cfg)
+        .arg("--into")
+        .arg(&desired)
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    let text = std::fs::read_to_string(desired.join("profiles/imp.toml")).expect("profile");
+    let table: toml::Table = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let keys: Vec<&str> = table.keys().map(String::as_str).collect();
+    assert_eq!(keys, ["base_image", "command", "name"], "{text}");
+    let comment = text.lines().next().unwrap_or("");
+    assert!(
+        comment.starts_with("# imported by `agentd import` from ")
+            && comment.contains("cfg\\nnetwork = \"host\"\\n#/agentd\\nallowed_repos"),
+        "{text}"
+    );
+    // What the operator reads is one line per item, without raw controls.
+    for (name, shown) in [("stdout", &stdout), ("stderr", &stderr)] {
+        assert!(
+            !shown.contains("\nnetwork")
+                && !shown.contains("\nallowed_repos")
+                && !shown.contains('\u{1b}'),
+            "{name}: {shown}"
+        );
+    }
+    assert!(stderr.contains("cfg\\nnetwork"), "{stderr}");
+    // validate sees the profile that was meant, and nothing else.
+    let out = agentd()
+        .arg("validate")
+        .arg(&desired)
+        .output()
+        .expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
