@@ -332,3 +332,50 @@ fn an_imported_path_cannot_add_keys_to_the_profile_issue_17() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Issue 17, item 9: `systemctl show` prints a unit's `Environment=` lines
+/// to every local user, so no reference page, shipped unit or example may
+/// hand a secret over that way. An `Environment=` is fine for the daemon's
+/// own settings (`AGENTD_*`), or on a line that warns about it.
+#[test]
+fn no_reference_hands_a_secret_over_in_environment_issue_17() {
+    let root = crate::util::repo_root();
+    let mut files: Vec<std::path::PathBuf> = vec![root.join("README.md")];
+    for dir in ["docs", "deploy", "examples"] {
+        files.extend(
+            walkdir::WalkDir::new(root.join(dir))
+                .into_iter()
+                .filter_map(Result::ok)
+                .filter(|e| e.file_type().is_file())
+                .map(|e| e.into_path()),
+        );
+    }
+    assert!(files.len() > 10, "{files:?}");
+    let mut problems = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap_or_default();
+        for (n, line) in text.lines().enumerate() {
+            for (i, _) in line.match_indices("Environment=") {
+                let own_word = line[..i]
+                    .chars()
+                    .next_back()
+                    .is_none_or(|c| !c.is_ascii_alphanumeric());
+                let rest = &line[i + "Environment=".len()..];
+                if own_word && !rest.starts_with("AGENTD_") && !line.contains("systemctl show") {
+                    problems.push(format!("{}:{}: {line}", f.display(), n + 1));
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    // What credentials.md does recommend for a `source` secret.
+    let creds = std::fs::read_to_string(root.join("docs/credentials.md")).expect("read");
+    let row = creds
+        .lines()
+        .find(|l| l.starts_with("| `source = \"VAR\"`"))
+        .expect("the source row");
+    assert!(
+        row.contains("EnvironmentFile=") && row.contains("0600") && row.contains("LoadCredential="),
+        "{row}"
+    );
+}
