@@ -12,6 +12,7 @@ mod parse;
 mod repos;
 mod rules;
 mod sources;
+mod url_path;
 mod validate;
 pub mod wire;
 

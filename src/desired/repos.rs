@@ -4,19 +4,27 @@
 //! A request is less trusted than its profile: its `repo` must be the
 //! profile's own `repo` or match one of the profile's `allowed_repos`
 //! patterns. Both sides are compared in one normalized form, so a local path
-//! and the `file://` URL of the same path are the same repository, and a
-//! host name's case does not matter. `rules::repo` has already refused what
-//! would make the comparison lie: dot segments (`..` would climb out of a
-//! pattern's folder), percent escapes in `file://` URLs, queries and
-//! fragments.
+//! and the `file://` URL of the same path are the same repository, a host
+//! name's case does not matter, and a URL's path is compared percent-decoded,
+//! as the server reads it (issue 17): `team/my%20repo` is `team/my repo`.
+//! `rules::repo` has already refused what would make the comparison lie:
+//! dot segments (`..` would climb out of a pattern's folder), escapes that
+//! decode to a separator or a dot segment (`%2e%2e%2f`, see `url_path`),
+//! empty segments, percent escapes in local paths and `file://` URLs,
+//! queries and fragments.
 //!
-//! Patterns: `*` matches any run of characters within one path segment (not
-//! `/`), `**` any run across segments; everything else is literal. Matching
-//! is on bytes, in O(pattern × repo) time, and both lengths are capped by
-//! validation.
+//! Patterns: `*` matches one or more characters within one path segment
+//! (not `/`), `**` one or more whole segments; everything else is literal,
+//! an escaped `%2a` too. Matching is on bytes, in O(pattern × repo) time,
+//! and both lengths are capped by validation.
+//!
+//! The clone itself (`execute/clone.rs`) uses the URL as written, and keys
+//! its mirror by it: two spellings of one decoded path are two mirrors of
+//! what the server serves for each, never one mirror shared between them.
 
 use super::model::{Profile, Repo};
 use super::rules::{self, Problem};
+use super::url_path;
 
 /// Longest repo string or pattern accepted, in bytes.
 pub const MAX_REPO_LEN: usize = 4096;
@@ -26,14 +34,25 @@ pub const MAX_REPO_LEN: usize = 4096;
 pub struct RepoPattern {
     /// As the operator wrote it (for messages).
     pub text: String,
-    /// Normalized like a repo, wildcards kept.
-    norm: String,
+    /// Normalized like a repo and decoded: wildcards where the operator
+    /// wrote `*`, literal bytes everywhere else.
+    toks: Vec<Tok>,
+}
+
+/// One element of a pattern.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tok {
+    Lit(u8),
+    /// One or more bytes other than `/`.
+    Star,
+    /// One or more bytes (whole segments: `pattern` allows `**` only as one).
+    DoubleStar,
 }
 
 impl RepoPattern {
     /// Whether `repo` is matched by this pattern.
     pub fn matches(&self, repo: &Repo) -> bool {
-        glob(self.norm.as_bytes(), normalize(repo).as_bytes())
+        glob(&self.toks, normalize(repo).as_bytes())
     }
 }
 
@@ -56,36 +75,69 @@ pub fn pattern(text: &str) -> Result<RepoPattern, Problem> {
             ),
         ));
     }
+    double_star_placement(text)?;
     // Filled in, the pattern must be a valid repository (no credentials, a
-    // supported scheme, a host, no dot segments).
+    // supported scheme, a host, no dot segments, no escape that decodes to
+    // a separator).
     let filled = text.replace('*', "x");
     let repo = rules::repo(&filled).map_err(|(m, h)| (format!("pattern `{text}`: {m}"), h))?;
-    // Normalize the pattern the way the repo would be, keeping the wildcards:
-    // normalization only lower-cases the scheme and authority and trims, so
-    // it maps the filled-in pattern and the pattern position for position,
-    // except for the `file://` prefix, which is dropped.
+    // Normalize the pattern the way the repo would be, keeping the wildcards
+    // and the escapes (decoded by `tokens`, so an escape is never a
+    // wildcard): normalization only lower-cases the scheme and authority
+    // and trims, so it maps the filled-in pattern and the pattern position
+    // for position, except for the `file://` prefix, which is dropped.
     let norm = match repo {
         Repo::Local(_) => trim_slash(text).to_string(),
         Repo::Url(_) if text.starts_with("file://") => {
             trim_slash(&text["file://".len()..]).to_string()
         }
-        Repo::Url(_) => normalize_url(text),
+        Repo::Url(_) => normalize_url(text, false),
     };
     Ok(RepoPattern {
         text: text.to_string(),
-        norm,
+        toks: tokens(&norm),
     })
 }
 
+/// `**` only as a whole path segment: in a host name it would reach across
+/// into the path (`https://git**.example.com/x` would match any host), and
+/// within a segment it would not be "whole segments".
+fn double_star_placement(text: &str) -> Result<(), Problem> {
+    let path = match text.split_once("://") {
+        Some((_, rest)) => {
+            let authority = rest.split('/').next().unwrap_or("");
+            if authority.contains("**") {
+                return Err(double_star(text));
+            }
+            &rest[authority.len()..]
+        }
+        None => text,
+    };
+    if path
+        .split('/')
+        .any(|seg| seg.contains("**") && seg.bytes().any(|c| c != b'*'))
+    {
+        return Err(double_star(text));
+    }
+    Ok(())
+}
+
+fn double_star(text: &str) -> Problem {
+    (
+        format!("pattern `{text}`: `**` must be a whole path segment"),
+        Some("write `**` between slashes (`https://git.example.com/team/**`, `/srv/**/x.git`); within a segment or a host name, use `*`".into()),
+    )
+}
+
 /// The form repositories are compared in: a local path or `file://` URL as
-/// its absolute path, a remote URL with its scheme and authority lower-cased;
-/// a trailing `/` dropped in both.
+/// its absolute path, a remote URL with its scheme and authority lower-cased
+/// and its path percent-decoded; a trailing `/` dropped in all.
 pub fn normalize(repo: &Repo) -> String {
     match repo {
         Repo::Local(p) => trim_slash(&p.to_string_lossy()).to_string(),
         Repo::Url(u) => match u.strip_prefix("file://") {
             Some(path) => trim_slash(path).to_string(),
-            None => normalize_url(u),
+            None => normalize_url(u, true),
         },
     }
 }
@@ -97,7 +149,7 @@ fn trim_slash(s: &str) -> &str {
     }
 }
 
-fn normalize_url(u: &str) -> String {
+fn normalize_url(u: &str, decode: bool) -> String {
     let Some((scheme, rest)) = u.split_once("://") else {
         return trim_slash(u).to_string();
     };
@@ -105,44 +157,60 @@ fn normalize_url(u: &str) -> String {
         Some(i) => rest.split_at(i),
         None => (rest, ""),
     };
-    trim_slash(&format!(
+    let path = trim_slash(path);
+    let path = if decode {
+        url_path::decode_lossy(path)
+    } else {
+        path.to_string()
+    };
+    format!(
         "{}://{}{path}",
         scheme.to_ascii_lowercase(),
         authority.to_ascii_lowercase()
-    ))
-    .to_string()
+    )
 }
 
-/// `*` within a segment, `**` across segments, everything else literal.
-fn glob(pattern: &[u8], text: &[u8]) -> bool {
-    #[derive(Clone, Copy)]
-    enum Tok {
-        Lit(u8),
-        Star,
-        DoubleStar,
-    }
-    let mut toks = Vec::with_capacity(pattern.len());
+/// A normalized pattern as tokens: `*` within a segment, `**` across
+/// segments, `%XX` the byte it escapes, everything else literal.
+fn tokens(pattern: &str) -> Vec<Tok> {
+    let p = pattern.as_bytes();
+    let mut toks = Vec::with_capacity(p.len());
     let mut i = 0;
-    while i < pattern.len() {
-        if pattern[i] == b'*' {
-            if pattern.get(i + 1) == Some(&b'*') {
+    while i < p.len() {
+        match p[i] {
+            b'*' if p.get(i + 1) == Some(&b'*') => {
                 // Any run of stars of length two or more is one `**`.
-                while pattern.get(i) == Some(&b'*') {
+                while p.get(i) == Some(&b'*') {
                     i += 1;
                 }
                 toks.push(Tok::DoubleStar);
                 continue;
             }
-            toks.push(Tok::Star);
-        } else {
-            toks.push(Tok::Lit(pattern[i]));
+            b'*' => toks.push(Tok::Star),
+            b'%' => {
+                if let Some(b) = p
+                    .get(i + 1..i + 3)
+                    .and_then(|h| url_path::hex_pair(h[0], h[1]))
+                {
+                    toks.push(Tok::Lit(b));
+                    i += 3;
+                    continue;
+                }
+                toks.push(Tok::Lit(b'%'));
+            }
+            c => toks.push(Tok::Lit(c)),
         }
         i += 1;
     }
+    toks
+}
+
+/// Whether `toks` match all of `text`.
+fn glob(toks: &[Tok], text: &[u8]) -> bool {
     // ok[j]: the tokens so far match text[..j].
     let mut ok = vec![false; text.len() + 1];
     ok[0] = true;
-    for t in toks {
+    for &t in toks {
         let mut next = vec![false; text.len() + 1];
         match t {
             Tok::Lit(c) => {
@@ -151,10 +219,11 @@ fn glob(pattern: &[u8], text: &[u8]) -> bool {
                 }
             }
             Tok::Star | Tok::DoubleStar => {
-                let across = matches!(t, Tok::DoubleStar);
-                next[0] = ok[0];
+                // At least one byte: the wildcard either starts at j or
+                // continues a match that already took bytes.
+                let across = t == Tok::DoubleStar;
                 for j in 0..text.len() {
-                    next[j + 1] = ok[j + 1] || (next[j] && (across || text[j] != b'/'));
+                    next[j + 1] = (ok[j] || next[j]) && (across || text[j] != b'/');
                 }
             }
         }
@@ -302,10 +371,99 @@ mod tests {
         }
     }
 
+    /// Issue 17, item 2: patterns see the path as a server that decodes it
+    /// would, so an escape neither hides a repository from a pattern nor
+    /// smuggles a wildcard into one.
+    #[test]
+    fn patterns_match_the_decoded_path_issue_17() {
+        let p = profile(None, &["https://git.example.com/team/*"]);
+        assert!(p.allows_repo(&repo("https://git.example.com/team/my%20repo.git")));
+        assert!(p.allows_repo(&repo("https://git.example.com/te%61m/x.git")));
+        assert!(!p.allows_repo(&repo("https://git.example.com/other%20team/x.git")));
+        assert_eq!(
+            normalize(&repo("https://Git.Example.com/team/my%20repo.git/")),
+            "https://git.example.com/team/my repo.git"
+        );
+        // A pattern may be written with escapes too; they match the same.
+        let p = profile(None, &["https://git.example.com/team/my%20*"]);
+        assert!(p.allows_repo(&repo("https://git.example.com/team/my%20repo.git")));
+        assert!(p.allows_repo(&repo("https://git.example.com/team/my%20x")));
+        assert!(!p.allows_repo(&repo("https://git.example.com/team/myrepo")));
+        // An escaped star in a pattern is a literal star, not a wildcard.
+        let p = profile(None, &["https://git.example.com/team/%2a"]);
+        assert!(p.allows_repo(&repo("https://git.example.com/team/%2A")));
+        assert!(!p.allows_repo(&repo("https://git.example.com/team/x")));
+        // What decodes to another folder is refused before any matching.
+        for bad in [
+            "https://git.example.com/team/%2e%2e%2fother%2fsecret.git",
+            "https://git.example.com/team/..%2fother",
+        ] {
+            assert!(rules::repo(bad).is_err(), "{bad}");
+        }
+        for bad in [
+            "https://git.example.com/team%2f*",
+            "https://git.example.com/team/*%2f..",
+            "https://git.example.com/team/%2e%2e/*",
+        ] {
+            assert!(pattern(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// Issue 17, item 10: `*` is one or more characters of one segment,
+    /// `**` one or more whole segments; neither matches an empty segment.
+    #[test]
+    fn wildcards_never_match_an_empty_segment_issue_17() {
+        // (pattern, repo, allowed)
+        let table = [
+            ("/srv/forks/*", "/srv/forks/a", true),
+            ("/srv/forks/*", "/srv/forks/a/", true),
+            ("/srv/forks/*", "/srv/forks", false),
+            ("/srv/forks/*", "/srv/forks/", false),
+            ("/srv/forks/*", "/srv/forks/a/b", false),
+            ("/srv/forks/*.git", "/srv/forks/.git", false),
+            ("/srv/forks/*.git", "/srv/forks/x.git", true),
+            ("/srv/forks/**", "/srv/forks/a/b/c", true),
+            ("/srv/forks/**", "/srv/forks", false),
+            ("/srv/forks/**", "/srv/forks/", false),
+            ("/srv/**/x.git", "/srv/a/b/x.git", true),
+            ("/srv/**/x.git", "/srv/x.git", false),
+            ("/**", "/", false),
+            ("/**", "/srv", true),
+            ("https://h/team/*", "https://h/team/", false),
+            ("https://h/team/*", "https://h/team", false),
+            ("https://h/team/*", "https://h/team/x", true),
+            ("https://h/team/**", "https://h/team/", false),
+            ("https://*.example.com/x", "https://.example.com/x", false),
+            ("https://*.example.com/x", "https://git.example.com/x", true),
+        ];
+        for (pat, r, want) in table {
+            let p = profile(None, &[pat]);
+            assert_eq!(p.allows_repo(&repo(r)), want, "{pat} vs {r}");
+        }
+        // A doubled slash is no repository at all (a server would collapse
+        // it), so it cannot stand for the folder above.
+        for bad in ["/srv/forks//", "https://h/team//", "https://h/team//x"] {
+            assert!(rules::repo(bad).is_err(), "{bad}");
+        }
+        // `**` is a whole path segment, never part of one or of the host,
+        // where it could reach across into the path.
+        for bad in [
+            "https://git**.example.com/team/*",
+            "https://**/x",
+            "/srv/a**",
+            "/srv/**b/x",
+        ] {
+            assert!(pattern(bad).is_err(), "{bad}");
+        }
+    }
+
     #[test]
     fn glob_is_exact_about_wildcards() {
-        let g = |p: &str, t: &str| glob(p.as_bytes(), t.as_bytes());
-        assert!(g("a*c", "abc") && g("a*c", "ac") && !g("a*c", "a/c"));
+        let g = |p: &str, t: &str| glob(&tokens(p), t.as_bytes());
+        // A wildcard stands for at least one byte (issue 17, item 10: this
+        // line asserted `g("a*c", "ac")` before).
+        assert!(g("a*c", "abc") && !g("a*c", "ac") && !g("a*c", "a/c"));
+        assert!(g("a%2ac", "a*c") && !g("a%2ac", "abc"));
         assert!(g("a**c", "a/b/c") && g("a***c", "a/c"));
         assert!(!g("a*", "b") && g("", "") && !g("", "a"));
         // Many stars over a long text stay polynomial.

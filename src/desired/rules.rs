@@ -6,6 +6,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use super::model::Repo;
+use super::url_path;
 
 pub type Problem = (String, Option<String>);
 
@@ -115,7 +116,13 @@ pub fn repo(text: &str) -> Result<Repo, Problem> {
         ));
     }
     if text.starts_with('/') {
-        dot_segments(text, text)?;
+        if text.contains('%') {
+            return Err(problem(
+                format!("local path `{text}` contains `%`"),
+                "a local path is taken literally, as a `file://` URL is (neither is percent-decoded): write the path plainly",
+            ));
+        }
+        url_path::check(text, text, false)?;
         return Ok(Repo::Local(PathBuf::from(text)));
     }
     let Some((scheme, rest)) = text.split_once("://") else {
@@ -138,7 +145,20 @@ pub fn repo(text: &str) -> Result<Repo, Problem> {
             "name the repository by scheme, host and path only",
         ));
     }
-    dot_segments(rest, text)?;
+    if rest.contains('\\') {
+        return Err(problem(
+            format!("repo URL `{text}` contains a backslash"),
+            "some servers read `\\` as `/`; write the URL with `/` only",
+        ));
+    }
+    if authority.contains('%') {
+        return Err(problem(
+            format!("repo URL `{text}` has a percent escape in its host"),
+            "write the host name plainly",
+        ));
+    }
+    // The host is checked as the first segment (it may not be `..` either).
+    url_path::check(rest, text, true)?;
     match scheme {
         "https" | "http" | "git" => {
             if authority.is_empty() {
@@ -169,24 +189,6 @@ pub fn repo(text: &str) -> Result<Repo, Problem> {
             "use https://, http://, git://, file:// or an absolute local path",
         )),
     }
-}
-
-/// Refuse `.` and `..` path segments (also percent-escaped, which curl
-/// would decode): a repository is compared with `allowed_repos` patterns as
-/// written, so `/srv/git/../../etc` must not pass for something below
-/// `/srv/git`.
-fn dot_segments(path: &str, shown: &str) -> Result<(), Problem> {
-    let dotted = path.split('/').any(|seg| {
-        let seg = seg.replace("%2e", ".").replace("%2E", ".");
-        seg == "." || seg == ".."
-    });
-    if dotted {
-        return Err(problem(
-            format!("repo `{shown}` has a `.` or `..` path segment"),
-            "write the path without `.` or `..` parts",
-        ));
-    }
-    Ok(())
 }
 
 /// A POSIX environment variable name.
@@ -316,6 +318,56 @@ mod tests {
         assert!(repo("relative/x").is_err());
         assert!(repo("file://relative").is_err());
         assert!(repo("https:///nohost").is_err());
+    }
+
+    /// Issue 17, item 2: what a server that percent-decodes and normalises
+    /// the path would read as another folder is refused, with the reason.
+    #[test]
+    fn escapes_that_decode_to_a_separator_or_a_dot_segment_are_refused_issue_17() {
+        let refused = [
+            ("https://h/team/%2e%2e%2fother%2fsecret.git", "separator"),
+            ("https://h/team/..%2fother", "separator"),
+            ("https://h/team/%2E%2E%2Fother", "separator"),
+            ("https://h/team/x%2f..%2f..%2fother", "separator"),
+            ("https://h/team/%2e%2e%5cother", "separator"),
+            ("https://h/team/..%5Cother", "separator"),
+            ("https://h/team/%2e%2e", "dot"),
+            ("https://h/team/%2e", "dot"),
+            ("https://h/team/.%2e/other", "dot"),
+            ("https://h/team/..;x/other", "dot"),
+            ("git://h/team/%2e%2e/x", "dot"),
+            ("https://h/team/%00x", "control"),
+            ("https://h/team/a%0ab", "control"),
+            ("https://h/team/%252e%252e/x", "`%`"),
+            ("https://h/team/%zz", "two hex digits"),
+            ("https://h/team/x%2", "two hex digits"),
+            ("https://h/team/%ff", "UTF-8"),
+            ("https://h/team\\..\\other", "backslash"),
+            ("https://h%2eevil.org/team/x", "host"),
+            ("https://h/team//x", "empty"),
+            ("/srv/forks//", "empty"),
+            ("/srv//x", "empty"),
+            ("/srv/%2e%2e/x", "`%`"),
+        ];
+        for (bad, why) in refused {
+            let (msg, hint) = repo(bad).expect_err(bad);
+            let all = format!("{msg}; {}", hint.unwrap_or_default());
+            assert!(all.contains(why), "{bad}: {all}");
+        }
+        // Escapes of ordinary characters stay legitimate.
+        for good in [
+            "https://h/team/my%20repo.git",
+            "https://h/team/caf%C3%A9.git",
+            "https://h/team/a%2Bb",
+            "https://h/team/.git",
+            "https://h/team/x.git/",
+            "https://h",
+            "https://h/",
+            "/srv/git/x/",
+            "/",
+        ] {
+            assert!(repo(good).is_ok(), "{good}: {:?}", repo(good));
+        }
     }
 
     #[test]

@@ -62,6 +62,18 @@ impl GitServer {
         tls: Option<(&Path, &Path)>,
         token: Option<&str>,
     ) -> Self {
+        Self::start_with(dir, root, tls, token, &[])
+    }
+
+    /// [`GitServer::start`] with more flags of the server script, such as
+    /// `--decode-paths` (a forge that decodes and normalises request paths).
+    pub fn start_with(
+        dir: &Path,
+        root: &Path,
+        tls: Option<(&Path, &Path)>,
+        token: Option<&str>,
+        flags: &[&str],
+    ) -> Self {
         std::fs::create_dir_all(dir).expect("mkdir");
         let port_file = dir.join("port");
         let log = dir.join("requests.log");
@@ -81,6 +93,7 @@ impl GitServer {
             std::fs::write(&f, t).expect("token file");
             c.arg("--token-file").arg(f);
         }
+        c.args(flags);
         let child = c.spawn().expect("python3 runs the test git server");
         let deadline = Instant::now() + Duration::from_secs(20);
         let port = loop {

@@ -13,6 +13,7 @@ mod hardening_daemon;
 mod hardening_desired;
 mod hardening_repos;
 mod hardening_seal;
+mod hardening_urls;
 mod metrics;
 mod podman;
 mod rootless;

@@ -8,15 +8,29 @@ whose password is the file's content (any user name) and answers 401
 otherwise. Every request is logged to --log as `METHOD PATH auth=ok|missing|bad`
 (never the credentials themselves), so a test can tell whether the client
 sent the token.
+
+With --decode-paths it treats the request path as many real forges and the
+proxies in front of them do: percent-decodes it, reads `\\` as `/`, and
+resolves `.`, `..` and empty segments before it looks for the repository.
+`/team/%2e%2e%2fother%2fsecret.git/info/refs` then serves
+`other/secret.git`. The log line gains ` served=PATH`, the path as served.
 """
 
 import argparse
 import base64
 import http.server
 import os
+import posixpath
 import ssl
 import subprocess
 import sys
+import urllib.parse
+
+
+def normalise(raw):
+    """The path a decoding server serves for the request path `raw`."""
+    decoded = urllib.parse.unquote(raw).replace("\\", "/")
+    return posixpath.normpath("/" + decoded.lstrip("/"))
 
 
 def main():
@@ -27,6 +41,7 @@ def main():
     ap.add_argument("--cert")
     ap.add_argument("--key")
     ap.add_argument("--token-file")
+    ap.add_argument("--decode-paths", action="store_true")
     args = ap.parse_args()
     token = None
     if args.token_file:
@@ -70,7 +85,10 @@ def main():
 
         def handle_any(self, method):
             state = self.auth_state()
-            log.write(f"{method} {self.path} auth={state}\n")
+            served = ""
+            if args.decode_paths:
+                served = f" served={normalise(self.path.partition('?')[0])}"
+            log.write(f"{method} {self.path} auth={state}{served}\n")
             data = self.body() if method == "POST" else b""
             if token is not None and state != "ok":
                 msg = b"authentication required\n"
@@ -81,6 +99,8 @@ def main():
                 self.wfile.write(msg)
                 return
             path, _, query = self.path.partition("?")
+            if args.decode_paths:
+                path = normalise(path)
             env = {
                 "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                 "GIT_PROJECT_ROOT": args.root,

@@ -292,14 +292,24 @@ fn entry(c: &mut Conversion, label: &str, t: &Table, base_dir: &Path, origin: &s
     c.unmapped.extend(notes);
     c.profiles.push(Converted {
         text: format!(
-            "# imported by `agentd import` from {origin} ({label})\n{body}",
-            label = label.replace('\n', " ")
+            "# imported by `agentd import` from {} ({})\n{body}",
+            comment_text(origin),
+            comment_text(&label)
         ),
         name,
         label,
         mapped,
         host_paths,
     });
+}
+
+/// `s` fit for the rest of a TOML comment line: every control character
+/// escaped (issue 17: a newline in the config's path or folder name would
+/// end the comment and start keys of the generated profile; TOML refuses
+/// the other controls in a comment), and the bidirectional overrides that
+/// would make the line read differently from what it holds.
+fn comment_text(s: &str) -> std::borrow::Cow<'_, str> {
+    crate::cli::escape::text(s)
 }
 
 fn strings(a: &[Value]) -> Option<Vec<String>> {
@@ -387,6 +397,24 @@ shell = true
         assert_eq!(
             fields,
             ["agents[0] `a`: command.shell", "agents[0] `a`: color"]
+        );
+    }
+
+    #[test]
+    fn the_origin_cannot_add_lines_to_the_profile_issue_17() {
+        let text = "[[profiles]]\nname = \"a\"\nbase_image = \"i\"\ncommand = [\"x\"]\n";
+        let origin =
+            "/tmp/x\nnetwork = \"host\"\r\nallowed_repos = [\"\\u002f**\"]\u{1b}[2J\u{202e}#.toml";
+        let c = convert(text, Path::new("/tmp"), origin).expect("converts");
+        let out = &c.profiles[0].text;
+        let table: Table = toml::from_str(out).unwrap_or_else(|e| panic!("{e}\n{out}"));
+        let keys: Vec<&str> = table.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["base_image", "command", "name"], "{out}");
+        let first = out.lines().next().unwrap_or("");
+        assert!(
+            first.contains(r#"/tmp/x\nnetwork = "host"\r\nallowed_repos"#)
+                && first.contains(r"\e[2J\u{202e}#.toml"),
+            "{first}"
         );
     }
 

@@ -68,19 +68,18 @@ impl HostView for PathsExist {
 
 pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
     let cfg = &args.config;
-    let text =
-        std::fs::read_to_string(cfg).with_context(|| format!("reading {}", cfg.display()))?;
-    let abs = std::path::absolute(cfg).with_context(|| format!("resolving {}", cfg.display()))?;
+    let text = std::fs::read_to_string(cfg).with_context(|| format!("reading {}", shown(cfg)))?;
+    let abs = std::path::absolute(cfg).with_context(|| format!("resolving {}", shown(cfg)))?;
     let base_dir = abs.parent().unwrap_or(Path::new("/"));
     let conv = convert::convert(&text, base_dir, &abs.display().to_string())
-        .with_context(|| format!("{}", cfg.display()))?;
+        .with_context(|| shown(cfg))?;
 
     let into = args.into.as_ref().unwrap_or(&global.desired);
     let dir = into.join("profiles");
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", shown(&dir)))?;
     let existing: BTreeMap<String, PathBuf> =
         crate::source::scan_folder(into, "profiles", Kind::Profile)
-            .with_context(|| format!("reading {}", dir.display()))?
+            .with_context(|| format!("reading {}", shown(&dir)))?
             .into_iter()
             .map(|f| (desired::stem(&f.path), f.path))
             .collect();
@@ -95,7 +94,7 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
                 out,
                 "skipped {}: {} exists, not overwritten; hint: remove it to import again",
                 esc(&p.label),
-                there.display()
+                shown(there)
             )?;
             continue;
         }
@@ -107,17 +106,17 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
                     out,
                     "skipped {}: {} exists, not overwritten",
                     esc(&p.label),
-                    path.display()
+                    shown(&path)
                 )?;
                 continue;
             }
-            Err(e) => return Err(e).with_context(|| format!("writing {}", path.display())),
+            Err(e) => return Err(e).with_context(|| format!("writing {}", shown(&path))),
         }
         written += 1;
         writeln!(
             out,
             "wrote {} from {} ({})",
-            path.display(),
+            shown(&path),
             esc(&p.label),
             p.mapped.join(", ")
         )?;
@@ -134,7 +133,7 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
                     "missing: {} {field} `{}` does not exist; hint: create it (or edit {}) before the profile is used",
                     esc(&p.name),
                     esc(&host.display().to_string()),
-                    path.display()
+                    shown(&path)
                 )?;
             }
         }
@@ -156,9 +155,9 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
     out.flush()?;
     eprintln!(
         "{} ([[{}]]): {written} profile(s) written to {}, {skipped} skipped, {} not imported; {missing} named path(s) missing; {} daemon setting(s) to pass as flags; {} field(s) without equivalent",
-        cfg.display(),
+        shown(cfg),
         conv.format.join("]], [["),
-        dir.display(),
+        shown(&dir),
         conv.rejected.len(),
         conv.daemon_flags.len(),
         conv.unmapped.len()
@@ -168,6 +167,13 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// A path as the summary prints it: the config's path and the desired dir
+/// are the operator's, but a folder or file name may hold a newline or an
+/// escape sequence (issue 17), which must not start a line of its own.
+fn shown(p: &Path) -> String {
+    esc(&p.display().to_string()).into_owned()
 }
 
 /// Write a new file; fails with `AlreadyExists` rather than replace one.
