@@ -674,6 +674,21 @@ mod tests {
     }
 
     #[test]
+    fn image_and_secret_inspect_are_counted_under_their_own_verb_issue_17() {
+        let m = Metrics::new();
+        m.podman_call("image inspect", false, Duration::from_millis(3));
+        m.podman_call("secret inspect", true, Duration::from_millis(3));
+        let text = m.encode();
+        for want in [
+            "agentd_podman_call_errors_total{verb=\"image inspect\"} 1",
+            "agentd_podman_calls_total{verb=\"secret inspect\"} 1",
+        ] {
+            assert!(text.contains(want), "{want}\n{text}");
+        }
+        assert!(!text.contains("verb=\"other\""), "{text}");
+    }
+
+    #[test]
     fn unknown_podman_verbs_are_counted_as_other_issue_11() {
         let m = Metrics::new();
         m.podman_call("pull", false, Duration::from_millis(3));

@@ -14,6 +14,9 @@ mod private_repo;
 mod schedule;
 mod secrets;
 mod start;
+mod surface;
+#[cfg(test)]
+mod tests;
 
 pub use clone::MirrorCache;
 pub use images::ImageCache;

@@ -1,7 +1,6 @@
 //! Starting a session: allocate its id and audit record, prepare the work
 //! folder (clone, input, credentials), then one `podman run`.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::workdir::WorkDir;
@@ -321,15 +320,10 @@ fn prepare(
                 .enumerate()
                 .map(|(i, m)| (format!("mounts[{i}].source"), &m.source)),
         );
-    // The daemon's own folders never reach a session, inside or around a
-    // mount: rootless, the agent has the daemon user's uid on the host
-    // (keep-id), so a mount holding them would hand it other sessions'
-    // credentials, sealed records and Podman's storage.
-    let own = [
-        ("state dir", st.state.clone()),
-        ("audit root", st.audit_root.clone()),
-        ("Podman storage", PathBuf::from(&st.host.graph_root)),
-    ];
+    // The daemon's control surface never reaches a session, inside or
+    // around a mount (`surface`, issue 17): rootless, the agent has the
+    // daemon user's uid on the host (keep-id).
+    let guarded = super::surface::surface(&super::surface::Inputs::of(st), &st.host);
     for (field, p) in host_paths {
         if let Some(link) = crate::fsutil::symlink_component(p) {
             return Err(format!(
@@ -338,16 +332,7 @@ fn prepare(
                 link.display()
             ));
         }
-        if let Some((what, dir)) = own
-            .iter()
-            .find(|(_, d)| !d.as_os_str().is_empty() && overlaps(p, d))
-        {
-            return Err(format!(
-                "{field} `{}` overlaps the daemon's {what} `{}`, which no session may see; hint: mount a folder that neither holds nor lies inside agentd's state, audit records or Podman's storage",
-                p.display(),
-                dir.display()
-            ));
-        }
+        super::surface::refuse(&field, p, &guarded)?;
     }
     let work = WorkDir::create(st.work_dir(session_id))
         .map_err(|e| format!("cannot create work folder: {e}"))?;
@@ -540,18 +525,6 @@ fn prepare(
         command,
     };
     Ok((run_spec, clone_job))
-}
-
-/// `a` and `b` are the same folder or one holds the other, as written or
-/// resolved.
-fn overlaps(a: &Path, b: &Path) -> bool {
-    let forms = |p: &Path| [Some(p.to_path_buf()), std::fs::canonicalize(p).ok()];
-    forms(a).iter().flatten().any(|a| {
-        forms(b)
-            .iter()
-            .flatten()
-            .any(|b| a.starts_with(b) || b.starts_with(a))
-    })
 }
 
 /// The part of a start that runs while `podman run` creates the container.
