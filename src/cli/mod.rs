@@ -88,6 +88,18 @@ pub struct GlobalArgs {
     pub max_pending: usize,
 }
 
+/// `--allow-host-network`: the daemon, `validate` and `plan` read the
+/// desired dir alike.
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
+pub struct HostNetworkArg {
+    /// Let profiles set `network = "host"`: their sessions then share the
+    /// host's network and reach every service on its loopback (the metrics
+    /// listener among them). Without it such a profile is invalid.
+    #[arg(long, env = "AGENTD_ALLOW_HOST_NETWORK",
+          value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
+    pub allow_host_network: bool,
+}
+
 impl GlobalArgs {
     /// The state dir, resolved from the flag, `XDG_STATE_HOME` or `HOME`.
     pub fn state_dir(&self) -> anyhow::Result<PathBuf> {

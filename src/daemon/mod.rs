@@ -27,7 +27,7 @@ use crate::observed::{Container, ContainerState, Observed, Phase};
 use crate::plan::{PlanConfig, Scope, plan, plan_in};
 use crate::runtime::podman::Podman;
 use crate::runtime::podman::{ContainerEvent, ExitFile, exits};
-use crate::source::{RealHost, Source};
+use crate::source::{Source, real_host};
 use crate::status::StatusStore;
 
 /// Worst-case delay for a change whose events were all lost: a full rescan
@@ -133,10 +133,11 @@ pub async fn run(
             // A folder was replaced (a symlink swap): watch what it points at now.
             watcher = None;
         }
+        let host = real_host(sh.settings.allow_host_network);
         let scanned = if full_scan || !source_available {
-            Some(source.full_scan(&RealHost))
+            Some(source.full_scan(host))
         } else if !changes.paths.is_empty() {
-            Some(source.update_paths(&changes.paths, &RealHost))
+            Some(source.update_paths(&changes.paths, host))
         } else {
             None
         };

@@ -62,6 +62,8 @@ pub struct Settings {
     pub clone_timeout: Duration,
     /// What `podman info` said at start: the mode and what it enforces.
     pub host: crate::runtime::podman::Host,
+    /// Profiles may set `network = "host"` (`--allow-host-network`).
+    pub allow_host_network: bool,
 }
 
 impl Settings {

@@ -302,6 +302,16 @@ fn prepare(
             return Err(format!("profile {}: {why}", profile.name));
         }
     }
+    // Validation refuses it without the flag; a profile is never more than
+    // the daemon allows.
+    let host_network =
+        matches!(&profile.network, Network::Named(n) if n.eq_ignore_ascii_case("host"));
+    if host_network && !st.allow_host_network {
+        return Err(format!(
+            "network: `host` needs the daemon to run with --allow-host-network; hint: set another network in profile {}",
+            profile.name
+        ));
+    }
     // Inside the container the session runs as `session_uid`; on the host
     // its files belong to `host_uid` (see `Settings::host_session_uid`).
     let uid = st.session_uid;

@@ -24,6 +24,7 @@ fn shared(state: &std::path::Path) -> Arc<Shared> {
             stop_grace: Duration::from_secs(1),
             audit_max_bytes: 1 << 20,
             clone_timeout: Duration::from_secs(60),
+            allow_host_network: false,
             host: crate::runtime::podman::Host {
                 version: "4.3.1".into(),
                 rootless: false,
