@@ -23,7 +23,7 @@
 //! | `agentd_reconcile_pass_duration_seconds` | histogram | | wall time of one pass (scan, schedule, plan, apply) |
 //! | `agentd_desired_files` | gauge | `kind` (`profile`, `request`) | files in the desired dir, valid or not, as of the last pass |
 //! | `agentd_desired_invalid_files` | gauge | `kind` | of those, the rejected ones |
-//! | `agentd_podman_calls_total` | counter | `verb` (`info`, `run`, `container inspect`, `stop`, `rm`, `ps`, `other`) | Podman CLI calls (the `podman events` follower is not one) |
+//! | `agentd_podman_calls_total` | counter | `verb` (`info`, `run`, `container inspect`, `image inspect`, `secret inspect`, `stop`, `rm`, `ps`, `other`) | Podman CLI calls (the `podman events` follower is not one) |
 //! | `agentd_podman_call_errors_total` | counter | `verb` | of those, the failed ones (non-zero exit, timeout, cannot run; "no such container" is an answer, not an error) |
 //! | `agentd_podman_call_duration_seconds` | histogram | `verb` | wall time of each call |
 //! | `agentd_schedule_fires_total` | counter | `profile` | schedule fires materialized as request files |
@@ -67,7 +67,16 @@ const OUTCOMES: [Outcome; 13] = [
 
 /// The verbs of agentd's Podman CLI calls; anything else is counted as
 /// `other`. (The long-lived `podman events` follower is not a call.)
-const VERBS: [&str; 6] = ["info", "run", "container inspect", "stop", "rm", "ps"];
+const VERBS: [&str; 8] = [
+    "info",
+    "run",
+    "container inspect",
+    "image inspect",
+    "secret inspect",
+    "stop",
+    "rm",
+    "ps",
+];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabel {

@@ -250,13 +250,20 @@ impl Shared {
         }
     }
 
+    /// Write a status record; log (never propagate) a failure to persist.
+    /// The transition is counted once it is written: a failed write is
+    /// decided again by a later pass, and counted then (issue 17).
     fn put_status(&self, s: Status) {
         let id = s.request.clone();
         let mut store = lock(&self.store);
         let before = store.get(&id).map(|old| old.phase);
-        crate::metrics::get().status_changed(before, &s);
-        if let Err(e) = store.put(s) {
-            tracing::error!(request = id, error = %e, "cannot persist status");
+        match store.put(s) {
+            Ok(()) => {
+                if let Some(after) = store.get(&id) {
+                    crate::metrics::get().status_changed(before, after);
+                }
+            }
+            Err(e) => tracing::error!(request = id, error = %e, "cannot persist status"),
         }
     }
 

@@ -162,10 +162,13 @@ pub fn scrub_env(cmd: &mut Command) {
     }
 }
 
-/// `container inspect`, `run`, `ps`: enough to say which call failed.
+/// `container inspect`, `image inspect`, `secret inspect`, `run`, `ps`:
+/// enough to say which call failed (in errors and metrics labels).
 fn verb_of(args: &[String]) -> String {
     match args {
-        [first, second, ..] if first == "container" => format!("{first} {second}"),
+        [first, second, ..] if matches!(first.as_str(), "container" | "image" | "secret") => {
+            format!("{first} {second}")
+        }
         [first, ..] => first.clone(),
         [] => String::new(),
     }
