@@ -554,8 +554,7 @@ pub struct DaemonState {
 /// `agentd status` shows this one-line host summary (mode, cgroups,
 /// network backend) from `<state>/host.json`, written once at start.
 fn write_host(state: &Path, host: &crate::runtime::podman::Host) {
-    let bytes = serde_json::to_vec_pretty(host).unwrap_or_default();
-    if let Err(e) = crate::fsutil::write_atomic(&state.join("host.json"), &bytes, 0o600) {
+    if let Err(e) = crate::fsutil::write_json_atomic(&state.join("host.json"), host, 0o600) {
         tracing::warn!(error = %e, "cannot write host.json");
     }
 }
@@ -567,8 +566,7 @@ fn write_daemon_state(state: &Path, source_unavailable: Option<&str>, skipped: &
         since: jiff::Timestamp::now(),
         skipped: skipped.iter().map(ToString::to_string).collect(),
     };
-    let bytes = serde_json::to_vec_pretty(&d).unwrap_or_default();
-    if let Err(e) = crate::fsutil::write_atomic(&state.join("daemon.json"), &bytes, 0o600) {
+    if let Err(e) = crate::fsutil::write_json_atomic(&state.join("daemon.json"), &d, 0o600) {
         tracing::warn!(error = %e, "cannot write daemon.json");
     }
 }

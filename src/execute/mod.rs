@@ -507,11 +507,12 @@ impl Shared {
     /// Freeze a valid request: snapshot its validated spec, record `pending`.
     fn admit(&self, r: &Request, desired: &Desired) {
         let path = self.settings.spec_path(&r.id);
-        let bytes = serde_json::to_vec_pretty(r).unwrap_or_default();
+        // Not admitted until frozen: a spec that cannot be serialised or
+        // written is logged, and the next pass admits it again.
         if let Err(e) = path
             .parent()
             .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|()| crate::fsutil::write_atomic(&path, &bytes, 0o600))
+            .and_then(|()| crate::fsutil::write_json_atomic(&path, r, 0o600))
         {
             tracing::error!(request = %r.id, error = %e, "cannot freeze request spec; will retry");
             return;

@@ -233,9 +233,7 @@ impl WorkDir {
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent)?;
         }
-        let mut bytes = serde_json::to_vec_pretty(&value).unwrap_or_default();
-        bytes.push(b'\n');
-        fs::write(&path, bytes)?;
+        fs::write(&path, crate::fsutil::json_pretty(&value)?)?;
         fs::set_permissions(&path, fs::Permissions::from_mode(0o444))?;
         for dir in walkdir::WalkDir::new(self.input())
             .into_iter()
