@@ -57,8 +57,11 @@ Exit codes: 0 success; 1 the command's own failure (validation problems, a
 failed session, plan has changes); 2 usage and operational errors. A reader
 closing stdout early (`| head`) is not an error.";
 
-/// Options every command understands (CONTRACT.md section 1).
+/// Options every command understands (docs/cli.md, "Global options"). Each
+/// command's `--help` lists them under their own heading, after its own
+/// options (issue 17).
 #[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
     /// The desired dir: profiles/ and requests/ live here (often a git checkout).
     #[arg(
