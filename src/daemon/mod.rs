@@ -52,7 +52,9 @@ pub fn instance_id(state: &Path) -> String {
 }
 
 /// Run until drained (after `Event::Drain`) or until `hard_stop` fires.
-/// `events` is the loop's inbox; signal handlers feed it too.
+/// `rx` is the loop's inbox; `tx` is its sending side, which the watcher
+/// and `Shared::wake` (tasks, Podman followers) use; the signal handler
+/// holds a clone of it.
 pub async fn run(
     settings: Settings,
     podman: Podman,

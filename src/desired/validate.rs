@@ -1,5 +1,5 @@
-//! Wire structs to domain types: every rule of CONTRACT.md sections 2-3 that
-//! concerns one file. Problems are collected, not short-circuited, so an
+//! Wire structs to domain types: every rule of docs/desired-dir.md ("Profile
+//! fields", "Request fields") that concerns one file. Problems are collected, not short-circuited, so an
 //! operator sees all of them at once. Cross-file rules live in `assemble.rs`.
 
 use std::collections::BTreeSet;

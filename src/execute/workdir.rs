@@ -12,9 +12,11 @@
 //! - `console.k8s.log`  conmon's capture of stdout/stderr
 //!
 //! - `gate`             `/agentd/.gate`, the start gate: a FIFO owned by the
-//!   daemon's user, mode 0644 (the session can read, never write)
+//!   daemon's user, mode 0644 rootful, 0444 rootless (the session can read,
+//!   never write)
 //!
-//! The folder itself is 0700 root, so other host users see nothing inside.
+//! The folder itself is 0700 and the daemon's user's (root rootful, the
+//! daemon's own user rootless), so other host users see nothing inside.
 
 use std::fs;
 use std::io;
