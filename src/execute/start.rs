@@ -332,9 +332,13 @@ fn prepare(
         );
     // The daemon's control surface never reaches a session, inside or
     // around a mount (`surface`, issue 17): rootless, the agent has the
-    // daemon user's uid on the host (keep-id).
-    let guarded = super::surface::surface(&super::surface::Inputs::of(st), &st.host);
+    // daemon user's uid on the host (keep-id). Computed only for a profile
+    // that names host paths.
+    let mut guarded = None;
     for (field, p) in host_paths {
+        let guarded = guarded.get_or_insert_with(|| {
+            super::surface::surface(&super::surface::Inputs::of(st), &st.host)
+        });
         if let Some(link) = crate::fsutil::symlink_component(p) {
             return Err(format!(
                 "{field} `{}`: `{}` is now a symlink (it was resolved when the profile was validated); fix the host path or re-save the profile",
@@ -342,7 +346,7 @@ fn prepare(
                 link.display()
             ));
         }
-        super::surface::refuse(&field, p, &guarded)?;
+        super::surface::refuse(&field, p, guarded)?;
     }
     let work = WorkDir::create(st.work_dir(session_id))
         .map_err(|e| format!("cannot create work folder: {e}"))?;
