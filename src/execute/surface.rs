@@ -30,7 +30,7 @@ pub struct Guarded {
 const WHY_STATE: &str = "it holds every session's credentials and work folder";
 const WHY_AUDIT: &str = "it holds every session's sealed record";
 const WHY_PROFILES: &str =
-    "a session that writes there defines its own sessions (mounts, network, credentials)";
+    "a session that writes there defines its own sessions: their mounts, network and credentials";
 const WHY_REQUESTS: &str = "a session that writes there requests sessions of any profile";
 const WHY_PODMAN: &str =
     "Podman's own state: a session that writes there controls its containers and images";
