@@ -49,6 +49,28 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     result
 }
 
+/// `value` as pretty JSON ending in a newline. A value that cannot be
+/// serialised is an `InvalidData` error, never empty bytes that an atomic
+/// write would turn into an empty file (issue 17).
+pub fn json_pretty<T: serde::Serialize + ?Sized>(value: &T) -> io::Result<Vec<u8>> {
+    let mut bytes = serde_json::to_vec_pretty(value).map_err(|e| {
+        io::Error::new(io::ErrorKind::InvalidData, format!("cannot serialise: {e}"))
+    })?;
+    bytes.push(b'\n');
+    Ok(bytes)
+}
+
+/// Replace `path` atomically with `value` as pretty JSON (`json_pretty`).
+/// A value that cannot be serialised is an error and leaves `path` as it
+/// was, so the caller's retry path (or its report) takes over.
+pub fn write_json_atomic<T: serde::Serialize + ?Sized>(
+    path: &Path,
+    value: &T,
+    mode: u32,
+) -> io::Result<()> {
+    write_atomic(path, &json_pretty(value)?, mode)
+}
+
 fn libc_flags() -> i32 {
     use nix::fcntl::OFlag;
     (OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).bits()
@@ -92,6 +114,32 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A value whose serialisation fails, as a map with non-string keys or
+    /// a failing `Serialize` would.
+    struct Unserialisable;
+
+    impl serde::Serialize for Unserialisable {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            Err(serde::ser::Error::custom("not today"))
+        }
+    }
+
+    #[test]
+    fn a_value_that_cannot_be_serialised_is_an_error_and_the_file_is_kept_issue_17() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let p = d.path().join("x.json");
+        write_atomic(&p, b"{\"kept\": true}\n", 0o600).expect("write");
+        let e = write_json_atomic(&p, &Unserialisable, 0o600).expect_err("refused");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(e.to_string().contains("not today"), "{e}");
+        assert_eq!(fs::read(&p).expect("read"), b"{\"kept\": true}\n");
+        assert_eq!(fs::read_dir(d.path()).expect("ls").count(), 1);
+        assert!(json_pretty(&Unserialisable).is_err());
+        // What can be serialised is written whole, with a final newline.
+        write_json_atomic(&p, &serde_json::json!({"a": 1}), 0o600).expect("write");
+        assert_eq!(fs::read(&p).expect("read"), b"{\n  \"a\": 1\n}\n");
+    }
 
     #[test]
     fn replaces_whole_files_and_leaves_no_temp() {

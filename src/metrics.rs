@@ -23,7 +23,7 @@
 //! | `agentd_reconcile_pass_duration_seconds` | histogram | | wall time of one pass (scan, schedule, plan, apply) |
 //! | `agentd_desired_files` | gauge | `kind` (`profile`, `request`) | files in the desired dir, valid or not, as of the last pass |
 //! | `agentd_desired_invalid_files` | gauge | `kind` | of those, the rejected ones |
-//! | `agentd_podman_calls_total` | counter | `verb` (`info`, `run`, `container inspect`, `stop`, `rm`, `ps`, `other`) | Podman CLI calls (the `podman events` follower is not one) |
+//! | `agentd_podman_calls_total` | counter | `verb` (`info`, `run`, `container inspect`, `image inspect`, `secret inspect`, `stop`, `rm`, `ps`, `other`) | Podman CLI calls (the `podman events` follower is not one) |
 //! | `agentd_podman_call_errors_total` | counter | `verb` | of those, the failed ones (non-zero exit, timeout, cannot run; "no such container" is an answer, not an error) |
 //! | `agentd_podman_call_duration_seconds` | histogram | `verb` | wall time of each call |
 //! | `agentd_schedule_fires_total` | counter | `profile` | schedule fires materialized as request files |
@@ -67,7 +67,16 @@ const OUTCOMES: [Outcome; 13] = [
 
 /// The verbs of agentd's Podman CLI calls; anything else is counted as
 /// `other`. (The long-lived `podman events` follower is not a call.)
-const VERBS: [&str; 6] = ["info", "run", "container inspect", "stop", "rm", "ps"];
+const VERBS: [&str; 8] = [
+    "info",
+    "run",
+    "container inspect",
+    "image inspect",
+    "secret inspect",
+    "stop",
+    "rm",
+    "ps",
+];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabel {
@@ -491,8 +500,13 @@ fn seconds_between(a: jiff::Timestamp, b: jiff::Timestamp) -> f64 {
 // Serving
 // ---------------------------------------------------------------------------
 
-/// At most this many scrape connections at once; more are closed at once.
+/// At most this many scrape connections at once. A new connection past it
+/// closes the oldest one that has not finished its request head (all
+/// clients may be 127.0.0.1, so a per-peer cap would not help); when every
+/// one has (they are being answered), the new one is closed instead.
 pub const MAX_CONNECTIONS: usize = 8;
+/// A client must send its first byte within this time (issue 17).
+pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(1);
 /// A client must send its whole request head within this time.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// A connection is closed after this long, whatever it is doing (a
@@ -548,6 +562,33 @@ pub fn serve(listener: TcpListener) -> Result<(), ListenError> {
     Ok(())
 }
 
+/// One open scrape connection, as the accept loop tracks it.
+struct Conn {
+    task: tokio::task::JoinHandle<()>,
+    /// Set once its request head was read (the request is being answered).
+    answered: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Make room for a new connection among `conns` (oldest first): forget the
+/// ended ones; at the cap, close the oldest one still waiting for its
+/// request head. `false` when every open connection is being answered.
+fn make_room(conns: &mut std::collections::VecDeque<Conn>) -> bool {
+    conns.retain(|c| !c.task.is_finished());
+    if conns.len() < MAX_CONNECTIONS {
+        return true;
+    }
+    let idle = conns
+        .iter()
+        .position(|c| !c.answered.load(std::sync::atomic::Ordering::Relaxed));
+    match idle.and_then(|i| conns.remove(i)) {
+        Some(c) => {
+            c.task.abort();
+            true
+        }
+        None => false,
+    }
+}
+
 async fn accept_loop(listener: TcpListener) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
@@ -556,7 +597,7 @@ async fn accept_loop(listener: TcpListener) {
             return;
         }
     };
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut conns = std::collections::VecDeque::with_capacity(MAX_CONNECTIONS);
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -567,28 +608,51 @@ async fn accept_loop(listener: TcpListener) {
                 continue;
             }
         };
-        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
-            tracing::debug!(%peer, "metrics: connection cap reached; closing");
+        if !make_room(&mut conns) {
+            tracing::debug!(%peer, "metrics: every connection is being answered; closing");
             drop(stream);
             continue;
-        };
-        tokio::spawn(async move {
-            let _permit = permit;
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .max_buf_size(MAX_REQUEST_BYTES)
-                .keep_alive(false)
-                .serve_connection(
-                    hyper_util::rt::TokioIo::new(stream),
-                    hyper::service::service_fn(respond),
-                );
-            match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "metrics: connection failed"),
-                Err(_) => tracing::debug!(%peer, "metrics: connection timed out"),
-            }
-        });
+        }
+        let answered = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = tokio::spawn(serve_connection(stream, peer, Arc::clone(&answered)));
+        conns.push_back(Conn { task, answered });
+        // Let the connections just accepted read their heads before the
+        // next accept can push them out (the yield waits for the I/O
+        // driver, which tells them their bytes arrived).
+        tokio::task::yield_now().await;
+    }
+}
+
+/// One connection: its first byte within `FIRST_BYTE_TIMEOUT`, its head
+/// within `HEADER_TIMEOUT`, all of it within `CONNECTION_TIMEOUT`.
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    answered: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(FIRST_BYTE_TIMEOUT, stream.peek(&mut first)).await {
+        Ok(Ok(n)) if n > 0 => {}
+        Ok(_) => return,
+        Err(_) => {
+            tracing::debug!(%peer, "metrics: no request within the first-byte timeout; closing");
+            return;
+        }
+    }
+    let service = hyper::service::service_fn(move |req| {
+        answered.store(true, std::sync::atomic::Ordering::Relaxed);
+        respond(req)
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_REQUEST_BYTES)
+        .keep_alive(false)
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "metrics: connection failed"),
+        Err(_) => tracing::debug!(%peer, "metrics: connection timed out"),
     }
 }
 
@@ -671,6 +735,55 @@ mod tests {
         // In neither the desired dir nor the store: removed.
         m.pass_done(Duration::ZERO, &StatusCounts::default(), &desired, 0);
         assert!(!m.encode().contains("gone-profile"), "{}", m.encode());
+    }
+
+    #[tokio::test]
+    async fn at_the_cap_the_oldest_connection_without_a_request_head_is_closed_issue_17() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let conn = |answered: bool| Conn {
+            task: tokio::spawn(std::future::pending()),
+            answered: Arc::new(AtomicBool::new(answered)),
+        };
+        // The two oldest are being answered; the third is the oldest idle.
+        let mut conns: std::collections::VecDeque<Conn> =
+            (0..MAX_CONNECTIONS).map(|i| conn(i < 2)).collect();
+        let victim = conns[2].task.abort_handle();
+        assert!(make_room(&mut conns));
+        assert_eq!(conns.len(), MAX_CONNECTIONS - 1);
+        tokio::task::yield_now().await;
+        assert!(victim.is_finished());
+        assert!(conns.iter().all(|c| !c.task.is_finished()));
+        // Below the cap nothing is closed.
+        let open: Vec<_> = conns.iter().map(|c| c.task.abort_handle()).collect();
+        assert!(make_room(&mut conns));
+        tokio::task::yield_now().await;
+        assert!(open.iter().all(|h| !h.is_finished()));
+        assert_eq!(conns.len(), MAX_CONNECTIONS - 1);
+        // Every one answered: the newcomer is the one refused.
+        for c in &conns {
+            c.answered.store(true, Ordering::Relaxed);
+        }
+        conns.push_back(conn(true));
+        assert!(!make_room(&mut conns));
+        assert_eq!(conns.len(), MAX_CONNECTIONS);
+        for c in conns {
+            c.task.abort();
+        }
+    }
+
+    #[test]
+    fn image_and_secret_inspect_are_counted_under_their_own_verb_issue_17() {
+        let m = Metrics::new();
+        m.podman_call("image inspect", false, Duration::from_millis(3));
+        m.podman_call("secret inspect", true, Duration::from_millis(3));
+        let text = m.encode();
+        for want in [
+            "agentd_podman_call_errors_total{verb=\"image inspect\"} 1",
+            "agentd_podman_calls_total{verb=\"secret inspect\"} 1",
+        ] {
+            assert!(text.contains(want), "{want}\n{text}");
+        }
+        assert!(!text.contains("verb=\"other\""), "{text}");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-/// Lifecycle of a request (CONTRACT.md section 4).
+/// Lifecycle of a request (docs/sessions.md, "Phases").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
@@ -200,7 +200,8 @@ pub enum Origin {
     Schedule,
 }
 
-/// The status object (CONTRACT.md section 7), one per request.
+/// The status object (docs/sessions.md, "The status object"), one per
+/// request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     pub request: String,

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 pub use console::{K8sLogReader, k8s_to_raw};
 pub use seal::{Limits, MANIFEST, SealError, SealOptions, Sealed, hash_file};
 
-use crate::fsutil::write_atomic;
+use crate::fsutil::write_json_atomic;
 use crate::observed::Outcome;
 
 pub const SCHEMA_VERSION: u32 = 1;
@@ -139,9 +139,7 @@ impl Record {
 
     pub fn write_session(&self, rec: &SessionRecord) -> Result<(), AuditError> {
         let path = self.dir.join("agentd/session.json");
-        let mut bytes = serde_json::to_vec_pretty(rec).unwrap_or_default();
-        bytes.push(b'\n');
-        write_atomic(&path, &bytes, 0o644).map_err(err(&path))
+        write_json_atomic(&path, rec, 0o644).map_err(err(&path))
     }
 
     pub fn read_session(&self) -> Option<SessionRecord> {

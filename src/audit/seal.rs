@@ -510,8 +510,10 @@ impl Record {
         }
         let mut rec = rec.clone();
         rec.cut = cut.clone();
-        let mut final_bytes = serde_json::to_vec_pretty(&rec).unwrap_or_default();
-        final_bytes.push(b'\n');
+        // Hashed into the manifest before it is written: an error here
+        // fails this sealing attempt (retried), never seals an empty file.
+        let session_json = self.dir.join(SESSION_JSON);
+        let final_bytes = crate::fsutil::json_pretty(&rec).map_err(io_err(&session_json))?;
 
         let agentd = self.dir.join("agentd");
         let mut r = Walker::new(Walk::Read, Limits::with_max_bytes(u64::MAX));
@@ -537,7 +539,6 @@ impl Record {
             .collect();
         let manifest_path = self.dir.join(MANIFEST);
         write_atomic(&manifest_path, &text, 0o444).map_err(io_err(&manifest_path))?;
-        let session_json = self.dir.join(SESSION_JSON);
         write_atomic(&session_json, &final_bytes, 0o444).map_err(io_err(&session_json))?;
         for d in [&agentd, &self.dir] {
             fs::set_permissions(d, fs::Permissions::from_mode(0o555)).map_err(io_err(d))?;

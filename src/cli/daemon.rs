@@ -48,6 +48,8 @@ pub struct Args {
     /// anyone who can reach it sees profile names and activity.
     #[arg(long, env = "AGENTD_METRICS_ALLOW_REMOTE")]
     pub metrics_allow_remote: bool,
+    #[command(flatten)]
+    pub host_network: super::HostNetworkArg,
 }
 
 impl Default for Args {
@@ -60,6 +62,7 @@ impl Default for Args {
             clone_timeout: Duration::from_secs(15 * 60),
             metrics_listen: None,
             metrics_allow_remote: false,
+            host_network: Default::default(),
         }
     }
 }
@@ -184,6 +187,7 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
             stop_grace: args.stop_grace,
             audit_max_bytes: args.audit_max_bytes,
             clone_timeout: args.clone_timeout,
+            allow_host_network: args.host_network.allow_host_network,
             host,
         };
         if let Some(listener) = metrics {

@@ -1,4 +1,5 @@
-//! Escaping untrusted text for a terminal (CONTRACT.md section 9). Status
+//! Escaping untrusted text for a terminal (docs/security.md, "Untrusted text
+//! on your terminal"). Status
 //! messages, repository URLs, work units, file names from audit records,
 //! paths from the desired dir and the agent's console output are written by
 //! people or programs agentd does not trust; printed as they are, an ESC or

@@ -57,8 +57,11 @@ Exit codes: 0 success; 1 the command's own failure (validation problems, a
 failed session, plan has changes); 2 usage and operational errors. A reader
 closing stdout early (`| head`) is not an error.";
 
-/// Options every command understands (CONTRACT.md section 1).
+/// Options every command understands (docs/cli.md, "Global options"). Each
+/// command's `--help` lists them under their own heading, after its own
+/// options (issue 17).
 #[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
     /// The desired dir: profiles/ and requests/ live here (often a git checkout).
     #[arg(
@@ -86,6 +89,18 @@ pub struct GlobalArgs {
     #[arg(long, env = "AGENTD_MAX_PENDING", default_value_t = crate::plan::DEFAULT_MAX_PENDING,
           global = true, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_pending: usize,
+}
+
+/// `--allow-host-network`: the daemon, `validate` and `plan` read the
+/// desired dir alike.
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
+pub struct HostNetworkArg {
+    /// Let profiles set `network = "host"`: their sessions then share the
+    /// host's network and reach every service on its loopback (the metrics
+    /// listener among them). Without it such a profile is invalid.
+    #[arg(long, env = "AGENTD_ALLOW_HOST_NETWORK",
+          value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
+    pub allow_host_network: bool,
 }
 
 impl GlobalArgs {

@@ -11,13 +11,14 @@ use crate::execute::ContainerTable;
 use crate::observed::Observed;
 use crate::plan::{PlanConfig, plan};
 use crate::runtime::podman::Podman;
-use crate::source::RealHost;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// How long the status of a request whose file is gone is kept.
     #[arg(long, env = "AGENTD_STATUS_RETENTION", default_value = "24h", value_parser = super::daemon::parse_duration, value_name = "DURATION")]
     pub status_retention: std::time::Duration,
+    #[command(flatten)]
+    pub host_network: super::HostNetworkArg,
 }
 
 pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
@@ -26,7 +27,8 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
     for p in problems {
         eprintln!("warning: {}", super::escape::text(&p));
     }
-    let loaded = crate::source::load(&global.desired, &RealHost);
+    let host = crate::source::real_host(args.host_network.allow_host_network);
+    let loaded = crate::source::load(&global.desired, host);
     let source_available = loaded.is_ok();
     let desired = match loaded {
         Ok((desired, diagnostics)) => {

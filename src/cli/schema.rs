@@ -25,27 +25,28 @@ enum Which {
     Request,
 }
 
-/// The schema files, as `(file name, pretty JSON with a trailing newline)`.
-pub fn generate() -> [(&'static str, String); 2] {
-    let render = |s: schemars::Schema| {
-        let mut text = serde_json::to_string_pretty(&s).unwrap_or_default();
-        text.push('\n');
-        text
+/// The schema files, as `(file name, pretty JSON with a trailing newline)`;
+/// an error (never an empty schema) if one cannot be serialised.
+pub fn generate() -> std::io::Result<[(&'static str, String); 2]> {
+    let render = |s: schemars::Schema| -> std::io::Result<String> {
+        let bytes = crate::fsutil::json_pretty(&s)?;
+        String::from_utf8(bytes)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
     };
-    [
+    Ok([
         (
             "profile.schema.json",
-            render(schemars::schema_for!(ProfileFile)),
+            render(schemars::schema_for!(ProfileFile))?,
         ),
         (
             "request.schema.json",
-            render(schemars::schema_for!(RequestFile)),
+            render(schemars::schema_for!(RequestFile))?,
         ),
-    ]
+    ])
 }
 
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
-    let [profile, request] = generate();
+    let [profile, request] = generate().context("generating the JSON Schemas")?;
     if let Some(dir) = &args.write {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         for (name, text) in [profile, request] {

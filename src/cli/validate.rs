@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use crate::desired::{self, Diagnostic, Kind};
-use crate::source::{self, FOLDERS, RealHost, SourceError};
+use crate::source::{self, FOLDERS, SourceError};
 
 use super::GlobalArgs;
 
@@ -15,6 +15,8 @@ pub struct Args {
     /// request files [default: the --desired dir].
     #[arg(value_name = "PATH")]
     paths: Vec<PathBuf>,
+    #[command(flatten)]
+    host_network: super::HostNetworkArg,
 }
 
 pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
@@ -44,7 +46,8 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|(k, p, b)| (*k, *p, b.as_slice()))
         .collect();
-    let (model, found) = desired::load(&borrowed, &RealHost);
+    let host = source::real_host(args.host_network.allow_host_network);
+    let (model, found) = desired::load(&borrowed, host);
     // A config of the system agentd is modelled on, dropped among profiles:
     // one diagnostic that names the converter instead of its first unknown field.
     let foreign: Vec<&Path> = borrowed

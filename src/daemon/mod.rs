@@ -27,7 +27,7 @@ use crate::observed::{Container, ContainerState, Observed, Phase};
 use crate::plan::{PlanConfig, Scope, plan, plan_in};
 use crate::runtime::podman::Podman;
 use crate::runtime::podman::{ContainerEvent, ExitFile, exits};
-use crate::source::{RealHost, Source};
+use crate::source::{Source, real_host};
 use crate::status::StatusStore;
 
 /// Worst-case delay for a change whose events were all lost: a full rescan
@@ -52,7 +52,9 @@ pub fn instance_id(state: &Path) -> String {
 }
 
 /// Run until drained (after `Event::Drain`) or until `hard_stop` fires.
-/// `events` is the loop's inbox; signal handlers feed it too.
+/// `rx` is the loop's inbox; `tx` is its sending side, which the watcher
+/// and `Shared::wake` (tasks, Podman followers) use; the signal handler
+/// holds a clone of it.
 pub async fn run(
     settings: Settings,
     podman: Podman,
@@ -133,10 +135,11 @@ pub async fn run(
             // A folder was replaced (a symlink swap): watch what it points at now.
             watcher = None;
         }
+        let host = real_host(sh.settings.allow_host_network);
         let scanned = if full_scan || !source_available {
-            Some(source.full_scan(&RealHost))
+            Some(source.full_scan(host))
         } else if !changes.paths.is_empty() {
-            Some(source.update_paths(&changes.paths, &RealHost))
+            Some(source.update_paths(&changes.paths, host))
         } else {
             None
         };
@@ -553,8 +556,7 @@ pub struct DaemonState {
 /// `agentd status` shows this one-line host summary (mode, cgroups,
 /// network backend) from `<state>/host.json`, written once at start.
 fn write_host(state: &Path, host: &crate::runtime::podman::Host) {
-    let bytes = serde_json::to_vec_pretty(host).unwrap_or_default();
-    if let Err(e) = crate::fsutil::write_atomic(&state.join("host.json"), &bytes, 0o600) {
+    if let Err(e) = crate::fsutil::write_json_atomic(&state.join("host.json"), host, 0o600) {
         tracing::warn!(error = %e, "cannot write host.json");
     }
 }
@@ -566,8 +568,7 @@ fn write_daemon_state(state: &Path, source_unavailable: Option<&str>, skipped: &
         since: jiff::Timestamp::now(),
         skipped: skipped.iter().map(ToString::to_string).collect(),
     };
-    let bytes = serde_json::to_vec_pretty(&d).unwrap_or_default();
-    if let Err(e) = crate::fsutil::write_atomic(&state.join("daemon.json"), &bytes, 0o600) {
+    if let Err(e) = crate::fsutil::write_json_atomic(&state.join("daemon.json"), &d, 0o600) {
         tracing::warn!(error = %e, "cannot write daemon.json");
     }
 }

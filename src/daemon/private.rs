@@ -1,5 +1,5 @@
-//! The daemon's own folders are private to its user (CONTRACT.md section
-//! 9): the state dir, the audit root and the folders under the state dir
+//! The daemon's own folders are private to its user (docs/security.md, "The
+//! daemon's own files"): the state dir, the audit root and the folders under the state dir
 //! (status records, work folders, the mirror cache, frozen specs, schedule
 //! state) are created 0700, and checked at every start:
 //!

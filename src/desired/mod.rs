@@ -53,6 +53,36 @@ pub trait HostView {
     fn canonical(&self, path: &Path) -> Option<std::path::PathBuf> {
         self.exists(path).then(|| path.to_path_buf())
     }
+    /// Whether a profile may set `network = "host"`: only when the operator
+    /// said so (`--allow-host-network`, issue 17), since the session then
+    /// reaches every service on the host's loopback.
+    fn allows_host_network(&self) -> bool {
+        false
+    }
+}
+
+/// `host` with `network = "host"` allowed (`--allow-host-network`).
+pub struct AllowHostNetwork<H>(pub H);
+
+impl<H: HostView> HostView for AllowHostNetwork<H> {
+    fn exists(&self, path: &Path) -> bool {
+        self.0.exists(path)
+    }
+    fn is_dir(&self, path: &Path) -> bool {
+        self.0.is_dir(path)
+    }
+    fn read(&self, path: &Path) -> Option<Vec<u8>> {
+        self.0.read(path)
+    }
+    fn read_beneath(&self, base: &Path, rel: &Path, cap: usize) -> Result<Vec<u8>, String> {
+        self.0.read_beneath(base, rel, cap)
+    }
+    fn canonical(&self, path: &Path) -> Option<std::path::PathBuf> {
+        self.0.canonical(path)
+    }
+    fn allows_host_network(&self) -> bool {
+        true
+    }
 }
 
 /// Which kind of desired file a path is, from the folder it lives under.

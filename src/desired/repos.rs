@@ -1,5 +1,6 @@
 //! Which repositories a profile lets a session clone, and which of them get
-//! the profile's clone token (issue 13, CONTRACT.md sections 2, 3 and 9).
+//! the profile's clone token (issue 13; docs/desired-dir.md and
+//! docs/security.md, "Repositories a request may name").
 //!
 //! A request is less trusted than its profile: its `repo` must be the
 //! profile's own `repo` or match one of the profile's `allowed_repos`

@@ -36,10 +36,10 @@ pub fn profile_name(name: &str) -> Result<(), Problem> {
 }
 
 /// `^[a-z0-9][a-z0-9._-]{0,127}$`, or the name the scheduler gives a fire,
-/// `<profile>-<YYYYMMDDTHHMM>` (CONTRACT.md section 5). The contract's own
-/// fire names carry an upper-case `T` (and a profile may start with `_`),
-/// which the general pattern of section 1 would reject; the fire form is
-/// accepted as the one exception so both sections hold.
+/// `<profile>-<YYYYMMDDTHHMM>` (docs/desired-dir.md, "Scheduled profiles").
+/// Those fire names carry an upper-case `T` (and a profile may start with
+/// `_`), which the general pattern of "Names" would reject; the fire form is
+/// accepted as the one exception so both rules hold.
 pub fn request_id(id: &str) -> Result<(), Problem> {
     let mut chars = id.chars();
     let ok = matches!(chars.next(), Some('a'..='z' | '0'..='9'))

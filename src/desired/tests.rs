@@ -73,6 +73,26 @@ fn diagnostics(files: &[(&str, &str)]) -> Vec<String> {
     diags.iter().map(ToString::to_string).collect()
 }
 
+#[test]
+fn network_host_is_an_error_naming_the_flag_unless_the_host_allows_it_issue_17() {
+    let text = "base_image = \"i\"\ncommand = [\"x\"]\nnetwork = \"host\"\n";
+    let got = diagnostics(&[("d/profiles/h.toml", text)]);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        got[0].starts_with("d/profiles/h.toml:3:1: network `host` shares the host's network"),
+        "{got:?}"
+    );
+    assert!(got[0].contains("--allow-host-network"), "{got:?}");
+    let host = FakeHost::new(&[("d/profiles/h.toml", text)]);
+    let allowing = AllowHostNetwork(host);
+    let p = validate_profile(Path::new("d/profiles/h.toml"), text.as_bytes(), &allowing)
+        .expect("valid with the flag");
+    assert_eq!(p.network, Network::Named("host".into()));
+    // Other names are Podman networks as before.
+    let text = "base_image = \"i\"\ncommand = [\"x\"]\nnetwork = \"hostnet\"\n";
+    assert!(diagnostics(&[("d/profiles/n.toml", text)]).is_empty());
+}
+
 /// One bad input and the diagnostic it must produce (the hint is checked
 /// separately by `every_diagnostic_has_a_hint_or_position`).
 struct Case {

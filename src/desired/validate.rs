@@ -1,5 +1,5 @@
-//! Wire structs to domain types: every rule of CONTRACT.md sections 2-3 that
-//! concerns one file. Problems are collected, not short-circuited, so an
+//! Wire structs to domain types: every rule of docs/desired-dir.md ("Profile
+//! fields", "Request fields") that concerns one file. Problems are collected, not short-circuited, so an
 //! operator sees all of them at once. Cross-file rules live in `assemble.rs`.
 
 use std::collections::BTreeSet;
@@ -291,6 +291,14 @@ pub fn profile(path: &Path, bytes: &[u8], host: &dyn HostView) -> Result<Profile
     let network = match w.network.as_deref() {
         None | Some("default") => Network::Default,
         Some("none") => Network::None,
+        Some(n) if n.eq_ignore_ascii_case("host") && !host.allows_host_network() => {
+            s.field(
+                "network",
+                format!("network `{n}` shares the host's network with the session: the agent reaches every service listening on the host's loopback (agentd's metrics listener among them)"),
+                "use `default`, `none` or a Podman network; to give sessions the host's network on purpose, run the daemon (and `agentd validate`) with --allow-host-network (AGENTD_ALLOW_HOST_NETWORK=1)",
+            );
+            Network::Default
+        }
         Some(n) if rules::network_name(n) => Network::Named(n.to_string()),
         Some(n) => {
             s.field(

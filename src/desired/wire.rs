@@ -1,6 +1,7 @@
 //! Wire types: the only serde structs for profile and request files.
 //!
-//! They mirror CONTRACT.md sections 2 and 3 field for field, reject unknown
+//! They mirror docs/desired-dir.md ("Profile fields", "Request fields")
+//! field for field, reject unknown
 //! fields, and carry no meaning beyond "what the file said". `validate.rs`
 //! turns them into the domain types of `model.rs`. The JSON Schemas in
 //! `schemas/` are generated from these structs (`agentd schema`), so the doc

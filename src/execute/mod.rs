@@ -14,6 +14,9 @@ mod private_repo;
 mod schedule;
 mod secrets;
 mod start;
+mod surface;
+#[cfg(test)]
+mod tests;
 
 pub use clone::MirrorCache;
 pub use images::ImageCache;
@@ -59,6 +62,8 @@ pub struct Settings {
     pub clone_timeout: Duration,
     /// What `podman info` said at start: the mode and what it enforces.
     pub host: crate::runtime::podman::Host,
+    /// Profiles may set `network = "host"` (`--allow-host-network`).
+    pub allow_host_network: bool,
 }
 
 impl Settings {
@@ -245,13 +250,20 @@ impl Shared {
         }
     }
 
+    /// Write a status record; log (never propagate) a failure to persist.
+    /// The transition is counted once it is written: a failed write is
+    /// decided again by a later pass, and counted then (issue 17).
     fn put_status(&self, s: Status) {
         let id = s.request.clone();
         let mut store = lock(&self.store);
         let before = store.get(&id).map(|old| old.phase);
-        crate::metrics::get().status_changed(before, &s);
-        if let Err(e) = store.put(s) {
-            tracing::error!(request = id, error = %e, "cannot persist status");
+        match store.put(s) {
+            Ok(()) => {
+                if let Some(after) = store.get(&id) {
+                    crate::metrics::get().status_changed(before, after);
+                }
+            }
+            Err(e) => tracing::error!(request = id, error = %e, "cannot persist status"),
         }
     }
 
@@ -495,11 +507,12 @@ impl Shared {
     /// Freeze a valid request: snapshot its validated spec, record `pending`.
     fn admit(&self, r: &Request, desired: &Desired) {
         let path = self.settings.spec_path(&r.id);
-        let bytes = serde_json::to_vec_pretty(r).unwrap_or_default();
+        // Not admitted until frozen: a spec that cannot be serialised or
+        // written is logged, and the next pass admits it again.
         if let Err(e) = path
             .parent()
             .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|()| crate::fsutil::write_atomic(&path, &bytes, 0o600))
+            .and_then(|()| crate::fsutil::write_json_atomic(&path, r, 0o600))
         {
             tracing::error!(request = %r.id, error = %e, "cannot freeze request spec; will retry");
             return;

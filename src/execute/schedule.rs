@@ -68,8 +68,8 @@ impl Schedules {
         for (name, st) in &self.scheduler.profiles {
             if self.persisted.get(name) != Some(st) {
                 let path = self.dir.join(format!("{name}.json"));
-                let bytes = serde_json::to_vec_pretty(st).unwrap_or_default();
-                if let Err(e) = crate::fsutil::write_atomic(&path, &bytes, 0o600) {
+                // Not marked persisted on failure: the next tick retries.
+                if let Err(e) = crate::fsutil::write_json_atomic(&path, st, 0o600) {
                     tracing::error!(error = %e, path = %path.display(), "cannot persist schedule state");
                     return;
                 }

@@ -1,7 +1,6 @@
 //! Starting a session: allocate its id and audit record, prepare the work
 //! folder (clone, input, credentials), then one `podman run`.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::workdir::WorkDir;
@@ -303,6 +302,16 @@ fn prepare(
             return Err(format!("profile {}: {why}", profile.name));
         }
     }
+    // Validation refuses it without the flag; a profile is never more than
+    // the daemon allows.
+    let host_network =
+        matches!(&profile.network, Network::Named(n) if n.eq_ignore_ascii_case("host"));
+    if host_network && !st.allow_host_network {
+        return Err(format!(
+            "network: `host` needs the daemon to run with --allow-host-network; hint: set another network in profile {}",
+            profile.name
+        ));
+    }
     // Inside the container the session runs as `session_uid`; on the host
     // its files belong to `host_uid` (see `Settings::host_session_uid`).
     let uid = st.session_uid;
@@ -321,16 +330,15 @@ fn prepare(
                 .enumerate()
                 .map(|(i, m)| (format!("mounts[{i}].source"), &m.source)),
         );
-    // The daemon's own folders never reach a session, inside or around a
-    // mount: rootless, the agent has the daemon user's uid on the host
-    // (keep-id), so a mount holding them would hand it other sessions'
-    // credentials, sealed records and Podman's storage.
-    let own = [
-        ("state dir", st.state.clone()),
-        ("audit root", st.audit_root.clone()),
-        ("Podman storage", PathBuf::from(&st.host.graph_root)),
-    ];
+    // The daemon's control surface never reaches a session, inside or
+    // around a mount (`surface`, issue 17): rootless, the agent has the
+    // daemon user's uid on the host (keep-id). Computed only for a profile
+    // that names host paths.
+    let mut guarded = None;
     for (field, p) in host_paths {
+        let guarded = guarded.get_or_insert_with(|| {
+            super::surface::surface(&super::surface::Inputs::of(st), &st.host)
+        });
         if let Some(link) = crate::fsutil::symlink_component(p) {
             return Err(format!(
                 "{field} `{}`: `{}` is now a symlink (it was resolved when the profile was validated); fix the host path or re-save the profile",
@@ -338,16 +346,7 @@ fn prepare(
                 link.display()
             ));
         }
-        if let Some((what, dir)) = own
-            .iter()
-            .find(|(_, d)| !d.as_os_str().is_empty() && overlaps(p, d))
-        {
-            return Err(format!(
-                "{field} `{}` overlaps the daemon's {what} `{}`, which no session may see; hint: mount a folder that neither holds nor lies inside agentd's state, audit records or Podman's storage",
-                p.display(),
-                dir.display()
-            ));
-        }
+        super::surface::refuse(&field, p, guarded)?;
     }
     let work = WorkDir::create(st.work_dir(session_id))
         .map_err(|e| format!("cannot create work folder: {e}"))?;
@@ -540,18 +539,6 @@ fn prepare(
         command,
     };
     Ok((run_spec, clone_job))
-}
-
-/// `a` and `b` are the same folder or one holds the other, as written or
-/// resolved.
-fn overlaps(a: &Path, b: &Path) -> bool {
-    let forms = |p: &Path| [Some(p.to_path_buf()), std::fs::canonicalize(p).ok()];
-    forms(a).iter().flatten().any(|a| {
-        forms(b)
-            .iter()
-            .flatten()
-            .any(|b| a.starts_with(b) || b.starts_with(a))
-    })
 }
 
 /// The part of a start that runs while `podman run` creates the container.

@@ -12,9 +12,11 @@
 //! - `console.k8s.log`  conmon's capture of stdout/stderr
 //!
 //! - `gate`             `/agentd/.gate`, the start gate: a FIFO owned by the
-//!   daemon's user, mode 0644 (the session can read, never write)
+//!   daemon's user, mode 0644 rootful, 0444 rootless (the session can read,
+//!   never write)
 //!
-//! The folder itself is 0700 root, so other host users see nothing inside.
+//! The folder itself is 0700 and the daemon's user's (root rootful, the
+//! daemon's own user rootless), so other host users see nothing inside.
 
 use std::fs;
 use std::io;
@@ -233,9 +235,7 @@ impl WorkDir {
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent)?;
         }
-        let mut bytes = serde_json::to_vec_pretty(&value).unwrap_or_default();
-        bytes.push(b'\n');
-        fs::write(&path, bytes)?;
+        fs::write(&path, crate::fsutil::json_pretty(&value)?)?;
         fs::set_permissions(&path, fs::Permissions::from_mode(0o444))?;
         for dir in walkdir::WalkDir::new(self.input())
             .into_iter()

@@ -41,6 +41,16 @@ fn folder_of(kind: Kind) -> &'static str {
 /// The host as validation sees it: the real filesystem.
 pub struct RealHost;
 
+/// The real filesystem, with `network = "host"` allowed when the operator
+/// passed `--allow-host-network` (issue 17).
+pub fn real_host(allow_host_network: bool) -> &'static dyn HostView {
+    if allow_host_network {
+        &desired::AllowHostNetwork(RealHost)
+    } else {
+        &RealHost
+    }
+}
+
 impl HostView for RealHost {
     fn exists(&self, path: &Path) -> bool {
         path.exists()

@@ -7,7 +7,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::fsutil::write_atomic;
+use crate::fsutil::write_json_atomic;
 use crate::observed::{Status, StatusCounts};
 
 #[derive(Debug, thiserror::Error)]
@@ -81,9 +81,10 @@ impl StatusStore {
             return Ok(());
         }
         let path = self.dir.join(format!("{}.json", status.request));
-        let mut bytes = serde_json::to_vec_pretty(&status).unwrap_or_default();
-        bytes.push(b'\n');
-        write_atomic(&path, &bytes, 0o600).map_err(|source| StatusError::Write { path, source })?;
+        // A record that cannot be serialised is a failed write: memory keeps
+        // the old record, and the pass that decides it again retries.
+        write_json_atomic(&path, &status, 0o600)
+            .map_err(|source| StatusError::Write { path, source })?;
         let id = status.request.clone();
         self.unpersisted.remove(&id);
         self.counts.replace(self.records.get(&id), Some(&status));

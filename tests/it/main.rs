@@ -11,6 +11,7 @@ mod exit_detection;
 mod git_server;
 mod hardening_daemon;
 mod hardening_desired;
+mod hardening_guard;
 mod hardening_repos;
 mod hardening_seal;
 mod hardening_urls;

@@ -62,3 +62,21 @@ fn pure_modules_do_no_io() {
         }
     }
 }
+
+#[test]
+fn no_source_file_cites_contract_md_which_is_not_in_the_repository_issue_17() {
+    // The user-facing reference is docs/*.md; a comment citing a file a
+    // reader of the repository cannot open says nothing.
+    let citing: Vec<_> = rust_files(&repo_root().join("src"))
+        .into_iter()
+        .filter(|f| {
+            std::fs::read_to_string(f)
+                .expect("read")
+                .contains("CONTRACT.md")
+        })
+        .collect();
+    assert!(
+        citing.is_empty(),
+        "cite the docs/ page instead of CONTRACT.md in: {citing:?}"
+    );
+}

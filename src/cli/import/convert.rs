@@ -40,7 +40,8 @@ pub struct Converted {
     pub host_paths: Vec<(String, PathBuf)>,
 }
 
-/// The profile file as written: field names of CONTRACT.md section 2.
+/// The profile file as written: the field names of docs/desired-dir.md,
+/// "Profile fields".
 #[derive(Debug, Serialize)]
 struct Out {
     name: String,

@@ -29,6 +29,16 @@ pub struct Host {
     /// Where the storage keeps images (`store.graphRoot`).
     #[serde(default)]
     pub graph_root: String,
+    /// Where the storage keeps its run-time state (`store.runRoot`).
+    #[serde(default)]
+    pub run_root: String,
+    /// Where named volumes live (`store.volumePath`).
+    #[serde(default)]
+    pub volume_path: String,
+    /// Podman's API socket (`host.remoteSocket.path`), whether or not a
+    /// service listens on it.
+    #[serde(default)]
+    pub socket: String,
     /// Rootless: how many uids and gids the user namespace holds (the user
     /// plus its subordinate ranges); `None` rootful.
     #[serde(default)]
@@ -88,6 +98,14 @@ struct InfoHost {
     network_backend: String,
     #[serde(default)]
     id_mappings: Option<IdMappings>,
+    #[serde(default)]
+    remote_socket: Option<RemoteSocket>,
+}
+
+#[derive(Deserialize)]
+struct RemoteSocket {
+    #[serde(default)]
+    path: String,
 }
 
 #[derive(Deserialize)]
@@ -115,6 +133,10 @@ struct InfoStore {
     graph_driver_name: String,
     #[serde(default)]
     graph_root: String,
+    #[serde(default)]
+    run_root: String,
+    #[serde(default)]
+    volume_path: String,
 }
 
 #[derive(Deserialize)]
@@ -136,6 +158,9 @@ impl Host {
             network_backend: i.host.network_backend,
             storage_driver: i.store.graph_driver_name,
             graph_root: i.store.graph_root,
+            run_root: i.store.run_root,
+            volume_path: i.store.volume_path,
+            socket: i.host.remote_socket.map(|r| r.path).unwrap_or_default(),
             mapped_ids: i.host.id_mappings.and_then(|m| {
                 let total = |v: Option<Vec<IdMap>>| v.map(|v| v.iter().map(|m| m.size).sum());
                 Some((total(m.uidmap)?, total(m.gidmap)?))
@@ -257,9 +282,11 @@ mod tests {
                                          {"container_id": 1, "host_id": 100000, "size": 65536}],
                               "uidmap": [{"container_id": 0, "host_id": 1001, "size": 1},
                                          {"container_id": 1, "host_id": 100000, "size": 65536}]},
+               "remoteSocket": {"path": "/run/user/1001/podman/podman.sock"},
                "security": {"rootless": true, "seccompEnabled": true}},
       "store": {"graphDriverName": "overlay", "graphRoot": "/home/u/.local/share/containers/storage",
-                "runRoot": "/run/user/1001/containers"},
+                "runRoot": "/run/user/1001/containers",
+                "volumePath": "/home/u/.local/share/containers/storage/volumes"},
       "version": {"APIVersion": "4.3.1", "Version": "4.3.1"}
     }"#;
 
@@ -281,6 +308,9 @@ mod tests {
             network_backend: "netavark".into(),
             storage_driver: "overlay".into(),
             graph_root: "/home/u/.local/share/containers/storage".into(),
+            run_root: "/run/user/1001/containers".into(),
+            volume_path: "/home/u/.local/share/containers/storage/volumes".into(),
+            socket: "/run/user/1001/podman/podman.sock".into(),
             mapped_ids: Some((65537, 65537)),
         }
     }
@@ -296,9 +326,17 @@ mod tests {
         assert_eq!(h.storage_driver, "overlay");
         assert_eq!(h.version, "4.3.1");
         assert_eq!(h.graph_root, "/home/u/.local/share/containers/storage");
+        assert_eq!(h.run_root, "/run/user/1001/containers");
+        assert_eq!(
+            h.volume_path,
+            "/home/u/.local/share/containers/storage/volumes"
+        );
+        assert_eq!(h.socket, "/run/user/1001/podman/podman.sock");
         assert_eq!(h.mapped_ids, Some((65537, 65537)));
         let r = Host::parse(ROOTFUL_V1).expect("parse");
         assert!(!r.rootless);
+        // Fields an older or trimmed `podman info` lacks are empty.
+        assert_eq!((r.run_root.as_str(), r.socket.as_str()), ("", ""));
         assert_eq!(r.cgroup_controllers.len(), 8);
     }
 

@@ -162,10 +162,13 @@ pub fn scrub_env(cmd: &mut Command) {
     }
 }
 
-/// `container inspect`, `run`, `ps`: enough to say which call failed.
+/// `container inspect`, `image inspect`, `secret inspect`, `run`, `ps`:
+/// enough to say which call failed (in errors and metrics labels).
 fn verb_of(args: &[String]) -> String {
     match args {
-        [first, second, ..] if first == "container" => format!("{first} {second}"),
+        [first, second, ..] if matches!(first.as_str(), "container" | "image" | "secret") => {
+            format!("{first} {second}")
+        }
         [first, ..] => first.clone(),
         [] => String::new(),
     }
@@ -373,6 +376,33 @@ impl Podman {
 #[cfg(test)]
 mod tests {
     use super::PodmanError;
+
+    #[test]
+    fn every_verb_agentd_calls_is_named_in_errors_and_metrics_issue_17() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        for (call, verb) in [
+            (&["container", "inspect", "x"][..], "container inspect"),
+            (
+                &["image", "inspect", "--format", "json", "x"][..],
+                "image inspect",
+            ),
+            (&["secret", "inspect", "s"][..], "secret inspect"),
+            (&["run", "--rm", "img"][..], "run"),
+            (&["rm", "-f", "c"][..], "rm"),
+            (&["info", "--format=json"][..], "info"),
+        ] {
+            assert_eq!(super::verb_of(&args(call)), verb, "{call:?}");
+        }
+        let e = PodmanError::Failed {
+            verb: super::verb_of(&args(&["image", "inspect", "x"])),
+            code: 125,
+            stderr: "boom".into(),
+        };
+        assert!(
+            e.to_string().starts_with("`podman image inspect` failed"),
+            "{e}"
+        );
+    }
 
     fn failed(stderr: &str) -> PodmanError {
         PodmanError::Failed {

@@ -1,0 +1,98 @@
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::*;
+use crate::observed::Outcome;
+
+/// A `Shared` over a temp state dir, for the executor's pure-ish paths
+/// (status writes and their metrics); never runs Podman.
+fn shared(state: &std::path::Path) -> Arc<Shared> {
+    let (store, problems) = StatusStore::open(state).expect("status store");
+    assert!(problems.is_empty());
+    let (wake, _rx) = mpsc::channel(8);
+    Arc::new(Shared {
+        settings: Settings {
+            desired: state.join("desired"),
+            state: state.to_path_buf(),
+            audit_root: state.join("audit"),
+            instance: "test".into(),
+            max_sessions: 1,
+            max_pending: 1,
+            status_retention: Duration::from_secs(60),
+            session_uid: 10_001,
+            stop_grace: Duration::from_secs(1),
+            audit_max_bytes: 1 << 20,
+            clone_timeout: Duration::from_secs(60),
+            allow_host_network: false,
+            host: crate::runtime::podman::Host {
+                version: "4.3.1".into(),
+                rootless: false,
+                cgroup_version: "v2".into(),
+                cgroup_manager: "systemd".into(),
+                cgroup_controllers: vec![],
+                network_backend: "netavark".into(),
+                storage_driver: "overlay".into(),
+                graph_root: String::new(),
+                run_root: String::new(),
+                volume_path: String::new(),
+                socket: String::new(),
+                mapped_ids: None,
+            },
+        },
+        podman: Podman::default(),
+        store: Mutex::new(store),
+        containers: Mutex::default(),
+        busy: Mutex::new(BTreeSet::new()),
+        wake,
+        tasks: TaskTracker::new(),
+        clone_cache: Default::default(),
+        backoff: Mutex::default(),
+        gates: Mutex::default(),
+        leftovers: Mutex::default(),
+        seal_failures: Mutex::default(),
+        images: Mutex::default(),
+    })
+}
+
+/// `agentd_sessions_finished_total` of one profile and outcome, from the
+/// process-wide registry (the profile name keeps tests apart).
+fn finished(profile: &str, outcome: &str) -> u64 {
+    let want =
+        format!("agentd_sessions_finished_total{{profile=\"{profile}\",outcome=\"{outcome}\"}} ");
+    crate::metrics::get()
+        .encode()
+        .lines()
+        .find_map(|l| l.strip_prefix(want.as_str()))
+        .map_or(0, |n| n.trim().parse().expect("a count"))
+}
+
+#[test]
+fn a_failed_status_write_and_its_retry_count_the_transition_once_issue_17() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let sh = shared(d.path());
+    let profile = "put-status-counts-once-issue-17";
+    let mut s = Status::new("r1", profile);
+    s.phase = Phase::Done;
+    s.outcome = Some(Outcome::Success);
+    // The status folder is gone: the write fails, nothing is recorded.
+    std::fs::remove_dir_all(d.path().join("status")).expect("rm status");
+    sh.put_status(s.clone());
+    assert!(lock(&sh.store).get("r1").is_none());
+    assert_eq!(
+        finished(profile, "success"),
+        0,
+        "a failed write was counted"
+    );
+    // The retry (the next pass decides the same) succeeds: counted once.
+    std::fs::create_dir(d.path().join("status")).expect("mkdir status");
+    sh.put_status(s.clone());
+    assert_eq!(
+        lock(&sh.store).get("r1").map(|s| s.phase),
+        Some(Phase::Done)
+    );
+    assert_eq!(finished(profile, "success"), 1);
+    // Writing the same record again changes nothing and counts nothing.
+    sh.put_status(s);
+    assert_eq!(finished(profile, "success"), 1);
+}
