@@ -20,6 +20,8 @@
 //!   reach is copied, never whatever sits in its folder.
 //! - A local repository inside the daemon's own folders is refused before
 //!   this runs (`private_repo.rs`).
+//! - With a clone token, git follows no HTTP redirect (issue 17): the
+//!   header is not scoped to a host, and a redirect moves git's base URL.
 //! - Each mirror has its own lock, so a slow remote holds up only sessions
 //!   of that repository, and every git run is bounded by `--clone-timeout`
 //!   (its whole process group is killed). A mirror fetched with a profile's
@@ -348,13 +350,18 @@ impl Git<'_> {
             .process_group(0)
             .kill_on_drop(true);
         if let Some(t) = token {
+            // The header is not scoped to a host: a redirect would move
+            // git's base URL and take the token to wherever it points
+            // (issue 17). With a token, no redirect is followed at all.
             let header = format!(
                 "Authorization: Basic {}",
                 base64(format!("x-access-token:{t}").as_bytes())
             );
-            cmd.env("GIT_CONFIG_COUNT", "1")
+            cmd.env("GIT_CONFIG_COUNT", "2")
                 .env("GIT_CONFIG_KEY_0", "http.extraHeader")
-                .env("GIT_CONFIG_VALUE_0", header);
+                .env("GIT_CONFIG_VALUE_0", header)
+                .env("GIT_CONFIG_KEY_1", "http.followRedirects")
+                .env("GIT_CONFIG_VALUE_1", "false");
         }
         let child = cmd
             .spawn()
@@ -383,11 +390,24 @@ impl Git<'_> {
         let tail = last[last.len().saturating_sub(3)..].join(" | ");
         Err(if tail.is_empty() {
             format!("git exited with {}", out.status)
+        } else if token.is_some() && redirected(&tail) {
+            format!(
+                "{tail}; the remote answered with a redirect, which agentd never follows while it sends the clone token; hint: name the repository's final https:// URL in the profile"
+            )
         } else {
             tail
         })
     }
 }
+
+/// git's message for an HTTP redirect it did not follow
+/// (`http.followRedirects=false`): "The requested URL returned error: 301".
+fn redirected(stderr: &str) -> bool {
+    ["301", "302", "303", "307", "308"]
+        .iter()
+        .any(|code| stderr.contains(&format!("returned error: {code}")))
+}
+
 
 /// Standard base64 (RFC 4648) for the HTTP auth header.
 fn base64(bytes: &[u8]) -> String {
@@ -414,6 +434,16 @@ fn base64(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_redirect_is_recognised_issue_17() {
+        assert!(redirected(
+            "fatal: unable to access 'https://h/r.git/': The requested URL returned error: 301"
+        ));
+        assert!(redirected("The requested URL returned error: 308"));
+        assert!(!redirected("The requested URL returned error: 404"));
+        assert!(!redirected("fatal: repository not found"));
+    }
 
     #[test]
     fn base64_matches_rfc4648_vectors() {
