@@ -19,7 +19,12 @@
 //!   exactly like their `file://` URL, so only what the repository's refs
 //!   reach is copied, never whatever sits in its folder.
 //! - A local repository inside the daemon's own folders is refused before
-//!   this runs (`private_repo.rs`).
+//!   this runs (`private_repo.rs`), and git for a local clone runs in a
+//!   sandbox where those folders are covered (`clone_sandbox.rs`, issue
+//!   17): links planted in the repository, swapped in at any moment, lead
+//!   nowhere. There it trusts the exact repository path (`safe.directory`
+//!   in a generated global config), so a repository of another owner
+//!   clones, and no other path is trusted.
 //! - With a clone token, git follows no HTTP redirect (issue 17): the
 //!   header is not scoped to a host, and a redirect moves git's base URL.
 //! - Each mirror has its own lock, so a slow remote holds up only sessions
@@ -39,6 +44,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::process::Command;
 
+use super::clone_sandbox::Sandbox;
 use crate::desired::{Repo, sha256_hex};
 
 /// A mirror not used for this long is removed.
@@ -77,6 +83,8 @@ pub struct CloneEnv<'a> {
     /// Bound on each git run.
     pub timeout: Duration,
     pub cache: &'a MirrorCache,
+    /// Where local clones run.
+    pub sandbox: &'a Sandbox,
 }
 
 /// Clone `repo` into `dest`. `token` (the value of `repo_token_source`, only
@@ -91,11 +99,20 @@ pub async fn clone(
     env: &CloneEnv<'_>,
 ) -> Result<(), String> {
     prepare_git_home(env.git_home)?;
-    let git = Git {
-        home: env.git_home,
-        timeout: env.timeout,
-    };
     if let Some(local) = repo.local_path() {
+        // The sandbox keeps an existing folder as the destination.
+        std::fs::create_dir_all(dest)
+            .map_err(|e| format!("cannot create {}: {e}", dest.display()))?;
+        let trust = trusted(&local);
+        let git = Git {
+            home: env.git_home,
+            timeout: env.timeout,
+            sandbox: Some(Sandboxed {
+                sandbox: env.sandbox,
+                keep: dest,
+                trust: &trust,
+            }),
+        };
         // Through git's transport, like its file:// URL (see the module doc).
         return git
             .run(
@@ -111,8 +128,18 @@ pub async fn clone(
                 None,
             )
             .await
-            .map_err(|e| format!("clone of {} failed: {e}", repo.as_str()));
+            .map_err(|e| {
+                format!(
+                    "clone of {} failed: {e}; hint: name a git repository the daemon's user can read; it is cloned where agentd's own folders are hidden, so links into them lead nowhere",
+                    repo.as_str()
+                )
+            });
     }
+    let git = Git {
+        home: env.git_home,
+        timeout: env.timeout,
+        sandbox: None,
+    };
     let url = repo.as_str();
     // A tokened mirror belongs to its profile: without that, a profile with
     // no (or a weaker) token would get what another profile's token fetched.
@@ -285,10 +312,27 @@ enum FileTransport {
     Never,
 }
 
+/// The git dirs a clone of the local repository `local` may be served
+/// from, and so trusted although another user owns them: the path itself
+/// (a bare repository) and its `.git` (a work tree's). git compares them
+/// with the repository it opened, both resolved.
+fn trusted(local: &Path) -> Vec<PathBuf> {
+    vec![local.to_path_buf(), local.join(".git")]
+}
+
 /// How git is run: isolated and bounded.
 struct Git<'a> {
     home: &'a Path,
     timeout: Duration,
+    /// A local clone: in the sandbox, with `keep` (the destination) writable
+    /// and `trust` trusted.
+    sandbox: Option<Sandboxed<'a>>,
+}
+
+struct Sandboxed<'a> {
+    sandbox: &'a Sandbox,
+    keep: &'a Path,
+    trust: &'a [PathBuf],
 }
 
 /// Environment variables passed through to git: the search path, temp dir,
@@ -316,7 +360,10 @@ impl Git<'_> {
         file: FileTransport,
         token: Option<&str>,
     ) -> Result<(), String> {
-        let mut cmd = Command::new("git");
+        let mut cmd = match &self.sandbox {
+            Some(s) => s.sandbox.command(s.keep, self.home, s.trust, "git"),
+            None => Command::new("git"),
+        };
         cmd.env_clear();
         for k in PASS_ENV {
             if let Some(v) = std::env::var_os(k) {
@@ -336,9 +383,7 @@ impl Git<'_> {
             .env("GIT_TERMINAL_PROMPT", "0")
             .env("GIT_ASKPASS", "/bin/false")
             .env("LC_ALL", "C")
-            // Source repositories may belong to another user; reading them
-            // is fine (and what the profile asked for).
-            .args(["-c", "safe.directory=*", "-c", "credential.helper="])
+            .args(["-c", "credential.helper="])
             .args(["-c", file_allow, "-c", "submodule.recurse=false"])
             .args(["-c", "core.hooksPath=/dev/null"])
             .args(args)
@@ -408,7 +453,6 @@ fn redirected(stderr: &str) -> bool {
         .any(|code| stderr.contains(&format!("returned error: {code}")))
 }
 
-
 /// Standard base64 (RFC 4648) for the HTTP auth header.
 fn base64(bytes: &[u8]) -> String {
     const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -434,6 +478,17 @@ fn base64(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_named_repository_is_trusted_issue_17() {
+        assert_eq!(
+            trusted(Path::new("/srv/git/app.git")),
+            [
+                PathBuf::from("/srv/git/app.git"),
+                PathBuf::from("/srv/git/app.git/.git")
+            ]
+        );
+    }
 
     #[test]
     fn a_refused_redirect_is_recognised_issue_17() {

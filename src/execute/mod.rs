@@ -7,6 +7,7 @@
 //! and never stop the loop.
 
 pub mod clone;
+pub mod clone_sandbox;
 mod finish;
 mod images;
 mod leftovers;

