@@ -137,28 +137,39 @@ fn a_planted_folder_linking_into_another_profiles_mirror_gets_none_of_it_issue_1
     let mirror = the_mirror(&w.state);
     let planted = forks.join("planted");
     plant_links(&planted, &mirror);
+    // The same links through the daemon's own view of the filesystem
+    // (`/proc/<pid>/root`), which a cover of the state dir's path alone
+    // would not hide.
+    let pid = w.daemon_pid().expect("the daemon runs");
+    let via_proc = forks.join("via-proc");
+    plant_links(
+        &via_proc,
+        &Path::new(&format!("/proc/{pid}/root")).join(mirror.strip_prefix("/").expect("absolute")),
+    );
     let scratch = w.path().join("scratch");
     std::fs::create_dir_all(&scratch).expect("mkdir");
-    assert_plain_git_copies_the_mirror(&planted, &commit, &scratch);
-    w.request(
-        "steal",
-        &format!(
-            "profile = \"thief\"\nrepo = {}\n",
-            toml_string(&planted.display().to_string())
-        ),
-    );
-    let s = w.wait_done("steal");
-    eprintln!("steal: {} {}", s["outcome"], s["message"]);
-    assert!(
-        s["outcome"] == "start_failed" || s["outcome"] == "success",
-        "{s}"
-    );
-    if s["outcome"] == "success" {
-        let console = w.console("steal");
-        assert!(
-            !console.contains(&commit) && !console.contains(&secret_text),
-            "the session got the mirror: {console}"
+    for (id, plant) in [("steal", &planted), ("steal-via-proc", &via_proc)] {
+        assert_plain_git_copies_the_mirror(plant, &commit, &scratch);
+        w.request(
+            id,
+            &format!(
+                "profile = \"thief\"\nrepo = {}\n",
+                toml_string(&plant.display().to_string())
+            ),
         );
+        let s = w.wait_done(id);
+        eprintln!("{id}: {} {}", s["outcome"], s["message"]);
+        assert!(
+            s["outcome"] == "start_failed" || s["outcome"] == "success",
+            "{s}"
+        );
+        if s["outcome"] == "success" {
+            let console = w.console(id);
+            assert!(
+                !console.contains(&commit) && !console.contains(&secret_text),
+                "{id}: the session got the mirror: {console}"
+            );
+        }
     }
     // Nothing the daemon keeps for the thief's requests names the commit;
     // the mirror itself (its refs) legitimately does.
