@@ -19,7 +19,14 @@
 //!   exactly like their `file://` URL, so only what the repository's refs
 //!   reach is copied, never whatever sits in its folder.
 //! - A local repository inside the daemon's own folders is refused before
-//!   this runs (`private_repo.rs`).
+//!   this runs (`private_repo.rs`), and git for a local clone runs in a
+//!   sandbox where those folders are covered (`clone_sandbox.rs`, issue
+//!   17): links planted in the repository, swapped in at any moment, lead
+//!   nowhere. There it trusts the exact repository path (`safe.directory`
+//!   in a generated global config), so a repository of another owner
+//!   clones, and no other path is trusted.
+//! - With a clone token, git follows no HTTP redirect (issue 17): the
+//!   header is not scoped to a host, and a redirect moves git's base URL.
 //! - Each mirror has its own lock, so a slow remote holds up only sessions
 //!   of that repository, and every git run is bounded by `--clone-timeout`
 //!   (its whole process group is killed). A mirror fetched with a profile's
@@ -29,14 +36,15 @@
 //!   [`MIRROR_MAX_ENTRIES`] the least recently used go, after every remote
 //!   clone; a mirror in use is never pruned.
 
+mod git;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use tokio::process::Command;
-
+use self::git::{FileTransport, Git, Sandboxed};
+use super::clone_sandbox::Sandbox;
 use crate::desired::{Repo, sha256_hex};
 
 /// A mirror not used for this long is removed.
@@ -75,6 +83,8 @@ pub struct CloneEnv<'a> {
     /// Bound on each git run.
     pub timeout: Duration,
     pub cache: &'a MirrorCache,
+    /// Where local clones run.
+    pub sandbox: &'a Sandbox,
 }
 
 /// Clone `repo` into `dest`. `token` (the value of `repo_token_source`, only
@@ -89,11 +99,20 @@ pub async fn clone(
     env: &CloneEnv<'_>,
 ) -> Result<(), String> {
     prepare_git_home(env.git_home)?;
-    let git = Git {
-        home: env.git_home,
-        timeout: env.timeout,
-    };
     if let Some(local) = repo.local_path() {
+        // The sandbox keeps an existing folder as the destination.
+        std::fs::create_dir_all(dest)
+            .map_err(|e| format!("cannot create {}: {e}", dest.display()))?;
+        let trust = trusted(&local);
+        let git = Git {
+            home: env.git_home,
+            timeout: env.timeout,
+            sandbox: Some(Sandboxed {
+                sandbox: env.sandbox,
+                keep: dest,
+                trust: &trust,
+            }),
+        };
         // Through git's transport, like its file:// URL (see the module doc).
         return git
             .run(
@@ -109,8 +128,18 @@ pub async fn clone(
                 None,
             )
             .await
-            .map_err(|e| format!("clone of {} failed: {e}", repo.as_str()));
+            .map_err(|e| {
+                format!(
+                    "clone of {} failed: {e}; hint: name a git repository the daemon's user can read; it is cloned where agentd's own folders are hidden, so links into them lead nowhere",
+                    repo.as_str()
+                )
+            });
     }
+    let git = Git {
+        home: env.git_home,
+        timeout: env.timeout,
+        sandbox: None,
+    };
     let url = repo.as_str();
     // A tokened mirror belongs to its profile: without that, a profile with
     // no (or a weaker) token would get what another profile's token fetched.
@@ -277,138 +306,12 @@ fn prepare_git_home(dir: &Path) -> Result<(), String> {
         .map_err(|e| format!("cannot prepare {}: {e}", dir.display()))
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum FileTransport {
-    Allow,
-    Never,
-}
-
-/// How git is run: isolated and bounded.
-struct Git<'a> {
-    home: &'a Path,
-    timeout: Duration,
-}
-
-/// Environment variables passed through to git: the search path, temp dir,
-/// and what reaching a remote needs (trust anchors, proxies). Everything
-/// else of the daemon's environment (credential values, GIT_* settings
-/// such as tracing that would print the auth header) stays out.
-const PASS_ENV: &[&str] = &[
-    "PATH",
-    "TMPDIR",
-    "SSL_CERT_FILE",
-    "SSL_CERT_DIR",
-    "GIT_SSL_CAINFO",
-    "GIT_SSL_CAPATH",
-    "http_proxy",
-    "https_proxy",
-    "HTTPS_PROXY",
-    "no_proxy",
-    "NO_PROXY",
-];
-
-impl Git<'_> {
-    async fn run(
-        &self,
-        args: &[&std::ffi::OsStr],
-        file: FileTransport,
-        token: Option<&str>,
-    ) -> Result<(), String> {
-        let mut cmd = Command::new("git");
-        cmd.env_clear();
-        for k in PASS_ENV {
-            if let Some(v) = std::env::var_os(k) {
-                cmd.env(k, v);
-            }
-        }
-        let file_allow = match file {
-            FileTransport::Allow => "protocol.file.allow=always",
-            FileTransport::Never => "protocol.file.allow=never",
-        };
-        cmd.env("HOME", self.home)
-            .env("XDG_CONFIG_HOME", self.home)
-            .env("GIT_TEMPLATE_DIR", self.home)
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_CONFIG_SYSTEM", "/dev/null")
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .env("GIT_TERMINAL_PROMPT", "0")
-            .env("GIT_ASKPASS", "/bin/false")
-            .env("LC_ALL", "C")
-            // Source repositories may belong to another user; reading them
-            // is fine (and what the profile asked for).
-            .args(["-c", "safe.directory=*", "-c", "credential.helper="])
-            .args(["-c", file_allow, "-c", "submodule.recurse=false"])
-            .args(["-c", "core.hooksPath=/dev/null"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            // Its own process group, so a timeout kills git's helpers
-            // (git-remote-https, upload-pack) too.
-            .process_group(0)
-            .kill_on_drop(true);
-        if let Some(t) = token {
-            let header = format!(
-                "Authorization: Basic {}",
-                base64(format!("x-access-token:{t}").as_bytes())
-            );
-            cmd.env("GIT_CONFIG_COUNT", "1")
-                .env("GIT_CONFIG_KEY_0", "http.extraHeader")
-                .env("GIT_CONFIG_VALUE_0", header);
-        }
-        let child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot run git: {e}; hint: install git on the daemon's host"))?;
-        let pgid = child.id();
-        let out = match tokio::time::timeout(self.timeout, child.wait_with_output()).await {
-            Ok(out) => out.map_err(|e| format!("git: {e}"))?,
-            Err(_) => {
-                if let Some(pid) = pgid.and_then(|p| i32::try_from(p).ok()) {
-                    let _ = nix::sys::signal::killpg(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-                return Err(format!(
-                    "git did not finish within {}s (--clone-timeout); hint: check that the remote answers, or raise --clone-timeout",
-                    self.timeout.as_secs()
-                ));
-            }
-        };
-        if out.status.success() {
-            return Ok(());
-        }
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let last: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-        let tail = last[last.len().saturating_sub(3)..].join(" | ");
-        Err(if tail.is_empty() {
-            format!("git exited with {}", out.status)
-        } else {
-            tail
-        })
-    }
-}
-
-/// Standard base64 (RFC 4648) for the HTTP auth header.
-fn base64(bytes: &[u8]) -> String {
-    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ABC[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+/// The git dirs a clone of the local repository `local` may be served
+/// from, and so trusted although another user owns them: the path itself
+/// (a bare repository) and its `.git` (a work tree's). git compares them
+/// with the repository it opened, both resolved.
+fn trusted(local: &Path) -> Vec<PathBuf> {
+    vec![local.to_path_buf(), local.join(".git")]
 }
 
 #[cfg(test)]
@@ -416,18 +319,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn base64_matches_rfc4648_vectors() {
-        for (i, o) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-        ] {
-            assert_eq!(super::base64(i.as_bytes()), o);
-        }
+    fn only_the_named_repository_is_trusted_issue_17() {
+        assert_eq!(
+            trusted(Path::new("/srv/git/app.git")),
+            [
+                PathBuf::from("/srv/git/app.git"),
+                PathBuf::from("/srv/git/app.git/.git")
+            ]
+        );
     }
 
     fn mirror(root: &Path, key: &str, age: Duration) -> PathBuf {

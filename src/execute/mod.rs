@@ -6,7 +6,8 @@
 //! Per-session failures end that session (`start_failed`, a status message)
 //! and never stop the loop.
 
-mod clone;
+pub mod clone;
+pub mod clone_sandbox;
 mod finish;
 mod images;
 mod leftovers;

@@ -7,6 +7,12 @@
 //! refused at start, also when it gets there indirectly: through a symlink,
 //! a `.git` file, the `.git` suffix git tries, a worktree's `commondir`, or
 //! objects borrowed through `objects/info/alternates` (issue 13).
+//!
+//! This is the early refusal with a clear message, not the guarantee: the
+//! repository's folder may hold links anywhere below it (`objects`, `refs`,
+//! `objects/pack/...`) and change after this check. What keeps the clone
+//! away from the daemon's folders whatever is swapped in is that git runs
+//! where they are covered (`clone_sandbox.rs`, issue 17).
 
 use std::path::{Path, PathBuf};
 

@@ -560,6 +560,7 @@ impl CloneJob {
             git_home: &st.state.join("git-home"),
             timeout: st.clone_timeout,
             cache: &sh.clone_cache,
+            sandbox: &super::clone_sandbox::Sandbox::for_daemon(st),
         };
         super::clone::clone(
             &self.repo,

@@ -9,6 +9,7 @@ mod critical_path;
 mod docs;
 mod exit_detection;
 mod git_server;
+mod hardening_clone;
 mod hardening_daemon;
 mod hardening_desired;
 mod hardening_guard;
