@@ -394,6 +394,77 @@ mod tests {
         v.iter().map(OsString::from).collect()
     }
 
+    fn settings(rootless: bool) -> super::super::Settings {
+        let (graph, run, sock) = if rootless {
+            (
+                "/home/u/.local/share/containers/storage",
+                "/run/user/1001/containers",
+                "/run/user/1001/podman/podman.sock",
+            )
+        } else {
+            (
+                "/var/lib/containers/storage",
+                "/run/containers/storage",
+                "/run/podman/podman.sock",
+            )
+        };
+        super::super::Settings {
+            desired: "/srv/agentd/desired".into(),
+            state: "/srv/agentd/state".into(),
+            audit_root: "/srv/agentd/audit".into(),
+            instance: "test".into(),
+            max_sessions: 1,
+            max_pending: 1,
+            status_retention: std::time::Duration::from_secs(60),
+            session_uid: 10_001,
+            stop_grace: std::time::Duration::from_secs(1),
+            audit_max_bytes: 1 << 20,
+            clone_timeout: std::time::Duration::from_secs(60),
+            allow_host_network: false,
+            host: crate::runtime::podman::Host {
+                version: "4.3.1".into(),
+                rootless,
+                cgroup_version: "v2".into(),
+                cgroup_manager: "systemd".into(),
+                cgroup_controllers: vec![],
+                network_backend: "netavark".into(),
+                storage_driver: "overlay".into(),
+                graph_root: graph.into(),
+                run_root: run.into(),
+                volume_path: format!("{graph}/volumes"),
+                socket: sock.into(),
+                mapped_ids: None,
+            },
+        }
+    }
+
+    #[test]
+    fn the_daemons_sandbox_hides_podmans_run_root_tmp_dir_and_exit_files_too_issue_17() {
+        let hide = Sandbox::for_daemon(&settings(false)).hide;
+        for p in [
+            "/srv/agentd/state",
+            "/srv/agentd/audit",
+            "/srv/agentd/desired/profiles",
+            "/srv/agentd/desired/requests",
+            "/var/lib/containers/storage",
+            "/run/containers/storage",
+            "/run/podman/podman.sock",
+            "/run/libpod",
+        ] {
+            assert!(hide.contains(&PathBuf::from(p)), "{p} not hidden: {hide:?}");
+        }
+        if let Some(exits) = crate::runtime::podman::exits::exit_dir() {
+            assert!(hide.contains(&exits), "{exits:?} not hidden: {hide:?}");
+        }
+        let hide = Sandbox::for_daemon(&settings(true)).hide;
+        for p in [
+            "/run/user/1001/containers",
+            "/home/u/.local/share/containers/storage",
+        ] {
+            assert!(hide.contains(&PathBuf::from(p)), "{p} not hidden: {hide:?}");
+        }
+    }
+
     #[test]
     fn helper_arguments_parse_and_refuse_what_is_not_absolute_issue_17() {
         let a = Args::parse(
