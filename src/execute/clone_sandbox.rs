@@ -393,6 +393,15 @@ mod tests {
         ] {
             assert!(hide.contains(&PathBuf::from(p)), "{p} not hidden: {hide:?}");
         }
+        // Rootless, the user's home stays clonable (a clone only reads);
+        // the credentials in it stay hidden.
+        if let Some(home) = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .filter(|h| h.is_absolute())
+        {
+            assert!(!hide.contains(&home), "{home:?} hidden: {hide:?}");
+            assert!(hide.contains(&home.join(".docker/config.json")), "{hide:?}");
+        }
     }
 
     #[test]

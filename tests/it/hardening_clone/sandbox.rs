@@ -286,3 +286,77 @@ fn a_local_clone_that_hangs_in_the_sandbox_is_killed_at_the_timeout_issue_17() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The helper refuses, with a `clone sandbox:` message naming the reason,
+/// a source named through a symbolic link (at its end or on its way), with
+/// `..`, or lying inside a hidden folder; git never runs.
+#[test]
+fn the_sandbox_refuses_a_source_through_a_link_with_dot_dot_or_inside_a_hidden_folder_issue_17() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let (keep, home) = (d.join("state/work/x/repo"), d.join("state/git-home"));
+    let real = d.join("real/repo.git");
+    for p in [&keep, &home, &real, &d.join("hidden/repo.git")] {
+        std::fs::create_dir_all(p).expect("mkdir");
+    }
+    std::os::unix::fs::symlink(&real, d.join("link.git")).expect("symlink");
+    std::os::unix::fs::symlink(d.join("real"), d.join("via")).expect("symlink");
+    let marker = d.join("ran");
+    for (source, want) in [
+        (
+            d.join("link.git"),
+            format!(
+                "passes through the symbolic link `{}`",
+                d.join("link.git").display()
+            ),
+        ),
+        (
+            d.join("via/repo.git"),
+            format!(
+                "passes through the symbolic link `{}`",
+                d.join("via").display()
+            ),
+        ),
+        (
+            d.join("real/../real/repo.git"),
+            "is not a plain absolute path".to_string(),
+        ),
+        (
+            d.join("hidden/repo.git"),
+            format!("lies inside `{}`", d.join("hidden").display()),
+        ),
+    ] {
+        let out = Command::new(assert_cmd::cargo::cargo_bin("agentd"))
+            .arg("__clone-sandbox")
+            .arg("--hide")
+            .arg(d.join("state"))
+            .arg("--hide")
+            .arg(d.join("hidden"))
+            .arg("--source")
+            .arg(&source)
+            .arg("--keep")
+            .arg(&keep)
+            .arg("--home")
+            .arg(&home)
+            .args(["--", "/usr/bin/touch"])
+            .arg(&marker)
+            .output()
+            .expect("agentd runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(125),
+            "{}: {stderr}",
+            source.display()
+        );
+        assert!(
+            stderr.starts_with(&format!(
+                "clone sandbox: the repository `{}` ",
+                source.display()
+            )) && stderr.contains(&want),
+            "{}: {stderr}",
+            source.display()
+        );
+        assert!(!marker.exists(), "the program ran for {}", source.display());
+    }
+}
