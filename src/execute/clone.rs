@@ -20,11 +20,13 @@
 //!   reach is copied, never whatever sits in its folder.
 //! - A local repository inside the daemon's own folders is refused before
 //!   this runs (`private_repo.rs`), and git for a local clone runs in a
-//!   sandbox where those folders are covered (`clone_sandbox.rs`, issue
-//!   17): links planted in the repository, swapped in at any moment, lead
-//!   nowhere. There it trusts the exact repository path (`safe.directory`
-//!   in a generated global config), so a repository of another owner
-//!   clones, and no other path is trusted.
+//!   sandbox whose root holds only git's system folders, the repository's
+//!   own folder (named by its real path), the destination and git's home
+//!   (`clone_sandbox.rs`, issue 17): links planted in the repository,
+//!   swapped in at any moment, lead nowhere, neither into the daemon's
+//!   folders nor into any other repository. There it trusts the exact
+//!   repository path (`safe.directory` in a generated global config), so a
+//!   repository of another owner clones, and no other path is trusted.
 //! - With a clone token, git follows no HTTP redirect (issue 17): the
 //!   header is not scoped to a host, and a redirect moves git's base URL.
 //! - Each mirror has its own lock, so a slow remote holds up only sessions
@@ -109,6 +111,7 @@ pub async fn clone(
             timeout: env.timeout,
             sandbox: Some(Sandboxed {
                 sandbox: env.sandbox,
+                source: &local,
                 keep: dest,
                 trust: &trust,
             }),
@@ -129,10 +132,13 @@ pub async fn clone(
             )
             .await
             .map_err(|e| {
-                format!(
-                    "clone of {} failed: {e}; hint: name a git repository the daemon's user can read; it is cloned where agentd's own folders are hidden, so links into them lead nowhere",
-                    repo.as_str()
-                )
+                // The sandbox's own refusals carry their hint already.
+                let hint = if e.contains("; hint: ") {
+                    ""
+                } else {
+                    "; hint: name a git repository the daemon's user can read, by its real path; git reads it where nothing else of the host is there, so links out of it lead nowhere"
+                };
+                format!("clone of {} failed: {e}{hint}", repo.as_str())
             });
     }
     let git = Git {

@@ -1,23 +1,27 @@
-//! Local clones run where the daemon's own folders are not there at all
-//! (issue 17).
+//! Local clones run where nothing of the host is there but git and the
+//! repository (issue 17).
 //!
 //! A local repository is a folder someone else may write: its `objects`,
 //! `refs` or `packed-refs` can be links into another profile's tokened
-//! mirror under `<state>/cache/git/`, swapped in after any check, and git
-//! opens `objects/...` by path long after the top folder was looked at. No
-//! check closes that window, so git for a local clone runs in a private
-//! mount namespace in which every view of the daemon's folders (state dir,
-//! audit root, Podman's storage: wherever their filesystems show them, see
-//! `mounts.rs`) and every procfs mount (`/proc/<pid>/root` walks another
-//! namespace) is covered by an empty read-only tmpfs. What a link resolves
-//! to there is an empty folder, whenever it is resolved.
+//! mirror under `<state>/cache/git/`, or into any other repository the
+//! daemon's user can read, swapped in after any check, and git opens
+//! `objects/...` by path long after the top folder was looked at. No check
+//! closes that window, so git for a local clone runs in a private mount
+//! namespace whose root is built from nothing (`view.rs`): git's system
+//! folders, the repository's own folder (read-only, opened without
+//! following links), the destination and git's home. No procfs, no state
+//! dir, no other repository: a link resolves to nothing there, whenever it
+//! is resolved. Folders hidden from sessions (the daemon's and Podman's,
+//! wherever their filesystems show them, see `mounts.rs`) are never shown:
+//! a repository inside one is refused, and one inside a shown folder is
+//! covered.
 //!
 //! The clone's destination lies inside the state dir: it is opened before
-//! the covering and bound back at its own path through that descriptor.
-//! git's empty home gets a tmpfs of its own holding the one global config
-//! the clone runs with: `safe.directory` for the exact repository path
-//! (issue 17 item 5: a repository owned by another user, or by anyone but
-//! the daemon's uid inside a user namespace, where other owners show as the
+//! the root is swapped and bound at its own path through that descriptor.
+//! git's home gets a tmpfs of its own holding the one global config the
+//! clone runs with: `safe.directory` for the exact repository path (issue
+//! 17 item 5: a repository owned by another user, or by anyone but the
+//! daemon's uid inside a user namespace, where other owners show as the
 //! overflow uid; `-c` would not reach the `upload-pack` that `--no-local`
 //! spawns, a global config file does).
 //!
@@ -33,17 +37,14 @@
 //! clone; nothing falls back to an unsandboxed clone.
 
 mod mounts;
+mod view;
 
 use std::ffi::{OsStr, OsString};
-use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use nix::fcntl::OFlag;
-use nix::mount::{MsFlags, mount};
 use nix::sched::{CloneFlags, unshare};
-use nix::sys::stat::Mode;
 
 /// The hidden argument that makes `agentd` the sandbox helper.
 pub const SUBCOMMAND: &str = "__clone-sandbox";
@@ -62,17 +63,23 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    /// The daemon's sandbox: itself as the helper, hiding its state dir,
-    /// audit root and Podman's storage.
+    /// The daemon's sandbox: itself as the helper, hiding every path of
+    /// its control surface that no session may see (`surface.rs`: state
+    /// dir, audit root, Podman's storage, run root, socket, tmp dir and exit
+    /// files, registry credentials, the desired dir's `profiles/` and
+    /// `requests/`, rootless the user's runtime dir). Not the rootless
+    /// user's home: that is guarded from mounts because a session writing
+    /// there runs code on the host, while a clone only reads, and the
+    /// credentials kept there are in the list on their own; a repository
+    /// under that home stays clonable.
     pub fn for_daemon(st: &super::Settings) -> Sandbox {
-        let hide = [
-            st.state.clone(),
-            st.audit_root.clone(),
-            PathBuf::from(&st.host.graph_root),
-        ]
-        .into_iter()
-        .filter(|p| p.is_absolute())
-        .collect();
+        let guarded = super::surface::surface(&super::surface::Inputs::of(st), &st.host);
+        let hide = guarded
+            .into_iter()
+            .filter(|g| g.what != "user's home")
+            .map(|g| g.path)
+            .filter(|p| p.is_absolute())
+            .collect();
         Sandbox {
             exe: PathBuf::from("/proc/self/exe"),
             hide,
@@ -80,12 +87,14 @@ impl Sandbox {
     }
 
     /// A command running `program` (its arguments to be added) in this
-    /// sandbox. `keep` (an existing folder) stays as it is and writable;
+    /// sandbox. `source` (a folder, named by its real path) is there
+    /// read-only; `keep` (an existing folder) stays as it is and writable;
     /// `home` is an empty read-only folder holding `gitconfig`, which trusts
     /// exactly `trust` (`safe.directory`) and is git's global config
     /// (`GIT_CONFIG_GLOBAL`).
     pub fn command(
         &self,
+        source: &Path,
         keep: &Path,
         home: &Path,
         trust: &[PathBuf],
@@ -96,6 +105,7 @@ impl Sandbox {
         for h in &self.hide {
             cmd.arg("--hide").arg(h);
         }
+        cmd.arg("--source").arg(source);
         cmd.arg("--keep").arg(keep).arg("--home").arg(home);
         for t in trust {
             cmd.arg("--trust").arg(t);
@@ -109,9 +119,14 @@ impl Sandbox {
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
     #[error(
-        "clone sandbox: {0}; usage: agentd {SUBCOMMAND} --keep DIR --home DIR [--hide PATH]... [--trust DIR]... -- PROGRAM [ARG]..."
+        "clone sandbox: {0}; usage: agentd {SUBCOMMAND} --keep DIR --home DIR [--source DIR]... [--hide PATH]... [--trust DIR]... -- PROGRAM [ARG]..."
     )]
     Usage(String),
+    #[error(
+        "clone sandbox: the repository `{}` {why}; hint: a local repository is cloned from its own folder, named by its real path (no symbolic link on it) in the request and in allowed_repos, and git sees nothing else of the host",
+        path.display()
+    )]
+    Source { path: PathBuf, why: String },
     #[error("clone sandbox: cannot {what} `{}`: {source}{hint}", path.display())]
     Step {
         what: &'static str,
@@ -122,6 +137,9 @@ pub enum SandboxError {
     #[error("clone sandbox: {0}")]
     Trust(String),
 }
+
+const RUN_HINT: &str =
+    "; hint: the sandbox shows git only the host's /usr, /bin, /sbin and /lib*: install git there";
 
 const USERNS_HINT: &str = "; hint: local clones run in a private mount namespace: rootful the daemon needs CAP_SYS_ADMIN, rootless unprivileged user namespaces (what rootless Podman needs too: sysctl user.max_user_namespaces > 0)";
 
@@ -142,6 +160,7 @@ fn step<E: Into<std::io::Error>>(
 #[derive(Debug, PartialEq, Eq)]
 struct Args {
     hide: Vec<PathBuf>,
+    source: Vec<PathBuf>,
     keep: PathBuf,
     home: PathBuf,
     trust: Vec<PathBuf>,
@@ -151,7 +170,7 @@ struct Args {
 
 impl Args {
     fn parse(mut it: impl Iterator<Item = OsString>) -> Result<Args, SandboxError> {
-        let (mut hide, mut trust) = (Vec::new(), Vec::new());
+        let (mut hide, mut source, mut trust) = (Vec::new(), Vec::new(), Vec::new());
         let (mut keep, mut home) = (None, None);
         loop {
             let Some(flag) = it.next() else {
@@ -171,6 +190,7 @@ impl Args {
             }
             match flag.to_str() {
                 Some("--hide") => hide.push(value),
+                Some("--source") => source.push(value),
                 Some("--trust") => trust.push(value),
                 Some("--keep") => keep = Some(value),
                 Some("--home") => home = Some(value),
@@ -182,6 +202,7 @@ impl Args {
             .ok_or_else(|| SandboxError::Usage("no program after `--`".into()))?;
         Ok(Args {
             hide,
+            source,
             keep: keep.ok_or_else(|| SandboxError::Usage("--keep is required".into()))?,
             home: home.ok_or_else(|| SandboxError::Usage("--home is required".into()))?,
             trust,
@@ -203,11 +224,21 @@ pub fn main_if_invoked() -> Option<ExitCode> {
     let err = match Args::parse(argv) {
         Ok(args) => match set_up(&args) {
             Ok(config) => {
+                // An identity of its own for the clone's reflog: without
+                // one git looks the user up in /etc/passwd and the host's
+                // name up in DNS, neither of which is there.
                 let e = std::process::Command::new(&args.program)
                     .args(&args.args)
                     .env("GIT_CONFIG_GLOBAL", config)
+                    .env("GIT_COMMITTER_NAME", "agentd")
+                    .env("GIT_COMMITTER_EMAIL", "agentd@localhost")
                     .exec();
-                step("run", Path::new(&args.program))(e)
+                SandboxError::Step {
+                    what: "run",
+                    path: PathBuf::from(&args.program),
+                    source: e,
+                    hint: RUN_HINT,
+                }
             }
             Err(e) => e,
         },
@@ -217,114 +248,13 @@ pub fn main_if_invoked() -> Option<ExitCode> {
     Some(ExitCode::from(SETUP_FAILED))
 }
 
-/// Enter the namespaces and mount the covers; the global git config's path.
+/// Enter the namespaces and the view; the global git config's path.
 fn set_up(a: &Args) -> Result<PathBuf, SandboxError> {
     let config_text = gitconfig(&a.trust)?;
     enter_namespaces()?;
-    let root = Path::new("/");
-    // Nothing mounted from here on may propagate to the daemon's namespace.
-    mount(
-        None::<&str>,
-        root,
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .map_err(step("make private the mounts below", root))?;
-    let info_path = Path::new("/proc/self/mountinfo");
-    let info = std::fs::read_to_string(info_path).map_err(step("read", info_path))?;
-    let table = mounts::parse(&info);
-    let covers = mounts::outermost(
-        a.hide
-            .iter()
-            .filter_map(|h| std::fs::canonicalize(h).ok())
-            .flat_map(|h| mounts::views(&table, &h))
-            .collect(),
-    );
-    let procfs = mounts::outermost(mounts::procfs(&table));
-    // What stays is resolved, and the destination opened, before anything
-    // is covered: afterwards its path leads into a cover.
-    let keep = std::fs::canonicalize(&a.keep).map_err(step("resolve", &a.keep))?;
-    let home = std::fs::canonicalize(&a.home).map_err(step("resolve", &a.home))?;
-    let keep_fd = nix::fcntl::open(
-        &keep,
-        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(step("open", &keep))?;
-
-    let tmpfs_flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    let tmpfs = |at: &Path, mode: &str, extra: MsFlags| {
-        mount(
-            Some("tmpfs"),
-            at,
-            Some("tmpfs"),
-            tmpfs_flags | extra,
-            Some(format!("mode={mode},size=1m").as_str()),
-        )
-        .map_err(step("cover", at))
-    };
-    let mut files = Vec::new();
-    let mut dirs = Vec::new();
-    for c in &covers {
-        match std::fs::symlink_metadata(c) {
-            Ok(m) if m.is_dir() => {
-                tmpfs(c, "0755", MsFlags::empty())?;
-                dirs.push(c.clone());
-            }
-            Ok(m) if !m.file_type().is_symlink() => files.push(c.clone()),
-            // Not there (or a link, which no mount point is): nothing to
-            // reach through this path.
-            _ => {}
-        }
-    }
-    // git's home: an empty folder of its own, with the config.
-    std::fs::create_dir_all(&home).map_err(step("create", &home))?;
-    tmpfs(&home, "0700", MsFlags::empty())?;
-    let config = home.join("gitconfig");
-    std::fs::write(&config, config_text).map_err(step("write", &config))?;
-    let empty = home.join("empty");
-    std::fs::write(&empty, b"").map_err(step("write", &empty))?;
-    for f in &files {
-        mount(
-            Some(&empty),
-            f,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(step("cover", f))?;
-    }
-    // The destination, back at its own path.
-    std::fs::create_dir_all(&keep).map_err(step("create", &keep))?;
-    let fd_path = PathBuf::from(format!("/proc/self/fd/{}", keep_fd.as_raw_fd()));
-    mount(
-        Some(&fd_path),
-        &keep,
-        None::<&str>,
-        MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .map_err(step("keep", &keep))?;
-    drop(keep_fd);
-    for d in dirs.iter().chain([&home]) {
-        mount(
-            None::<&str>,
-            d,
-            None::<&str>,
-            MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | tmpfs_flags,
-            None::<&str>,
-        )
-        .map_err(step("make read-only", d))?;
-    }
-    // Last: the bind above went through /proc/self/fd.
-    for p in &procfs {
-        if std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()) {
-            tmpfs(p, "0555", MsFlags::MS_RDONLY)?;
-        }
-    }
-    std::env::set_current_dir(root).map_err(step("enter", root))?;
-    nix::sys::prctl::set_no_new_privs().map_err(step("set no_new_privs for", &keep))?;
+    let config = view::enter(a, &config_text)?;
+    nix::sys::prctl::set_no_new_privs()
+        .map_err(step("set no_new_privs for", Path::new(&a.program)))?;
     Ok(config)
 }
 
@@ -387,104 +317,4 @@ fn gitconfig(trust: &[PathBuf]) -> Result<String, SandboxError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn os(v: &[&str]) -> Vec<OsString> {
-        v.iter().map(OsString::from).collect()
-    }
-
-    #[test]
-    fn helper_arguments_parse_and_refuse_what_is_not_absolute_issue_17() {
-        let a = Args::parse(
-            os(&[
-                "--hide",
-                "/s",
-                "--keep",
-                "/s/w/repo",
-                "--home",
-                "/s/h",
-                "--hide",
-                "/a",
-                "--trust",
-                "/r",
-                "--",
-                "git",
-                "-c",
-                "x=y",
-                "clone",
-            ])
-            .into_iter(),
-        )
-        .expect("parses");
-        assert_eq!(a.hide, vec![PathBuf::from("/s"), PathBuf::from("/a")]);
-        assert_eq!(a.trust, vec![PathBuf::from("/r")]);
-        assert_eq!(a.program, "git");
-        assert_eq!(a.args, os(&["-c", "x=y", "clone"]));
-        for bad in [
-            &["--keep", "rel", "--home", "/h", "--", "git"][..],
-            &["--keep", "/k", "--", "git"],
-            &["--keep", "/k", "--home", "/h", "--"],
-            &["--keep", "/k", "--home", "/h", "git"],
-            &["--bogus", "/x", "--", "git"],
-        ] {
-            assert!(
-                matches!(
-                    Args::parse(os(bad).into_iter()),
-                    Err(SandboxError::Usage(_))
-                ),
-                "{bad:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn the_generated_config_trusts_exactly_the_given_paths_quoted_issue_17() {
-        let text = gitconfig(&[
-            PathBuf::from("/srv/git/a b.git"),
-            PathBuf::from("/srv/git/q\"uote\\d"),
-        ])
-        .expect("config");
-        assert_eq!(
-            text,
-            "[safe]\n\tdirectory = \"/srv/git/a b.git\"\n\tdirectory = \"/srv/git/q\\\"uote\\\\d\"\n"
-        );
-        assert!(!text.contains('*'));
-        assert!(gitconfig(&[PathBuf::from("/srv/a\nb")]).is_err());
-    }
-
-    #[test]
-    fn the_command_names_every_hidden_folder_and_the_program_last_issue_17() {
-        let s = Sandbox {
-            exe: PathBuf::from("/bin/agentd"),
-            hide: vec![PathBuf::from("/state"), PathBuf::from("/audit")],
-        };
-        let cmd = s.command(
-            Path::new("/state/w/repo"),
-            Path::new("/state/git-home"),
-            &[PathBuf::from("/srv/r")],
-            "git",
-        );
-        let argv: Vec<&OsStr> = cmd.as_std().get_args().collect();
-        assert_eq!(
-            argv,
-            [
-                SUBCOMMAND,
-                "--hide",
-                "/state",
-                "--hide",
-                "/audit",
-                "--keep",
-                "/state/w/repo",
-                "--home",
-                "/state/git-home",
-                "--trust",
-                "/srv/r",
-                "--",
-                "git"
-            ]
-            .map(OsStr::new)
-        );
-        assert_eq!(cmd.as_std().get_program(), "/bin/agentd");
-    }
-}
+mod tests;

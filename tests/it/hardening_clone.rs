@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 use crate::git_server::{GitServer, bare_repo, self_signed};
 use crate::util::{World, leak_haystacks, repo_root, require_podman, test_image, toml_string};
 
+/// The sandbox's view: nothing of the host but git and the repository.
+mod sandbox;
+
 /// git with no configuration of the test user's, in `cwd`; its stdout.
 fn git(args: &[&str], cwd: &Path) -> Result<String, String> {
     let out = Command::new("git")

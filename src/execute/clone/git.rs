@@ -23,14 +23,16 @@ pub(super) enum FileTransport {
 pub(super) struct Git<'a> {
     pub(super) home: &'a Path,
     pub(super) timeout: Duration,
-    /// A local clone: in the sandbox, with `keep` (the destination) writable
-    /// and `trust` trusted.
+    /// A local clone: in the sandbox, with `source` (the repository)
+    /// read-only, `keep` (the destination) writable and `trust` trusted.
     pub(super) sandbox: Option<Sandboxed<'a>>,
 }
 
-/// The sandbox a local clone runs in, and what it keeps and trusts there.
+/// The sandbox a local clone runs in, and what it shows, keeps and trusts
+/// there.
 pub(super) struct Sandboxed<'a> {
     pub(super) sandbox: &'a Sandbox,
+    pub(super) source: &'a Path,
     pub(super) keep: &'a Path,
     pub(super) trust: &'a [PathBuf],
 }
@@ -61,7 +63,9 @@ impl Git<'_> {
         token: Option<&str>,
     ) -> Result<(), String> {
         let mut cmd = match &self.sandbox {
-            Some(s) => s.sandbox.command(s.keep, self.home, s.trust, "git"),
+            Some(s) => s
+                .sandbox
+                .command(s.source, s.keep, self.home, s.trust, "git"),
             None => Command::new("git"),
         };
         cmd.env_clear();

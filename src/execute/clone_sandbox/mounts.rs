@@ -1,12 +1,13 @@
-//! What the clone sandbox covers, worked out from `/proc/self/mountinfo`
-//! (pure: text in, paths out).
+//! What the clone sandbox must not show, worked out from
+//! `/proc/self/mountinfo` (pure: text in, paths out).
 //!
 //! A folder is reachable under more than its own path when its filesystem
 //! is mounted again elsewhere (a bind mount of the state dir, the same disk
 //! mounted twice), and every procfs mount leads into other processes' views
 //! of the filesystem (`/proc/<daemon pid>/root/<state>` walks the daemon's
-//! own mount namespace, where nothing is covered). So the sandbox covers
-//! every view of a private folder and every procfs mount.
+//! own mount namespace). So every view of a hidden folder and every procfs
+//! mount counts as hidden: a repository inside one is refused, and one
+//! inside a folder the sandbox shows is covered there.
 
 use std::path::{Component, Path, PathBuf};
 
@@ -105,6 +106,36 @@ pub fn procfs(mounts: &[Mount]) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Every path under which something of `hidden` (absolute, symlinks
+/// resolved) shows, outermost only: each view of each hidden folder, and
+/// every procfs mount (the view holds no procfs at all).
+pub fn hidden_views(mounts: &[Mount], hidden: &[PathBuf]) -> Vec<PathBuf> {
+    outermost(
+        hidden
+            .iter()
+            .flat_map(|h| views(mounts, h))
+            .chain(procfs(mounts))
+            .collect(),
+    )
+}
+
+/// The hidden view `p` is or lies inside, if any.
+pub fn holding<'a>(hidden: &'a [PathBuf], p: &Path) -> Option<&'a Path> {
+    hidden
+        .iter()
+        .find(|h| p.starts_with(h))
+        .map(PathBuf::as_path)
+}
+
+/// The hidden views strictly inside `shown`: what a bind of `shown` would
+/// show unless covered.
+pub fn inside<'a>(hidden: &'a [PathBuf], shown: &'a Path) -> impl Iterator<Item = &'a Path> {
+    hidden
+        .iter()
+        .filter(move |h| h.starts_with(shown) && h.as_path() != shown)
+        .map(PathBuf::as_path)
+}
+
 /// `paths` without duplicates and without any path inside another: a cover
 /// over the outer one hides the inner one already.
 pub fn outermost(mut paths: Vec<PathBuf>) -> Vec<PathBuf> {
@@ -174,6 +205,40 @@ mod tests {
         // /home is its own bind of the root filesystem's /home: not an alias
         // of /var/lib/agentd.
         assert!(!views(&m, Path::new("/var/lib/agentd")).contains(&p("/home")));
+    }
+
+    #[test]
+    fn what_is_hidden_is_found_around_and_inside_a_shown_folder_issue_17() {
+        let m = parse(INFO);
+        let hidden = hidden_views(&m, &[p("/var/lib/agentd/audit"), p("/var/lib/agentd")]);
+        let mut sorted = hidden.clone();
+        sorted.sort();
+        assert_eq!(
+            sorted,
+            vec![
+                p("/mnt/cache copy"),
+                p("/proc"),
+                p("/run/other/proc"),
+                p("/srv/alias"),
+                p("/var/lib/agentd"),
+            ]
+        );
+        assert_eq!(
+            holding(&hidden, Path::new("/srv/alias/cache/git/k.git")),
+            Some(Path::new("/srv/alias"))
+        );
+        assert_eq!(
+            holding(&hidden, Path::new("/var/lib/agentd")),
+            Some(Path::new("/var/lib/agentd"))
+        );
+        assert_eq!(holding(&hidden, Path::new("/var/lib/agentdx")), None);
+        assert_eq!(holding(&hidden, Path::new("/srv/forks/x")), None);
+        let within: Vec<&Path> = inside(&hidden, Path::new("/var")).collect();
+        assert_eq!(within, [Path::new("/var/lib/agentd")]);
+        let within: Vec<&Path> = inside(&hidden, Path::new("/run")).collect();
+        assert_eq!(within, [Path::new("/run/other/proc")]);
+        assert_eq!(inside(&hidden, Path::new("/var/lib/agentd")).count(), 0);
+        assert_eq!(inside(&hidden, Path::new("/usr")).count(), 0);
     }
 
     #[test]
