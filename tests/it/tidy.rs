@@ -40,11 +40,11 @@ fn pure_modules_do_no_io() {
         "results/refs.rs",
         "results/stream.rs",
     ]
-        .iter()
-        .map(|p| root.join(p))
-        .filter(|p| p.exists())
-        .flat_map(|p| if p.is_dir() { rust_files(&p) } else { vec![p] })
-        .collect();
+    .iter()
+    .map(|p| root.join(p))
+    .filter(|p| p.exists())
+    .flat_map(|p| if p.is_dir() { rust_files(&p) } else { vec![p] })
+    .collect();
     assert!(!pure.is_empty());
     let forbidden = [
         "std::fs",

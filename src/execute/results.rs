@@ -1,0 +1,51 @@
+//! The two moments of a session where `results` is called (issue 20): the
+//! base right after the clone, the capture and push at the end, before
+//! the record is sealed. Kept apart so `start` and `finish` carry one line
+//! each.
+
+use std::path::Path;
+
+use super::Shared;
+use crate::audit::Record;
+use crate::desired::{BranchVars, Profile, Repo, Request};
+use crate::observed::Outcome;
+use crate::results::{Captured, Plan};
+
+/// What results capture and push will need, fixed at the start.
+pub fn plan(profile: &Profile, repo: &Repo, session_id: &str, spec: &Request) -> Plan {
+    let work_unit = match &spec.input {
+        crate::desired::Input::WorkUnit(w) => Some(w.as_str()),
+        _ => None,
+    };
+    Plan::of(
+        profile,
+        repo,
+        &BranchVars {
+            profile: &profile.name,
+            session_id,
+            request: &spec.id,
+            work_unit,
+        },
+    )
+}
+
+/// Record the base of the fresh clone in `work_root` (before the gate).
+pub async fn record_base(sh: &Shared, work_root: &Path, plan: Plan) -> Result<(), String> {
+    crate::results::record_base(work_root, &sh.settings.state.join("git-home"), plan).await
+}
+
+/// Capture what the session's agent changed into `record`, and push.
+pub async fn capture(sh: &Shared, session_id: &str, record: &Record, outcome: Outcome) -> Captured {
+    let env_lookup = |name: &str| std::env::var(name).ok();
+    let read = move |src: &crate::desired::SecretSource| {
+        super::secrets::read("push.token", src, &env_lookup)
+    };
+    crate::results::finish(
+        &sh.settings.work_dir(session_id),
+        &record.dir,
+        &sh.settings.state.join("git-home"),
+        outcome,
+        &read,
+    )
+    .await
+}
