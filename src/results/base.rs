@@ -37,6 +37,12 @@ pub fn repo(work_root: &Path) -> PathBuf {
     dir(work_root).join("repo.git")
 }
 
+/// HEAD's tree as `git ls-tree -r -l -z` listed it at the start: what the
+/// end compares the work tree with when HEAD did not move.
+pub fn tree_file(work_root: &Path) -> PathBuf {
+    dir(work_root).join("base.tree")
+}
+
 /// Read `base.json`, if the start recorded one.
 pub fn read(work_root: &Path) -> Option<Base> {
     let bytes = std::fs::read(base_file(work_root)).ok()?;
@@ -108,7 +114,21 @@ pub async fn record(work_root: &Path, git_home: &Path, plan: Plan) -> Result<(),
     .await
     .map_err(|e| e.to_string())
     .and_then(|r| r.map_err(|e| e.to_string()))
-    .map_err(|e| format!("recording the clone's objects for results: {e}"))
+    .map_err(|e| format!("recording the clone's objects for results: {e}"))?;
+    // HEAD's tree now, off the end's critical path: a session that leaves
+    // HEAD where it was needs no git at all to compare its work tree.
+    if let Some(head) = &base.head {
+        let listed = git
+            .cmd(&repo, "ls-tree")
+            .args(["ls-tree", "-r", "-l", "-z", "--full-tree", head])
+            .capture(1 << 30)
+            .run()
+            .await
+            .map_err(|e| format!("listing the clone's tree for results: {e}"))?;
+        crate::fsutil::write_atomic(&tree_file(work_root), &listed.stdout, 0o600)
+            .map_err(|e| format!("recording the clone's tree for results: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Copy the object files of the daemon's fresh clone (packs, their

@@ -159,6 +159,7 @@ pub async fn produce(work_root: &Path, git_home: &Path, base: &Base) -> Produced
         &repo,
         &dir,
         tree_base.as_deref(),
+        base.head.as_deref(),
         exclude,
         max,
         &mut ch,
@@ -407,12 +408,18 @@ async fn work_tree(
     repo: &Path,
     dir: &Path,
     head: Option<&str>,
+    base_head: Option<&str>,
     exclude: Option<Vec<u8>>,
     max: u64,
     ch: &mut Changes,
 ) -> Result<Option<PathBuf>, String> {
     let mut tracked: BTreeMap<Vec<u8>, Tracked> = BTreeMap::new();
-    if let Some(h) = head {
+    let kept = (head.is_some() && head == base_head)
+        .then(|| std::fs::read(base::tree_file(work_root)).ok())
+        .flatten();
+    if let Some(listed) = kept {
+        tracked = stream::parse_ls_tree(&listed).into_iter().collect();
+    } else if let Some(h) = head {
         let listed = git
             .cmd(repo, "ls-tree")
             .args(["ls-tree", "-r", "-l", "-z", "--full-tree", h])
@@ -425,6 +432,7 @@ async fn work_tree(
     let stream_path = dir.join("worktree.fi");
     let limits = worktree::Limits {
         budget: max,
+        max_entries: worktree::MAX_ENTRIES,
         deadline: git.deadline,
     };
     let (work, sp) = (work_root.to_path_buf(), stream_path.clone());

@@ -148,7 +148,12 @@ pub async fn finish(
         push,
     };
     let json = serde_json::to_vec(&captured).unwrap_or_default();
-    if let Err(e) = crate::fsutil::write_atomic(&captured_file(work_root), &json, 0o600) {
+    // Not synced: lost in a crash, the capture is only made again.
+    let (file, tmp) = (
+        captured_file(work_root),
+        base::dir(work_root).join("captured.json.tmp"),
+    );
+    if let Err(e) = std::fs::write(&tmp, &json).and_then(|()| std::fs::rename(&tmp, &file)) {
         tracing::warn!(error = %e, "cannot keep the captured results; a retried finish captures again");
     }
     captured

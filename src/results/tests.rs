@@ -481,3 +481,45 @@ async fn a_push_to_a_local_repository_runs_none_of_its_hooks_and_is_never_forced
     let s4 = session(push_plan(&dest, "agentd/p/four")).await;
     assert_eq!(finish_it(&s4).await.push, Some(PushResult::NothingToPush));
 }
+
+#[tokio::test]
+async fn a_corrupt_pack_or_a_git_folder_swapped_for_a_link_is_reported_not_followed_issue_20() {
+    // A pack of garbage and a branch naming an object only it would hold.
+    let s = session(plan(1 << 20)).await;
+    let pack = s.repo.join(".git/objects/pack");
+    let name = format!("pack-{}", "ab".repeat(20));
+    let mut garbage = b"PACK\0\0\0\x02\0\0\0\x01".to_vec();
+    garbage.extend(std::iter::repeat_n(0xff_u8, 4096));
+    std::fs::write(pack.join(format!("{name}.pack")), &garbage).expect("write");
+    std::fs::write(pack.join(format!("{name}.idx")), b"not an index").expect("write");
+    std::fs::write(
+        s.repo.join(".git/refs/heads/junk"),
+        format!("{}\n", "cd".repeat(20)),
+    )
+    .expect("ref");
+    let ch = finish_it(&s).await.changes.expect("changes");
+    assert_eq!(ch.commits, 0, "{ch:?}");
+    let cut = ch.cut.join("\n");
+    assert!(
+        cut.contains(&format!("pack {name}.pack is unusable")),
+        "{cut}"
+    );
+    assert!(cut.contains("did not pass git's checks"), "{cut}");
+    assert!(!s.record.join("agentd/changes.bundle").exists());
+
+    // `.git` replaced by a link to another repository: not followed; the
+    // work tree is still compared with the base.
+    let s = session(plan(1 << 20)).await;
+    let elsewhere = s.work.parent().expect("parent").join("elsewhere");
+    std::fs::rename(s.repo.join(".git"), &elsewhere).expect("move");
+    std::os::unix::fs::symlink(&elsewhere, s.repo.join(".git")).expect("link");
+    std::fs::write(s.repo.join("README.md"), "edited\n").expect("write");
+    let ch = finish_it(&s).await.changes.expect("changes");
+    assert_eq!(ch.commits, 0);
+    assert!(
+        ch.cut.iter().any(|c| c.contains("no .git folder")),
+        "{ch:?}"
+    );
+    let patch = std::fs::read_to_string(s.record.join("agentd/worktree.patch")).expect("patch");
+    assert!(patch.contains("+edited"), "{patch}");
+}
