@@ -452,6 +452,10 @@ async fn work_tree(
     for c in snap.cut.iter().chain(&snap.skipped) {
         ch.cut(c.clone());
     }
+    if snap.cut_more > 0 {
+        ch.truncated = true;
+        ch.cut_more += snap.cut_more;
+    }
     if snap.changes.is_empty() {
         return Ok(None);
     }

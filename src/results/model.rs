@@ -37,17 +37,32 @@ pub struct Changes {
     /// The refs in the bundle (`HEAD`, `refs/heads/...`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub refs: Vec<String>,
-    /// What was left out or could not be read, one line each.
+    /// What was left out or could not be read, one line each (the first
+    /// [`CUT_SHOWN`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cut: Vec<String>,
+    /// Lines past the first [`CUT_SHOWN`] of `cut`, counted only.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cut_more: u64,
+}
+
+/// Lines of `changes.cut` kept; the rest are counted in `cut_more`.
+pub const CUT_SHOWN: usize = 20;
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Changes {
     /// One line for the status message when something was left out.
     pub fn note(&self) -> Option<String> {
         self.truncated.then(|| {
+            let more = match self.cut_more {
+                0 => String::new(),
+                n => format!(" (and {n} more)"),
+            };
             format!(
-                "results truncated: {}; see `changes` in agentd/session.json",
+                "results truncated: {}{more}; see `changes` in agentd/session.json",
                 self.cut.join("; ")
             )
         })
@@ -56,7 +71,11 @@ impl Changes {
     /// Record that `what` was left out.
     pub fn cut(&mut self, what: impl Into<String>) {
         self.truncated = true;
-        self.cut.push(what.into());
+        if self.cut.len() < CUT_SHOWN {
+            self.cut.push(what.into());
+        } else {
+            self.cut_more += 1;
+        }
     }
 }
 
@@ -240,5 +259,10 @@ mod tests {
         c.cut("worktree.patch: over budget");
         assert!(c.truncated);
         assert!(c.note().unwrap_or_default().contains("over budget"));
+        for i in 0..30 {
+            c.cut(format!("file {i}"));
+        }
+        assert_eq!((c.cut.len(), c.cut_more), (CUT_SHOWN, 11));
+        assert!(c.note().unwrap_or_default().contains("(and 11 more)"));
     }
 }

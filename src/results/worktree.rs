@@ -64,8 +64,10 @@ pub struct Snapshot {
     pub changes: Vec<Change>,
     /// Bytes of changed content written to the stream.
     pub fed: u64,
-    /// What was left out (over budget), for the record.
+    /// What was left out (over budget), for the record: the first few.
     pub cut: Vec<String>,
+    /// How many more were left out.
+    pub cut_more: u64,
     /// What was skipped on purpose (nested repositories), for the record.
     pub skipped: Vec<String>,
 }
@@ -313,10 +315,14 @@ impl Walker<'_> {
         };
         if nested {
             self.keep_below(&path);
-            self.snap.skipped.push(format!(
-                "{}: a nested repository, not captured",
-                show(&path)
-            ));
+            if self.snap.skipped.len() < super::model::CUT_SHOWN {
+                self.snap.skipped.push(format!(
+                    "{}: a nested repository, not captured",
+                    show(&path)
+                ));
+            } else {
+                self.snap.cut_more += 1;
+            }
             return Ok(());
         }
         self.walk(&mut sub, &path, depth + 1, ignored)
@@ -419,11 +425,15 @@ impl Walker<'_> {
 
     /// Leave `path` out: over budget. A tracked file keeps its old content.
     fn cut(&mut self, path: Vec<u8>, size: u64, tracked: bool) -> Result<(), WalkError> {
-        self.snap.cut.push(format!(
-            "{} ({size} bytes) is past the results budget of {} bytes",
-            show(&path),
-            self.limits.budget
-        ));
+        if self.snap.cut.len() < super::model::CUT_SHOWN {
+            self.snap.cut.push(format!(
+                "{} ({size} bytes) is past the results budget of {} bytes",
+                show(&path),
+                self.limits.budget
+            ));
+        } else {
+            self.snap.cut_more += 1;
+        }
         if tracked {
             self.seen.insert(path);
         }
