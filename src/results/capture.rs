@@ -137,7 +137,7 @@ pub async fn produce(work_root: &Path, git_home: &Path, base: &Base) -> Produced
                     .filter(|t| news.contains(&t.oid))
                     .map(|t| t.name.clone())
                     .collect();
-                if !names.is_empty() {
+                if !news.is_empty() {
                     ch.refs = names.clone();
                     match bundle_and_series(&git, &repo, &dir, &names, base, max).await {
                         Ok(files) => out.files.extend(files),
@@ -205,8 +205,8 @@ pub async fn produce(work_root: &Path, git_home: &Path, base: &Base) -> Produced
 }
 
 /// Fetch the objects of `tips` from the clone into `repo` through
-/// `src.git`, checked. The new commits (not reachable from any base ref),
-/// or `None` when there are none.
+/// `src.git`, checked: the new commits (reachable from no base ref, perhaps
+/// none) and the tips fetched, or `None` when no tip could be.
 async fn new_commits(
     git: &Git,
     work_root: &Path,
@@ -318,7 +318,7 @@ async fn new_commits(
         crate::fsutil::write_atomic(&repo.join("HEAD"), format!("{}\n", h.oid).as_bytes(), 0o600)
             .map_err(|e| e.to_string())?;
     }
-    Ok((!news.is_empty()).then_some((news, fetched)))
+    Ok(Some((news, fetched)))
 }
 
 /// The refspecs that fetch `tips` from `src.git` under their own names.
@@ -381,6 +381,9 @@ async fn bundle_and_series(
         .await
         .map_err(|e| e.to_string())?;
     let series = dir.join("commits.patch");
+    // Without a base (an empty repository) every commit is new: `--root`,
+    // or format-patch would read a lone ref as `<ref>..HEAD`.
+    let root: &[&str] = if not.is_empty() { &["--root"] } else { &[] };
     git.cmd(repo, "format-patch")
         .args([
             "format-patch",
@@ -390,6 +393,7 @@ async fn bundle_and_series(
             "--no-ext-diff",
         ])
         .args(["--no-textconv", "--no-signature", "--topo-order"])
+        .args(root)
         .args(names)
         .args(&not)
         .stdout_to(&series, max.saturating_add(1))

@@ -45,15 +45,24 @@ fn no_secret(_: &crate::desired::SecretSource) -> Result<String, String> {
 /// A work folder whose clone came from a repository with README.md and a
 /// second branch, and a record folder; the base recorded.
 async fn session(plan: Plan) -> Session {
+    session_of(plan, true).await
+}
+
+/// As [`session`]; `commits`: false clones an empty repository.
+async fn session_of(plan: Plan, commits: bool) -> Session {
     let tmp = tempfile::tempdir().expect("tempdir");
     let src = tmp.path().join("src");
     std::fs::create_dir_all(&src).expect("mkdir");
     git(&src, &["init", "-q"]);
-    std::fs::write(src.join("README.md"), "hello\n").expect("write");
-    std::fs::write(src.join("big.txt"), "x\n".repeat(100)).expect("write");
-    git(&src, &["add", "."]);
-    git(&src, &["commit", "-qm", "first"]);
-    git(&src, &["branch", "other"]);
+    if commits {
+        std::fs::write(src.join("README.md"), "hello\n").expect("write");
+        std::fs::write(src.join("big.txt"), "x\n".repeat(100)).expect("write");
+        git(&src, &["add", "."]);
+        git(&src, &["commit", "-qm", "first"]);
+        std::fs::write(src.join("README.md"), "hello again\n").expect("write");
+        git(&src, &["commit", "-qam", "second"]);
+        git(&src, &["branch", "other"]);
+    }
     let work = tmp.path().join("work");
     let repo = work.join("home/repo");
     std::fs::create_dir_all(work.join("home")).expect("mkdir");
@@ -522,4 +531,38 @@ async fn a_corrupt_pack_or_a_git_folder_swapped_for_a_link_is_reported_not_follo
     );
     let patch = std::fs::read_to_string(s.record.join("agentd/worktree.patch")).expect("patch");
     assert!(patch.contains("+edited"), "{patch}");
+}
+
+#[tokio::test]
+async fn an_empty_repository_and_a_head_moved_back_are_measured_right_issue_20() {
+    // Every commit in a clone of an empty repository is new.
+    let s = session_of(plan(1 << 20), false).await;
+    std::fs::write(s.repo.join("a.txt"), "a\n").expect("write");
+    git(&s.repo, &["add", "a.txt"]);
+    git(&s.repo, &["commit", "-qm", "one"]);
+    std::fs::write(s.repo.join("a.txt"), "a\nb\n").expect("write");
+    git(&s.repo, &["commit", "-qam", "two"]);
+    let ch = finish_it(&s).await.changes.expect("changes");
+    assert_eq!((ch.base.as_deref(), ch.commits), (None, 2), "{ch:?}");
+    let series = std::fs::read_to_string(s.record.join("agentd/commits.patch")).expect("series");
+    assert!(
+        series.contains("[PATCH 1/2] one") && series.contains("[PATCH 2/2] two"),
+        "{series}"
+    );
+    assert_eq!((ch.files_changed, ch.insertions), (1, 2), "{ch:?}");
+
+    // HEAD moved back into the base's history: no new commit, and the
+    // work tree is compared with where HEAD is now.
+    let s = session(plan(1 << 20)).await;
+    git(&s.repo, &["checkout", "-q", "HEAD~1"]);
+    let back = git(&s.repo, &["rev-parse", "HEAD"]);
+    let ch = finish_it(&s).await.changes.expect("changes");
+    assert_eq!(ch.commits, 0);
+    assert_eq!(ch.head.as_deref(), Some(back.as_str()));
+    assert_eq!(ch.patch_bytes, 0, "{ch:?}");
+    assert_eq!(
+        (ch.files_changed, ch.deletions, ch.insertions),
+        (1, 1, 1),
+        "{ch:?}"
+    );
 }
