@@ -80,7 +80,20 @@ pub async fn record(work_root: &Path, git_home: &Path, plan: Plan) -> Result<(),
         .and_then(|r| r.map_err(|e| e.to_string()))
         .map_err(|e| format!("recording the clone's refs for results: {e}"))?;
     if sha256 {
-        return Err("the repository uses SHA-256 object ids, which results capture does not support yet; hint: clone a SHA-1 repository".into());
+        // The session runs; what it changes is not captured, and its
+        // record says so.
+        let base = Base {
+            head: None,
+            head_ref: None,
+            refs: Vec::new(),
+            plan,
+            unsupported: Some(
+                "the repository uses SHA-256 object ids, which results capture does not support: changes not captured".into(),
+            ),
+        };
+        let json = serde_json::to_vec_pretty(&base).unwrap_or_default();
+        return crate::fsutil::write_atomic(&base_file(work_root), &json, 0o600)
+            .map_err(|e| format!("recording the clone's base for results: {e}"));
     }
     let (head_oid, head_ref) = refs::resolve_head(head.as_ref(), &refs_v);
     let base = Base {
@@ -88,6 +101,7 @@ pub async fn record(work_root: &Path, git_home: &Path, plan: Plan) -> Result<(),
         head_ref,
         refs: refs_v,
         plan,
+        unsupported: None,
     };
     let git = Git::new(git_home, Duration::from_secs(120));
     git.cmd(&repo, "init")

@@ -84,6 +84,18 @@ pub async fn finish(
     let Some(base) = base::read(work_root) else {
         return Captured::default();
     };
+    if let Some(why) = &base.unsupported {
+        let mut changes = Changes::default();
+        changes.cut(why.clone());
+        return Captured {
+            changes: Some(changes),
+            push: base
+                .plan
+                .push
+                .as_ref()
+                .map(|_| PushResult::Skipped { why: why.clone() }),
+        };
+    }
     if let Err(e) = std::fs::create_dir_all(git_home) {
         tracing::warn!(error = %e, "cannot create git's home folder");
     }

@@ -169,6 +169,10 @@ pub struct Base {
     /// Every ref of the clone: branches, remote-tracking refs, tags.
     pub refs: Vec<RefTip>,
     pub plan: Plan,
+    /// Why this session's changes cannot be captured (a SHA-256
+    /// repository), when they cannot: the session runs all the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsupported: Option<String>,
 }
 
 impl Base {

@@ -566,3 +566,37 @@ async fn an_empty_repository_and_a_head_moved_back_are_measured_right_issue_20()
         "{ch:?}"
     );
 }
+
+#[tokio::test]
+async fn a_sha256_repository_runs_and_its_record_says_changes_were_not_captured_issue_20() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).expect("mkdir");
+    git(&src, &["init", "-q", "--object-format=sha256"]);
+    std::fs::write(src.join("a"), "a\n").expect("write");
+    git(&src, &["add", "a"]);
+    git(&src, &["commit", "-qm", "a"]);
+    let work = tmp.path().join("work");
+    std::fs::create_dir_all(work.join("home")).expect("mkdir");
+    let repo = work.join("home/repo");
+    git(
+        tmp.path(),
+        &[
+            "clone",
+            "-q",
+            "--no-local",
+            src.to_str().expect("utf8"),
+            repo.to_str().expect("utf8"),
+        ],
+    );
+    let home = tmp.path().join("git-home");
+    std::fs::create_dir_all(&home).expect("mkdir");
+    record_base(&work, &home, plan(1 << 20))
+        .await
+        .expect("the start goes on");
+    let record = tmp.path().join("record");
+    std::fs::create_dir_all(record.join("agentd")).expect("mkdir");
+    let c = finish(&work, &record, &home, Outcome::Success, &no_secret).await;
+    let ch = c.changes.expect("changes");
+    assert!(ch.truncated && ch.cut[0].contains("SHA-256"), "{ch:?}");
+}
