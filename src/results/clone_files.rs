@@ -212,7 +212,9 @@ pub fn copy_objects(dotgit: &Dir, have: &Path, dest: &Path, budget: u64) -> io::
     };
     let hex = |s: &[u8]| s.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
     let mut objects = objects;
-    let (names, _) = read_names(&mut objects, 1024, &Default::default())?;
+    // 256 fan-out folders, `pack` and `info`; anything else the agent put
+    // there is skipped, up to a bound.
+    let (names, _) = read_names(&mut objects, 100_000, &Default::default())?;
     let mut fans: Vec<CString> = names
         .into_iter()
         .map(|(n, _)| n)
