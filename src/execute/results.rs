@@ -40,12 +40,24 @@ pub async fn capture(sh: &Shared, session_id: &str, record: &Record, outcome: Ou
     let read = move |src: &crate::desired::SecretSource| {
         super::secrets::read("push.token", src, &env_lookup)
     };
+    // A push into a local repository runs where a local clone does: in the
+    // sandbox that covers the daemon's folders (but the quarantine
+    // repository, kept), trusting exactly that repository.
+    let sandbox = super::clone_sandbox::Sandbox::for_daemon(&sh.settings);
+    let launch = move |keep: &Path, home: &Path, trust: &[std::path::PathBuf]| {
+        sandbox.command(keep, home, trust, "git")
+    };
+    let git_home = sh.settings.state.join("git-home");
+    let host = crate::results::Host {
+        git_home: &git_home,
+        read_secret: &read,
+        sandbox: Some(&launch),
+    };
     crate::results::finish(
         &sh.settings.work_dir(session_id),
         &record.dir,
-        &sh.settings.state.join("git-home"),
         outcome,
-        &read,
+        &host,
     )
     .await
 }

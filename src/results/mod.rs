@@ -58,6 +58,16 @@ impl Captured {
     }
 }
 
+/// What the end of a session needs from the daemon.
+pub struct Host<'a> {
+    /// An empty folder of the daemon's: git's home.
+    pub git_home: &'a Path,
+    /// Reads the push token from its source.
+    pub read_secret: ReadSecret<'a>,
+    /// Runs git in the sandbox local clones run in (for a local push).
+    pub sandbox: Option<&'a git::Launch>,
+}
+
 /// Where a finished capture is kept, so a retried finish (a sealing
 /// failure, a crash) neither captures nor pushes twice.
 fn captured_file(work_root: &Path) -> PathBuf {
@@ -71,10 +81,10 @@ fn captured_file(work_root: &Path) -> PathBuf {
 pub async fn finish(
     work_root: &Path,
     record_dir: &Path,
-    git_home: &Path,
     outcome: Outcome,
-    read_secret: ReadSecret<'_>,
+    host: &Host<'_>,
 ) -> Captured {
+    let git_home = host.git_home;
     if let Some(c) = std::fs::read(captured_file(work_root))
         .ok()
         .and_then(|b| serde_json::from_slice::<Captured>(&b).ok())
@@ -134,7 +144,8 @@ pub async fn finish(
                     repo_git: &base::repo(work_root),
                 },
                 git_home,
-                read_secret,
+                host.read_secret,
+                host.sandbox,
             )
             .await,
         ),

@@ -16,7 +16,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::git::Git;
+use super::git::{Git, Launch};
 use super::model::{PushPlan, PushResult};
 use super::stream;
 use crate::desired::{Repo, SecretSource, valid_ref_name};
@@ -32,10 +32,12 @@ const ATTEMPTS: u32 = 4;
 const ATTEMPT_TIME: Duration = Duration::from_secs(60);
 
 /// The `receive-pack` a push into a local repository runs there.
+/// (`safe.directory` for exactly that repository comes from the global
+/// config the sandbox writes.)
 const LOCAL_RECEIVE_PACK: &str = "git -c core.hooksPath=/dev/null -c receive.autogc=false \
      -c core.alternateRefsCommand=true -c core.fsmonitor=false \
      -c receive.denyCurrentBranch=refuse -c receive.denyDeleteCurrent=refuse \
-     -c receive.fsckObjects=true -c safe.directory=* receive-pack";
+     -c receive.fsckObjects=true receive-pack";
 
 /// What a push needs from the capture.
 pub struct Pushing<'a> {
@@ -59,8 +61,16 @@ enum Target {
 /// sources as `execute::secrets` does); the error names the source.
 pub type ReadSecret<'a> = &'a (dyn Fn(&SecretSource) -> Result<String, String> + Sync);
 
-/// Push, or say why not.
-pub async fn push(p: &Pushing<'_>, git_home: &Path, read_secret: ReadSecret<'_>) -> PushResult {
+/// Push, or say why not. A push into a local repository runs in
+/// `sandbox` (the daemon's folders covered, as for a local clone): the
+/// repository named may have been made by someone else, with links into
+/// the daemon's folders.
+pub async fn push(
+    p: &Pushing<'_>,
+    git_home: &Path,
+    read_secret: ReadSecret<'_>,
+    sandbox: Option<&Launch>,
+) -> PushResult {
     if !p.plan.when.contains(&p.outcome) {
         return PushResult::Skipped {
             why: format!("the outcome `{}` is not in push.when", p.outcome.as_str()),
@@ -110,8 +120,14 @@ pub async fn push(p: &Pushing<'_>, git_home: &Path, read_secret: ReadSecret<'_>)
             }
             tokio::time::sleep(pause).await;
         }
-        let mut cmd = git
-            .cmd(p.repo_git, "push")
+        let cmd = match (&target, sandbox) {
+            (Target::Local(path), Some(launch)) => {
+                git.cmd_in(launch, p.repo_git, std::slice::from_ref(path), "push")
+            }
+            (Target::Local(_), None) => git.cmd(p.repo_git, "push"),
+            (Target::Https(_), _) => git.cmd(p.repo_git, "push"),
+        };
+        let mut cmd = cmd
             .within(ATTEMPT_TIME)
             .keep_failure()
             .capture(64 * 1024)
@@ -119,7 +135,7 @@ pub async fn push(p: &Pushing<'_>, git_home: &Path, read_secret: ReadSecret<'_>)
         cmd = match &target {
             Target::Local(path) => cmd
                 .file_transport()
-                .arg(format!("--receive-pack={LOCAL_RECEIVE_PACK}"))
+                .arg(receive_pack(sandbox.is_none().then_some(path.as_path())))
                 // Absolute: never read as an option.
                 .arg(path),
             Target::Https(url) => {
@@ -170,6 +186,20 @@ pub async fn push(p: &Pushing<'_>, git_home: &Path, read_secret: ReadSecret<'_>)
     }
 }
 
+/// `--receive-pack=...` for a local push. Without the sandbox (whose
+/// global config trusts the repository), `trust` is trusted on the
+/// command line, quoted for the shell git runs it with.
+fn receive_pack(trust: Option<&Path>) -> String {
+    match trust {
+        None => format!("--receive-pack={LOCAL_RECEIVE_PACK}"),
+        Some(p) => {
+            let quoted = p.display().to_string().replace('\'', "'\\''");
+            let head = LOCAL_RECEIVE_PACK.trim_end_matches("receive-pack");
+            format!("--receive-pack={head}-c 'safe.directory={quoted}' receive-pack")
+        }
+    }
+}
+
 /// Whether a failed push would fail again: the server refused (4xx),
 /// redirected (never followed), or the repository is not one.
 fn permanent(detail: &str) -> bool {
@@ -185,6 +215,16 @@ fn permanent(detail: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_local_receive_pack_trusts_exactly_the_repository_quoted_issue_20() {
+        assert!(receive_pack(None).ends_with("-c receive.fsckObjects=true receive-pack"));
+        assert!(!receive_pack(None).contains("safe.directory"));
+        assert!(
+            receive_pack(Some(Path::new("/srv/it's.git")))
+                .ends_with("-c 'safe.directory=/srv/it'\\''s.git' receive-pack")
+        );
+    }
 
     #[test]
     fn refusals_and_redirects_are_not_retried_issue_20() {

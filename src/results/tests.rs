@@ -99,8 +99,16 @@ fn plan(max: u64) -> Plan {
     }
 }
 
+fn host(home: &Path) -> Host<'_> {
+    Host {
+        git_home: home,
+        read_secret: &no_secret,
+        sandbox: None,
+    }
+}
+
 async fn finish_it(s: &Session) -> Captured {
-    finish(&s.work, &s.record, &s.home, Outcome::Success, &no_secret).await
+    finish(&s.work, &s.record, Outcome::Success, &host(&s.home)).await
 }
 
 #[tokio::test]
@@ -455,6 +463,7 @@ async fn a_push_to_a_local_repository_runs_none_of_its_hooks_and_is_never_forced
         },
         &s.home,
         &no_secret,
+        None,
     )
     .await;
     assert!(matches!(again, PushResult::Pushed { .. }), "{again:?}");
@@ -474,14 +483,7 @@ async fn a_push_to_a_local_repository_runs_none_of_its_hooks_and_is_never_forced
 
     // An outcome not in `when`, and a session without new commits.
     let s3 = session(push_plan(&dest, "agentd/p/three")).await;
-    let c3 = finish(
-        &s3.work,
-        &s3.record,
-        &s3.home,
-        Outcome::WorkFailed,
-        &no_secret,
-    )
-    .await;
+    let c3 = finish(&s3.work, &s3.record, Outcome::WorkFailed, &host(&s3.home)).await;
     assert!(
         matches!(c3.push, Some(PushResult::Skipped { .. })),
         "{:?}",
@@ -596,7 +598,7 @@ async fn a_sha256_repository_runs_and_its_record_says_changes_were_not_captured_
         .expect("the start goes on");
     let record = tmp.path().join("record");
     std::fs::create_dir_all(record.join("agentd")).expect("mkdir");
-    let c = finish(&work, &record, &home, Outcome::Success, &no_secret).await;
+    let c = finish(&work, &record, Outcome::Success, &host(&home)).await;
     let ch = c.changes.expect("changes");
     assert!(ch.truncated && ch.cut[0].contains("SHA-256"), "{ch:?}");
 }

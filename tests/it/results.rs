@@ -589,3 +589,34 @@ fn a_push_redirected_elsewhere_fails_without_the_token_going_there_issue_20() {
         "the push followed the redirect: {there}"
     );
 }
+
+#[test]
+fn the_agents_commits_are_pushed_into_a_local_repository_without_its_hooks_issue_20() {
+    if !require_podman() {
+        return;
+    }
+    let mut w = World::new();
+    let bare = PathBuf::from(w.repo_url.trim_start_matches("file://"));
+    let marker = w.path().join("hook-ran");
+    let hook = bare.join("hooks/pre-receive");
+    std::fs::create_dir_all(bare.join("hooks")).expect("mkdir");
+    std::fs::write(&hook, format!("#!/bin/sh\ntouch {}\n", marker.display())).expect("hook");
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    w.sh_profile(
+        "localpush",
+        &format!("set -e; {AGENT_GIT}echo more >> README.md; g commit -qam more"),
+        "push = { branch = \"agentd/{request}\", when = [\"success\"] }\n",
+    );
+    w.request("r-1", "profile = \"localpush\"\n");
+    w.start_daemon();
+    let s = w.wait_done("r-1");
+    assert_eq!(s["outcome"], "success", "{s}\n{}", w.log());
+    let head = s["changes"]["head"].as_str().expect("head").to_string();
+    assert_eq!(
+        s["push"],
+        serde_json::json!({"result": "pushed", "ref": "refs/heads/agentd/r-1", "commit": head})
+    );
+    assert_eq!(git(&bare, &["rev-parse", "refs/heads/agentd/r-1"]), head);
+    assert!(!marker.exists(), "the repository's hook ran");
+}
