@@ -3,7 +3,10 @@
 //! the record is sealed. Kept apart so `start` and `finish` carry one line
 //! each.
 
+use std::ffi::OsString;
 use std::path::Path;
+
+use super::clone_sandbox::SUBCOMMAND;
 
 use super::Shared;
 use crate::audit::Record;
@@ -40,12 +43,27 @@ pub async fn capture(sh: &Shared, session_id: &str, record: &Record, outcome: Ou
     let read = move |src: &crate::desired::SecretSource| {
         super::secrets::read("push.token", src, &env_lookup)
     };
-    // A push into a local repository runs where a local clone does: in the
-    // sandbox that covers the daemon's folders (but the quarantine
-    // repository, kept), trusting exactly that repository.
-    let sandbox = super::clone_sandbox::Sandbox::for_daemon(&sh.settings);
-    let launch = move |keep: &Path, home: &Path, trust: &[std::path::PathBuf]| {
-        sandbox.command(keep, home, trust, "git")
+    // The receiving side of a push into a local repository runs where a
+    // local clone does: in the sandbox (a root of git's system folders, the
+    // repository kept writable and trusted, nothing of the daemon's). git
+    // runs it through the shell, so the helper is named by its path.
+    let hide = super::clone_sandbox::Sandbox::for_daemon(&sh.settings).hide;
+    let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
+    let launch = move |dest: &Path, home: &Path| {
+        let mut argv: Vec<OsString> = vec![exe.clone().into(), SUBCOMMAND.into()];
+        for h in &hide {
+            argv.extend(["--hide".into(), h.clone().into()]);
+        }
+        argv.extend([
+            "--keep".into(),
+            dest.into(),
+            "--home".into(),
+            home.into(),
+            "--trust".into(),
+            dest.into(),
+            "--".into(),
+        ]);
+        argv
     };
     let git_home = sh.settings.state.join("git-home");
     let host = crate::results::Host {

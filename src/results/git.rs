@@ -40,9 +40,10 @@ const PASS_ENV: &[&str] = &[
     "NO_PROXY",
 ];
 
-/// Makes the command that runs git in a sandbox, given the folder kept
-/// visible and writable, git's home, and the repositories trusted.
-pub type Launch = dyn Fn(&Path, &Path, &[PathBuf]) -> tokio::process::Command + Send + Sync;
+/// The argv prefix (up to and including `--`) that runs a program in the
+/// sandbox local clones run in, with the given repository kept (visible,
+/// writable, trusted) and the given git home.
+pub type Launch = dyn Fn(&Path, &Path) -> Vec<std::ffi::OsString> + Send + Sync;
 
 /// Stderr kept for an error message.
 const STDERR_CAP: usize = 64 * 1024;
@@ -124,17 +125,7 @@ impl Git {
     /// `git <args>` on the repository `git_dir` (one the daemon made).
     /// `what` names the step in messages.
     pub fn cmd(&self, git_dir: &Path, what: &str) -> GitCmd {
-        self.cmd_from(tokio::process::Command::new("git"), git_dir, what)
-    }
-
-    /// As [`Git::cmd`], in the sandbox `launch` makes (`execute`'s clone
-    /// sandbox: the daemon's folders covered but `git_dir`, `trust` the only
-    /// repository trusted, git's global config its own).
-    pub fn cmd_in(&self, launch: &Launch, git_dir: &Path, trust: &[PathBuf], what: &str) -> GitCmd {
-        self.cmd_from(launch(git_dir, &self.home, trust), git_dir, what)
-    }
-
-    fn cmd_from(&self, mut cmd: tokio::process::Command, git_dir: &Path, what: &str) -> GitCmd {
+        let mut cmd = tokio::process::Command::new("git");
         cmd.env_clear();
         for k in PASS_ENV {
             if let Some(v) = std::env::var_os(k) {

@@ -120,14 +120,8 @@ pub async fn push(
             }
             tokio::time::sleep(pause).await;
         }
-        let cmd = match (&target, sandbox) {
-            (Target::Local(path), Some(launch)) => {
-                git.cmd_in(launch, p.repo_git, std::slice::from_ref(path), "push")
-            }
-            (Target::Local(_), None) => git.cmd(p.repo_git, "push"),
-            (Target::Https(_), _) => git.cmd(p.repo_git, "push"),
-        };
-        let mut cmd = cmd
+        let mut cmd = git
+            .cmd(p.repo_git, "push")
             .within(ATTEMPT_TIME)
             .keep_failure()
             .capture(64 * 1024)
@@ -135,7 +129,7 @@ pub async fn push(
         cmd = match &target {
             Target::Local(path) => cmd
                 .file_transport()
-                .arg(receive_pack(sandbox.is_none().then_some(path.as_path())))
+                .arg(receive_pack(path, sandbox.map(|l| l(path, git_home))))
                 // Absolute: never read as an option.
                 .arg(path),
             Target::Https(url) => {
@@ -186,16 +180,23 @@ pub async fn push(
     }
 }
 
-/// `--receive-pack=...` for a local push. Without the sandbox (whose
-/// global config trusts the repository), `trust` is trusted on the
-/// command line, quoted for the shell git runs it with.
-fn receive_pack(trust: Option<&Path>) -> String {
-    match trust {
-        None => format!("--receive-pack={LOCAL_RECEIVE_PACK}"),
-        Some(p) => {
-            let quoted = p.display().to_string().replace('\'', "'\\''");
+/// `--receive-pack=...` for a push into the local repository `dest`: the
+/// sending side is the daemon's own quarantine repository; the receiving
+/// side, which runs in `dest` (a folder someone else may have made),
+/// runs in the sandbox when `sandbox` gives its argv prefix (whose global
+/// config trusts exactly `dest`), else with `dest` trusted on its command
+/// line. Quoted for the shell git runs it with.
+fn receive_pack(dest: &Path, sandbox: Option<Vec<std::ffi::OsString>>) -> String {
+    let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+    match sandbox {
+        Some(prefix) => {
+            let words: Vec<String> = prefix.iter().map(|w| quote(&w.to_string_lossy())).collect();
+            format!("--receive-pack={} {LOCAL_RECEIVE_PACK}", words.join(" "))
+        }
+        None => {
             let head = LOCAL_RECEIVE_PACK.trim_end_matches("receive-pack");
-            format!("--receive-pack={head}-c 'safe.directory={quoted}' receive-pack")
+            let trust = quote(&format!("safe.directory={}", dest.display()));
+            format!("--receive-pack={head}-c {trust} receive-pack")
         }
     }
 }
@@ -218,11 +219,25 @@ mod tests {
 
     #[test]
     fn a_local_receive_pack_trusts_exactly_the_repository_quoted_issue_20() {
-        assert!(receive_pack(None).ends_with("-c receive.fsckObjects=true receive-pack"));
-        assert!(!receive_pack(None).contains("safe.directory"));
+        let dest = Path::new("/srv/it's.git");
         assert!(
-            receive_pack(Some(Path::new("/srv/it's.git")))
+            receive_pack(dest, None)
                 .ends_with("-c 'safe.directory=/srv/it'\\''s.git' receive-pack")
+        );
+        let sandboxed = receive_pack(
+            dest,
+            Some(vec![
+                "/usr/bin/agentd".into(),
+                "--keep".into(),
+                dest.into(),
+                "--".into(),
+            ]),
+        );
+        assert_eq!(
+            sandboxed,
+            format!(
+                "--receive-pack='/usr/bin/agentd' '--keep' '/srv/it'\\''s.git' '--' {LOCAL_RECEIVE_PACK}"
+            )
         );
     }
 
