@@ -34,6 +34,8 @@ fn start_form(sid: &str) -> SessionRecord {
         image_digest: None,
         message: None,
         cut: None,
+        changes: None,
+        push: None,
     }
 }
 

@@ -12,6 +12,7 @@ pub mod fsutil;
 pub mod metrics;
 pub mod observed;
 pub mod plan;
+pub mod results;
 pub mod runtime;
 pub mod schedule;
 pub mod source;

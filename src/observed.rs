@@ -226,6 +226,12 @@ pub struct Status {
     /// object: present only while it is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_reason: Option<StopReason>,
+    /// What the agent changed, once done (issue 20).
+    #[serde(default)]
+    pub changes: Option<crate::results::Changes>,
+    /// How the push went, once done, when the profile pushes (issue 20).
+    #[serde(default)]
+    pub push: Option<crate::results::PushResult>,
 }
 
 /// Why agentd stopped a session.
@@ -257,6 +263,8 @@ impl Status {
             audit_dir: None,
             message: None,
             stop_reason: None,
+            changes: None,
+            push: None,
         }
     }
 }

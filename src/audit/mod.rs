@@ -68,6 +68,13 @@ pub struct SessionRecord {
     /// What of `session/` was over budget and left out of the sealed record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cut: Option<Cut>,
+    /// What the agent changed (issue 20): `agentd/changes.bundle` and the
+    /// patches are described here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changes: Option<crate::results::Changes>,
+    /// How the push of the agent's commits went, when the profile pushes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push: Option<crate::results::PushResult>,
 }
 
 /// `session.json`'s `cut`: entries of `session/` left out of a sealed

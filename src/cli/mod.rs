@@ -7,6 +7,7 @@ mod audit;
 mod cancel;
 mod completions;
 mod daemon;
+mod diff;
 pub mod escape;
 mod import;
 mod logs;
@@ -145,6 +146,12 @@ pub enum Command {
     Logs(logs::Args),
     /// Cancel a request by removing its file.
     Cancel(cancel::Args),
+    /// Print what a session's agent changed: its commits as a patch
+    /// series, then its uncommitted work (from the audit record).
+    ///
+    /// Escaped for the terminal unless --raw, which gives the bytes
+    /// `git am` and `git apply` take.
+    Diff(diff::Args),
     /// Audit records: verify sealed records against their manifests.
     #[command(subcommand)]
     Audit(audit::Command),
@@ -197,6 +204,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Status(a)) => status::run(&cli.global, &a),
         Some(Command::Logs(a)) => logs::run(&cli.global, &a),
         Some(Command::Cancel(a)) => cancel::run(&cli.global, &a),
+        Some(Command::Diff(a)) => diff::run(&cli.global, &a),
         Some(Command::Plan(a)) => plan::run(&cli.global, &a),
         Some(Command::Audit(a)) => audit::run(&cli.global, &a),
         Some(Command::Validate(a)) => validate::run(&cli.global, &a),

@@ -9,6 +9,7 @@ mod assemble;
 mod diag;
 mod model;
 mod parse;
+mod push;
 mod repos;
 mod rules;
 mod sources;
@@ -24,6 +25,10 @@ pub use assemble::{
 pub use diag::{Diagnostic, Pos, locate_key};
 pub use model::*;
 pub use parse::{Format, MAX_FILE_BYTES};
+pub use push::{
+    BranchVars, DEFAULT_PUSH_BRANCH, DEFAULT_RESULTS_MAX_BYTES, Push, expand_branch,
+    sanitize as sanitize_placeholder, valid_ref_name,
+};
 pub use repos::{RepoPattern, normalize as normalize_repo};
 pub use rules::{duration as parse_duration, request_id as check_request_id};
 pub use validate::{profile as validate_profile, request as validate_request, sha256_hex, stem};

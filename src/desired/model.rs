@@ -126,6 +126,10 @@ pub struct Profile {
     pub network: Network,
     pub max_concurrent: Option<u32>,
     pub suspend: bool,
+    /// Where the agent's new commits are pushed (issue 20).
+    pub push: Option<super::push::Push>,
+    /// Cap on the bundle and patches a record keeps (issue 20).
+    pub results_max_bytes: u64,
 }
 
 impl Profile {
@@ -156,6 +160,8 @@ impl Profile {
             network: Network::Default,
             max_concurrent: None,
             suspend: false,
+            push: None,
+            results_max_bytes: super::push::DEFAULT_RESULTS_MAX_BYTES,
         }
     }
 }
@@ -206,8 +212,9 @@ pub const MAX_SECRET_BYTES: usize = 64 * 1024;
 
 /// Where a secret value (a credential or the clone token) comes from.
 /// Validation checked the form; whether the source exists is known only
-/// when a session starts.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// when a session starts. Serializable (a name or path, never a value): a
+/// session keeps its push token's source in its work folder.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum SecretSource {
     /// An environment variable of the daemon; its value is taken as is.
     Env(String),

@@ -309,6 +309,14 @@ pub fn profile(path: &Path, bytes: &[u8], host: &dyn HostView) -> Result<Profile
             Network::Default
         }
     };
+    let push = w.push.as_ref().and_then(|p| {
+        super::push::validate(p, repo.as_ref())
+            .map_err(|problems| problems.into_iter().for_each(|(k, p)| s.at(k, 0, p)))
+            .ok()
+    });
+    let results_max_bytes = super::push::results_max_bytes(w.results_max_bytes)
+        .map_err(|p| s.at("results_max_bytes", 0, p))
+        .unwrap_or_default();
     if !s.out.is_empty() {
         return Err(s.out);
     }
@@ -339,6 +347,8 @@ pub fn profile(path: &Path, bytes: &[u8], host: &dyn HostView) -> Result<Profile
         network,
         max_concurrent: w.max_concurrent,
         suspend: w.suspend.unwrap_or(false),
+        push,
+        results_max_bytes,
     })
 }
 

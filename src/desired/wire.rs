@@ -82,6 +82,32 @@ pub struct ProfileFile {
     pub max_concurrent: Option<u32>,
     /// True: admit no new sessions (running ones finish).
     pub suspend: Option<bool>,
+    /// Push the agent's new commits to a branch of the cloned repository
+    /// when the session ends with one of `when`'s outcomes (issue 20).
+    pub push: Option<PushWire>,
+    /// Cap in bytes on what a record keeps of the agent's changes (the
+    /// bundle of its commits and the patches together); default 100 MiB.
+    pub results_max_bytes: Option<u64>,
+}
+
+/// Where and when the agent's new commits are pushed: the daemon pushes
+/// the session's HEAD to `refs/heads/<branch>` of the repository the
+/// session cloned, never forced, over https with `token` (or to a local
+/// repository without one). The agent never holds the token.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PushWire {
+    /// Branch name template (default `agentd/{profile}/{session_id}`);
+    /// placeholders `{profile}`, `{session_id}`, `{request}`, `{work_unit}`
+    /// (`none` when the request has none), each value mapped to
+    /// `[A-Za-z0-9._-]` with anything else as `-`.
+    pub branch: Option<String>,
+    /// Outcomes after which the daemon pushes (default `["success"]`).
+    pub when: Option<Vec<String>>,
+    /// The push token: `{ systemd_credential = "..." }`, `{ file =
+    /// "/abs/path" }` or `{ source = "ENV_VAR" }` (not a Podman secret).
+    /// Required for an https:// repository; sent only to it.
+    pub token: Option<TokenSourceWire>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]

@@ -202,6 +202,15 @@ pub async fn finish(sh: &Arc<Shared>, request: &str, cancelled: bool) {
         None => judge(&status, inspected.as_ref(), cancelled, now),
     };
 
+    // What the agent changed (issue 20): from the capture, or from the
+    // record a crashed finish already sealed.
+    let mut results = finalized
+        .as_ref()
+        .map(|r| crate::results::Captured {
+            changes: r.changes.clone(),
+            push: r.push.clone(),
+        })
+        .unwrap_or_default();
     if let (Some(sid), Some(record)) = (&status.session_id, &record) {
         let work = sh.settings.work_dir(sid);
         if finalized.is_none() {
@@ -228,10 +237,14 @@ pub async fn finish(sh: &Arc<Shared>, request: &str, cancelled: bool) {
                     return;
                 }
             }
+            let captured = super::results::capture(sh, sid, record, outcome).await;
+            add_note(&mut message, captured.note());
+            results = captured.clone();
             let image_id = inspected.as_ref().map(|i| i.image_id.clone());
             let image_digest = inspected.as_ref().and_then(|i| i.image_digest.clone());
             let final_message = message.clone();
             let sealed = seal_record(sh, request, record, move |rec| {
+                (rec.changes, rec.push) = (captured.changes, captured.push);
                 rec.end_timestamp = Some(now);
                 rec.outcome = Some(outcome);
                 rec.exit_code = exit_code;
@@ -267,6 +280,7 @@ pub async fn finish(sh: &Arc<Shared>, request: &str, cancelled: bool) {
         s.finished_at = Some(now);
         s.message = message;
         s.stop_reason = None;
+        (s.changes, s.push) = (results.changes, results.push);
     });
     tracing::info!(
         request,

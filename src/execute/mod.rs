@@ -12,6 +12,7 @@ mod finish;
 mod images;
 mod leftovers;
 mod private_repo;
+mod results;
 mod schedule;
 mod secrets;
 mod start;

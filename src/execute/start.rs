@@ -116,6 +116,8 @@ pub async fn start(sh: &Arc<Shared>, request: &str, profile: Profile) {
         image_digest: None,
         message: None,
         cut: None,
+        changes: None,
+        push: None,
     };
     if let Err(e) = record.write_session(&session_rec) {
         super::finish::fail_start(sh, request, Some(&session_id), &e.to_string()).await;
@@ -386,6 +388,7 @@ fn prepare(
     let clone_job = CloneJob {
         repo: repo.clone(),
         profile: profile.name.clone(),
+        results: super::results::plan(profile, repo, session_id, spec),
         token,
         work: WorkDir {
             root: work.root.clone(),
@@ -546,6 +549,8 @@ struct CloneJob {
     repo: crate::desired::Repo,
     /// The profile's name: keys a mirror fetched with its token.
     profile: String,
+    /// What results capture and push need at the end (issue 20).
+    results: crate::results::Plan,
     token: Option<String>,
     work: WorkDir,
 }
@@ -570,6 +575,7 @@ impl CloneJob {
             &env,
         )
         .await?;
+        super::results::record_base(sh, &self.work.root, self.results).await?;
         self.work
             .give_home_to(sh.settings.host_session_uid())
             .map_err(|e| format!("cannot hand the home folder to the session user: {e}"))?;

@@ -71,6 +71,9 @@ fn every_secret_source_reaches_the_session_and_never_leaks_issue_11() {
     let rnd = || agentd::execute::new_session_id();
     // Distinct random markers; no haystack may contain any of them.
     let (env_m, sd_m, pod_m, file_m, tok_m) = (rnd(), rnd(), rnd(), rnd(), rnd());
+    // The push token (issue 20): read on the host, for the push only.
+    let push_m = rnd();
+    let push_token = format!("pushtok-{push_m}");
     let env_value = format!("env-{env_m}");
     let sd_value = format!("sd-{sd_m} with spaces 'and' \"quotes\"");
     // A multi-line Podman secret: read inside the session with sh builtins.
@@ -82,11 +85,18 @@ fn every_secret_source_reaches_the_session_and_never_leaks_issue_11() {
     let (cert, key) = self_signed(w.path());
     let served = w.path().join("served");
     bare_repo(&served.join("private.git"), "private repo over https");
-    let tls = GitServer::start(
+    let push_token_file = w.path().join("push-token");
+    private_file(
+        &push_token_file,
+        format!("{push_token}\n").as_bytes(),
+        0o400,
+    );
+    let tls = GitServer::start_with(
         &w.path().join("srv-tls"),
         &served,
         Some((&cert, &key)),
         Some(&token),
+        &["--push-token-file", push_token_file.to_str().expect("utf8")],
     );
     // What systemd's LoadCredential= makes: a private folder of files.
     let creds_dir = w.path().join("credentials");
@@ -101,7 +111,9 @@ fn every_secret_source_reaches_the_session_and_never_leaks_issue_11() {
     private_file(&token_file, format!("{token}\n").as_bytes(), 0o400);
 
     std::fs::create_dir_all(w.path().join("gate")).expect("mkdir");
-    let script = "for v in \"$ENV_C\" \"$SD_C\" \"$POD_C\" \"$FILE_C\"; do printf %s \"$v\" | sha256sum | cut -c1-64; done; \
+    // A quiet commit first, so the profile that pushes has something to push.
+    let script = "git -c user.name=a -c user.email=a@example.com commit -q --allow-empty -m pushed; \
+                  for v in \"$ENV_C\" \"$SD_C\" \"$POD_C\" \"$FILE_C\"; do printf %s \"$v\" | sha256sum | cut -c1-64; done; \
                   stat -c %a /agentd/secrets/POD_C; cat README.md; env | grep -c clonetok; \
                   until [ -e /gate/go ]; do sleep 0.05; done";
     let profile = |name: &str, token_form: &str, creds: &str| {
@@ -121,8 +133,10 @@ fn every_secret_source_reaches_the_session_and_never_leaks_issue_11() {
         "every",
         "{ systemd_credential = \"clone.token\" }",
         &format!(
-            "credentials = [\n  {{ name = \"ENV_C\", source = \"HOST_ENV_C\" }},\n  {{ name = \"SD_C\", systemd_credential = \"sd.key\" }},\n  \
+            "push = {{ token = {{ file = \"{}\" }} }}\n\
+             credentials = [\n  {{ name = \"ENV_C\", source = \"HOST_ENV_C\" }},\n  {{ name = \"SD_C\", systemd_credential = \"sd.key\" }},\n  \
              {{ name = \"POD_C\", podman_secret = \"{}\" }},\n  {{ name = \"FILE_C\", file = \"{}\" }},\n]\n",
+            push_token_file.display(),
             secret.0,
             file.display()
         ),
@@ -222,6 +236,12 @@ fn every_secret_source_reaches_the_session_and_never_leaks_issue_11() {
         served_log.matches("auth=ok").count() >= 2 && !served_log.contains("auth=bad"),
         "both clones used the token: {served_log}"
     );
+    // The push went with the push token, from the host, after the session.
+    assert_eq!(s["push"]["result"], "pushed", "{s}");
+    assert!(
+        served_log.contains("git-receive-pack auth=push"),
+        "{served_log}"
+    );
 
     let haystacks = leak_haystacks(
         &w,
@@ -242,6 +262,7 @@ fn every_secret_source_reaches_the_session_and_never_leaks_issue_11() {
             ("podman secret", &pod_m),
             ("file credential", &file_m),
             ("clone token", &tok_m),
+            ("push token", &push_m),
         ] {
             assert!(!text.contains(m.as_str()), "{what} value found in {name}");
         }

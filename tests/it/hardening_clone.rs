@@ -175,11 +175,16 @@ fn a_planted_folder_linking_into_another_profiles_mirror_gets_none_of_it_issue_1
         }
     }
     // Nothing the daemon keeps for the thief's requests names the commit;
-    // the mirror itself (its refs) legitimately does.
+    // the mirror itself (its refs) legitimately does, and so do the owner's
+    // own session record and status (issue 20: `changes.base`, the commit
+    // its clone started from).
     let haystacks = leak_haystacks(&w, Vec::new());
     let mut searched = 0;
     for (name, bytes) in &haystacks {
-        if name.contains("/cache/git/") {
+        if name.contains("/cache/git/")
+            || name.contains("/audit/owner/")
+            || name.ends_with("/status/fill.json")
+        {
             continue;
         }
         searched += 1;

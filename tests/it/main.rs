@@ -18,6 +18,7 @@ mod hardening_seal;
 mod hardening_urls;
 mod metrics;
 mod podman;
+mod results;
 mod rootless;
 mod scheduling;
 mod service_cli;

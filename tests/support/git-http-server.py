@@ -14,6 +14,11 @@ proxies in front of them do: percent-decodes it, reads `\\` as `/`, and
 resolves `.`, `..` and empty segments before it looks for the repository.
 `/team/%2e%2e%2fother%2fsecret.git/info/refs` then serves
 `other/secret.git`. The log line gains ` served=PATH`, the path as served.
+
+With --push-token-file a second password is accepted, logged as
+`auth=push` (a test can tell the push token from the clone token). With
+--redirect-push-to URL every push request (`git-receive-pack`) is answered
+`301` to URL + its path, and logged with ` redirected`; fetches are served.
 """
 
 import argparse
@@ -42,11 +47,17 @@ def main():
     ap.add_argument("--key")
     ap.add_argument("--token-file")
     ap.add_argument("--decode-paths", action="store_true")
+    ap.add_argument("--push-token-file")
+    ap.add_argument("--redirect-push-to")
     args = ap.parse_args()
     token = None
     if args.token_file:
         with open(args.token_file, encoding="utf-8") as f:
             token = f.read().strip()
+    push_token = None
+    if args.push_token_file:
+        with open(args.push_token_file, encoding="utf-8") as f:
+            push_token = f.read().strip()
     log = open(args.log, "a", buffering=1, encoding="utf-8")
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -68,6 +79,8 @@ def main():
                 _user, _, password = base64.b64decode(value).decode().partition(":")
             except Exception:
                 return "bad"
+            if push_token is not None and password == push_token:
+                return "push"
             return "ok" if password == token else "bad"
 
         def body(self):
@@ -88,9 +101,16 @@ def main():
             served = ""
             if args.decode_paths:
                 served = f" served={normalise(self.path.partition('?')[0])}"
-            log.write(f"{method} {self.path} auth={state}{served}\n")
             data = self.body() if method == "POST" else b""
-            if token is not None and state != "ok":
+            if args.redirect_push_to and "git-receive-pack" in self.path:
+                log.write(f"{method} {self.path} auth={state}{served} redirected\n")
+                self.send_response(301)
+                self.send_header("Location", args.redirect_push_to.rstrip("/") + self.path)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            log.write(f"{method} {self.path} auth={state}{served}\n")
+            if token is not None and state not in ("ok", "push"):
                 msg = b"authentication required\n"
                 self.send_response(401)
                 self.send_header("WWW-Authenticate", 'Basic realm="agentd-test"')

@@ -24,6 +24,8 @@ fn start_form() -> SessionRecord {
         image_digest: None,
         message: None,
         cut: None,
+        changes: None,
+        push: None,
     }
 }
 
