@@ -133,16 +133,15 @@ fn hostile_yaml_requests_under_the_size_guard_get_diagnostics_in_budget_issue_17
     under_the_guard("d/requests/x.yaml");
 }
 
-/// The same documents at 1 MiB are refused by the size guard, whatever
-/// they hold.
+/// The same documents just over the size guard, and at 1 MiB, are refused
+/// by the guard, whatever they hold.
 #[test]
 fn hostile_documents_over_the_size_guard_are_refused_in_budget_issue_17() {
     let mut problems = Vec::new();
     for (path, make) in loaders() {
-        for c in make(MAX_INPUT)
-            .into_iter()
-            .filter(|c| c.bytes.len() > MAX_FILE_BYTES)
-        {
+        let mut cases = make(MAX_FILE_BYTES + 1024);
+        cases.extend(corpus::junk(MAX_INPUT));
+        for c in cases.into_iter().filter(|c| c.bytes.len() > MAX_FILE_BYTES) {
             let what = format!("{path} with {} ({} bytes)", c.name, c.bytes.len());
             match load_one(&what, path, &c.bytes) {
                 Ok(d) if d.len() == 1 && d[0].contains("file is too large") => {}
