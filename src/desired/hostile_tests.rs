@@ -350,6 +350,87 @@ fn requests_with_huge_fields_are_validated_in_budget_issue_17() {
     assert_none(&problems);
 }
 
+/// A host where every path exists, the artifact schema of type `t` is
+/// `SCHEMA`, and every artifact file holds `artifact`.
+struct ArtifactHost {
+    artifact: Vec<u8>,
+}
+
+/// An operator's schema of the usual kind: required fields, types and a
+/// pattern for whatever else the artifact holds.
+const SCHEMA: &str = r#"{"type":"object","required":["pr"],"properties":{"pr":{"type":"integer"}},"additionalProperties":{"type":"array","items":{"type":"string","pattern":"^[a-z]+$"}}}"#;
+
+impl HostView for ArtifactHost {
+    fn exists(&self, _: &Path) -> bool {
+        true
+    }
+    fn is_dir(&self, _: &Path) -> bool {
+        true
+    }
+    fn read(&self, path: &Path) -> Option<Vec<u8>> {
+        path.ends_with("schemas/t.schema.json")
+            .then(|| SCHEMA.as_bytes().to_vec())
+    }
+    fn read_beneath(&self, _: &Path, _: &Path, cap: usize) -> Result<Vec<u8>, String> {
+        Ok(self.artifact[..self.artifact.len().min(cap + 1)].to_vec())
+    }
+}
+
+/// A request's artifact file (request-controlled, up to 1 MiB) is parsed
+/// and checked against the profile's schema: every hostile JSON document
+/// gets a value or a diagnostic, in budget.
+#[test]
+fn request_artifact_files_up_to_1_mib_are_validated_in_budget_issue_17() {
+    let request = b"profile = \"p\"\n[artifact]\ntype = \"t\"\npath = \"a.json\"\n";
+    let ok = ArtifactHost {
+        artifact: br#"{"pr": 7, "labels": ["a"]}"#.to_vec(),
+    };
+    let load_with = |host: &ArtifactHost| {
+        load(
+            &[
+                (Kind::Profile, Path::new("d/profiles/p.toml"), PROFILE_P),
+                (Kind::Request, Path::new("d/requests/x.toml"), request),
+            ],
+            host,
+        )
+    };
+    let (_, diags) = load_with(&ok);
+    assert!(diags.is_empty(), "the template is valid: {diags:?}");
+    let mut problems = Vec::new();
+    let entry = r#"{"pr": 7, "labels": ["a", "b", "NOT"]}"#;
+    let mut cases = corpus::json(MAX_ARTIFACT_BYTES, entry);
+    cases.push(Case {
+        name: "an array every item of which the schema refuses".into(),
+        bytes: corpus::repeat(
+            "{\"pr\":7,\"x\":[0",
+            |_| ",0".into(),
+            "]}",
+            MAX_ARTIFACT_BYTES,
+        ),
+    });
+    cases.push(Case {
+        name: "many properties the schema refuses".into(),
+        bytes: corpus::repeat(
+            "{\"pr\":7",
+            |i| format!(",\"{i}\":0"),
+            "}",
+            MAX_ARTIFACT_BYTES,
+        ),
+    });
+    for c in cases {
+        let host = ArtifactHost { artifact: c.bytes };
+        let what = format!(
+            "artifact file of {} ({} bytes)",
+            c.name,
+            host.artifact.len()
+        );
+        if let Err(e) = within_budget(&what, || load_with(&host), |(_, d)| d.len()) {
+            problems.push(e);
+        }
+    }
+    assert_none(&problems);
+}
+
 /// Brackets, braces and block markers opened to a random depth, closed or
 /// not, in the fields a loader reads deepest.
 fn nested_document() -> impl Strategy<Value = (&'static str, Vec<u8>)> {
