@@ -17,3 +17,5 @@ pub mod runtime;
 pub mod schedule;
 pub mod source;
 pub mod status;
+#[cfg(test)]
+mod testkit;

@@ -8,6 +8,8 @@
 //! incomplete by design: it never claims an end that did not happen.
 
 mod console;
+#[cfg(test)]
+mod hostile_tests;
 pub mod manifest;
 mod seal;
 pub mod verify;

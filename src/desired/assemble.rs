@@ -287,30 +287,17 @@ fn cross_check(r: &Request, desired: &Desired, host: &dyn HostView) -> Result<()
                         "schema `{}` is not a valid JSON Schema: {e}",
                         schema_path.display()
                     )),
-                    Ok(v) => {
-                        let errs: Vec<String> = v
-                            .iter_errors(json)
-                            .take(3)
-                            .map(|e| {
-                                let at = e.instance_path().to_string();
-                                format!(
-                                    "{} {e}",
-                                    if at.is_empty() {
-                                        "(root)".to_string()
-                                    } else {
-                                        at
-                                    }
-                                )
-                            })
-                            .collect();
-                        (!errs.is_empty()).then(|| {
-                            format!(
-                                "artifact does not match `{}`: {}",
-                                schema_path.display(),
-                                errs.join("; ")
-                            )
-                        })
-                    }
+                    // The first error only: `iter_errors` collects every
+                    // one before it yields any, and a 1 MiB artifact of
+                    // wrong array items made 200 MiB of them (issue 17).
+                    Ok(v) => v.validate(json).err().map(|e| {
+                        let at = e.instance_path().to_string();
+                        format!(
+                            "artifact does not match `{}`: {} {e}",
+                            schema_path.display(),
+                            if at.is_empty() { "(root)" } else { &at }
+                        )
+                    }),
                 },
             };
             if let Some(msg) = problem {

@@ -72,25 +72,12 @@ pub fn pos_of_offset(text: &str, offset: usize) -> Pos {
 /// Where a field is written in a TOML or YAML file, found textually so it
 /// works for both formats: the `nth` (0-based) line whose first token (after
 /// indentation, `- ` list markers, `[[`/`{`) is `key` followed by `=` or `:`.
-/// Used for semantic errors, which the parsers cannot place.
+/// Used for semantic errors, which the parsers cannot place. One call scans
+/// the text; to place many problems in one file use [`KeyIndex`].
 pub fn locate_key(text: &str, key: &str, nth: usize) -> Option<Pos> {
     let mut seen = 0;
     for (lineno, line) in text.lines().enumerate() {
-        // Keys start a line (after indentation and `- ` list markers) or, in
-        // inline tables and flow mappings, follow a `{` or a `,`.
-        let starts = std::iter::once(0).chain(
-            line.match_indices(['{', ','])
-                .filter(|_| line.contains('{'))
-                .map(|(i, _)| i + 1),
-        );
-        for start in starts {
-            let rest = &line[start..];
-            let trimmed = rest.trim_start_matches([' ', '\t', '-']);
-            let col = start + rest.len() - trimmed.len();
-            let (bare, quoted) = match trimmed.strip_prefix('"') {
-                Some(b) => (b, true),
-                None => (trimmed, false),
-            };
+        for (col, quoted, bare) in key_starts(line) {
             let Some(after) = bare.strip_prefix(key) else {
                 continue;
             };
@@ -103,15 +90,104 @@ pub fn locate_key(text: &str, key: &str, nth: usize) -> Option<Pos> {
                 continue;
             }
             if seen == nth {
-                return Some(Pos {
-                    line: u32::try_from(lineno + 1).unwrap_or(u32::MAX),
-                    col: u32::try_from(line[..col].chars().count() + 1).unwrap_or(u32::MAX),
-                });
+                return Some(pos(lineno, line[..col].chars().count()));
             }
             seen += 1;
         }
     }
     None
+}
+
+/// Where keys may start in `line`: `(byte column, quoted, text after the
+/// opening quote)`, in order. Keys start a line (after indentation and `- `
+/// list markers) or, in inline tables and flow mappings, follow a `{` or a
+/// `,`.
+fn key_starts(line: &str) -> impl Iterator<Item = (usize, bool, &str)> {
+    let braces = line.contains('{');
+    std::iter::once(0)
+        .chain(
+            line.match_indices(['{', ','])
+                .filter(move |_| braces)
+                .map(|(i, _)| i + 1),
+        )
+        .map(move |start| {
+            let rest = &line[start..];
+            let trimmed = rest.trim_start_matches([' ', '\t', '-']);
+            let col = start + rest.len() - trimmed.len();
+            match trimmed.strip_prefix('"') {
+                Some(b) => (col, true, b),
+                None => (col, false, trimmed),
+            }
+        })
+}
+
+fn pos(lineno: usize, chars_before: usize) -> Pos {
+    Pos {
+        line: u32::try_from(lineno + 1).unwrap_or(u32::MAX),
+        col: u32::try_from(chars_before + 1).unwrap_or(u32::MAX),
+    }
+}
+
+/// Whether `c` ends an unquoted key in [`KeyIndex`]: a key holding such a
+/// character is looked up by scanning instead.
+fn ends_key(c: char) -> bool {
+    c.is_whitespace() || matches!(c, '=' | ':' | '"')
+}
+
+/// At most this many scans per file for keys [`KeyIndex`] cannot hold
+/// (env keys with spaces or colons); later ones go unplaced.
+const MAX_SCANS: usize = 16;
+
+/// Every place a key is written in one file, found in one pass, so placing
+/// thousands of problems costs one scan of the text rather than one each
+/// (issue 17: 6,000 wrong mounts, each placed by rescanning the file, took
+/// minutes). [`KeyIndex::locate`] answers as [`locate_key`] does.
+pub struct KeyIndex<'t> {
+    text: &'t str,
+    at: std::collections::HashMap<&'t str, Vec<Pos>>,
+    scans: std::cell::Cell<usize>,
+}
+
+impl<'t> KeyIndex<'t> {
+    pub fn new(text: &'t str) -> KeyIndex<'t> {
+        let mut at: std::collections::HashMap<&str, Vec<Pos>> = Default::default();
+        for (lineno, line) in text.lines().enumerate() {
+            // Columns in characters, counted once along the line.
+            let (mut byte, mut chars) = (0, 0);
+            for (col, quoted, bare) in key_starts(line) {
+                chars += line[byte..col].chars().count();
+                byte = col;
+                let (key, after) = if quoted {
+                    match bare.split_once('"') {
+                        Some(split) => split,
+                        None => continue,
+                    }
+                } else {
+                    bare.split_at(bare.find(ends_key).unwrap_or(bare.len()))
+                };
+                if !key.is_empty() && after.trim_start().starts_with(['=', ':']) {
+                    at.entry(key).or_default().push(pos(lineno, chars));
+                }
+            }
+        }
+        KeyIndex {
+            text,
+            at,
+            scans: Default::default(),
+        }
+    }
+
+    /// Where the `nth` (0-based) `key` is written, as [`locate_key`] says.
+    pub fn locate(&self, key: &str, nth: usize) -> Option<Pos> {
+        if key.is_empty() || key.contains(ends_key) {
+            let n = self.scans.get();
+            self.scans.set(n + 1);
+            return (n < MAX_SCANS)
+                .then(|| locate_key(self.text, key, nth))
+                .flatten();
+        }
+        self.at.get(key)?.get(nth).copied()
+    }
 }
 
 #[cfg(test)]
@@ -147,6 +223,41 @@ mod tests {
             locate_key("\"repo\" = 1", "repo", 0),
             Some(Pos { line: 1, col: 1 })
         );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// The one-pass index places every key where the scan does
+        /// (issue 17), in TOML and YAML shapes, odd spacing and quoting.
+        #[test]
+        fn key_index_places_keys_as_locate_key_does_issue_17(
+            text in "((source|target|a b|é|x:y|\"|-|=|:|\\{|,|\\[|\\]| |\t|\u{3000}|\r|\n|1)){0,60}",
+            nth in 0usize..4,
+        ) {
+            let index = KeyIndex::new(&text);
+            for key in ["source", "target", "a", "x", "é", "1", "a b", "x:y", "sou"] {
+                proptest::prop_assert_eq!(
+                    index.locate(key, nth),
+                    locate_key(&text, key, nth),
+                    "{:?} in {:?}", key, text
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn key_index_finds_keys_in_toml_and_yaml_issue_17() {
+        let toml = "base_image = \"x\"\nmounts = [\n  { source = \"/a\", target = \"/b\" },\n  { source = \"/c\", target = \"/d\" },\n]\n";
+        let i = KeyIndex::new(toml);
+        assert_eq!(i.locate("base_image", 0), Some(Pos { line: 1, col: 1 }));
+        assert_eq!(i.locate("target", 1), Some(Pos { line: 4, col: 20 }));
+        assert_eq!(i.locate("target", 2), None);
+        let yaml = "mounts:\n  - source: /a\n    target: /b\n  - target: /d\n\"a b\": 1\n";
+        let i = KeyIndex::new(yaml);
+        assert_eq!(i.locate("target", 1), Some(Pos { line: 4, col: 5 }));
+        assert_eq!(i.locate("targ", 0), None);
+        assert_eq!(i.locate("a b", 0), Some(Pos { line: 5, col: 1 }));
     }
 
     #[test]

@@ -130,4 +130,6 @@ pub fn load(files: &[(Kind, &Path, &[u8])], host: &dyn HostView) -> (Desired, Ve
 }
 
 #[cfg(test)]
+mod hostile_tests;
+#[cfg(test)]
 mod tests;

@@ -2,7 +2,9 @@
 //!
 //! Guards come first so hostile input cannot hang or exhaust the daemon: a
 //! size cap, a NUL-byte (binary) check and UTF-8, then the format parser
-//! (serde-saphyr additionally enforces its own event and depth budgets).
+//! (toml refuses nesting deeper than about 80 levels; serde-saphyr enforces
+//! its own event and depth budgets, and aliases replay a bounded number of
+//! events: `YAML_MAX_REPLAYED_EVENTS`).
 
 use std::path::Path;
 
@@ -80,18 +82,57 @@ pub fn parse<T: DeserializeOwned>(
             let pos = e.span().map(|s| pos_of_offset(text, s.start));
             Diagnostic::new(path, pos, clean_message(e.message()))
         }),
-        Format::Yaml => serde_saphyr::from_str::<T>(text).map_err(|e| {
-            let pos = e.location().and_then(|l| {
-                let line = u32::try_from(l.line()).ok()?;
-                let col = u32::try_from(l.column()).ok()?;
-                (line > 0).then_some(Pos {
-                    line,
-                    col: col.max(1),
-                })
-            });
-            Diagnostic::new(path, pos, clean_message(&yaml_message(&e)))
-        }),
+        Format::Yaml => {
+            serde_saphyr::from_str_with_options::<T>(text, yaml_options()).map_err(|e| {
+                let pos = e.location().and_then(|l| {
+                    let line = u32::try_from(l.line()).ok()?;
+                    let col = u32::try_from(l.column()).ok()?;
+                    (line > 0).then_some(Pos {
+                        line,
+                        col: col.max(1),
+                    })
+                });
+                let d = Diagnostic::new(path, pos, clean_message(&yaml_message(&e)));
+                if matches!(
+                    original(&e),
+                    serde_saphyr::Error::AliasReplayLimitExceeded { .. }
+                ) {
+                    d.hint(format!(
+                        "aliases may repeat at most {YAML_MAX_REPLAYED_EVENTS} parsed items per file; write the values out, or alias less"
+                    ))
+                } else {
+                    d
+                }
+            })
+        }
     }
+}
+
+/// Parser events YAML aliases may replay in one file, in total. Anchors and
+/// aliases are for reusing a snippet in a small file; serde-saphyr's
+/// default (a million) lets a 450-byte "billion laughs" in a request's
+/// `artifact.json` expand into 150 MiB of JSON value (issue 17). Ten
+/// thousand replayed events cost well under 2 MiB.
+const YAML_MAX_REPLAYED_EVENTS: usize = 10_000;
+
+/// serde-saphyr's defaults (depth, node and event budgets) with the alias
+/// replay bounded to what a small file needs.
+fn yaml_options() -> serde_saphyr::Options {
+    serde_saphyr::options! {
+        alias_limits: serde_saphyr::alias_limits! {
+            max_total_replayed_events: YAML_MAX_REPLAYED_EVENTS,
+        },
+    }
+}
+
+/// The error behind serde-saphyr's wrappers (snippet, alias location).
+fn original(mut e: &serde_saphyr::Error) -> &serde_saphyr::Error {
+    while let serde_saphyr::Error::WithSnippet { error, .. }
+    | serde_saphyr::Error::AliasError { error, .. } = e
+    {
+        e = error;
+    }
+    e
 }
 
 /// serde-saphyr's Display embeds a source snippet; the message alone is wanted

@@ -721,6 +721,7 @@ fn candidate_names() {
 
 mod props {
     use super::*;
+    use crate::testkit::within_budget;
     use proptest::prelude::*;
 
     struct Nothing;
@@ -742,15 +743,18 @@ mod props {
         fn loaders_never_panic_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
             for path in ["d/profiles/x.toml", "d/profiles/x.yaml", "d/requests/x.toml", "d/requests/x.yml"] {
                 let kind = if path.contains("profiles") { Kind::Profile } else { Kind::Request };
-                let _ = load(&[(kind, Path::new(path), &bytes)], &Nothing);
+                // Issue 17: and in budget (1 s, 64 MiB), on a 2 MiB stack.
+                within_budget(path, || load(&[(kind, Path::new(path), &bytes)], &Nothing), |_| ())
+                    .map_err(TestCaseError::fail)?;
             }
         }
 
         #[test]
-        fn loaders_never_panic_on_config_like_text(text in "[a-z_ =:\\[\\]{}\"',.\\-\n/@*0-9]{0,400}") {
+        fn loaders_never_panic_on_config_like_text(text in "[a-z_ =:\\[\\]{}\"',.\\-\n/@*&!?0-9]{0,400}") {
             for path in ["d/profiles/x.toml", "d/profiles/x.yaml", "d/requests/x.toml", "d/requests/x.yaml"] {
                 let kind = if path.contains("profiles") { Kind::Profile } else { Kind::Request };
-                let _ = load(&[(kind, Path::new(path), text.as_bytes())], &Nothing);
+                within_budget(path, || load(&[(kind, Path::new(path), text.as_bytes())], &Nothing), |_| ())
+                    .map_err(TestCaseError::fail)?;
             }
         }
     }

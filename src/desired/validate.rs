@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::HostView;
-use super::diag::{Diagnostic, locate_key};
+use super::diag::{Diagnostic, KeyIndex};
 use super::model::{
     ConcurrencyPolicy, Credential, Input, MAX_ARTIFACT_BYTES, MAX_REQUEST_TEXT_BYTES,
     MAX_WORK_UNIT_BYTES, Mount, Network, Profile, Repo, Request, Schedule,
@@ -26,11 +26,27 @@ struct Sink<'a> {
     path: &'a Path,
     text: &'a str,
     out: Vec<Diagnostic>,
+    /// Where the file's keys are, built at the first problem to place.
+    keys: std::cell::OnceCell<KeyIndex<'a>>,
+    /// Problems past [`MAX_LISTED`], counted only.
+    unlisted: usize,
 }
+
+/// Problems listed per file; past it they are counted, so a file with
+/// tens of thousands of wrong entries costs no more than a few (issue 17:
+/// 87,000 empty `allowed_repos` entries made 87 MiB of diagnostics).
+const MAX_LISTED: usize = 100;
 
 impl Sink<'_> {
     fn at(&mut self, key: &str, nth: usize, (msg, hint): Problem) {
-        let pos = locate_key(self.text, key, nth);
+        if self.out.len() >= MAX_LISTED {
+            self.unlisted += 1;
+            return;
+        }
+        let pos = self
+            .keys
+            .get_or_init(|| KeyIndex::new(self.text))
+            .locate(key, nth);
         let mut d = Diagnostic::new(self.path, pos, msg);
         d.hint = hint;
         self.out.push(d);
@@ -38,6 +54,23 @@ impl Sink<'_> {
 
     fn field(&mut self, key: &str, msg: impl Into<String>, hint: impl Into<String>) {
         self.at(key, 0, (msg.into(), Some(hint.into())));
+    }
+
+    /// The problems, with a last line counting those not listed.
+    fn finish(mut self) -> Vec<Diagnostic> {
+        if self.unlisted > 0 {
+            self.out.push(
+                Diagnostic::new(
+                    self.path,
+                    None,
+                    format!("{} more problem(s) in this file not listed", self.unlisted),
+                )
+                .hint(format!(
+                    "at most {MAX_LISTED} are listed per file; fix these and validate again"
+                )),
+            );
+        }
+        self.out
     }
 }
 
@@ -82,6 +115,8 @@ pub fn profile(path: &Path, bytes: &[u8], host: &dyn HostView) -> Result<Profile
         path,
         text,
         out: Vec::new(),
+        keys: Default::default(),
+        unlisted: 0,
     };
     let name = stem(path);
 
@@ -318,7 +353,7 @@ pub fn profile(path: &Path, bytes: &[u8], host: &dyn HostView) -> Result<Profile
         .map_err(|p| s.at("results_max_bytes", 0, p))
         .unwrap_or_default();
     if !s.out.is_empty() {
-        return Err(s.out);
+        return Err(s.finish());
     }
     Ok(Profile {
         name,
@@ -483,25 +518,50 @@ fn mounts(s: &mut Sink<'_>, w: &ProfileFile, profile: &str, host: &dyn HostView)
             });
         }
     }
-    for (i, a) in out.iter().enumerate() {
-        for b in &out[i + 1..] {
-            if a.target.starts_with(&b.target) || b.target.starts_with(&a.target) {
-                s.at(
-                    "mounts",
-                    0,
-                    (
-                        format!(
-                            "mount targets `{}` and `{}` overlap",
-                            a.target.display(),
-                            b.target.display()
-                        ),
-                        Some("targets must not be equal or nested".into()),
-                    ),
-                );
-            }
-        }
+    for (a, b) in overlaps(&out) {
+        s.at(
+            "mounts",
+            0,
+            (
+                format!(
+                    "mount targets `{}` and `{}` overlap",
+                    out[a].target.display(),
+                    out[b].target.display()
+                ),
+                Some("targets must not be equal or nested".into()),
+            ),
+        );
     }
     out
+}
+
+/// Pairs `(a, b)`, `a < b`, of mounts whose targets are equal or nested:
+/// each mount inside (or equal to) another is named once, with the nearest
+/// target enclosing it, in file order of the inner one. Comparing every
+/// pair would cost the square of the mounts, and report as many
+/// (10,000 mounts at one target: 50 million diagnostics, issue 17).
+fn overlaps(mounts: &[Mount]) -> Vec<(usize, usize)> {
+    let mut sorted: Vec<usize> = (0..mounts.len()).collect();
+    // Paths order by component, so a target's descendants follow it
+    // directly; equal targets keep file order.
+    sorted.sort_by(|a, b| mounts[*a].target.cmp(&mounts[*b].target).then(a.cmp(b)));
+    let mut open: Vec<usize> = Vec::new();
+    let mut pairs = Vec::new();
+    for i in sorted {
+        let t = &mounts[i].target;
+        while open
+            .last()
+            .is_some_and(|o| !t.starts_with(&mounts[*o].target))
+        {
+            open.pop();
+        }
+        if let Some(&o) = open.last() {
+            pairs.push((o.min(i), o.max(i)));
+        }
+        open.push(i);
+    }
+    pairs.sort_by_key(|(a, b)| (*b, *a));
+    pairs
 }
 
 /// A relative path that stays below its base folder.
@@ -557,6 +617,8 @@ pub fn request(path: &Path, bytes: &[u8], host: &dyn HostView) -> Result<Request
         path,
         text,
         out: Vec::new(),
+        keys: Default::default(),
+        unlisted: 0,
     };
     let id = stem(path);
     if let Err(p) = rules::request_id(&id) {
@@ -715,7 +777,7 @@ pub fn request(path: &Path, bytes: &[u8], host: &dyn HostView) -> Result<Request
         }
     }
     if !s.out.is_empty() {
-        return Err(s.out);
+        return Err(s.finish());
     }
     Ok(Request {
         id,

@@ -177,6 +177,9 @@ pub fn read_one(path: &Path) -> Result<Status, String> {
 }
 
 #[cfg(test)]
+mod hostile_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::observed::Phase;

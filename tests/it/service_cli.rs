@@ -538,3 +538,30 @@ fn validate_names_agentd_import_for_a_foreign_config_issue_11() {
         "{stdout}"
     );
 }
+
+/// A config over 256 KiB is refused before it is read whole (it took up to
+/// 94 MiB to convert a 1 MiB one), with exit 2 and nothing written.
+#[test]
+fn import_refuses_a_config_over_256_kib_issue_17() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let entry = "[[profiles]]\nname = \"p\"\nbase_image = \"i\"\ncommand = [\"x\"]\n";
+    let big = format!("{entry}{}", "# padding\n".repeat(1024 * 1024 / 10));
+    let cfg = write(tmp.path(), "agentd.toml", &big);
+    let desired = tmp.path().join("desired");
+    let out = import(&cfg, &desired);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "too large ({} bytes; the limit is 256 KiB)",
+            big.len()
+        )),
+        "{stderr}"
+    );
+    assert!(!desired.join("profiles/p.toml").exists());
+    // The same entry alone imports.
+    let small = write(tmp.path(), "small.toml", entry);
+    let out = import(&small, &desired);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(desired.join("profiles/p.toml").exists());
+}

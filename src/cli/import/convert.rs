@@ -24,6 +24,8 @@ pub struct Conversion {
     pub unmapped: Vec<(String, String)>,
     /// `[daemon]` settings that are daemon flags here: `(field, advice)`.
     pub daemon_flags: Vec<(String, String)>,
+    /// Names of the profiles made, to refuse a name listed twice.
+    names: std::collections::BTreeSet<String>,
 }
 
 /// One profile file to write.
@@ -75,9 +77,20 @@ struct Mount {
     read_only: Option<bool>,
 }
 
+/// Largest config read: the original's `agentd.toml` is a few KiB, and
+/// every profile made from it must fit the profile limit anyway. Bounds
+/// what a stray file costs: a 1 MiB config took up to 94 MiB to convert
+/// (issue 17).
+pub const MAX_CONFIG_BYTES: usize = crate::desired::MAX_FILE_BYTES;
+
 /// Why a config cannot be converted at all.
 #[derive(Debug, thiserror::Error)]
 pub enum ConvertError {
+    #[error(
+        "too large ({0} bytes; the limit is {limit} KiB); hint: `agentd import` reads the agentd.toml of the system agentd is modelled on, a small file",
+        limit = MAX_CONFIG_BYTES / 1024
+    )]
+    TooLarge(usize),
     #[error("not TOML: {0}")]
     Toml(String),
     #[error(
@@ -90,6 +103,9 @@ pub enum ConvertError {
 /// relative paths in the file start there, as in the original). `origin` is
 /// how the generated files name their source.
 pub fn convert(text: &str, base_dir: &Path, origin: &str) -> Result<Conversion, ConvertError> {
+    if text.len() > MAX_CONFIG_BYTES {
+        return Err(ConvertError::TooLarge(text.len()));
+    }
     let top: Table = toml::from_str(text).map_err(|e| ConvertError::Toml(one_line(&e)))?;
     let mut c = Conversion::default();
     for (key, value) in &top {
@@ -159,7 +175,9 @@ fn entry(c: &mut Conversion, label: &str, t: &Table, base_dir: &Path, origin: &s
         }
     };
     let label = format!("{label} `{name}`");
-    if c.profiles.iter().any(|p| p.name == name) {
+    // A set, not a search of the profiles so far: thousands of entries
+    // would cost their square (issue 17).
+    if c.names.contains(&name) {
         return c.rejected.push((
             label,
             "the name is listed twice; the first one was kept".into(),
@@ -291,6 +309,7 @@ fn entry(c: &mut Conversion, label: &str, t: &Table, base_dir: &Path, origin: &s
         }
     };
     c.unmapped.extend(notes);
+    c.names.insert(name.clone());
     c.profiles.push(Converted {
         text: format!(
             "# imported by `agentd import` from {} ({})\n{body}",

@@ -5,6 +5,8 @@
 //! missing and which fields have no equivalent.
 
 mod convert;
+#[cfg(test)]
+mod hostile_tests;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -68,7 +70,18 @@ impl HostView for PathsExist {
 
 pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
     let cfg = &args.config;
-    let text = std::fs::read_to_string(cfg).with_context(|| format!("reading {}", shown(cfg)))?;
+    // Capped: a config over the limit is refused without reading the rest.
+    let bytes = crate::source::read_capped(cfg, convert::MAX_CONFIG_BYTES)
+        .with_context(|| format!("reading {}", shown(cfg)))?;
+    if bytes.len() > convert::MAX_CONFIG_BYTES {
+        let size = std::fs::metadata(cfg).map_or(bytes.len(), |m| {
+            usize::try_from(m.len()).unwrap_or(usize::MAX)
+        });
+        return Err(convert::ConvertError::TooLarge(size)).with_context(|| shown(cfg));
+    }
+    let text = String::from_utf8(bytes)
+        .map_err(|e| e.utf8_error())
+        .with_context(|| format!("reading {}", shown(cfg)))?;
     let abs = std::path::absolute(cfg).with_context(|| format!("resolving {}", shown(cfg)))?;
     let base_dir = abs.parent().unwrap_or(Path::new("/"));
     let conv = convert::convert(&text, base_dir, &abs.display().to_string())

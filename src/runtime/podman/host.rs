@@ -162,7 +162,11 @@ impl Host {
             volume_path: i.store.volume_path,
             socket: i.host.remote_socket.map(|r| r.path).unwrap_or_default(),
             mapped_ids: i.host.id_mappings.and_then(|m| {
-                let total = |v: Option<Vec<IdMap>>| v.map(|v| v.iter().map(|m| m.size).sum());
+                // Saturating: sizes summing past u64 panicked (debug) or
+                // wrapped to a small count (release) (issue 17).
+                let total = |v: Option<Vec<IdMap>>| {
+                    v.map(|v| v.iter().fold(0u64, |sum, m| sum.saturating_add(m.size)))
+                };
                 Some((total(m.uidmap)?, total(m.gidmap)?))
             }),
         })
@@ -381,6 +385,17 @@ mod tests {
         assert!(h.cgroup_controllers.is_empty());
         assert!(Host::parse("not json").is_err());
         assert!(Host::parse("{}").is_err());
+    }
+
+    /// Id map sizes that sum past u64 (a broken or hostile `podman info`)
+    /// panicked with an overflow in debug builds and wrapped to a tiny
+    /// count in release; now they saturate.
+    #[test]
+    fn id_map_sizes_summing_past_u64_saturate_issue_17() {
+        let huge = ROOTLESS_V1.replace("\"size\": 65536", &format!("\"size\": {}", u64::MAX));
+        let h = Host::parse(&huge).expect("parse");
+        assert_eq!(h.mapped_ids, Some((u64::MAX, u64::MAX)));
+        assert_eq!(h.cannot_run_sessions(10_001), None);
     }
 
     #[test]

@@ -8,6 +8,8 @@ mod args;
 mod events;
 pub mod exits;
 mod host;
+#[cfg(test)]
+mod hostile_tests;
 mod images;
 mod json;
 
