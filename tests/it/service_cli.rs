@@ -85,7 +85,7 @@ fn installed_binary_validates_examples_away_from_the_source_tree_issue_11() {
     write(
         &ex,
         "requests/bad-review.yaml",
-        "profile: code-reviewer\nartifact:\n  type: review\n  json: {pull_request: \"seven\"}\n",
+        "profile: code-reviewer\nartifact:\n  type: review\n  json: {pull_request: \"seven\", base: main}\n",
     );
     let out = inst.cmd().arg("validate").arg(&ex).output().expect("run");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
