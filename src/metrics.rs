@@ -23,7 +23,7 @@
 //! | `agentd_reconcile_pass_duration_seconds` | histogram | | wall time of one pass (scan, schedule, plan, apply) |
 //! | `agentd_desired_files` | gauge | `kind` (`profile`, `request`) | files in the desired dir, valid or not, as of the last pass |
 //! | `agentd_desired_invalid_files` | gauge | `kind` | of those, the rejected ones |
-//! | `agentd_podman_calls_total` | counter | `verb` (`info`, `run`, `container inspect`, `image inspect`, `secret inspect`, `stop`, `rm`, `ps`, `other`) | Podman CLI calls (the `podman events` follower is not one) |
+//! | `agentd_podman_calls_total` | counter | `verb` (`info`, `run`, `container inspect`, `image inspect`, `secret inspect`, `stop`, `rm`, `ps`, `other`) | Podman CLI calls (the long-lived follower of container changes is not one) |
 //! | `agentd_podman_call_errors_total` | counter | `verb` | of those, the failed ones (non-zero exit, timeout, cannot run; "no such container" is an answer, not an error) |
 //! | `agentd_podman_call_duration_seconds` | histogram | `verb` | wall time of each call |
 //! | `agentd_schedule_fires_total` | counter | `profile` | schedule fires materialized as request files |
@@ -66,7 +66,7 @@ const OUTCOMES: [Outcome; 13] = [
 ];
 
 /// The verbs of agentd's Podman CLI calls; anything else is counted as
-/// `other`. (The long-lived `podman events` follower is not a call.)
+/// `other`. (The long-lived follower of container changes is not a call.)
 const VERBS: [&str; 8] = [
     "info",
     "run",
@@ -154,6 +154,15 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 /// process-wide by nature; a global spares every part of the daemon a handle.
 pub fn get() -> &'static Metrics {
     &METRICS
+}
+
+/// Counts the runtime's calls into the process-wide metrics.
+pub struct GlobalCalls;
+
+impl crate::runtime::CallObserver for GlobalCalls {
+    fn runtime_call(&self, verb: &str, ok: bool, elapsed: Duration) {
+        get().podman_call(verb, ok, elapsed);
+    }
 }
 
 impl Metrics {
@@ -292,7 +301,7 @@ impl Metrics {
     }
 
     fn note_profile(&self, profile: &str) {
-        let mut p = crate::execute::lock(&self.profiles);
+        let mut p = crate::sync::lock(&self.profiles);
         if !p.contains(profile) {
             p.insert(profile.to_string());
         }
@@ -383,7 +392,7 @@ impl Metrics {
     /// Remove every series of a profile not in `keep`.
     fn retain_profiles(&self, keep: &BTreeSet<&str>) {
         let gone: Vec<String> = {
-            let mut p = crate::execute::lock(&self.profiles);
+            let mut p = crate::sync::lock(&self.profiles);
             let gone = p
                 .iter()
                 .filter(|n| !keep.contains(n.as_str()))

@@ -7,7 +7,6 @@
 //! and `outcome`) only after teardown succeeded. A record without them is
 //! incomplete by design: it never claims an end that did not happen.
 
-mod console;
 #[cfg(test)]
 mod hostile_tests;
 pub mod manifest;
@@ -21,7 +20,6 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use console::{K8sLogReader, k8s_to_raw};
 pub use seal::{Limits, MANIFEST, SealError, SealOptions, Sealed, hash_file};
 
 use crate::fsutil::write_json_atomic;

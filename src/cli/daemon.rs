@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::GlobalArgs;
 use crate::daemon;
 use crate::execute::{Event, Settings};
+use crate::runtime::Runtime as _;
 use crate::runtime::podman::Podman;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -141,7 +142,9 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async move {
-        let podman = Podman::default();
+        let instance = daemon::instance_id(&state);
+        let podman =
+            Podman::new(&instance).observed_by(std::sync::Arc::new(crate::metrics::GlobalCalls));
         // Fail fast: a daemon that cannot reach Podman would only retry.
         // `podman info` also tells the mode (rootless or rootful), which is
         // detected, never configured.
@@ -159,8 +162,8 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
             Ok(host) => host,
             Err(e) => return fail(&e),
         };
-        // Rootless sessions need keep-id:uid= and ids to map the session
-        // uid: say so at start, not as every session's start_failed.
+        // Rootless sessions need a Podman that can map the session uid onto
+        // the daemon's: say so at start, not as every session's start_failed.
         if let Some(why) = host.cannot_run_sessions(args.session_uid) {
             return fail(&why);
         }
@@ -177,7 +180,7 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
         );
         let settings = Settings {
             desired,
-            instance: daemon::instance_id(&state),
+            instance,
             audit_root,
             state,
             max_sessions: global.max_sessions,
@@ -188,7 +191,7 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
             audit_max_bytes: args.audit_max_bytes,
             clone_timeout: args.clone_timeout,
             allow_host_network: args.host_network.allow_host_network,
-            host,
+            session_files_owner: podman.session_files_owner(args.session_uid),
         };
         if let Some(listener) = metrics {
             if let Ok(addr) = listener.local_addr() {
@@ -199,7 +202,7 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
         let (tx, rx) = mpsc::channel::<Event>(64);
         let hard_stop = CancellationToken::new();
         spawn_signal_handler(tx.clone(), hard_stop.clone())?;
-        daemon::run(settings, podman, hard_stop, tx, rx).await?;
+        daemon::run(settings, std::sync::Arc::new(podman), hard_stop, tx, rx).await?;
         Ok::<_, anyhow::Error>(ExitCode::SUCCESS)
     })
 }

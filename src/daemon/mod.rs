@@ -22,13 +22,13 @@ use tokio_util::task::TaskTracker;
 pub use lock::{LockError, acquire, lock_path};
 
 use crate::desired::Diagnostic;
-use crate::execute::{ContainerTable, Event, Settings, Shared, lock as guard};
-use crate::observed::{Container, ContainerState, Observed, Phase};
+use crate::execute::{ContainerTable, Event, Settings, Shared};
+use crate::observed::{Observed, Phase};
 use crate::plan::{PlanConfig, Scope, plan, plan_in};
-use crate::runtime::podman::Podman;
-use crate::runtime::podman::{ContainerEvent, ExitFile, exits};
+use crate::runtime::{Change, Runtime};
 use crate::source::{Source, real_host};
 use crate::status::StatusStore;
+use crate::sync::lock as guard;
 
 /// Worst-case delay for a change whose events were all lost: a full rescan
 /// of the desired dir and of Podman happens at least this often.
@@ -57,7 +57,7 @@ pub fn instance_id(state: &Path) -> String {
 /// holds a clone of it.
 pub async fn run(
     settings: Settings,
-    podman: Podman,
+    runtime: Arc<dyn Runtime>,
     hard_stop: CancellationToken,
     tx: mpsc::Sender<Event>,
     mut rx: mpsc::Receiver<Event>,
@@ -65,7 +65,7 @@ pub async fn run(
     private::prepare(&settings.state, &settings.audit_root)?;
     let lock = acquire(&settings.state, &settings.instance)?;
     tracing::info!(lock = %lock.path.display(), "holding the daemon lock");
-    write_host(&settings.state, &settings.host);
+    write_host(&settings.state, runtime.as_ref());
     let (store, problems) = StatusStore::open(&settings.state)?;
     for p in problems {
         tracing::warn!(problem = %p, "skipping unreadable status record");
@@ -80,7 +80,7 @@ pub async fn run(
     );
     let sh = Arc::new(Shared {
         settings,
-        podman,
+        runtime,
         store: Mutex::new(store),
         containers: Mutex::new(ContainerTable::default()),
         busy: Mutex::new(BTreeSet::new()),
@@ -91,14 +91,12 @@ pub async fn run(
         gates: Mutex::new(Default::default()),
         leftovers: Mutex::default(),
         seal_failures: Mutex::default(),
-        images: Mutex::default(),
     });
     write_daemon_state(&sh.settings.state, None, &[]);
     resync_containers(&sh).await;
     sh.sweep_work_dirs();
     reopen_gates(&sh);
-    let events_task = tokio::spawn(follow_container_events(Arc::clone(&sh)));
-    let exits_task = tokio::spawn(follow_exit_files(Arc::clone(&sh)));
+    let changes_task = tokio::spawn(follow_changes(Arc::clone(&sh)));
 
     let mut schedules = crate::execute::Schedules::load(&sh.settings.state);
     let dirty: Arc<Mutex<watch::Dirty>> = Arc::default();
@@ -319,8 +317,7 @@ pub async fn run(
         }
     }
     drop(watcher);
-    events_task.abort();
-    exits_task.abort();
+    changes_task.abort();
     if !hard_stop.is_cancelled() {
         sh.tasks.close();
         sh.tasks.wait().await;
@@ -383,13 +380,13 @@ fn next_wake(sh: &Shared, next_resync: Instant, scope: &Scope) -> Instant {
     at
 }
 
-/// Replace the container table with a fresh `podman ps`.
+/// Replace the container table with a fresh listing of the runtime.
 async fn resync_containers(sh: &Shared) {
     // Requests busy at either end of the listing may have changed while it
-    // ran (a start's `podman run` returning mid-listing): keep what the
+    // ran (a start's run returning mid-listing): keep what the
     // table knows of them rather than a listing older than their change.
     let busy_before = sh.busy_now();
-    match sh.podman.list(&sh.settings.instance).await {
+    match sh.runtime.list().await {
         Ok(listing) => {
             let mut keep = busy_before;
             keep.extend(sh.busy_now());
@@ -404,114 +401,18 @@ async fn resync_containers(sh: &Shared) {
     }
 }
 
-/// Apply one container event to the table.
-fn apply_event(t: &mut ContainerTable, ev: &ContainerEvent) {
-    let Some(r) = &ev.request else { return };
-    let fresh = |state| Container {
-        id: ev.id.clone(),
-        name: ev.name.clone(),
-        request: Some(r.clone()),
-        session_id: ev.session_id.clone(),
-        state,
-        deadline: ev.deadline,
-        started: state != ContainerState::Created,
-    };
-    let state = match ev.status.as_str() {
-        "create" => ContainerState::Created,
-        "start" => ContainerState::Running,
-        "died" => ContainerState::Exited(ev.exit_code.unwrap_or(-1)),
-        "remove" => {
-            if t.by_request
-                .get(r)
-                .is_some_and(|c| c.id == ev.id || c.name == ev.name)
-            {
-                t.by_request.remove(r);
-            }
-            return;
-        }
-        _ => return,
-    };
-    match t.by_request.get_mut(r) {
-        // Another container of the same request (an older attempt's): the
-        // table keeps the one it knows until that is removed.
-        Some(c) if c.name != ev.name => {}
-        // A `create` arriving after `start`/`died` (events can race the
-        // table's own updates) must not move the state backwards.
-        Some(c) if state == ContainerState::Created => c.id.clone_from(&ev.id),
-        Some(c) => {
-            c.state = state;
-            c.started = true;
-            c.id.clone_from(&ev.id);
-        }
-        None => {
-            t.by_request.insert(r.clone(), fresh(state));
-        }
-    }
-}
-
-/// Follow `podman events`, updating the container table and waking the
-/// loop; restart the stream (with a resync) whenever it ends.
-async fn follow_container_events(sh: Arc<Shared>) {
-    let mut backoff = Duration::from_millis(500);
-    loop {
-        match sh.podman.events(&sh.settings.instance).await {
-            Ok(mut stream) => {
-                while let Some(ev) = stream.next().await {
-                    backoff = Duration::from_millis(500);
-                    apply_event(&mut guard(&sh.containers), &ev);
-                    let _ = sh.wake.try_send(Event::Container);
-                }
-                tracing::warn!("podman events stream ended; restarting");
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot follow podman events"),
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(30));
-        let _ = sh.wake.try_send(Event::Resync);
-    }
-}
-
-/// Apply one exit file to the table: the container of that id exited.
-/// Only a container the table knows (this instance's, by id) and that it
-/// believes is not over yet changes; `-1` when the file was gone before it
-/// was read (finishing inspects the container anyway). Returns whether
-/// the table changed.
-fn apply_exit_file(t: &mut ContainerTable, exit: &ExitFile) -> bool {
-    let Some(c) = t.by_request.values_mut().find(|c| c.id == exit.id) else {
-        return false;
-    };
-    if matches!(c.state, ContainerState::Exited(_)) {
-        return false;
-    }
-    c.state = ContainerState::Exited(exit.exit_code.unwrap_or(-1));
-    c.started = true;
-    true
-}
-
-/// Watch conmon's exit files (see `runtime::podman::exits`) so the planner
-/// finishes a session the moment its container exits instead of when
-/// `podman events` gets around to the `died` event. Without an exit folder
-/// (remote or unusual Podman), or if watching fails, the events stream
-/// alone reports exits, as before.
-async fn follow_exit_files(sh: Arc<Shared>) {
-    let Some(dir) = exits::exit_dir() else {
-        tracing::info!("no Podman exit folder to watch; exits are learned from podman events");
-        return;
-    };
-    let (tx, mut rx) = mpsc::channel(256);
-    let _watcher = match exits::watch(&dir, tx) {
-        Ok(w) => w,
-        Err(e) => {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch Podman's exit folder; exits are learned from podman events");
-            return;
-        }
-    };
-    tracing::debug!(dir = %dir.display(), "watching Podman's exit folder");
-    while let Some(exit) = rx.recv().await {
-        tracing::debug!(id = %exit.id, exit_code = exit.exit_code, "exit file");
-        if apply_exit_file(&mut guard(&sh.containers), &exit) {
-            let _ = sh.wake.try_send(Event::Container);
-        }
+/// Follow the runtime's container changes: each updates the container
+/// table and wakes the loop; a lost stretch of changes wakes it to list
+/// the containers again.
+async fn follow_changes(sh: Arc<Shared>) {
+    let mut changes = sh.runtime.changes();
+    while let Some(change) = changes.next().await {
+        let wake = match change {
+            Change::Resync => Event::Resync,
+            change if guard(&sh.containers).apply(&change) => Event::Container,
+            _ => continue,
+        };
+        let _ = sh.wake.try_send(wake);
     }
 }
 
@@ -555,8 +456,11 @@ pub struct DaemonState {
 
 /// `agentd status` shows this one-line host summary (mode, cgroups,
 /// network backend) from `<state>/host.json`, written once at start.
-fn write_host(state: &Path, host: &crate::runtime::podman::Host) {
-    if let Err(e) = crate::fsutil::write_json_atomic(&state.join("host.json"), host, 0o600) {
+fn write_host(state: &Path, runtime: &dyn Runtime) {
+    let written = runtime
+        .host_report()
+        .and_then(|report| crate::fsutil::write_atomic(&state.join("host.json"), &report, 0o600));
+    if let Err(e) = written {
         tracing::warn!(error = %e, "cannot write host.json");
     }
 }
@@ -582,56 +486,5 @@ fn release_freed_memory() {
     // thread at any time is allowed by glibc.
     unsafe {
         nix::libc::malloc_trim(0);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn table_with(id: &str, state: ContainerState) -> ContainerTable {
-        let mut t = ContainerTable::default();
-        t.by_request.insert(
-            "r".into(),
-            Container {
-                id: id.into(),
-                name: "agentd-i-r".into(),
-                request: Some("r".into()),
-                session_id: Some("s".into()),
-                state,
-                deadline: None,
-                started: true,
-            },
-        );
-        t
-    }
-
-    fn exit(id: &str, code: Option<i32>) -> ExitFile {
-        ExitFile {
-            id: id.into(),
-            exit_code: code,
-        }
-    }
-
-    #[test]
-    fn an_exit_file_marks_only_its_own_running_container_exited() {
-        let id = "a".repeat(64);
-        let mut t = table_with(&id, ContainerState::Running);
-        // Another container's exit (another instance, a bare `podman run`).
-        assert!(!apply_exit_file(&mut t, &exit(&"b".repeat(64), Some(0))));
-        assert_eq!(t.by_request["r"].state, ContainerState::Running);
-        assert!(apply_exit_file(&mut t, &exit(&id, Some(3))));
-        assert_eq!(t.by_request["r"].state, ContainerState::Exited(3));
-        // The events stream's code, or an earlier file, is not overwritten.
-        assert!(!apply_exit_file(&mut t, &exit(&id, None)));
-        assert_eq!(t.by_request["r"].state, ContainerState::Exited(3));
-    }
-
-    #[test]
-    fn an_exit_file_read_too_late_still_ends_the_container() {
-        let id = "c".repeat(64);
-        let mut t = table_with(&id, ContainerState::Running);
-        assert!(apply_exit_file(&mut t, &exit(&id, None)));
-        assert_eq!(t.by_request["r"].state, ContainerState::Exited(-1));
     }
 }

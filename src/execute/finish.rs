@@ -8,15 +8,12 @@
 //! retried with backoff (`Shared::retry_later`).
 //!
 //! The critical path from the exit to `done` holds only what the record
-//! needs (issue 12 item 3). The exit code comes from conmon's exit file
-//! (via the container table), confirmed by the container's pid being gone
-//! (`exits::process_gone`), and the image from the start (`images`); only
-//! when one of them is missing, or when the record needs what only Podman
-//! knows (137: out of memory or killed; the deadline passed: when exactly
-//! it ended), is `container inspect` asked. The work folder and an exited
-//! container are removed after `done` is written: a crash in between
-//! leaves a stale work folder (the sweep removes it) or a container of a
-//! done request (the planner removes it on a later pass).
+//! needs (issue 12 item 3): `Runtime::inspect` answers from what the
+//! runtime already knows when that is certain (Podman: `podman/known.rs`)
+//! and asks only otherwise. The work folder and an exited container are
+//! removed after `done` is written: a crash in between leaves a stale work
+//! folder (the sweep removes it) or a container of a done request (the
+//! planner removes it on a later pass).
 
 use std::sync::Arc;
 
@@ -24,7 +21,7 @@ use super::{Shared, lock, stop_message};
 use crate::audit::{Limits, Record, SealOptions, Sealed};
 use crate::fault;
 use crate::observed::{ContainerState, Outcome, Phase, Status, StopReason};
-use crate::runtime::podman::Inspected;
+use crate::runtime::ContainerInfo;
 
 /// `podman stop` with the grace period; the exit is then collected by `finish`.
 pub async fn stop(sh: &Arc<Shared>, request: &str, reason: StopReason) {
@@ -35,14 +32,14 @@ pub async fn stop(sh: &Arc<Shared>, request: &str, reason: StopReason) {
         s.message = Some(stop_message(reason));
         s.stop_reason = Some(reason);
     });
-    if let Err(e) = sh.podman.stop(&name, sh.settings.stop_grace).await {
+    if let Err(e) = sh.runtime.stop(&name, sh.settings.stop_grace).await {
         sh.retry_later(request, &format!("stopping failed: {e}"));
         return;
     }
     sh.succeeded(request);
-    // The exit is also reported by the events stream; record it now so the
-    // next pass finishes without waiting for the event.
-    if let Ok(Some(i)) = sh.podman.inspect(&name).await
+    // The exit is also reported by the runtime's changes; record it now so
+    // the next pass finishes without waiting for that.
+    if let Ok(Some(i)) = sh.runtime.inspect(&name).await
         && let Some(c) = lock(&sh.containers).by_request.get_mut(request)
     {
         c.state = i.state;
@@ -59,7 +56,7 @@ pub async fn fail_start(sh: &Arc<Shared>, request: &str, session_id: Option<&str
         "session start failed"
     );
     let name = sh.settings.container_name(request);
-    if let Err(e) = sh.podman.rm(&name).await {
+    if let Err(e) = sh.runtime.remove(&name).await {
         sh.retry_later(
             request,
             &format!("cannot remove half-created container: {e}"),
@@ -68,7 +65,6 @@ pub async fn fail_start(sh: &Arc<Shared>, request: &str, session_id: Option<&str
     }
     lock(&sh.containers).by_request.remove(request);
     sh.close_gate(request);
-    super::images::forget(sh, request);
     let now = jiff::Timestamp::now();
     let mut message = Some(message.to_string());
     if let Some(sid) = session_id {
@@ -123,20 +119,12 @@ pub async fn finish(sh: &Arc<Shared>, request: &str, cancelled: bool) {
         .and_then(Record::read_session)
         .filter(|r| r.outcome.is_some());
 
-    let quick = known_exit(sh, request, &status, now);
-    if quick.is_some() {
-        tracing::debug!(request, "exit and image known; podman not asked");
-    }
-    let asked_podman = quick.is_none();
-    let inspected = match quick {
-        Some(i) => Some(i),
-        None => match sh.podman.inspect(&name).await {
-            Ok(i) => i,
-            Err(e) => {
-                sh.retry_later(request, &format!("finishing: {e}"));
-                return;
-            }
-        },
+    let inspected = match sh.runtime.inspect(&name).await {
+        Ok(i) => i,
+        Err(e) => {
+            sh.retry_later(request, &format!("finishing: {e}"));
+            return;
+        }
     };
     if let Some(i) = &inspected
         && i.state == ContainerState::Running
@@ -149,7 +137,7 @@ pub async fn finish(sh: &Arc<Shared>, request: &str, cancelled: bool) {
             sh.update_status(request, |s| s.phase = Phase::Running);
             return;
         }
-        if let Err(e) = sh.podman.stop(&name, sh.settings.stop_grace).await {
+        if let Err(e) = sh.runtime.stop(&name, sh.settings.stop_grace).await {
             sh.retry_later(request, &format!("finishing: cannot stop container: {e}"));
         }
         return;
@@ -169,7 +157,7 @@ pub async fn finish(sh: &Arc<Shared>, request: &str, cancelled: bool) {
         });
     if never_ran {
         if inspected.is_some()
-            && let Err(e) = sh.podman.rm(&name).await
+            && let Err(e) = sh.runtime.remove(&name).await
         {
             sh.retry_later(
                 request,
@@ -215,16 +203,13 @@ pub async fn finish(sh: &Arc<Shared>, request: &str, cancelled: bool) {
         let work = sh.settings.work_dir(sid);
         if finalized.is_none() {
             fault::point("finish-before-audit");
-            let rotated = super::workdir::WorkDir::console_rotated(&work);
-            let (src, dest) = (work.join("console.k8s.log"), record.console_path());
             let cap = sh.settings.audit_max_bytes;
-            let converted = tokio::task::spawn_blocking(move || {
-                crate::audit::k8s_to_raw(&src, &dest, cap, rotated)
-            })
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-            match converted {
-                Ok((_, true)) => add_note(
+            let collected = sh
+                .runtime
+                .collect_console(&work, &record.console_path(), cap)
+                .await;
+            match collected.map(|c| c.truncated) {
+                Ok(true) => add_note(
                     &mut message,
                     Some(format!("console output truncated at {cap} bytes")),
                 ),
@@ -240,8 +225,8 @@ pub async fn finish(sh: &Arc<Shared>, request: &str, cancelled: bool) {
             let captured = super::results::capture(sh, sid, record, outcome).await;
             add_note(&mut message, captured.note());
             results = captured.clone();
-            let image_id = inspected.as_ref().map(|i| i.image_id.clone());
-            let image_digest = inspected.as_ref().and_then(|i| i.image_digest.clone());
+            let image_id = inspected.as_ref().map(|i| i.image.id.clone());
+            let image_digest = inspected.as_ref().and_then(|i| i.image.digest.clone());
             let final_message = message.clone();
             let sealed = seal_record(sh, request, record, move |rec| {
                 (rec.changes, rec.push) = (captured.changes, captured.push);
@@ -259,17 +244,16 @@ pub async fn finish(sh: &Arc<Shared>, request: &str, cancelled: bool) {
             }
             fault::point("finish-after-audit");
         }
-        if rm_first && let Err(e) = sh.podman.rm(&name).await {
+        if rm_first && let Err(e) = sh.runtime.remove(&name).await {
             sh.retry_later(request, &format!("finishing: cannot remove container: {e}"));
             return;
         }
-    } else if rm_first && let Err(e) = sh.podman.rm(&name).await {
+    } else if rm_first && let Err(e) = sh.runtime.remove(&name).await {
         sh.retry_later(request, &format!("finishing: cannot remove container: {e}"));
         return;
     }
     sh.succeeded(request);
     sh.close_gate(request);
-    super::images::forget(sh, request);
     if !exited {
         lock(&sh.containers).by_request.remove(request);
     }
@@ -287,7 +271,6 @@ pub async fn finish(sh: &Arc<Shared>, request: &str, cancelled: bool) {
         session = status.session_id.as_deref().unwrap_or(""),
         outcome = outcome.as_str(),
         exit_code,
-        asked_podman,
         finish_ms = u64::try_from(began.elapsed().as_millis()).unwrap_or(u64::MAX),
         "session done"
     );
@@ -312,7 +295,7 @@ pub async fn finish(sh: &Arc<Shared>, request: &str, cancelled: bool) {
 /// Remove the exited container of a done session. A failure is only
 /// logged: the planner removes containers of done requests on later passes.
 async fn remove_exited(sh: &Shared, request: &str, name: &str) {
-    match sh.podman.rm(name).await {
+    match sh.runtime.remove(name).await {
         Ok(()) => {
             let mut t = lock(&sh.containers);
             if t.by_request.get(request).is_some_and(|c| c.name == name) {
@@ -326,59 +309,11 @@ async fn remove_exited(sh: &Shared, request: &str, name: &str) {
     }
 }
 
-/// The exit of `request`'s container when it is known without asking
-/// Podman: the table holds an exit code (conmon's exit file, or Podman's
-/// own `died` event or listing), the container's pid is gone (so a stray
-/// exit file cannot end a running session), and the image it ran was
-/// learned at its start. `None` sends the caller to `container inspect`:
-/// so does a code of 137 (killed: out of memory or not, only Podman
-/// knows), a session with a memory limit (its image is not recorded at the
-/// start, `images::ran`: an out-of-memory kill of one of its processes is
-/// Podman's to report), a passed deadline (whether it ended before it
-/// needs Podman's end time), or anything else unknown.
-fn known_exit(
-    sh: &Shared,
-    request: &str,
-    status: &Status,
-    now: jiff::Timestamp,
-) -> Option<Inspected> {
-    let container = lock(&sh.containers).by_request.get(request).cloned()?;
-    let ContainerState::Exited(code) = container.state else {
-        return None;
-    };
-    if code < 0 || code == 137 || !container.started {
-        return None;
-    }
-    if container
-        .deadline
-        .is_some_and(|d| now.as_millisecond() >= d)
-    {
-        return None;
-    }
-    let sid = status.session_id.as_deref()?;
-    let pid_file = super::workdir::WorkDir::pid_file(&sh.settings.work_dir(sid));
-    if !crate::runtime::podman::exits::process_gone(&pid_file) {
-        return None;
-    }
-    let image = super::images::of(sh, request)?;
-    Some(Inspected {
-        id: container.id,
-        state: ContainerState::Exited(code),
-        exit_code: code,
-        image_id: image.id,
-        image_digest: image.digest,
-        started_at: status.started_at.or(Some(now)),
-        finished_at: None,
-        oom_killed: false,
-        deadline: container.deadline,
-    })
-}
-
 /// The outcome of a session from what is known: why agentd stopped it (if
 /// it did), the container's exit and deadline, or its absence.
 fn judge(
     status: &Status,
-    inspected: Option<&Inspected>,
+    inspected: Option<&ContainerInfo>,
     cancelled: bool,
     now: jiff::Timestamp,
 ) -> (Outcome, Option<i32>, Option<String>) {

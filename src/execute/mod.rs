@@ -9,27 +9,26 @@
 pub mod clone;
 pub mod clone_sandbox;
 mod finish;
-mod images;
 mod leftovers;
 mod private_repo;
 mod results;
 mod schedule;
 mod secrets;
 mod start;
-mod surface;
+mod table;
 #[cfg(test)]
 mod tests;
 
 pub use clone::MirrorCache;
-pub use images::ImageCache;
 pub use leftovers::Leftovers;
 pub use schedule::{Schedules, read_all as read_schedules};
 pub use start::new_session_id;
+pub use table::ContainerTable;
 mod workdir;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -38,8 +37,10 @@ use tokio_util::task::TaskTracker;
 use crate::desired::{Desired, Request, RequestEntry};
 use crate::observed::{Container, Origin, Phase, Status};
 use crate::plan::{Action, EDITED_MESSAGE, StopReason};
-use crate::runtime::podman::Podman;
+use crate::runtime::{ContainerInfo, Runtime};
 use crate::status::StatusStore;
+
+pub use crate::sync::lock;
 
 /// Daemon-wide settings the executor needs.
 #[derive(Debug, Clone)]
@@ -62,24 +63,18 @@ pub struct Settings {
     pub audit_max_bytes: u64,
     /// Bound on each git run of a clone (fetch, mirror, copy).
     pub clone_timeout: Duration,
-    /// What `podman info` said at start: the mode and what it enforces.
-    pub host: crate::runtime::podman::Host,
     /// Profiles may set `network = "host"` (`--allow-host-network`).
     pub allow_host_network: bool,
+    /// The host uid that owns the session's files (its home, clone,
+    /// credentials file, `session/` folder) while it runs, as the runtime
+    /// maps `session_uid` (`Runtime::session_files_owner`).
+    pub session_files_owner: u32,
 }
 
 impl Settings {
-    /// The host uid that owns the session's files (its home, clone,
-    /// credentials file, `session/` folder) while it runs. Rootful: the
-    /// session uid itself, which Podman maps 1:1. Rootless: the daemon's own
-    /// uid, which `--userns=keep-id:uid=N` shows inside as the session uid,
-    /// so the daemon takes the files back without `CAP_CHOWN`.
+    /// The host uid that owns the session's files while it runs.
     pub fn host_session_uid(&self) -> u32 {
-        if self.host.rootless {
-            nix::unistd::geteuid().as_raw()
-        } else {
-            self.session_uid
-        }
+        self.session_files_owner
     }
     pub fn container_name(&self, request: &str) -> String {
         format!("agentd-{}-{request}", self.instance)
@@ -89,45 +84,6 @@ impl Settings {
     }
     pub fn spec_path(&self, request: &str) -> PathBuf {
         self.state.join("specs").join(format!("{request}.json"))
-    }
-}
-
-/// This instance's containers as last seen (listing + events + own actions).
-#[derive(Debug, Default)]
-pub struct ContainerTable {
-    pub by_request: BTreeMap<String, Container>,
-    pub orphans: Vec<Container>,
-    /// A listing succeeded since the last Podman failure.
-    pub known: bool,
-}
-
-impl ContainerTable {
-    /// Replace the table with a fresh listing, keeping entries of requests
-    /// whose operations are under way (they may have changed since).
-    pub fn replace(
-        &mut self,
-        listing: Vec<Container>,
-        busy: &BTreeSet<String>,
-        known_requests: &dyn Fn(&str) -> bool,
-    ) {
-        let mut by_request: BTreeMap<String, Container> = self
-            .by_request
-            .iter()
-            .filter(|(r, _)| busy.contains(*r))
-            .map(|(r, c)| (r.clone(), c.clone()))
-            .collect();
-        let mut orphans = Vec::new();
-        for c in listing {
-            match c.request.clone() {
-                Some(r) if known_requests(&r) => {
-                    by_request.entry(r).or_insert(c);
-                }
-                _ => orphans.push(c),
-            }
-        }
-        self.by_request = by_request;
-        self.orphans = orphans;
-        self.known = true;
     }
 }
 
@@ -154,7 +110,8 @@ pub enum Event {
 /// State shared by the loop and the executor's tasks.
 pub struct Shared {
     pub settings: Settings,
-    pub podman: Podman,
+    /// The container runtime (Podman), behind its seam.
+    pub runtime: Arc<dyn Runtime>,
     pub store: Mutex<StatusStore>,
     pub containers: Mutex<ContainerTable>,
     pub busy: Mutex<BTreeSet<String>>,
@@ -175,8 +132,6 @@ pub struct Shared {
     /// (which every failure of a finish shares), so a Podman outage during
     /// finishing does not make the daemon give up on a record early.
     pub seal_failures: Mutex<BTreeMap<String, u32>>,
-    /// Image ids learned at starts, so ends need not ask (`images`).
-    pub images: Mutex<ImageCache>,
 }
 
 /// Exponential backoff of one request's failing operation.
@@ -218,12 +173,6 @@ impl Drop for BusyGuard {
         lock(&self.sh.busy).remove(&self.key);
         let _ = self.sh.wake.try_send(Event::TaskDone);
     }
-}
-
-/// Lock a std mutex, recovering from poisoning (a panicked task must not
-/// wedge the daemon; the data is plain records).
-pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Shared {
@@ -270,12 +219,7 @@ impl Shared {
     }
 
     /// Put a container found by inspection into the table, for the planner.
-    pub fn remember(
-        &self,
-        request: &str,
-        session_id: Option<&str>,
-        i: &crate::runtime::podman::Inspected,
-    ) {
+    pub fn remember(&self, request: &str, session_id: Option<&str>, i: &ContainerInfo) {
         lock(&self.containers).by_request.insert(
             request.to_string(),
             Container {
@@ -493,7 +437,7 @@ impl Shared {
                 let key = crate::plan::container_key(&container);
                 self.spawn_for(key, async move {
                     tracing::info!(container = %container, why = %why, "removing container");
-                    match sh.podman.rm(&container).await {
+                    match sh.runtime.remove(&container).await {
                         Ok(()) => {
                             let mut t = lock(&sh.containers);
                             t.orphans.retain(|c| c.name != container);
@@ -569,7 +513,7 @@ async fn adopt(sh: &Arc<Shared>, request: &str) {
             "interrupted start never finished preparing; restarting it"
         );
         let name = container.unwrap_or_else(|| sh.settings.container_name(request));
-        if let Err(e) = sh.podman.rm(&name).await {
+        if let Err(e) = sh.runtime.remove(&name).await {
             sh.retry_later(
                 request,
                 &format!("cannot remove the unprepared container: {e}"),

@@ -47,7 +47,7 @@ pub async fn capture(sh: &Shared, session_id: &str, record: &Record, outcome: Ou
     // local clone does: in the sandbox (a root of git's system folders, the
     // repository kept writable and trusted, nothing of the daemon's). git
     // runs it through the shell, so the helper is named by its path.
-    let hide = super::clone_sandbox::Sandbox::for_daemon(&sh.settings).hide;
+    let hide = super::clone_sandbox::Sandbox::for_daemon(&sh.settings, sh.runtime.as_ref()).hide;
     let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
     let launch = move |dest: &Path, home: &Path| {
         let mut argv: Vec<OsString> = vec![exe.clone().into(), SUBCOMMAND.into()];

@@ -9,7 +9,8 @@ use crate::audit::{Record, SessionRecord};
 use crate::desired::{DEFAULT_TIMEOUT, Network, Profile, Request, SecretSource};
 use crate::fault;
 use crate::observed::{Container, ContainerState, Phase};
-use crate::runtime::podman::{BindMount, Limit, RunSpec, SecretMount, labels};
+use crate::runtime::surface::DaemonFolders;
+use crate::runtime::{BindMount, ErrorKind, Identity, Limit, SecretMount, SessionSpec};
 
 /// Starts that fail transiently (Podman hung or missing) are retried this
 /// many times before the request ends as `start_failed`.
@@ -54,7 +55,7 @@ pub async fn start(sh: &Arc<Shared>, request: &str, profile: Profile) {
         .get(request)
         .and_then(|s| s.session_id.clone());
     if prior.is_some() {
-        match sh.podman.inspect(&st.container_name(request)).await {
+        match sh.runtime.inspect(&st.container_name(request)).await {
             Ok(None) => {}
             Ok(Some(i)) => {
                 sh.remember(request, prior.as_deref(), &i);
@@ -135,26 +136,18 @@ pub async fn start(sh: &Arc<Shared>, request: &str, profile: Profile) {
                 return;
             }
         };
-    let deadline = run_spec
-        .labels
-        .iter()
-        .find(|(k, _)| k == labels::DEADLINE)
-        .and_then(|(_, v)| v.parse().ok());
+    let deadline = Some(run_spec.identity.deadline);
     // The container is created while the repository is cloned; its command
     // waits at the gate until both are done.
-    let (run, prepared, image) = tokio::join!(
-        sh.podman.run(&run_spec),
-        clone_job.run(sh),
-        super::images::learn(sh, &profile.base_image)
-    );
+    let (run, prepared) = tokio::join!(sh.runtime.run(&run_spec), clone_job.run(sh));
     match run {
         Ok(_) if prepared.is_err() => {
             let msg = prepared.err().unwrap_or_default();
             super::finish::fail_start(sh, request, Some(&session_id), &msg).await;
         }
-        Ok(id) => {
+        Ok(running) => {
             fault::point("start-after-run");
-            super::images::ran(sh, request, image, profile.memory.is_some());
+            let id = running.id;
             // A fast command may have died (and its event been recorded)
             // before we get here: never overwrite what is known.
             lock(&sh.containers)
@@ -183,7 +176,7 @@ pub async fn start(sh: &Arc<Shared>, request: &str, profile: Profile) {
             tracing::info!(request, session = %session_id, container = %run_spec.name, "session running");
         }
         Err(e) => {
-            if e.is_image_missing() {
+            if e.kind() == ErrorKind::ImageMissing {
                 let msg = format!(
                     "image `{}` is not available locally (agentd never pulls): {e}",
                     profile.base_image
@@ -193,11 +186,8 @@ pub async fn start(sh: &Arc<Shared>, request: &str, profile: Profile) {
             }
             // The run may have gone through anyway (timed out, or a name
             // taken by an earlier attempt): worth another look.
-            let transient = e.is_transient() || e.is_name_in_use();
-            let user_network = (st.host.rootless && profile.network == Network::Default)
-                .then(|| e.user_network_failure())
-                .flatten();
-            if let Some(cause) = user_network.filter(|_| !transient) {
+            let transient = matches!(e.kind(), ErrorKind::Transient | ErrorKind::NameInUse);
+            if let ErrorKind::HostNetwork(cause) = e.kind() {
                 let msg = format!(
                     "network: the default network of rootless Podman could not start: {cause}; hint: set `network = \"none\"` in profile {} if its sessions need no network, make /dev/net/tun usable for the daemon's user, or run agentd rootful; podman said: {e}",
                     profile.name
@@ -218,7 +208,7 @@ pub async fn start(sh: &Arc<Shared>, request: &str, profile: Profile) {
             // The container may exist anyway (a timed-out run that went
             // through, a name taken by an earlier attempt): look before
             // deciding.
-            if let Ok(Some(i)) = sh.podman.inspect(&run_spec.name).await {
+            if let Ok(Some(i)) = sh.runtime.inspect(&run_spec.name).await {
                 sh.remember(request, Some(&session_id), &i);
                 if i.state == ContainerState::Running {
                     mark_running(sh, request, &run_spec.name);
@@ -247,7 +237,7 @@ async fn check_podman_secrets(sh: &Shared, profile: &Profile) -> Result<(), Stri
         let SecretSource::PodmanSecret(secret) = &c.source else {
             continue;
         };
-        match sh.podman.secret_exists(secret).await {
+        match sh.runtime.secret_exists(secret).await {
             Ok(true) => {}
             Ok(false) => {
                 return Err(format!(
@@ -289,7 +279,7 @@ fn prepare(
     spec: &Request,
     repo: Option<&crate::desired::Repo>,
     record: &Record,
-) -> Result<(RunSpec, CloneJob), String> {
+) -> Result<(SessionSpec, CloneJob), String> {
     let st = &sh.settings;
     // Nothing silently weaker than the profile: a limit this host's Podman
     // would ignore (rootless on cgroup v1, or v2 without the controller
@@ -300,7 +290,7 @@ fn prepare(
         (Limit::PidsLimit, profile.pids_limit.is_some()),
     ];
     for (limit, set) in limits {
-        if let Some(why) = set.then(|| st.host.why_not_enforced(limit)).flatten() {
+        if let Some(why) = set.then(|| sh.runtime.unenforced(limit)).flatten() {
             return Err(format!("profile {}: {why}", profile.name));
         }
     }
@@ -333,13 +323,17 @@ fn prepare(
                 .map(|(i, m)| (format!("mounts[{i}].source"), &m.source)),
         );
     // The daemon's control surface never reaches a session, inside or
-    // around a mount (`surface`, issue 17): rootless, the agent has the
-    // daemon user's uid on the host (keep-id). Computed only for a profile
-    // that names host paths.
+    // around a mount (`Runtime::control_surface`, issue 17): rootless, the
+    // agent has the daemon user's uid on the host. Computed only for a
+    // profile that names host paths.
     let mut guarded = None;
     for (field, p) in host_paths {
         let guarded = guarded.get_or_insert_with(|| {
-            super::surface::surface(&super::surface::Inputs::of(st), &st.host)
+            sh.runtime.control_surface(&DaemonFolders {
+                state: st.state.clone(),
+                audit_root: st.audit_root.clone(),
+                desired: st.desired.clone(),
+            })
         });
         if let Some(link) = crate::fsutil::symlink_component(p) {
             return Err(format!(
@@ -348,7 +342,7 @@ fn prepare(
                 link.display()
             ));
         }
-        super::surface::refuse(&field, p, guarded)?;
+        crate::runtime::surface::refuse(&field, p, guarded)?;
     }
     let work = WorkDir::create(st.work_dir(session_id))
         .map_err(|e| format!("cannot create work folder: {e}"))?;
@@ -460,13 +454,6 @@ fn prepare(
     }
     env.extend(profile.env.iter().map(|(k, v)| (k.clone(), v.clone())));
 
-    let mut labels_v = vec![
-        (labels::MANAGED.to_string(), "true".to_string()),
-        (labels::INSTANCE.to_string(), st.instance.clone()),
-        (labels::SESSION.to_string(), session_id.to_string()),
-        (labels::PROFILE.to_string(), profile.name.clone()),
-        (labels::REQUEST.to_string(), spec.id.clone()),
-    ];
     // Every session has a deadline: a profile without `timeout` gets the
     // documented default, and a request only ever shortens it (validation
     // refuses a longer one; `min` keeps that true for specs frozen earlier).
@@ -474,7 +461,6 @@ fn prepare(
     let timeout = spec.timeout.map_or(limit, |t| t.min(limit));
     let ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX / 2);
     let deadline = jiff::Timestamp::now().as_millisecond().saturating_add(ms);
-    labels_v.push((labels::DEADLINE.to_string(), deadline.to_string()));
 
     // Every session enters through a `/bin/sh -c` wrapper with the
     // profile's argv passed through untouched as "$@". It first waits at the
@@ -497,19 +483,18 @@ fn prepare(
     ];
     command.extend(profile.command.iter().cloned());
 
-    let run_spec = RunSpec {
+    let run_spec = SessionSpec {
         name: st.container_name(&spec.id),
         image: profile.base_image.clone(),
-        labels: labels_v,
+        identity: Identity {
+            instance: st.instance.clone(),
+            session_id: session_id.to_string(),
+            profile: profile.name.clone(),
+            request: spec.id.clone(),
+            deadline,
+        },
         uid,
         gid: uid,
-        // Rootless: map the session uid onto the daemon's own uid, so what
-        // the daemon owns on the host the session owns inside, and what the
-        // agent creates stays the daemon's to take back and remove.
-        userns: st
-            .host
-            .rootless
-            .then(|| format!("keep-id:uid={uid},gid={uid}")),
         user: profile.name.clone(),
         home: home.clone(),
         workdir: format!("{home}/repo"),
@@ -526,16 +511,11 @@ fn prepare(
                 _ => None,
             })
             .collect(),
-        log_path: work.console(),
+        runtime_dir: work.root.clone(),
         // Twice the record's cap: the k8s-file framing roughly doubles short
         // lines, and the conversion into the record applies the exact cap.
-        log_max_bytes: Some(st.audit_max_bytes.saturating_mul(2)),
-        pid_file: WorkDir::pid_file(&work.root),
-        network: match &profile.network {
-            Network::Default => None,
-            Network::None => Some("none".into()),
-            Network::Named(n) => Some(n.clone()),
-        },
+        console_max_bytes: Some(st.audit_max_bytes.saturating_mul(2)),
+        network: profile.network.clone(),
         memory: profile.memory.clone(),
         cpus: profile.cpus,
         pids_limit: profile.pids_limit,
@@ -565,7 +545,7 @@ impl CloneJob {
             git_home: &st.state.join("git-home"),
             timeout: st.clone_timeout,
             cache: &sh.clone_cache,
-            sandbox: &super::clone_sandbox::Sandbox::for_daemon(st),
+            sandbox: &super::clone_sandbox::Sandbox::for_daemon(st, sh.runtime.as_ref()),
         };
         super::clone::clone(
             &self.repo,

@@ -25,22 +25,9 @@ fn shared(state: &std::path::Path) -> Arc<Shared> {
             audit_max_bytes: 1 << 20,
             clone_timeout: Duration::from_secs(60),
             allow_host_network: false,
-            host: crate::runtime::podman::Host {
-                version: "4.3.1".into(),
-                rootless: false,
-                cgroup_version: "v2".into(),
-                cgroup_manager: "systemd".into(),
-                cgroup_controllers: vec![],
-                network_backend: "netavark".into(),
-                storage_driver: "overlay".into(),
-                graph_root: String::new(),
-                run_root: String::new(),
-                volume_path: String::new(),
-                socket: String::new(),
-                mapped_ids: None,
-            },
+            session_files_owner: nix::unistd::geteuid().as_raw(),
         },
-        podman: Podman::default(),
+        runtime: Arc::new(crate::runtime::fake::Fake::default()),
         store: Mutex::new(store),
         containers: Mutex::default(),
         busy: Mutex::new(BTreeSet::new()),
@@ -51,7 +38,6 @@ fn shared(state: &std::path::Path) -> Arc<Shared> {
         gates: Mutex::default(),
         leftovers: Mutex::default(),
         seal_failures: Mutex::default(),
-        images: Mutex::default(),
     })
 }
 

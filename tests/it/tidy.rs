@@ -88,3 +88,89 @@ fn no_source_file_cites_contract_md_which_is_not_in_the_repository_issue_17() {
         "cite the docs/ page instead of CONTRACT.md in: {citing:?}"
     );
 }
+
+/// The words of Podman's mechanisms: only the Podman backend knows them.
+const PODMAN_MECHANISMS: [&str; 6] = [
+    "conmon",
+    "podman events",
+    "keep-id",
+    "pidfile",
+    "pid_file",
+    "images.json",
+];
+
+/// Where one of those words means something else, and why.
+const NOT_PODMAN: [(&str, &str); 1] = [(
+    // `agentd import` reads another tool's config, whose key this is.
+    "src/cli/import/convert.rs",
+    r#""socket_path" | "pid_file""#,
+)];
+
+#[test]
+fn podman_mechanisms_live_only_in_the_podman_backend_issue_18() {
+    let root = repo_root();
+    let backend = root.join("src/runtime/podman");
+    let mut found = Vec::new();
+    for f in rust_files(&root.join("src")) {
+        if f.starts_with(&backend) {
+            continue;
+        }
+        let rel = f.strip_prefix(&root).expect("inside the repo");
+        let text = std::fs::read_to_string(&f).expect("read");
+        for (n, line) in text.lines().enumerate() {
+            let allowed = NOT_PODMAN
+                .iter()
+                .any(|(file, what)| rel == Path::new(file) && line.contains(what));
+            let lower = line.to_lowercase();
+            for word in PODMAN_MECHANISMS {
+                if lower.contains(word) && !allowed {
+                    found.push(format!("{}:{}: `{word}`", rel.display(), n + 1));
+                }
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "Podman mechanisms outside src/runtime/podman/:\n{}",
+        found.join("\n")
+    );
+}
+
+/// The modules `crate::...` paths in `text` name (`crate::{a, b}` too).
+fn crate_modules(text: &str) -> Vec<String> {
+    let ident = |s: &str| -> String {
+        s.chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let mut out = Vec::new();
+    for (at, _) in text.match_indices("crate::") {
+        let rest = &text[at + "crate::".len()..];
+        match rest.strip_prefix('{') {
+            Some(group) => {
+                let group = &group[..group.find('}').unwrap_or(group.len())];
+                out.extend(group.split(',').map(|p| ident(p.trim())));
+            }
+            None => out.push(ident(rest)),
+        }
+    }
+    out
+}
+
+#[test]
+fn the_runtime_imports_neither_executor_daemon_nor_metrics_issue_18() {
+    assert_eq!(
+        crate_modules("use crate::{execute::x, sync};\ncrate::metrics::get()"),
+        ["execute", "sync", "metrics"]
+    );
+    let mut found = Vec::new();
+    for f in rust_files(&repo_root().join("src/runtime")) {
+        let text = std::fs::read_to_string(&f).expect("read");
+        for m in crate_modules(&text) {
+            if ["execute", "daemon", "metrics"].contains(&m.as_str()) {
+                found.push(format!("{}: crate::{m}", f.display()));
+            }
+        }
+    }
+    assert!(found.is_empty(), "{}", found.join("\n"));
+}
