@@ -5,7 +5,9 @@
 //! Order matters for crash safety: the audit record is completed before the
 //! status says `done`, so a crash in between leaves a session the next pass
 //! finishes again (idempotently), never a lost exit code. Every failure is
-//! retried with backoff (`Shared::retry_later`).
+//! a [`FinishError`], retried with backoff (`Shared::retry_later`) from one
+//! place per verb. What the session's outcome is, and what to do with a
+//! container found in one state or another, are pure: [`decide`], [`step`].
 //!
 //! The critical path from the exit to `done` holds only what the record
 //! needs (issue 12 item 3): `Runtime::inspect` answers from what the
@@ -15,16 +17,82 @@
 //! folder (the sweep removes it) or a container of a done request (the
 //! planner removes it on a later pass).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::{Shared, lock, stop_message};
 use crate::audit::{Limits, Record, SealOptions, Sealed};
 use crate::fault;
-use crate::observed::{ContainerState, Outcome, Phase, Status, StopReason};
-use crate::runtime::ContainerInfo;
+use crate::observed::{ContainerState, Outcome, Phase, StopReason};
+use crate::runtime::{ContainerInfo, RuntimeError};
+
+/// A step of ending a session failed; the operation is retried with
+/// backoff, and the message is the status message meanwhile.
+#[derive(Debug, thiserror::Error)]
+pub enum FinishError {
+    #[error("stopping failed: {0}")]
+    Stop(RuntimeError),
+    #[error("finishing: {0}")]
+    Inspect(RuntimeError),
+    #[error("finishing: cannot stop container: {0}")]
+    StopAgain(RuntimeError),
+    #[error("cannot remove the unprepared container: {0}")]
+    RemoveUnprepared(RuntimeError),
+    #[error("cannot remove half-created container: {0}")]
+    RemoveHalfCreated(RuntimeError),
+    #[error("finishing: cannot remove container: {0}")]
+    Remove(RuntimeError),
+    #[error("finishing: cannot write console log: {0}")]
+    Console(RuntimeError),
+    #[error("finishing: cannot read {}/agentd/session.json", .0.display())]
+    ReadRecord(PathBuf),
+    #[error("finishing: sealing the audit record: {0}")]
+    Seal(String),
+}
+
+/// The outcome of a session, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub outcome: Outcome,
+    pub exit_code: Option<i32>,
+    pub message: Option<String>,
+}
+
+/// What finishing does with the container it found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// It runs and nobody asked it to stop: the table was stale; supervise
+    /// it again.
+    Resume,
+    /// It runs though it was stopped or cancelled: stop it (again).
+    StopAgain,
+    /// The start never finished preparing, so its command never ran: start
+    /// again with the same session.
+    StartAgain,
+    /// Record the end.
+    Record,
+}
+
+/// PURE: what finishing does. `running`: the container runs; `stopping`:
+/// agentd stopped or cancelled it; `unprepared`: no record was finalized,
+/// nobody stopped it, and its work folder was never marked prepared.
+pub fn step(running: bool, stopping: bool, unprepared: bool) -> Step {
+    match (running, stopping) {
+        (true, false) => Step::Resume,
+        (true, true) => Step::StopAgain,
+        (false, _) if unprepared => Step::StartAgain,
+        (false, _) => Step::Record,
+    }
+}
 
 /// `podman stop` with the grace period; the exit is then collected by `finish`.
 pub async fn stop(sh: &Arc<Shared>, request: &str, reason: StopReason) {
+    if let Err(e) = try_stop(sh, request, reason).await {
+        sh.retry_later(request, &e.to_string());
+    }
+}
+
+async fn try_stop(sh: &Arc<Shared>, request: &str, reason: StopReason) -> Result<(), FinishError> {
     let name = sh.settings.container_name(request);
     tracing::info!(request, container = %name, reason = ?reason, "stopping session");
     // Persist why before acting, so the outcome survives a crash mid-stop.
@@ -32,10 +100,10 @@ pub async fn stop(sh: &Arc<Shared>, request: &str, reason: StopReason) {
         s.message = Some(stop_message(reason));
         s.stop_reason = Some(reason);
     });
-    if let Err(e) = sh.runtime.stop(&name, sh.settings.stop_grace).await {
-        sh.retry_later(request, &format!("stopping failed: {e}"));
-        return;
-    }
+    sh.runtime
+        .stop(&name, sh.settings.stop_grace)
+        .await
+        .map_err(FinishError::Stop)?;
     sh.succeeded(request);
     // The exit is also reported by the runtime's changes; record it now so
     // the next pass finishes without waiting for that.
@@ -44,11 +112,23 @@ pub async fn stop(sh: &Arc<Shared>, request: &str, reason: StopReason) {
     {
         c.state = i.state;
     }
+    Ok(())
 }
 
 /// A start that failed before or at `podman run`: clean up what exists and
 /// end the request as `start_failed` with `message`.
 pub async fn fail_start(sh: &Arc<Shared>, request: &str, session_id: Option<&str>, message: &str) {
+    if let Err(e) = try_fail_start(sh, request, session_id, message).await {
+        sh.retry_later(request, &e.to_string());
+    }
+}
+
+async fn try_fail_start(
+    sh: &Arc<Shared>,
+    request: &str,
+    session_id: Option<&str>,
+    message: &str,
+) -> Result<(), FinishError> {
     tracing::warn!(
         request,
         session = session_id.unwrap_or(""),
@@ -56,13 +136,10 @@ pub async fn fail_start(sh: &Arc<Shared>, request: &str, session_id: Option<&str
         "session start failed"
     );
     let name = sh.settings.container_name(request);
-    if let Err(e) = sh.runtime.remove(&name).await {
-        sh.retry_later(
-            request,
-            &format!("cannot remove half-created container: {e}"),
-        );
-        return;
-    }
+    sh.runtime
+        .remove(&name)
+        .await
+        .map_err(FinishError::RemoveHalfCreated)?;
     lock(&sh.containers).by_request.remove(request);
     sh.close_gate(request);
     let now = jiff::Timestamp::now();
@@ -75,16 +152,13 @@ pub async fn fail_start(sh: &Arc<Shared>, request: &str, session_id: Option<&str
         if let Some(dir) = audit_dir {
             let record = Record { dir };
             let start_message = message.clone();
-            let sealed = seal_record(sh, request, &record, move |rec| {
+            let note = seal_record(sh, request, &record, move |rec| {
                 rec.end_timestamp = Some(now);
                 rec.outcome = Some(Outcome::StartFailed);
                 rec.message = start_message;
             })
-            .await;
-            match sealed {
-                Ok(note) => add_note(&mut message, note),
-                Err(()) => return,
-            }
+            .await?;
+            add_note(&mut message, note);
         }
     }
     sh.succeeded(request);
@@ -95,17 +169,24 @@ pub async fn fail_start(sh: &Arc<Shared>, request: &str, session_id: Option<&str
         s.finished_at = Some(now);
         s.message = message;
     });
+    Ok(())
 }
 
 /// Collect the exit of a session whose container exited (or that never got
 /// one), finalize its record, remove its resources and mark it done.
 /// Idempotent: a re-run after a crash at any point reaches the same end.
 pub async fn finish(sh: &Arc<Shared>, request: &str, cancelled: bool) {
+    if let Err(e) = try_finish(sh, request, cancelled).await {
+        sh.retry_later(request, &e.to_string());
+    }
+}
+
+async fn try_finish(sh: &Arc<Shared>, request: &str, cancelled: bool) -> Result<(), FinishError> {
     // How long the end took up to `done` (logged): the critical path of
     // issue 12, seen in every deployment's log, not only in a benchmark.
     let began = std::time::Instant::now();
     let Some(status) = sh.update_status(request, |s| s.phase = Phase::Finishing) else {
-        return;
+        return Ok(());
     };
     let name = status
         .container
@@ -119,60 +200,61 @@ pub async fn finish(sh: &Arc<Shared>, request: &str, cancelled: bool) {
         .and_then(Record::read_session)
         .filter(|r| r.outcome.is_some());
 
-    let inspected = match sh.runtime.inspect(&name).await {
-        Ok(i) => i,
-        Err(e) => {
-            sh.retry_later(request, &format!("finishing: {e}"));
-            return;
-        }
-    };
-    if let Some(i) = &inspected
-        && i.state == ContainerState::Running
-    {
-        if status.stop_reason.is_none() && !cancelled {
-            // The container table was stale: the session runs. Put it back
-            // and let the planner supervise it; never stop healthy work.
-            tracing::info!(request, "container still running; resuming supervision");
-            sh.remember(request, status.session_id.as_deref(), i);
-            sh.update_status(request, |s| s.phase = Phase::Running);
-            return;
-        }
-        if let Err(e) = sh.runtime.stop(&name, sh.settings.stop_grace).await {
-            sh.retry_later(request, &format!("finishing: cannot stop container: {e}"));
-        }
-        return;
-    }
-
+    let inspected = sh
+        .runtime
+        .inspect(&name)
+        .await
+        .map_err(FinishError::Inspect)?;
+    let stopping = status.stop_reason.is_some() || cancelled;
     // The command passes its gate only after the work folder is marked
     // prepared, so a session whose folder never was cannot have run its
     // command: whatever ended its container (an adoption's clean-up that a
     // kill -9 interrupted, say) ended an unfinished start. Start it again
     // with the same session id rather than judge an exit that never was.
-    let never_ran = finalized.is_none()
-        && status.stop_reason.is_none()
-        && !cancelled
+    let unprepared = finalized.is_none()
+        && !stopping
         && status.session_id.as_deref().is_some_and(|sid| {
             let work = sh.settings.work_dir(sid);
             work.is_dir() && !super::workdir::WorkDir::is_prepared(&work)
         });
-    if never_ran {
-        if inspected.is_some()
-            && let Err(e) = sh.runtime.remove(&name).await
-        {
-            sh.retry_later(
-                request,
-                &format!("cannot remove the unprepared container: {e}"),
-            );
-            return;
+    let running = inspected
+        .as_ref()
+        .is_some_and(|i| i.state == ContainerState::Running);
+    match step(running, stopping, unprepared) {
+        Step::Resume => {
+            // The container table was stale: the session runs. Put it back
+            // and let the planner supervise it; never stop healthy work.
+            tracing::info!(request, "container still running; resuming supervision");
+            if let Some(i) = &inspected {
+                sh.remember(request, status.session_id.as_deref(), i);
+            }
+            sh.update_status(request, |s| s.phase = Phase::Running);
+            return Ok(());
         }
-        tracing::info!(
-            request,
-            "container of an unfinished start ended before its command ran; starting again"
-        );
-        lock(&sh.containers).by_request.remove(request);
-        sh.close_gate(request);
-        sh.update_status(request, |s| s.phase = Phase::Starting);
-        return;
+        Step::StopAgain => {
+            return sh
+                .runtime
+                .stop(&name, sh.settings.stop_grace)
+                .await
+                .map_err(FinishError::StopAgain);
+        }
+        Step::StartAgain => {
+            if inspected.is_some() {
+                sh.runtime
+                    .remove(&name)
+                    .await
+                    .map_err(FinishError::RemoveUnprepared)?;
+            }
+            tracing::info!(
+                request,
+                "container of an unfinished start ended before its command ran; starting again"
+            );
+            lock(&sh.containers).by_request.remove(request);
+            sh.close_gate(request);
+            sh.update_status(request, |s| s.phase = Phase::Starting);
+            return Ok(());
+        }
+        Step::Record => {}
     }
 
     // An exited container goes after `done` (off the critical path);
@@ -181,13 +263,23 @@ pub async fn finish(sh: &Arc<Shared>, request: &str, cancelled: bool) {
         .as_ref()
         .is_some_and(|i| matches!(i.state, ContainerState::Exited(_)));
     let rm_first = inspected.is_some() && !exited;
-    let (outcome, exit_code, mut message) = match &finalized {
-        Some(rec) => (
-            rec.outcome.unwrap_or(Outcome::GenericFailure),
-            rec.exit_code,
-            rec.message.clone(),
+    let Verdict {
+        outcome,
+        exit_code,
+        mut message,
+    } = match &finalized {
+        Some(rec) => Verdict {
+            outcome: rec.outcome.unwrap_or(Outcome::GenericFailure),
+            exit_code: rec.exit_code,
+            message: rec.message.clone(),
+        },
+        None => decide(
+            status.stop_reason,
+            status.session_id.is_some(),
+            inspected.as_ref(),
+            cancelled,
+            now,
         ),
-        None => judge(&status, inspected.as_ref(), cancelled, now),
     };
 
     // What the agent changed (issue 20): from the capture, or from the
@@ -207,50 +299,38 @@ pub async fn finish(sh: &Arc<Shared>, request: &str, cancelled: bool) {
             let collected = sh
                 .runtime
                 .collect_console(&work, &record.console_path(), cap)
-                .await;
-            match collected.map(|c| c.truncated) {
-                Ok(true) => add_note(
+                .await
+                .map_err(FinishError::Console)?;
+            if collected.truncated {
+                add_note(
                     &mut message,
                     Some(format!("console output truncated at {cap} bytes")),
-                ),
-                Ok(_) => {}
-                Err(e) => {
-                    sh.retry_later(
-                        request,
-                        &format!("finishing: cannot write console log: {e}"),
-                    );
-                    return;
-                }
+                );
             }
             let captured = super::results::capture(sh, sid, record, outcome).await;
             add_note(&mut message, captured.note());
             results = captured.clone();
-            let image_id = inspected.as_ref().map(|i| i.image.id.clone());
-            let image_digest = inspected.as_ref().and_then(|i| i.image.digest.clone());
+            let image = inspected.as_ref().map(|i| i.image.clone());
             let final_message = message.clone();
-            let sealed = seal_record(sh, request, record, move |rec| {
+            let note = seal_record(sh, request, record, move |rec| {
                 (rec.changes, rec.push) = (captured.changes, captured.push);
                 rec.end_timestamp = Some(now);
                 rec.outcome = Some(outcome);
                 rec.exit_code = exit_code;
-                rec.image_id = image_id;
-                rec.image_digest = image_digest;
+                rec.image_id = image.as_ref().map(|i| i.id.clone());
+                rec.image_digest = image.and_then(|i| i.digest);
                 rec.message = final_message;
             })
-            .await;
-            match sealed {
-                Ok(note) => add_note(&mut message, note),
-                Err(()) => return,
-            }
+            .await?;
+            add_note(&mut message, note);
             fault::point("finish-after-audit");
         }
-        if rm_first && let Err(e) = sh.runtime.remove(&name).await {
-            sh.retry_later(request, &format!("finishing: cannot remove container: {e}"));
-            return;
-        }
-    } else if rm_first && let Err(e) = sh.runtime.remove(&name).await {
-        sh.retry_later(request, &format!("finishing: cannot remove container: {e}"));
-        return;
+    }
+    if rm_first {
+        sh.runtime
+            .remove(&name)
+            .await
+            .map_err(FinishError::Remove)?;
     }
     sh.succeeded(request);
     sh.close_gate(request);
@@ -290,6 +370,7 @@ pub async fn finish(sh: &Arc<Shared>, request: &str, cancelled: bool) {
         remove_exited(sh, request, &name).await;
         fault::point("finish-after-rm");
     }
+    Ok(())
 }
 
 /// Remove the exited container of a done session. A failure is only
@@ -309,14 +390,16 @@ async fn remove_exited(sh: &Shared, request: &str, name: &str) {
     }
 }
 
-/// The outcome of a session from what is known: why agentd stopped it (if
-/// it did), the container's exit and deadline, or its absence.
-fn judge(
-    status: &Status,
+/// PURE: the outcome of a session from what is known: why agentd stopped
+/// it (if it did), the container's exit and deadline, or its absence.
+/// `had_session`: a session (and its record) was allocated.
+pub fn decide(
+    stop_reason: Option<StopReason>,
+    had_session: bool,
     inspected: Option<&ContainerInfo>,
     cancelled: bool,
     now: jiff::Timestamp,
-) -> (Outcome, Option<i32>, Option<String>) {
+) -> Verdict {
     let ran = inspected.is_some_and(|i| i.started_at.is_some());
     let exit_code = inspected
         .filter(|i| ran && matches!(i.state, ContainerState::Exited(_)))
@@ -328,49 +411,50 @@ fn judge(
     let past_deadline = inspected
         .and_then(|i| i.deadline)
         .is_some_and(|d| ran && finished_ms >= d);
-    match (status.stop_reason, exit_code) {
-        (Some(StopReason::Cancelled), _) => (
+    let verdict = |outcome, exit_code, message: &str| Verdict {
+        outcome,
+        exit_code,
+        message: Some(message.to_string()),
+    };
+    match (stop_reason, exit_code) {
+        (Some(StopReason::Cancelled), _) => verdict(
             Outcome::Cancelled,
             exit_code,
-            Some("cancelled: the request file was removed".into()),
+            "cancelled: the request file was removed",
         ),
-        (Some(StopReason::TimedOut), _) => (
+        (Some(StopReason::TimedOut), _) => verdict(
             Outcome::TimedOut,
             exit_code,
-            Some("timed out: stopped at the deadline".into()),
+            "timed out: stopped at the deadline",
         ),
-        (None, _) if past_deadline => (
+        (None, _) if past_deadline => verdict(
             Outcome::TimedOut,
             exit_code,
-            Some("timed out: stopped at the deadline".into()),
+            "timed out: stopped at the deadline",
         ),
         (None, Some(code)) => {
             let oom = inspected.is_some_and(|i| i.oom_killed);
-            (
-                Outcome::from_exit_code(code),
-                Some(code),
-                oom.then(|| "killed: out of memory".to_string()),
-            )
+            Verdict {
+                outcome: Outcome::from_exit_code(code),
+                exit_code: Some(code),
+                message: oom.then(|| "killed: out of memory".to_string()),
+            }
         }
-        (None, None) if !ran && cancelled => (
-            Outcome::Cancelled,
-            None,
-            Some("cancelled before it started".into()),
-        ),
-        (None, None) if ran => (
+        (None, None) if !ran && cancelled => {
+            verdict(Outcome::Cancelled, None, "cancelled before it started")
+        }
+        (None, None) if ran => verdict(
             Outcome::GenericFailure,
             None,
-            Some("the container was reset before it exited (host restart?); no exit code".into()),
+            "the container was reset before it exited (host restart?); no exit code",
         ),
-        (None, None) if status.session_id.is_none() => (
-            Outcome::Cancelled,
-            None,
-            Some("cancelled before it started".into()),
-        ),
-        (None, None) => (
+        (None, None) if !had_session => {
+            verdict(Outcome::Cancelled, None, "cancelled before it started")
+        }
+        (None, None) => verdict(
             Outcome::GenericFailure,
             None,
-            Some("the container disappeared before its exit code was collected".into()),
+            "the container disappeared before its exit code was collected",
         ),
     }
 }
@@ -421,23 +505,17 @@ async fn remove_work_dir(
 /// Seal `record` with its final `session.json` (the start form changed by
 /// `finish`), on a blocking thread and within the record's budget.
 /// `Ok(note)`: sealed, or deliberately left unsealed and incomplete (a
-/// multi-linked file); `note` is for the status message (what was cut, why
-/// it was refused). `Err(())`: a failure, retried later.
+/// multi-linked file, or sealing failed `SEAL_ATTEMPTS` times); `note` is
+/// for the status message (what was cut, why it was refused). `Err`: a
+/// failure, retried later.
 async fn seal_record(
     sh: &Shared,
     request: &str,
     record: &Record,
     finish: impl FnOnce(&mut crate::audit::SessionRecord),
-) -> Result<Option<String>, ()> {
+) -> Result<Option<String>, FinishError> {
     let Some(mut rec) = record.read_session() else {
-        sh.retry_later(
-            request,
-            &format!(
-                "finishing: cannot read {}/agentd/session.json",
-                record.dir.display()
-            ),
-        );
-        return Err(());
+        return Err(FinishError::ReadRecord(record.dir.clone()));
     };
     finish(&mut rec);
     let opts = SealOptions {
@@ -468,10 +546,6 @@ async fn seal_record(
             Ok(note)
         }
         Err(e) => {
-            sh.retry_later(
-                request,
-                &format!("finishing: sealing the audit record: {e}"),
-            );
             let attempts = {
                 let mut failures = lock(&sh.seal_failures);
                 let n = failures.entry(request.to_string()).or_insert(0);
@@ -479,7 +553,7 @@ async fn seal_record(
                 *n
             };
             if attempts < SEAL_ATTEMPTS {
-                return Err(());
+                return Err(FinishError::Seal(e));
             }
             lock(&sh.seal_failures).remove(request);
             // Whatever the agent left must not hold the slot, the container

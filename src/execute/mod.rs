@@ -6,15 +6,16 @@
 //! Per-session failures end that session (`start_failed`, a status message)
 //! and never stop the loop.
 
+pub(crate) mod adopt;
 pub mod clone;
 pub mod clone_sandbox;
-mod finish;
+pub(crate) mod finish;
 mod leftovers;
 mod private_repo;
 mod results;
 mod schedule;
 mod secrets;
-mod start;
+pub(crate) mod start;
 mod table;
 #[cfg(test)]
 mod tests;
@@ -411,7 +412,9 @@ impl Shared {
             }
             Action::Adopt { request } => {
                 let sh = Arc::clone(self);
-                self.spawn_for(request.clone(), async move { adopt(&sh, &request).await });
+                self.spawn_for(request.clone(), async move {
+                    adopt::adopt(&sh, &request).await;
+                });
             }
             Action::Stop { request, reason } => {
                 let sh = Arc::clone(self);
@@ -489,62 +492,6 @@ impl Shared {
         tracing::info!(request = %r.id, profile = %r.profile, spec_sha256 = %r.spec_sha256, "request admitted");
         self.put_status(s);
     }
-}
-
-/// A start was interrupted with its container running. If the work folder
-/// was fully prepared, the session is sound: open its gate and supervise
-/// it. If not, its command is still waiting at the gate on a partial
-/// clone: remove the container; the start is retried (same session).
-async fn adopt(sh: &Arc<Shared>, request: &str) {
-    let Some(status) = lock(&sh.store).get(request).cloned() else {
-        return;
-    };
-    let container = lock(&sh.containers)
-        .by_request
-        .get(request)
-        .map(|c| c.name.clone());
-    let prepared = status
-        .session_id
-        .as_deref()
-        .is_some_and(|sid| workdir::WorkDir::is_prepared(&sh.settings.work_dir(sid)));
-    if !prepared {
-        tracing::info!(
-            request,
-            "interrupted start never finished preparing; restarting it"
-        );
-        let name = container.unwrap_or_else(|| sh.settings.container_name(request));
-        if let Err(e) = sh.runtime.remove(&name).await {
-            sh.retry_later(
-                request,
-                &format!("cannot remove the unprepared container: {e}"),
-            );
-            return;
-        }
-        lock(&sh.containers).by_request.remove(request);
-        return;
-    }
-    if let Some(sid) = &status.session_id {
-        match sh.open_gate(request, sid).await {
-            Ok(()) => {}
-            // Only a session of an older agentd (whose gate its agent could
-            // write) has a full gate: its command is past the gate already.
-            // Supervise it like any running session (deadline, cancel)
-            // rather than retry a write that can never succeed.
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                tracing::warn!(request, error = %e, "cannot send go; adopting the session as running");
-            }
-            Err(e) => {
-                sh.retry_later(request, &format!("cannot open the start gate: {e}"));
-                return;
-            }
-        }
-    }
-    tracing::info!(request, "adopting running session");
-    sh.update_status(request, |s| {
-        s.phase = Phase::Running;
-        s.container = container;
-        s.started_at = s.started_at.or(Some(jiff::Timestamp::now()));
-    });
 }
 
 /// The status message while a session is being stopped.

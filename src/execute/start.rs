@@ -10,7 +10,9 @@ use crate::desired::{DEFAULT_TIMEOUT, Network, Profile, Request, SecretSource};
 use crate::fault;
 use crate::observed::{Container, ContainerState, Phase};
 use crate::runtime::surface::DaemonFolders;
-use crate::runtime::{BindMount, ErrorKind, Identity, Limit, SecretMount, SessionSpec};
+use crate::runtime::{
+    BindMount, ErrorKind, Identity, Limit, RuntimeError, SecretMount, SessionSpec,
+};
 
 /// Starts that fail transiently (Podman hung or missing) are retried this
 /// many times before the request ends as `start_failed`.
@@ -27,49 +29,165 @@ pub fn new_session_id() -> String {
     crate::fsutil::random_hex()
 }
 
+/// Why a start did not leave its session running. The kind decides what
+/// comes next ([`StartError::next`]); the message is the status message.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot read the frozen spec of {request}: {reason}")]
+    Spec { request: String, reason: String },
+    /// The audit record could not be made or written.
+    #[error(transparent)]
+    Record(#[from] crate::audit::AuditError),
+    /// The profile, the request or the host refuses the session (a limit
+    /// not enforced, a mount, a secret, the clone); the message names the
+    /// field and the fix.
+    #[error("{0}")]
+    Refused(String),
+    #[error("image `{image}` is not available locally (agentd never pulls): {source}")]
+    ImageMissing { image: String, source: RuntimeError },
+    #[error(
+        "network: the default network of rootless Podman could not start: {cause}; hint: set `network = \"none\"` in profile {profile} if its sessions need no network, make /dev/net/tun usable for the daemon's user, or run agentd rootful; podman said: {source}"
+    )]
+    HostNetwork {
+        cause: &'static str,
+        profile: String,
+        source: RuntimeError,
+    },
+    #[error("podman run failed: {0}")]
+    Run(RuntimeError),
+    #[error("cannot open the start gate: {0}")]
+    Gate(std::io::Error),
+    /// The runtime did not answer (or the name was taken) and no container
+    /// turned up: another attempt, at most `MAX_START_ATTEMPTS`.
+    #[error("podman run: {0}")]
+    RunTransient(RuntimeError),
+    /// An earlier attempt's container could not be looked for.
+    #[error("checking for an earlier attempt's container: {0}")]
+    Probe(RuntimeError),
+}
+
+/// The messages of the helpers that still speak in strings (clone, secrets,
+/// work folder): each names its field and fix, and ends the start.
+impl From<String> for StartError {
+    fn from(message: String) -> StartError {
+        StartError::Refused(message)
+    }
+}
+
+/// What a failed start leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// `start_failed`, with the error as its message.
+    Fail,
+    /// Another attempt after the backoff, however many it takes.
+    Retry,
+    /// Another attempt, until `MAX_START_ATTEMPTS` have failed.
+    RetryAtMost(u32),
+}
+
+impl StartError {
+    /// PURE: what comes after this failure.
+    pub fn next(&self) -> Next {
+        match self {
+            StartError::Probe(_) => Next::Retry,
+            StartError::RunTransient(_) => Next::RetryAtMost(MAX_START_ATTEMPTS),
+            _ => Next::Fail,
+        }
+    }
+
+    /// PURE: a failed run of the container, classified. `None`: it may
+    /// have gone through (timed out, a name taken by an earlier attempt):
+    /// look before deciding.
+    pub fn of_run(e: RuntimeError, profile: &Profile) -> Result<StartError, RuntimeError> {
+        Ok(match e.kind() {
+            ErrorKind::ImageMissing => StartError::ImageMissing {
+                image: profile.base_image.clone(),
+                source: e,
+            },
+            ErrorKind::HostNetwork(cause) => StartError::HostNetwork {
+                cause,
+                profile: profile.name.clone(),
+                source: e,
+            },
+            ErrorKind::Failed => StartError::Run(e),
+            ErrorKind::Transient | ErrorKind::NameInUse => return Err(e),
+        })
+    }
+}
+
+/// How a start that raised no error ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Started {
+    /// The command passed its gate: the session runs.
+    Running,
+    /// A container of an earlier attempt (or of this one's timed-out run)
+    /// exists: the planner takes it from here.
+    HandedOver,
+}
+
+/// Start `request`'s session. The one place a failed start becomes a retry
+/// or `start_failed` (issue 18).
 pub async fn start(sh: &Arc<Shared>, request: &str, profile: Profile) {
+    // Set once the session's record exists: a failure after it seals the
+    // record and removes the work folder.
+    let mut session = None;
+    let e = match try_start(sh, request, profile, &mut session).await {
+        Ok(_) => return,
+        Err(e) => e,
+    };
+    let session = session.as_deref();
+    match e.next() {
+        Next::Fail => super::finish::fail_start(sh, request, session, &e.to_string()).await,
+        Next::Retry => {
+            sh.retry_later(request, &e.to_string());
+        }
+        Next::RetryAtMost(max) => {
+            if sh.retry_later(request, &e.to_string()) >= max {
+                let why = match &e {
+                    StartError::RunTransient(source) => source.to_string(),
+                    other => other.to_string(),
+                };
+                let msg = format!("podman run failed {max} times: {why}");
+                super::finish::fail_start(sh, request, session, &msg).await;
+            }
+        }
+    }
+}
+
+async fn try_start(
+    sh: &Arc<Shared>,
+    request: &str,
+    profile: Profile,
+    session: &mut Option<String>,
+) -> Result<Started, StartError> {
     let st = &sh.settings;
-    let spec: Request = match std::fs::read(st.spec_path(request))
+    let spec: Request = std::fs::read(st.spec_path(request))
         .map_err(|e| e.to_string())
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-    {
-        Ok(s) => s,
-        Err(e) => {
-            super::finish::fail_start(
-                sh,
-                request,
-                None,
-                &format!("cannot read the frozen spec of {request}: {e}"),
-            )
-            .await;
-            return;
-        }
-    };
+        .map_err(|reason| StartError::Spec {
+            request: request.to_string(),
+            reason,
+        })?;
     // A retried start (after a crash or a transient failure) keeps its
     // session id, so the request keeps one audit record. But first: an
-    // earlier attempt may have got further than it knew (podman run timed
-    // out, the daemon died right after it). If its container exists, hand it
-    // to the planner (adopt, finish or clean up) and touch nothing else: its
-    // work folder may be in use.
+    // earlier attempt may have got further than it knew (the run timed
+    // out, the daemon died right after it). If its container exists, hand
+    // it to the planner (adopt, finish or clean up) and touch nothing
+    // else: its work folder may be in use.
     let prior = lock(&sh.store)
         .get(request)
         .and_then(|s| s.session_id.clone());
     if prior.is_some() {
-        match sh.runtime.inspect(&st.container_name(request)).await {
-            Ok(None) => {}
-            Ok(Some(i)) => {
-                sh.remember(request, prior.as_deref(), &i);
-                // Persist the `starting` that `apply` set in memory only.
-                sh.update_status(request, |_| {});
-                return;
-            }
-            Err(e) => {
-                sh.retry_later(
-                    request,
-                    &format!("checking for an earlier attempt's container: {e}"),
-                );
-                return;
-            }
+        let found = sh
+            .runtime
+            .inspect(&st.container_name(request))
+            .await
+            .map_err(StartError::Probe)?;
+        if let Some(i) = found {
+            sh.remember(request, prior.as_deref(), &i);
+            // Persist the `starting` that `apply` set in memory only.
+            sh.update_status(request, |_| {});
+            return Ok(Started::HandedOver);
         }
     }
     let session_id = prior.unwrap_or_else(new_session_id);
@@ -82,18 +200,13 @@ pub async fn start(sh: &Arc<Shared>, request: &str, profile: Profile) {
         s.audit_dir = Some(Record::path_for(&st.audit_root, &profile.name, &session_id));
         s.message = None;
     });
-    let record = match Record::create(
+    let record = Record::create(
         &st.audit_root,
         &profile.name,
         &session_id,
         st.host_session_uid(),
-    ) {
-        Ok(r) => r,
-        Err(e) => {
-            super::finish::fail_start(sh, request, None, &e.to_string()).await;
-            return;
-        }
-    };
+    )?;
+    *session = Some(session_id.clone());
     let repo = spec.repo.clone().or(profile.repo.clone());
     tracing::info!(request, session = %session_id, profile = %profile.name, "session starting");
     let work_unit = match &spec.input {
@@ -120,91 +233,20 @@ pub async fn start(sh: &Arc<Shared>, request: &str, profile: Profile) {
         changes: None,
         push: None,
     };
-    if let Err(e) = record.write_session(&session_rec) {
-        super::finish::fail_start(sh, request, Some(&session_id), &e.to_string()).await;
-        return;
-    }
-    if let Err(msg) = check_podman_secrets(sh, &profile).await {
-        super::finish::fail_start(sh, request, Some(&session_id), &msg).await;
-        return;
-    }
-    let (run_spec, clone_job) =
-        match prepare(sh, &session_id, &profile, &spec, repo.as_ref(), &record) {
-            Ok(s) => s,
-            Err(msg) => {
-                super::finish::fail_start(sh, request, Some(&session_id), &msg).await;
-                return;
-            }
-        };
+    record.write_session(&session_rec)?;
+    check_runtime_secrets(sh, &profile).await?;
+    let (run_spec, clone_job) = prepare(sh, &session_id, &profile, &spec, repo.as_ref(), &record)?;
     let deadline = Some(run_spec.identity.deadline);
     // The container is created while the repository is cloned; its command
     // waits at the gate until both are done.
     let (run, prepared) = tokio::join!(sh.runtime.run(&run_spec), clone_job.run(sh));
-    match run {
-        Ok(_) if prepared.is_err() => {
-            let msg = prepared.err().unwrap_or_default();
-            super::finish::fail_start(sh, request, Some(&session_id), &msg).await;
-        }
-        Ok(running) => {
-            fault::point("start-after-run");
-            let id = running.id;
-            // A fast command may have died (and its event been recorded)
-            // before we get here: never overwrite what is known.
-            lock(&sh.containers)
-                .by_request
-                .entry(request.to_string())
-                .or_insert(Container {
-                    id,
-                    name: run_spec.name.clone(),
-                    request: Some(request.to_string()),
-                    session_id: Some(session_id.clone()),
-                    state: ContainerState::Running,
-                    deadline,
-                    started: true,
-                });
-            if let Err(e) = sh.open_gate(request, &session_id).await {
-                super::finish::fail_start(
-                    sh,
-                    request,
-                    Some(&session_id),
-                    &format!("cannot open the start gate: {e}"),
-                )
-                .await;
-                return;
-            }
-            mark_running(sh, request, &run_spec.name);
-            tracing::info!(request, session = %session_id, container = %run_spec.name, "session running");
-        }
+    let running = match run {
+        Ok(running) => running,
         Err(e) => {
-            if e.kind() == ErrorKind::ImageMissing {
-                let msg = format!(
-                    "image `{}` is not available locally (agentd never pulls): {e}",
-                    profile.base_image
-                );
-                super::finish::fail_start(sh, request, Some(&session_id), &msg).await;
-                return;
-            }
-            // The run may have gone through anyway (timed out, or a name
-            // taken by an earlier attempt): worth another look.
-            let transient = matches!(e.kind(), ErrorKind::Transient | ErrorKind::NameInUse);
-            if let ErrorKind::HostNetwork(cause) = e.kind() {
-                let msg = format!(
-                    "network: the default network of rootless Podman could not start: {cause}; hint: set `network = \"none\"` in profile {} if its sessions need no network, make /dev/net/tun usable for the daemon's user, or run agentd rootful; podman said: {e}",
-                    profile.name
-                );
-                super::finish::fail_start(sh, request, Some(&session_id), &msg).await;
-                return;
-            }
-            if !transient {
-                super::finish::fail_start(
-                    sh,
-                    request,
-                    Some(&session_id),
-                    &format!("podman run failed: {e}"),
-                )
-                .await;
-                return;
-            }
+            let e = match StartError::of_run(e, &profile) {
+                Ok(fatal) => return Err(fatal),
+                Err(transient) => transient,
+            };
             // The container may exist anyway (a timed-out run that went
             // through, a name taken by an earlier attempt): look before
             // deciding.
@@ -213,26 +255,40 @@ pub async fn start(sh: &Arc<Shared>, request: &str, profile: Profile) {
                 if i.state == ContainerState::Running {
                     mark_running(sh, request, &run_spec.name);
                 }
-                return;
+                return Ok(Started::HandedOver);
             }
-            if sh.retry_later(request, &format!("podman run: {e}")) >= MAX_START_ATTEMPTS {
-                super::finish::fail_start(
-                    sh,
-                    request,
-                    Some(&session_id),
-                    &format!("podman run failed {MAX_START_ATTEMPTS} times: {e}"),
-                )
-                .await;
-            }
+            return Err(StartError::RunTransient(e));
         }
-    }
+    };
+    prepared?;
+    fault::point("start-after-run");
+    // A fast command may have died (and its exit been recorded) before we
+    // get here: never overwrite what is known.
+    lock(&sh.containers)
+        .by_request
+        .entry(request.to_string())
+        .or_insert(Container {
+            id: running.id,
+            name: run_spec.name.clone(),
+            request: Some(request.to_string()),
+            session_id: Some(session_id.clone()),
+            state: ContainerState::Running,
+            deadline,
+            started: true,
+        });
+    sh.open_gate(request, &session_id)
+        .await
+        .map_err(StartError::Gate)?;
+    mark_running(sh, request, &run_spec.name);
+    tracing::info!(request, session = %session_id, container = %run_spec.name, "session running");
+    Ok(Started::Running)
 }
 
 /// Every Podman secret the profile's credentials name must exist before
 /// the container is made: a missing one is `start_failed` naming the
-/// credential and the secret. Podman not answering is left to `podman run`
+/// credential and the secret. The runtime not answering is left to the run
 /// (and its retries).
-async fn check_podman_secrets(sh: &Shared, profile: &Profile) -> Result<(), String> {
+async fn check_runtime_secrets(sh: &Shared, profile: &Profile) -> Result<(), StartError> {
     for c in &profile.credentials {
         let SecretSource::PodmanSecret(secret) = &c.source else {
             continue;
@@ -240,19 +296,19 @@ async fn check_podman_secrets(sh: &Shared, profile: &Profile) -> Result<(), Stri
         match sh.runtime.secret_exists(secret).await {
             Ok(true) => {}
             Ok(false) => {
-                return Err(format!(
+                return Err(StartError::Refused(format!(
                     "credential `{}`: podman secret `{secret}` does not exist; hint: create it with `podman secret create {secret} FILE` as the user agentd runs as",
                     c.name
-                ));
+                )));
             }
             Err(e) if e.is_transient() => {
                 tracing::warn!(secret = %secret, error = %e, "cannot check a podman secret; podman run will tell");
             }
             Err(e) => {
-                return Err(format!(
+                return Err(StartError::Refused(format!(
                     "credential `{}`: cannot check podman secret `{secret}`: {e}",
                     c.name
-                ));
+                )));
             }
         }
     }
@@ -279,7 +335,7 @@ fn prepare(
     spec: &Request,
     repo: Option<&crate::desired::Repo>,
     record: &Record,
-) -> Result<(SessionSpec, CloneJob), String> {
+) -> Result<(SessionSpec, CloneJob), StartError> {
     let st = &sh.settings;
     // Nothing silently weaker than the profile: a limit this host's Podman
     // would ignore (rootless on cgroup v1, or v2 without the controller
@@ -291,7 +347,10 @@ fn prepare(
     ];
     for (limit, set) in limits {
         if let Some(why) = set.then(|| sh.runtime.unenforced(limit)).flatten() {
-            return Err(format!("profile {}: {why}", profile.name));
+            return Err(StartError::Refused(format!(
+                "profile {}: {why}",
+                profile.name
+            )));
         }
     }
     // Validation refuses it without the flag; a profile is never more than
@@ -299,10 +358,10 @@ fn prepare(
     let host_network =
         matches!(&profile.network, Network::Named(n) if n.eq_ignore_ascii_case("host"));
     if host_network && !st.allow_host_network {
-        return Err(format!(
+        return Err(StartError::Refused(format!(
             "network: `host` needs the daemon to run with --allow-host-network; hint: set another network in profile {}",
             profile.name
-        ));
+        )));
     }
     // Inside the container the session runs as `session_uid`; on the host
     // its files belong to `host_uid` (see `Settings::host_session_uid`).
@@ -336,32 +395,34 @@ fn prepare(
             })
         });
         if let Some(link) = crate::fsutil::symlink_component(p) {
-            return Err(format!(
+            return Err(StartError::Refused(format!(
                 "{field} `{}`: `{}` is now a symlink (it was resolved when the profile was validated); fix the host path or re-save the profile",
                 p.display(),
                 link.display()
-            ));
+            )));
         }
-        crate::runtime::surface::refuse(&field, p, guarded)?;
+        crate::runtime::surface::refuse(&field, p, guarded).map_err(StartError::Refused)?;
     }
     let work = WorkDir::create(st.work_dir(session_id))
-        .map_err(|e| format!("cannot create work folder: {e}"))?;
+        .map_err(|e| StartError::Refused(format!("cannot create work folder: {e}")))?;
     let env_lookup = |name: &str| std::env::var(name).ok();
     fault::point("start-before-credentials");
     let has_credentials = work.write_credentials(profile, host_uid, &env_lookup)?;
     fault::point("start-after-credentials");
     let repo = repo.ok_or_else(|| {
-        "no repository to clone (neither request nor profile sets `repo`)".to_string()
+        StartError::Refused(
+            "no repository to clone (neither request nor profile sets `repo`)".to_string(),
+        )
     })?;
     // Validation admitted the request against the profile of its time; the
     // profile may have narrowed since (issue 13: a request never widens it).
     if !profile.allows_repo(repo) {
-        return Err(format!(
+        return Err(StartError::Refused(format!(
             "repo: `{}` is not allowed by profile `{}` any more (its repo or allowed_repos changed since the request was admitted); hint: add a pattern to allowed_repos in profile {}",
             repo.as_str(),
             profile.name,
             profile.name
-        ));
+        )));
     }
     super::private_repo::refuse_private(
         repo,
@@ -538,7 +599,7 @@ struct CloneJob {
 impl CloneJob {
     /// Clone, hand the home to the session user, then mark the work folder
     /// prepared (what adoption checks before opening the gate).
-    async fn run(self, sh: &Shared) -> Result<(), String> {
+    async fn run(self, sh: &Shared) -> Result<(), StartError> {
         let st = &sh.settings;
         let env = super::clone::CloneEnv {
             cache_root: &st.state.join("cache/git"),
@@ -558,10 +619,14 @@ impl CloneJob {
         super::results::record_base(sh, &self.work.root, self.results).await?;
         self.work
             .give_home_to(sh.settings.host_session_uid())
-            .map_err(|e| format!("cannot hand the home folder to the session user: {e}"))?;
+            .map_err(|e| {
+                StartError::Refused(format!(
+                    "cannot hand the home folder to the session user: {e}"
+                ))
+            })?;
         fault::point("start-before-prepared");
         self.work
             .mark_prepared()
-            .map_err(|e| format!("cannot mark the work folder prepared: {e}"))
+            .map_err(|e| StartError::Refused(format!("cannot mark the work folder prepared: {e}")))
     }
 }

@@ -86,8 +86,13 @@ impl Fake {
         lock(&self.script).containers.get(name).cloned()
     }
 
-    /// Put a container in place, as an earlier daemon left it.
+    /// Put a container in place, as an earlier daemon left it (a started
+    /// one's command is past its gate).
     pub fn put(&self, name: &str, state: ContainerState, spec: SessionSpec) {
+        self.insert(name, state, spec, state != ContainerState::Created);
+    }
+
+    fn insert(&self, name: &str, state: ContainerState, spec: SessionSpec, passed_gate: bool) {
         let mut s = lock(&self.script);
         s.next_id += 1;
         let id = format!("{:064x}", s.next_id);
@@ -97,7 +102,7 @@ impl Fake {
                 id,
                 spec,
                 state,
-                passed_gate: state != ContainerState::Created,
+                passed_gate,
             },
         );
     }
@@ -123,8 +128,9 @@ impl Fake {
     }
 }
 
-/// Play the command at its gate: read `go` (non-blocking polls, at most
-/// 10 s), then mark it passed and maybe exit.
+/// Play the command at its gate: read every `go` written into it
+/// (non-blocking polls for at most 10 s, or until the container is gone);
+/// the first marks the command past its gate, and maybe exits it.
 fn play_gate(script: Arc<Mutex<Script>>, name: String, gate: PathBuf) {
     std::thread::spawn(move || {
         let Ok(mut f) = std::fs::OpenOptions::new()
@@ -141,12 +147,17 @@ fn play_gate(script: Arc<Mutex<Script>>, name: String, gate: PathBuf) {
             {
                 let mut s = lock(&script);
                 let exit = s.exit_after_go;
-                if let Some(c) = s.containers.get_mut(&name) {
+                let Some(c) = s.containers.get_mut(&name) else {
+                    return;
+                };
+                if !c.passed_gate {
                     c.passed_gate = true;
                     if let Some(code) = exit {
                         c.state = ContainerState::Exited(code);
                     }
                 }
+            }
+            if !lock(&script).containers.contains_key(&name) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(2));
@@ -193,7 +204,7 @@ impl Runtime for Fake {
                 ));
             }
             drop(s);
-            self.put(&spec.name, ContainerState::Running, spec.clone());
+            self.insert(&spec.name, ContainerState::Running, spec.clone(), false);
             if let Some(gate) = spec.mounts.iter().find(|m| m.target == GATE_TARGET) {
                 play_gate(
                     Arc::clone(&self.script),

@@ -1,8 +1,10 @@
+//! Status writes and the metrics they count (issue 17).
+
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::*;
+use crate::execute::*;
 use crate::observed::Outcome;
 
 /// A `Shared` over a temp state dir, for the executor's pure-ish paths
