@@ -1,6 +1,9 @@
-//! Prometheus metrics: one process-wide registry the daemon's parts record
-//! into, and a small HTTP server (`--metrics-listen`) that serves it on
-//! `/metrics` in the OpenMetrics text format from its own thread.
+//! Prometheus metrics: one registry the daemon makes at start and hands to
+//! its parts (an observer: the runtime's calls through
+//! `runtime::CallObserver`, phase changes through the status store's
+//! `status::StatusObserver`, the rest from the executor and the loop), and
+//! a small HTTP server (`--metrics-listen`) that serves it on `/metrics` in
+//! the OpenMetrics text format from its own thread.
 //!
 //! Recording is always on and cheap (atomics behind a map lookup); serving is
 //! off unless the operator asks for it. Counters start from zero at every
@@ -33,7 +36,7 @@
 
 use std::collections::BTreeSet;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -126,7 +129,7 @@ fn call_histogram() -> Histogram {
     ])
 }
 
-/// The metric families. Reached through `get()`.
+/// The metric families. One per daemon, handed in (`Arc<Metrics>`).
 pub struct Metrics {
     registry: Registry,
     sessions_in_phase: Family<PhaseLabel, Gauge>,
@@ -148,25 +151,26 @@ pub struct Metrics {
     profiles: Mutex<BTreeSet<String>>,
 }
 
-static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
-
-/// The process-wide metrics. One daemon runs per process, and counters are
-/// process-wide by nature; a global spares every part of the daemon a handle.
-pub fn get() -> &'static Metrics {
-    &METRICS
+impl crate::runtime::CallObserver for Metrics {
+    fn runtime_call(&self, verb: &str, ok: bool, elapsed: Duration) {
+        self.podman_call(verb, ok, elapsed);
+    }
 }
 
-/// Counts the runtime's calls into the process-wide metrics.
-pub struct GlobalCalls;
+impl crate::status::StatusObserver for Metrics {
+    fn status_changed(&self, before: Option<Phase>, after: &Status) {
+        Metrics::status_changed(self, before, after);
+    }
+}
 
-impl crate::runtime::CallObserver for GlobalCalls {
-    fn runtime_call(&self, verb: &str, ok: bool, elapsed: Duration) {
-        get().podman_call(verb, ok, elapsed);
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
     }
 }
 
 impl Metrics {
-    fn new() -> Metrics {
+    pub fn new() -> Metrics {
         let mut registry = Registry::default();
         let build_info = Family::<VersionLabel, Gauge>::default();
         build_info
@@ -559,14 +563,14 @@ pub fn bind(addr: SocketAddr, allow_remote: bool) -> Result<TcpListener, ListenE
 /// Serve `/metrics` on `listener` from a thread of its own (with its own
 /// single-threaded runtime): scrapers, however slow or hostile, never take
 /// a worker of the daemon's runtime.
-pub fn serve(listener: TcpListener) -> Result<(), ListenError> {
+pub fn serve(listener: TcpListener, metrics: Arc<Metrics>) -> Result<(), ListenError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(ListenError::Start)?;
     std::thread::Builder::new()
         .name("agentd-metrics".into())
-        .spawn(move || rt.block_on(accept_loop(listener)))
+        .spawn(move || rt.block_on(accept_loop(listener, metrics)))
         .map_err(ListenError::Start)?;
     Ok(())
 }
@@ -598,7 +602,7 @@ fn make_room(conns: &mut std::collections::VecDeque<Conn>) -> bool {
     }
 }
 
-async fn accept_loop(listener: TcpListener) {
+async fn accept_loop(listener: TcpListener, metrics: Arc<Metrics>) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
@@ -623,7 +627,12 @@ async fn accept_loop(listener: TcpListener) {
             continue;
         }
         let answered = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let task = tokio::spawn(serve_connection(stream, peer, Arc::clone(&answered)));
+        let task = tokio::spawn(serve_connection(
+            stream,
+            peer,
+            Arc::clone(&answered),
+            Arc::clone(&metrics),
+        ));
         conns.push_back(Conn { task, answered });
         // Let the connections just accepted read their heads before the
         // next accept can push them out (the yield waits for the I/O
@@ -638,6 +647,7 @@ async fn serve_connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     answered: Arc<std::sync::atomic::AtomicBool>,
+    metrics: Arc<Metrics>,
 ) {
     let mut first = [0u8; 1];
     match tokio::time::timeout(FIRST_BYTE_TIMEOUT, stream.peek(&mut first)).await {
@@ -650,7 +660,7 @@ async fn serve_connection(
     }
     let service = hyper::service::service_fn(move |req| {
         answered.store(true, std::sync::atomic::Ordering::Relaxed);
-        respond(req)
+        respond(req, Arc::clone(&metrics))
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
@@ -669,6 +679,7 @@ type Body = http_body_util::Full<hyper::body::Bytes>;
 
 async fn respond(
     req: hyper::Request<hyper::body::Incoming>,
+    metrics: Arc<Metrics>,
 ) -> Result<hyper::Response<Body>, std::convert::Infallible> {
     // Prometheus asks for OpenMetrics first; anything else gets 0.0.4.
     let openmetrics = req
@@ -679,10 +690,20 @@ async fn respond(
             v.to_str()
                 .is_ok_and(|s| s.contains("application/openmetrics-text"))
         });
-    Ok(response(req.method(), req.uri().path(), openmetrics))
+    Ok(response(
+        &metrics,
+        req.method(),
+        req.uri().path(),
+        openmetrics,
+    ))
 }
 
-fn response(method: &hyper::Method, path: &str, openmetrics: bool) -> hyper::Response<Body> {
+fn response(
+    metrics: &Metrics,
+    method: &hyper::Method,
+    path: &str,
+    openmetrics: bool,
+) -> hyper::Response<Body> {
     let (status, ctype, body) = if path != "/metrics" {
         (
             hyper::StatusCode::NOT_FOUND,
@@ -699,13 +720,13 @@ fn response(method: &hyper::Method, path: &str, openmetrics: bool) -> hyper::Res
         (
             hyper::StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            get().encode(),
+            metrics.encode(),
         )
     } else {
         (
             hyper::StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            get().encode_text(),
+            metrics.encode_text(),
         )
     };
     let mut r = hyper::Response::new(Body::new(body.into()));

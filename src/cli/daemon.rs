@@ -129,7 +129,7 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
     }
     check_session_uid(args.session_uid)?;
     // Bound before anything starts: a refused or busy address fails the start.
-    let metrics = args
+    let listener = args
         .metrics_listen
         .map(|addr| crate::metrics::bind(addr, args.metrics_allow_remote))
         .transpose()?;
@@ -143,8 +143,9 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
         .context("starting the async runtime")?;
     rt.block_on(async move {
         let instance = daemon::instance_id(&state);
-        let podman =
-            Podman::new(&instance).observed_by(std::sync::Arc::new(crate::metrics::GlobalCalls));
+        // One registry for the daemon, handed to its parts.
+        let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+        let podman = Podman::new(&instance).observed_by(std::sync::Arc::clone(&metrics) as _);
         // Fail fast: a daemon that cannot reach Podman would only retry.
         // `podman info` also tells the mode (rootless or rootful), which is
         // detected, never configured.
@@ -193,16 +194,24 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
             allow_host_network: args.host_network.allow_host_network,
             session_files_owner: podman.session_files_owner(args.session_uid),
         };
-        if let Some(listener) = metrics {
+        if let Some(listener) = listener {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, "serving metrics at /metrics");
             }
-            crate::metrics::serve(listener)?;
+            crate::metrics::serve(listener, std::sync::Arc::clone(&metrics))?;
         }
         let (tx, rx) = mpsc::channel::<Event>(64);
         let hard_stop = CancellationToken::new();
         spawn_signal_handler(tx.clone(), hard_stop.clone())?;
-        daemon::run(settings, std::sync::Arc::new(podman), hard_stop, tx, rx).await?;
+        daemon::run(
+            settings,
+            std::sync::Arc::new(podman),
+            metrics,
+            hard_stop,
+            tx,
+            rx,
+        )
+        .await?;
         Ok::<_, anyhow::Error>(ExitCode::SUCCESS)
     })
 }

@@ -58,6 +58,7 @@ pub fn instance_id(state: &Path) -> String {
 pub async fn run(
     settings: Settings,
     runtime: Arc<dyn Runtime>,
+    metrics: Arc<crate::metrics::Metrics>,
     hard_stop: CancellationToken,
     tx: mpsc::Sender<Event>,
     mut rx: mpsc::Receiver<Event>,
@@ -66,7 +67,8 @@ pub async fn run(
     let lock = acquire(&settings.state, &settings.instance)?;
     tracing::info!(lock = %lock.path.display(), "holding the daemon lock");
     write_host(&settings.state, runtime.as_ref());
-    let (store, problems) = StatusStore::open(&settings.state)?;
+    let (mut store, problems) = StatusStore::open(&settings.state)?;
+    store.observe(Arc::clone(&metrics) as _);
     for p in problems {
         tracing::warn!(problem = %p, "skipping unreadable status record");
     }
@@ -81,6 +83,7 @@ pub async fn run(
     let sh = Arc::new(Shared {
         settings,
         runtime,
+        metrics,
         store: Mutex::new(store),
         containers: Mutex::new(ContainerTable::default()),
         busy: Mutex::new(BTreeSet::new()),
@@ -237,7 +240,7 @@ pub async fn run(
         passes += 1;
         let apply_end = std::time::Instant::now();
         let pass_elapsed = pass_start.elapsed();
-        crate::metrics::get().pass_done(
+        sh.metrics.pass_done(
             pass_elapsed,
             guard(&sh.store).counts(),
             last_desired,

@@ -532,14 +532,14 @@ async fn seal_record(
     }
     match sealed {
         Ok(Sealed::Sealed { cut }) => {
-            crate::metrics::get().audit_record(true);
+            sh.metrics.audit_record(true);
             if let Some(c) = &cut {
                 tracing::warn!(request, entries = c.entries, bytes = c.bytes, reason = %c.reason, "audit record sealed without what was over budget");
             }
             Ok(cut.map(|c| c.note()))
         }
         Ok(Sealed::Refused { why, cut }) => {
-            crate::metrics::get().audit_record(false);
+            sh.metrics.audit_record(false);
             tracing::error!(request, error = %why, "audit record refused for sealing");
             let mut note = Some(format!("audit record left incomplete: {why}"));
             add_note(&mut note, cut.map(|c| c.note()));
@@ -559,7 +559,7 @@ async fn seal_record(
             // Whatever the agent left must not hold the slot, the container
             // or the work folder forever: the record stays incomplete.
             tracing::error!(request, attempts, error = %e, "giving up sealing the audit record");
-            crate::metrics::get().audit_record(false);
+            sh.metrics.audit_record(false);
             Ok(Some(format!(
                 "audit record left incomplete: sealing failed {attempts} times: {e}"
             )))

@@ -113,6 +113,9 @@ pub struct Shared {
     pub settings: Settings,
     /// The container runtime (Podman), behind its seam.
     pub runtime: Arc<dyn Runtime>,
+    /// The daemon's metrics (handed in; the store and the runtime tell
+    /// them of phase changes and calls themselves).
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub store: Mutex<StatusStore>,
     pub containers: Mutex<ContainerTable>,
     pub busy: Mutex<BTreeSet<String>>,
@@ -182,19 +185,10 @@ impl Shared {
     }
 
     /// Write a status change; log (never propagate) a failure to persist.
+    /// (The store tells the metrics of phase changes.)
     pub fn update_status(&self, id: &str, f: impl FnOnce(&mut Status)) -> Option<Status> {
-        let mut before = None;
-        let r = lock(&self.store).update(id, |s| {
-            before = Some(s.phase);
-            f(s);
-        });
-        match r {
-            Ok(s) => {
-                if let Some(after) = &s {
-                    crate::metrics::get().status_changed(before, after);
-                }
-                s
-            }
+        match lock(&self.store).update(id, f) {
+            Ok(s) => s,
             Err(e) => {
                 tracing::error!(request = id, error = %e, "cannot persist status");
                 None
@@ -207,15 +201,9 @@ impl Shared {
     /// decided again by a later pass, and counted then (issue 17).
     fn put_status(&self, s: Status) {
         let id = s.request.clone();
-        let mut store = lock(&self.store);
-        let before = store.get(&id).map(|old| old.phase);
-        match store.put(s) {
-            Ok(()) => {
-                if let Some(after) = store.get(&id) {
-                    crate::metrics::get().status_changed(before, after);
-                }
-            }
-            Err(e) => tracing::error!(request = id, error = %e, "cannot persist status"),
+        // The store counts the phase change once it is written.
+        if let Err(e) = lock(&self.store).put(s) {
+            tracing::error!(request = id, error = %e, "cannot persist status");
         }
     }
 
@@ -399,12 +387,7 @@ impl Shared {
                 // `starting` now, before the task runs: the slot is taken
                 // in the very next pass's count. In memory only: the task's
                 // first write (with the session id) persists it.
-                let before = lock(&self.store).get(&request).map(|s| s.phase);
-                let marked =
-                    lock(&self.store).update_unpersisted(&request, |s| s.phase = Phase::Starting);
-                if let Some(after) = &marked {
-                    crate::metrics::get().status_changed(before, after);
-                }
+                lock(&self.store).update_unpersisted(&request, |s| s.phase = Phase::Starting);
                 let sh = Arc::clone(self);
                 self.spawn_for(request.clone(), async move {
                     start::start(&sh, &request, profile).await

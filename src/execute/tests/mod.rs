@@ -78,6 +78,7 @@ pub fn harness() -> Harness {
     let sh = Arc::new(Shared {
         settings,
         runtime: Arc::new(fake.clone()),
+        metrics: Arc::default(),
         store: Mutex::new(store),
         containers: Mutex::default(),
         busy: Mutex::default(),
