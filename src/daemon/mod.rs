@@ -367,8 +367,8 @@ fn next_wake(sh: &Shared, next_resync: Instant, scope: &Scope) -> Instant {
             at = at.min(at_ms(d));
         }
     }
-    for b in guard(&sh.backoff).values() {
-        at = at.min(Instant::from_std(b.until));
+    if let Some(until) = guard(&sh.backoff).earliest() {
+        at = at.min(Instant::from_std(until));
     }
     let retention_ms =
         i64::try_from(sh.settings.status_retention.as_millis()).unwrap_or(i64::MAX / 4);

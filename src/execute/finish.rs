@@ -481,16 +481,9 @@ async fn remove_work_dir(
     let work = sh.settings.work_dir(session_id);
     if let Err(e) = super::workdir::remove(work.clone()).await {
         tracing::warn!(request, work_dir = %work.display(), error = %e, "cannot remove work folder; the sweep retries it");
-        let mut l = lock(&sh.leftovers);
-        let b = l
+        lock(&sh.leftovers)
             .failed
-            .entry(session_id.to_string())
-            .or_insert(super::Backoff {
-                attempts: 0,
-                until: std::time::Instant::now(),
-            });
-        b.attempts += 1;
-        b.until = std::time::Instant::now() + super::backoff_delay(b.attempts);
+            .failed(session_id, std::time::Instant::now());
         add_note(
             message,
             Some(format!(
@@ -528,7 +521,7 @@ async fn seal_record(
         .map_err(|e| e.to_string())
         .and_then(|r| r.map_err(|e| e.to_string()));
     if sealed.is_ok() {
-        lock(&sh.seal_failures).remove(request);
+        lock(&sh.seal_failures).clear(request);
     }
     match sealed {
         Ok(Sealed::Sealed { cut }) => {
@@ -546,16 +539,13 @@ async fn seal_record(
             Ok(note)
         }
         Err(e) => {
-            let attempts = {
-                let mut failures = lock(&sh.seal_failures);
-                let n = failures.entry(request.to_string()).or_insert(0);
-                *n += 1;
-                *n
-            };
+            let attempts = lock(&sh.seal_failures)
+                .failed(request, std::time::Instant::now())
+                .attempts;
             if attempts < SEAL_ATTEMPTS {
                 return Err(FinishError::Seal(e));
             }
-            lock(&sh.seal_failures).remove(request);
+            lock(&sh.seal_failures).clear(request);
             // Whatever the agent left must not hold the slot, the container
             // or the work folder forever: the record stays incomplete.
             tracing::error!(request, attempts, error = %e, "giving up sealing the audit record");

@@ -7,6 +7,7 @@
 //! and never stop the loop.
 
 pub(crate) mod adopt;
+pub mod backoff;
 pub mod clone;
 pub mod clone_sandbox;
 pub(crate) mod finish;
@@ -40,6 +41,7 @@ use crate::observed::{Container, Origin, Phase, Status};
 use crate::plan::{Action, EDITED_MESSAGE, StopReason};
 use crate::runtime::{ContainerInfo, Runtime};
 use crate::status::StatusStore;
+use backoff::{Backoff, Backoffs};
 
 pub use crate::sync::lock;
 
@@ -125,7 +127,7 @@ pub struct Shared {
     pub clone_cache: MirrorCache,
     /// Requests whose last operation failed: attempts so far and when the
     /// next may run. The planner sees them as busy until then.
-    pub backoff: Mutex<BTreeMap<String, Backoff>>,
+    pub backoff: Mutex<Backoffs>,
     /// Open write ends of running sessions' start gates: held until the
     /// session ends, so a `go` written before the reader opened the FIFO
     /// is not lost.
@@ -135,19 +137,7 @@ pub struct Shared {
     /// Failed sealing attempts per request, counted apart from `backoff`
     /// (which every failure of a finish shares), so a Podman outage during
     /// finishing does not make the daemon give up on a record early.
-    pub seal_failures: Mutex<BTreeMap<String, u32>>,
-}
-
-/// Exponential backoff of one request's failing operation.
-#[derive(Debug, Clone, Copy)]
-pub struct Backoff {
-    pub attempts: u32,
-    pub until: std::time::Instant,
-}
-
-/// First retry after 1 s, doubling to at most 5 minutes.
-pub fn backoff_delay(attempts: u32) -> Duration {
-    Duration::from_secs(1u64 << attempts.saturating_sub(1).min(8)).min(Duration::from_secs(300))
+    pub seal_failures: Mutex<Backoffs>,
 }
 
 /// How long a start waits for the command to pass its gate.
@@ -258,17 +248,10 @@ impl Shared {
     /// Record a failed operation of `request`: it is retried after a growing
     /// delay, and its status message says what failed. Returns the attempts.
     pub fn retry_later(&self, request: &str, what: &str) -> u32 {
-        let attempts = {
-            let mut b = lock(&self.backoff);
-            let e = b.entry(request.to_string()).or_insert(Backoff {
-                attempts: 0,
-                until: std::time::Instant::now(),
-            });
-            e.attempts += 1;
-            e.until = std::time::Instant::now() + backoff_delay(e.attempts);
-            e.attempts
-        };
-        let delay = backoff_delay(attempts);
+        let attempts = lock(&self.backoff)
+            .failed(request, std::time::Instant::now())
+            .attempts;
+        let delay = Backoff::delay(attempts);
         tracing::warn!(
             request,
             attempts,
@@ -287,7 +270,7 @@ impl Shared {
 
     /// The operation of `request` succeeded: forget its failures.
     pub fn succeeded(&self, request: &str) {
-        lock(&self.backoff).remove(request);
+        lock(&self.backoff).clear(request);
     }
 
     /// Requests the planner must leave alone now: tasks under way, and
@@ -295,12 +278,7 @@ impl Shared {
     pub fn busy_now(&self) -> BTreeSet<String> {
         let mut busy = lock(&self.busy).clone();
         let now = std::time::Instant::now();
-        busy.extend(
-            lock(&self.backoff)
-                .iter()
-                .filter(|(_, b)| b.until > now)
-                .map(|(r, _)| r.clone()),
-        );
+        busy.extend(lock(&self.backoff).waiting(now).cloned());
         busy
     }
 

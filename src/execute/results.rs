@@ -41,7 +41,7 @@ pub async fn record_base(sh: &Shared, work_root: &Path, plan: Plan) -> Result<()
 pub async fn capture(sh: &Shared, session_id: &str, record: &Record, outcome: Outcome) -> Captured {
     let env_lookup = |name: &str| std::env::var(name).ok();
     let read = move |src: &crate::desired::SecretSource| {
-        super::secrets::read("push.token", src, &env_lookup)
+        super::secrets::read("push.token", src, &env_lookup).map_err(|e| e.to_string())
     };
     // The receiving side of a push into a local repository runs where a
     // local clone does: in the sandbox (a root of git's system folders, the

@@ -53,6 +53,10 @@ pub enum StartError {
         profile: String,
         source: RuntimeError,
     },
+    #[error(transparent)]
+    Credentials(#[from] super::workdir::CredentialsError),
+    #[error(transparent)]
+    Secret(#[from] super::secrets::SecretError),
     #[error("podman run failed: {0}")]
     Run(RuntimeError),
     #[error("cannot open the start gate: {0}")]

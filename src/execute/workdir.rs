@@ -38,6 +38,15 @@ pub async fn remove(root: PathBuf) -> io::Result<()> {
         .map_err(io::Error::other)?
 }
 
+/// Why the credentials file was not written.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    #[error(transparent)]
+    Secret(#[from] super::secrets::SecretError),
+    #[error("cannot write credentials file: {0}")]
+    Write(io::Error),
+}
+
 pub struct WorkDir {
     pub root: PathBuf,
 }
@@ -219,7 +228,7 @@ impl WorkDir {
         profile: &Profile,
         uid: u32,
         lookup: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, CredentialsError> {
         let Some(text) = super::secrets::script(&profile.credentials, lookup)? else {
             return Ok(false);
         };
@@ -240,7 +249,7 @@ impl WorkDir {
             }
             std::os::unix::fs::fchown(&f, Some(uid), Some(uid))
         };
-        write().map_err(|e| format!("cannot write credentials file: {e}"))?;
+        write().map_err(CredentialsError::Write)?;
         Ok(true)
     }
 }
