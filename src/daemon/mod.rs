@@ -6,6 +6,7 @@
 
 mod lock;
 mod notify;
+mod passes;
 pub mod private;
 mod watch;
 
@@ -23,10 +24,9 @@ pub use lock::{LockError, acquire, lock_path};
 
 use crate::desired::Diagnostic;
 use crate::execute::{ContainerTable, Event, Settings, Shared};
-use crate::observed::{Observed, Phase};
-use crate::plan::{PlanConfig, Scope, plan, plan_in};
+use crate::observed::Phase;
+use crate::plan::Scope;
 use crate::runtime::{Change, Runtime};
-use crate::source::{Source, real_host};
 use crate::status::StatusStore;
 use crate::sync::lock as guard;
 
@@ -51,9 +51,11 @@ pub fn instance_id(state: &Path) -> String {
     crate::desired::sha256_hex(canon.as_os_str().as_encoded_bytes())[..12].to_string()
 }
 
-/// Run until drained (after `Event::Drain`) or until `hard_stop` fires.
-/// `rx` is the loop's inbox; `tx` is its sending side, which the watcher
-/// and `Shared::wake` (tasks, Podman followers) use; the signal handler
+/// Start the daemon (its folders, lock, status store, containers, the
+/// followers of container changes), then run the loop (`passes::Loop`)
+/// until drained (after `Event::Drain`) or until `hard_stop` fires. `rx`
+/// is the loop's inbox; `tx` is its sending side, which the watcher and
+/// `Shared::wake` (tasks, the runtime's followers) use; the signal handler
 /// holds a clone of it.
 pub async fn run(
     settings: Settings,
@@ -61,7 +63,7 @@ pub async fn run(
     metrics: Arc<crate::metrics::Metrics>,
     hard_stop: CancellationToken,
     tx: mpsc::Sender<Event>,
-    mut rx: mpsc::Receiver<Event>,
+    rx: mpsc::Receiver<Event>,
 ) -> Result<(), DaemonError> {
     private::prepare(&settings.state, &settings.audit_root)?;
     let lock = acquire(&settings.state, &settings.instance)?;
@@ -101,225 +103,8 @@ pub async fn run(
     reopen_gates(&sh);
     let changes_task = tokio::spawn(follow_changes(Arc::clone(&sh)));
 
-    let mut schedules = crate::execute::Schedules::load(&sh.settings.state);
-    let dirty: Arc<Mutex<watch::Dirty>> = Arc::default();
-    let mut watcher = start_watcher(&sh.settings.desired, &tx, &dirty);
-    let mut source = Source::new(&sh.settings.desired);
-    // The first pass, every resync and every lost-events signal scan the
-    // whole desired dir; other passes look only at the paths events named.
-    let mut full_scan = true;
-    let mut source_available = true;
-    let mut admitting = true;
-    let mut next_resync = Instant::now() + RESYNC;
-
-    // What daemon.json last said was not followed (symlinked folders, loops).
-    let mut reported_skipped: Vec<Diagnostic> = Vec::new();
-    let mut passes: u64 = 0;
-    // The requests a pass plans; rebuilt by the first (full) pass.
-    let mut scope = Scope::default();
-    let mut notifier = notify::Notifier::from_env();
-    loop {
-        let pass_start = std::time::Instant::now();
-        let changes = {
-            let mut d = guard(&dirty);
-            // Files still being written stay behind for their close event.
-            let writing = std::mem::take(&mut d.writing);
-            let mut taken = std::mem::take(&mut *d);
-            d.writing = writing;
-            taken.writing.clear();
-            taken
-        };
-        if changes.rescan || changes.rewatch {
-            full_scan = true;
-        }
-        if changes.rewatch {
-            // A folder was replaced (a symlink swap): watch what it points at now.
-            watcher = None;
-        }
-        let host = real_host(sh.settings.allow_host_network);
-        let scanned = if full_scan || !source_available {
-            Some(source.full_scan(host))
-        } else if !changes.paths.is_empty() {
-            Some(source.update_paths(&changes.paths, host))
-        } else {
-            None
-        };
-        let was_full = full_scan || !source_available;
-        full_scan = false;
-        if was_full {
-            release_freed_memory();
-        }
-        if let Some(result) = scanned {
-            tracing::trace!(parsed = source.last_parsed, "desired dir updated");
-            match result {
-                Ok(()) if !source_available => {
-                    tracing::info!("desired dir available again");
-                    write_daemon_state(&sh.settings.state, None, &source.desired().skipped);
-                    source_available = true;
-                    reported_skipped = source.desired().skipped.clone();
-                }
-                Ok(()) => {
-                    if source.desired().skipped != reported_skipped {
-                        reported_skipped = source.desired().skipped.clone();
-                        for d in &reported_skipped {
-                            tracing::warn!(problem = %d, "not followed in the desired dir");
-                        }
-                        write_daemon_state(&sh.settings.state, None, &reported_skipped);
-                    }
-                }
-                Err(e) => {
-                    if source_available {
-                        tracing::warn!(error = %e, "desired dir unavailable; keeping running work, retrying");
-                        write_daemon_state(
-                            &sh.settings.state,
-                            Some(&e.to_string()),
-                            &source.desired().skipped,
-                        );
-                    }
-                    source_available = false;
-                }
-            }
-        }
-        if source_available && watcher.is_none() {
-            watcher = start_watcher(&sh.settings.desired, &tx, &dirty);
-        }
-        // Request ids whose desired entry changed: their planning scope is
-        // re-decided below (a full scan rebuilds it instead).
-        let touched = source.take_touched();
-        let last_desired = source.desired();
-
-        // Cron fires become request files; never while the source is away
-        // (there is no requests/ to write into, and nothing to compare with).
-        if source_available {
-            schedules.tick(&sh, last_desired, &jiff::Zoned::now());
-        }
-        let cfg = PlanConfig {
-            now: jiff::Timestamp::now(),
-            max_sessions: sh.settings.max_sessions,
-            status_retention: sh.settings.status_retention,
-            source_available,
-            admitting,
-            max_pending: sh.settings.max_pending,
-        };
-        // Plan against the live views, borrowed under their locks (tasks
-        // take them one at a time, never both), then apply with the locks
-        // released. A full scan plans every request and rebuilds the scope;
-        // other passes plan the scope (`plan::Scope`): the requests not
-        // finished, plus those with a container or an operation under way,
-        // after re-deciding the ids whose status or file changed. Both give
-        // the same actions; only the cost differs (issue 12).
-        let plan_start = std::time::Instant::now();
-        let actions = {
-            let busy = sh.busy_now();
-            let mut store = guard(&sh.store);
-            let changed = store.take_changed();
-            let table = guard(&sh.containers);
-            let observed = Observed {
-                statuses: store.all(),
-                containers: &table.by_request,
-                orphans: &table.orphans,
-                busy: &busy,
-                containers_known: table.known,
-            };
-            if was_full {
-                scope = Scope::rebuild(last_desired, store.all());
-                plan(last_desired, &observed, &cfg)
-            } else {
-                scope.update(touched.iter().chain(&changed), last_desired, store.all());
-                plan_in(last_desired, &observed, &cfg, &scope.ids(&observed))
-            }
-        };
-        let apply_start = std::time::Instant::now();
-        for action in actions {
-            if action.is_change() {
-                tracing::debug!(action = %action, request = action.request().unwrap_or(""), "applying");
-            }
-            sh.apply(action, last_desired);
-        }
-
-        passes += 1;
-        let apply_end = std::time::Instant::now();
-        let pass_elapsed = pass_start.elapsed();
-        sh.metrics.pass_done(
-            pass_elapsed,
-            guard(&sh.store).counts(),
-            last_desired,
-            source.invalid_requests(),
-        );
-        // One event per pass, at debug level: what it cost and why.
-        tracing::debug!(
-            pass = passes,
-            parsed = source.last_parsed,
-            requests = last_desired.requests.len(),
-            elapsed_us = u64::try_from(pass_start.elapsed().as_micros()).unwrap_or(u64::MAX),
-            before_plan_us = us(plan_start - pass_start),
-            plan_us = us(apply_start - plan_start),
-            apply_us = us(apply_end - apply_start),
-            "pass"
-        );
-        source.last_parsed = 0;
-        // READY=1 after the first full pass, STATUS= on change, WATCHDOG=1.
-        let summary = notify::summary(guard(&sh.store).counts(), admitting, source_available);
-        notifier.after_pass(summary);
-        if !admitting && idle(&sh) {
-            tracing::info!("drained: no sessions left; exiting");
-            break;
-        }
-
-        let mut wake_at = next_wake(&sh, next_resync, &scope);
-        if let Some(fire) = schedules.scheduler.next_wake() {
-            let until = jiff::Timestamp::now().duration_until(fire);
-            let wait = if until.is_negative() {
-                Duration::ZERO
-            } else {
-                until.unsigned_abs()
-            };
-            wake_at = wake_at.min(Instant::now() + wait);
-        }
-        if let Some(max) = notifier.max_sleep() {
-            wake_at = wake_at.min(Instant::now() + max);
-        }
-        tokio::select! {
-            ev = rx.recv() => {
-                let mut evs = vec![ev];
-                while let Ok(more) = rx.try_recv() {
-                    evs.push(Some(more));
-                }
-                for ev in evs.into_iter().flatten() {
-                    match ev {
-                        Event::Drain => {
-                            notifier.stopping();
-                            if admitting {
-                                tracing::info!("draining: admitting nothing new; waiting for running sessions (signal again to exit now)");
-                            }
-                            admitting = false;
-                        }
-                        Event::Hangup | Event::Rescan => {
-                            tracing::info!(reason = ?ev, "full rescan");
-                            full_scan = true;
-                            watcher = None;
-                            next_resync = Instant::now();
-                        }
-                        Event::Resync => next_resync = Instant::now(),
-                        Event::Desired | Event::Container | Event::TaskDone => {}
-                    }
-                }
-            }
-            () = tokio::time::sleep_until(wake_at) => {}
-            () = hard_stop.cancelled() => {
-                notifier.stopping();
-                tracing::warn!("exiting now; running containers are left for the next start to adopt");
-                break;
-            }
-        }
-        if Instant::now() >= next_resync {
-            resync_containers(&sh).await;
-            sh.sweep_work_dirs();
-            next_resync = Instant::now() + RESYNC;
-            full_scan = true;
-        }
-    }
-    drop(watcher);
+    let daemon = passes::Loop::new(Arc::clone(&sh), tx, rx, hard_stop.clone());
+    daemon.run().await;
     changes_task.abort();
     if !hard_stop.is_cancelled() {
         sh.tasks.close();
