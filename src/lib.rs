@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod cli;
+pub mod cron;
 pub mod daemon;
 pub mod desired;
 pub mod execute;

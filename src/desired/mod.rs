@@ -23,13 +23,14 @@ pub use assemble::{
     FileRef, FileResult, ProfileEntry, assemble, human_duration, profile_entry, request_entry,
 };
 pub use diag::{Diagnostic, Pos, locate_key};
+pub use model::RepoPattern;
 pub use model::*;
 pub use parse::{Format, MAX_FILE_BYTES};
 pub use push::{
     BranchVars, DEFAULT_PUSH_BRANCH, DEFAULT_RESULTS_MAX_BYTES, Push, expand_branch,
     sanitize as sanitize_placeholder, valid_ref_name,
 };
-pub use repos::{RepoPattern, normalize as normalize_repo};
+pub use repos::normalize as normalize_repo;
 pub use rules::{duration as parse_duration, request_id as check_request_id};
 pub use validate::{profile as validate_profile, request as validate_request, sha256_hex, stem};
 

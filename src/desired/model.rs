@@ -108,7 +108,7 @@ pub struct Profile {
     pub command: Vec<String>,
     pub repo: Option<Repo>,
     /// Repositories a request may name instead of `repo` (issue 13).
-    pub allowed_repos: Vec<super::repos::RepoPattern>,
+    pub allowed_repos: Vec<RepoPattern>,
     pub schedule: Option<Schedule>,
     pub concurrency_policy: ConcurrencyPolicy,
     pub history_limit: u32,
@@ -252,6 +252,27 @@ pub enum Network {
     Default,
     None,
     Named(String),
+}
+
+/// A validated `allowed_repos` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepoPattern {
+    /// As the operator wrote it (for messages).
+    pub text: String,
+    /// Normalized like a repo and decoded: wildcards where the operator
+    /// wrote `*`, literal bytes everywhere else (`repos::pattern` makes
+    /// them, `RepoPattern::matches` reads them).
+    pub(super) toks: Vec<Tok>,
+}
+
+/// One element of a pattern.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Tok {
+    Lit(u8),
+    /// One or more bytes other than `/`.
+    Star,
+    /// One or more bytes (whole segments: `pattern` allows `**` only as one).
+    DoubleStar,
 }
 
 /// A validated request. Serializable because the executor freezes it at

@@ -18,7 +18,7 @@ use super::repos;
 use super::rules::{self, Problem};
 use super::sources;
 use super::wire::{ConcurrencyPolicyWire, CredentialWire, ProfileFile, RequestFile};
-use crate::schedule;
+use crate::cron;
 
 /// Collects diagnostics for one file, placing each at its field when the
 /// field can be found in the text.
@@ -184,11 +184,16 @@ pub fn profile(path: &Path, bytes: &[u8], host: &dyn HostView) -> Result<Profile
             format!("use an https:// repo URL, or remove {key}"),
         );
     }
-    let schedule_v = w.schedule.as_deref().and_then(|e| match schedule::parse(e) {
-        Ok(_) => Some(Schedule { expr: e.to_string() }),
+    let schedule_v = w.schedule.as_deref().and_then(|e| match cron::parse(e) {
+        Ok(_) => Some(Schedule {
+            expr: e.to_string(),
+        }),
         Err(msg) => {
-            s.field("schedule", format!("invalid schedule `{e}`: {msg}"),
-                "use 5 fields (minute hour day-of-month month day-of-week) or a macro like @hourly");
+            s.field(
+                "schedule",
+                format!("invalid schedule `{e}`: {msg}"),
+                "use 5 fields (minute hour day-of-month month day-of-week) or a macro like @hourly",
+            );
             None
         }
     });

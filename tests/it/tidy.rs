@@ -34,6 +34,7 @@ fn pure_modules_do_no_io() {
     let pure: Vec<_> = [
         "desired",
         "schedule.rs",
+        "cron.rs",
         "plan",
         "observed.rs",
         "results/model.rs",
