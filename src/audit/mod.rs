@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use seal::{Limits, MANIFEST, SealError, SealOptions, Sealed, hash_file};
+pub use seal::{Limits, SealOptions, Sealed};
 
 use crate::fsutil::write_json_atomic;
 use crate::observed::Outcome;

@@ -50,6 +50,7 @@ impl Backoffs {
         self.0.get(key)
     }
 
+    #[cfg(test)]
     pub fn get_mut(&mut self, key: &str) -> Option<&mut Backoff> {
         self.0.get_mut(key)
     }

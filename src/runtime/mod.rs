@@ -208,6 +208,8 @@ impl Drop for Changes {
 }
 
 /// A profile limit and the cgroup controller that enforces it.
+// `PidsLimit` is named after its profile field, `pids_limit`.
+#[allow(clippy::enum_variant_names)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limit {
     Memory,

@@ -10,8 +10,8 @@ mod cache;
 mod open;
 mod scan;
 
-pub use open::{RealHost, read_capped, real_host};
-pub use scan::{FileKey, Found, Scan, Skipped, scan, scan_each, scan_folder};
+pub use open::{read_capped, real_host};
+pub use scan::{FileKey, Found, Skipped, scan, scan_each, scan_folder};
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};

@@ -1,3 +1,4 @@
+use super::open::RealHost;
 use super::*;
 
 fn put(root: &Path, rel: &str, text: &str) -> PathBuf {
