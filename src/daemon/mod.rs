@@ -82,6 +82,8 @@ pub async fn run(
         max_sessions = settings.max_sessions,
         "agentd starting"
     );
+    let clone_sandbox =
+        crate::execute::clone_sandbox::Sandbox::for_daemon(&settings, runtime.as_ref());
     let sh = Arc::new(Shared {
         settings,
         runtime,
@@ -92,6 +94,7 @@ pub async fn run(
         wake: tx.clone(),
         tasks: TaskTracker::new(),
         clone_cache: Default::default(),
+        clone_sandbox,
         backoff: Mutex::new(Default::default()),
         gates: Mutex::new(Default::default()),
         leftovers: Mutex::default(),

@@ -125,6 +125,8 @@ pub struct Shared {
     pub tasks: TaskTracker,
     /// Per-repository locks of the git mirror cache.
     pub clone_cache: MirrorCache,
+    /// Where local clones run (`clone_sandbox::Sandbox::for_daemon`).
+    pub clone_sandbox: clone_sandbox::Sandbox,
     /// Requests whose last operation failed: attempts so far and when the
     /// next may run. The planner sees them as busy until then.
     pub backoff: Mutex<Backoffs>,

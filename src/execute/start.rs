@@ -57,6 +57,22 @@ pub enum StartError {
     Credentials(#[from] super::workdir::CredentialsError),
     #[error(transparent)]
     Secret(#[from] super::secrets::SecretError),
+    #[error("cannot create work folder: {0}")]
+    WorkFolder(std::io::Error),
+    #[error("cannot create the start gate: {0}")]
+    MakeGate(std::io::Error),
+    #[error("cannot write input files: {0}")]
+    Input(std::io::Error),
+    #[error(transparent)]
+    Clone(#[from] super::clone::CloneError),
+    #[error(transparent)]
+    ResultsBase(#[from] super::results::BaseError),
+    #[error("cannot hand the home folder to the session user: {0}")]
+    GiveHome(std::io::Error),
+    #[error("cannot mark the work folder prepared: {0}")]
+    MarkPrepared(std::io::Error),
+    #[error(transparent)]
+    Private(#[from] super::private_repo::PrivateRepoError),
     #[error("podman run failed: {0}")]
     Run(RuntimeError),
     #[error("cannot open the start gate: {0}")]
@@ -68,14 +84,6 @@ pub enum StartError {
     /// An earlier attempt's container could not be looked for.
     #[error("checking for an earlier attempt's container: {0}")]
     Probe(RuntimeError),
-}
-
-/// The messages of the helpers that still speak in strings (clone, secrets,
-/// work folder): each names its field and fix, and ends the start.
-impl From<String> for StartError {
-    fn from(message: String) -> StartError {
-        StartError::Refused(message)
-    }
 }
 
 /// What a failed start leads to.
@@ -407,8 +415,7 @@ fn prepare(
         }
         crate::runtime::surface::refuse(&field, p, guarded).map_err(StartError::Refused)?;
     }
-    let work = WorkDir::create(st.work_dir(session_id))
-        .map_err(|e| StartError::Refused(format!("cannot create work folder: {e}")))?;
+    let work = WorkDir::create(st.work_dir(session_id)).map_err(StartError::WorkFolder)?;
     let env_lookup = |name: &str| std::env::var(name).ok();
     fault::point("start-before-credentials");
     let has_credentials = work.write_credentials(profile, host_uid, &env_lookup)?;
@@ -453,11 +460,8 @@ fn prepare(
             root: work.root.clone(),
         },
     };
-    work.make_gate()
-        .map_err(|e| format!("cannot create the start gate: {e}"))?;
-    let has_input = work
-        .write_input(&spec.input)
-        .map_err(|e| format!("cannot write input files: {e}"))?;
+    work.make_gate().map_err(StartError::MakeGate)?;
+    let has_input = work.write_input(&spec.input).map_err(StartError::Input)?;
 
     let mut mounts = vec![
         BindMount {
@@ -610,7 +614,7 @@ impl CloneJob {
             git_home: &st.state.join("git-home"),
             timeout: st.clone_timeout,
             cache: &sh.clone_cache,
-            sandbox: &super::clone_sandbox::Sandbox::for_daemon(st, sh.runtime.as_ref()),
+            sandbox: &sh.clone_sandbox,
         };
         super::clone::clone(
             &self.repo,
@@ -623,14 +627,8 @@ impl CloneJob {
         super::results::record_base(sh, &self.work.root, self.results).await?;
         self.work
             .give_home_to(sh.settings.host_session_uid())
-            .map_err(|e| {
-                StartError::Refused(format!(
-                    "cannot hand the home folder to the session user: {e}"
-                ))
-            })?;
+            .map_err(StartError::GiveHome)?;
         fault::point("start-before-prepared");
-        self.work
-            .mark_prepared()
-            .map_err(|e| StartError::Refused(format!("cannot mark the work folder prepared: {e}")))
+        self.work.mark_prepared().map_err(StartError::MarkPrepared)
     }
 }

@@ -48,6 +48,24 @@ fn git(args: &[&str]) {
     );
 }
 
+/// A clone "sandbox" that only runs the program: the real helper is the
+/// agentd binary (`agentd __clone-sandbox`), which a unit test binary is
+/// not; the sandbox itself is tested by `tests/it/hardening_clone.rs`.
+pub fn no_sandbox(dir: &std::path::Path) -> crate::execute::clone_sandbox::Sandbox {
+    use std::os::unix::fs::PermissionsExt;
+    let exe = dir.join("run-only.sh");
+    std::fs::write(
+        &exe,
+        "#!/bin/sh\nwhile [ \"$1\" != -- ]; do shift; done\nshift\nexec \"$@\"\n",
+    )
+    .expect("write");
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    crate::execute::clone_sandbox::Sandbox {
+        exe,
+        hide: Vec::new(),
+    }
+}
+
 pub fn harness() -> Harness {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path().to_path_buf();
@@ -85,6 +103,7 @@ pub fn harness() -> Harness {
         wake,
         tasks: TaskTracker::new(),
         clone_cache: Default::default(),
+        clone_sandbox: no_sandbox(&root),
         backoff: Mutex::default(),
         gates: Mutex::default(),
         leftovers: Mutex::default(),

@@ -263,7 +263,8 @@ fn a_local_clone_that_hangs_in_the_sandbox_is_killed_at_the_timeout_issue_17() {
             "p",
             &env,
         ))
-        .expect_err("the clone hangs");
+        .expect_err("the clone hangs")
+        .to_string();
     let took = started.elapsed();
     eprintln!("{err} after {took:?}");
     assert!(err.contains("did not finish within 3s"), "{err}");
