@@ -12,6 +12,8 @@ pub mod clone;
 pub mod clone_sandbox;
 pub(crate) mod finish;
 mod leftovers;
+mod outcome;
+mod prepare;
 mod private_repo;
 mod results;
 mod schedule;
