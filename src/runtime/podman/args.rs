@@ -265,4 +265,51 @@ mod tests {
             ["localhost/img:1", "--not-a-flag", "a b"]
         );
     }
+
+    #[test]
+    fn a_session_spec_becomes_its_podman_run_issue_18() {
+        let session = SessionSpec {
+            name: "agentd-i-r1".into(),
+            image: "localhost/img:1".into(),
+            identity: crate::runtime::Identity {
+                instance: "i".into(),
+                session_id: "00ff".into(),
+                profile: "rev".into(),
+                request: "r1".into(),
+                deadline: 1_795_337_999_000,
+            },
+            uid: 10001,
+            gid: 10001,
+            user: "rev".into(),
+            home: "/home/rev".into(),
+            workdir: "/home/rev/repo".into(),
+            env: vec![],
+            mounts: vec![],
+            secrets: vec![],
+            runtime_dir: "/w".into(),
+            console_max_bytes: Some(2048),
+            network: Network::None,
+            memory: None,
+            cpus: None,
+            pids_limit: None,
+            command: vec!["true".into()],
+        };
+        let a = run_args(&RunSpec::for_session(&session, false)).join(" ");
+        assert!(
+            a.contains(
+                "--label=io.agentd.managed=true --label=io.agentd.instance=i \
+                 --label=io.agentd.session=00ff --label=io.agentd.profile=rev \
+                 --label=io.agentd.request=r1 --label=io.agentd.deadline=1795337999000 \
+                 --user=10001:10001"
+            ),
+            "{a}"
+        );
+        assert!(
+            a.contains("--log-opt=path=/w/console.k8s.log --log-opt=max-size=2048 --pidfile=/w/container.pid --network=none"),
+            "{a}"
+        );
+        let rootless = run_args(&RunSpec::for_session(&session, true));
+        assert!(rootless.contains(&"--userns=keep-id:uid=10001,gid=10001".to_string()));
+        assert!(!a.contains("--userns"));
+    }
 }
