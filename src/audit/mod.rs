@@ -71,10 +71,10 @@ pub struct SessionRecord {
     /// What the agent changed (issue 20): `agentd/changes.bundle` and the
     /// patches are described here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub changes: Option<crate::results::Changes>,
+    pub changes: Option<crate::observed::Changes>,
     /// How the push of the agent's commits went, when the profile pushes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub push: Option<crate::results::PushResult>,
+    pub push: Option<crate::observed::PushResult>,
 }
 
 /// `session.json`'s `cut`: entries of `session/` left out of a sealed
