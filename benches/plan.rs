@@ -5,9 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use agentd::desired::{Desired, Input, Profile, Repo, Request, RequestEntry};
-use agentd::observed::{Container, ContainerState, Observed, Phase, Status};
-use agentd::plan::{PlanConfig, plan};
+use agentd::{Container, ContainerState, Observed, Phase, Status};
+use agentd::{Desired, Input, Profile, Repo, Request, RequestEntry};
+use agentd::{PlanConfig, plan};
 
 fn profile(name: &str) -> Profile {
     Profile {

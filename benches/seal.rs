@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use agentd::audit::{Limits, Record, SealOptions, SessionRecord};
+use agentd::{Limits, Record, SealOptions, SessionRecord};
 
 fn record(root: &std::path::Path, sid: &str) -> Record {
     let r = Record {
@@ -27,7 +27,7 @@ fn start_form(sid: &str) -> SessionRecord {
         work_unit: None,
         start_timestamp: jiff::Timestamp::now(),
         end_timestamp: Some(jiff::Timestamp::now()),
-        outcome: Some(agentd::observed::Outcome::Success),
+        outcome: Some(agentd::Outcome::Success),
         exit_code: Some(0),
         image: "img".into(),
         image_id: None,

@@ -1,21 +1,47 @@
 //! agentd: a declarative reconciler that runs AI-agent sessions in ephemeral
 //! Podman containers. See ARCHITECTURE.md for the map of modules.
+//!
+//! The modules are private: the library exports only what the binary, the
+//! benches and the integration tests use (below), so the compiler reports
+//! whatever else is never used.
 
-pub mod audit;
-pub mod cli;
-pub mod daemon;
-pub mod desired;
-pub mod execute;
-pub mod fault;
-pub mod fdtree;
-pub mod fsutil;
-pub mod metrics;
-pub mod observed;
-pub mod plan;
-pub mod results;
-pub mod runtime;
-pub mod schedule;
-pub mod source;
-pub mod status;
+mod audit;
+mod cli;
+mod cron;
+mod daemon;
+mod desired;
+mod execute;
+mod fault;
+mod fdtree;
+mod fsutil;
+mod metrics;
+mod observed;
+mod plan;
+mod results;
+mod runtime;
+mod schedule;
+mod source;
+mod status;
+mod sync;
 #[cfg(test)]
 mod testkit;
+
+// The binary.
+pub use cli::main;
+pub use execute::clone_sandbox::main_if_invoked as clone_sandbox_main_if_invoked;
+
+// The integration tests.
+pub use cli::Cli;
+pub use daemon::{instance_id, lock_path};
+pub use desired::sha256_hex;
+pub use execute::MirrorCache;
+pub use execute::clone::{CloneEnv, clone as clone_repo};
+pub use execute::clone_sandbox::Sandbox;
+pub use execute::new_session_id;
+pub use observed::{Outcome, Phase, Status, StopReason};
+
+// The benches.
+pub use audit::{Limits, Record, SealOptions, SessionRecord};
+pub use desired::{Desired, Input, Profile, Repo, Request, RequestEntry};
+pub use observed::{Container, ContainerState, Observed};
+pub use plan::{PlanConfig, plan};

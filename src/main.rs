@@ -6,8 +6,8 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     // The local-clone sandbox helper (issue 17) must start while the
     // process is single-threaded: before anything else runs.
-    if let Some(code) = agentd::execute::clone_sandbox::main_if_invoked() {
+    if let Some(code) = agentd::clone_sandbox_main_if_invoked() {
         return code;
     }
-    agentd::cli::main()
+    agentd::main()
 }

@@ -228,10 +228,10 @@ pub struct Status {
     pub stop_reason: Option<StopReason>,
     /// What the agent changed, once done (issue 20).
     #[serde(default)]
-    pub changes: Option<crate::results::Changes>,
+    pub changes: Option<Changes>,
     /// How the push went, once done, when the profile pushes (issue 20).
     #[serde(default)]
-    pub push: Option<crate::results::PushResult>,
+    pub push: Option<PushResult>,
 }
 
 /// Why agentd stopped a session.
@@ -312,6 +312,107 @@ pub struct Observed<'a> {
     /// succeeded); false after a Podman failure, so nothing is concluded
     /// from a container's absence.
     pub containers_known: bool,
+}
+
+/// What the agent changed and what was pushed (issue 20), as the status
+/// and the audit record carry them; `results` makes them.
+/// `changes` in `session.json` and the status object: what the agent
+/// changed relative to the base.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Changes {
+    /// The commit HEAD named right after the clone (`null`: an empty repository).
+    pub base: Option<String>,
+    /// The commit HEAD named at the end (`null`: none).
+    pub head: Option<String>,
+    /// New commits, on any branch or a detached HEAD, not reachable from
+    /// any ref of the base.
+    pub commits: u64,
+    /// From the base's HEAD to the final work tree (committed and not).
+    pub files_changed: u64,
+    pub insertions: u64,
+    pub deletions: u64,
+    /// Size of `agentd/changes.bundle` (0: absent).
+    pub bundle_bytes: u64,
+    /// Size of `agentd/worktree.patch`, the uncommitted work (0: absent).
+    pub patch_bytes: u64,
+    /// Size of `agentd/commits.patch`, the new commits as a patch series
+    /// (0: absent).
+    #[serde(default)]
+    pub series_bytes: u64,
+    /// Something was left out: `cut` says what and why.
+    pub truncated: bool,
+    /// The refs in the bundle (`HEAD`, `refs/heads/...`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refs: Vec<String>,
+    /// What was left out or could not be read, one line each (the first
+    /// [`CUT_SHOWN`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cut: Vec<String>,
+    /// Lines past the first [`CUT_SHOWN`] of `cut`, counted only.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cut_more: u64,
+}
+
+/// Lines of `changes.cut` kept; the rest are counted in `cut_more`.
+pub const CUT_SHOWN: usize = 20;
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl Changes {
+    /// One line for the status message when something was left out.
+    pub fn note(&self) -> Option<String> {
+        self.truncated.then(|| {
+            let more = match self.cut_more {
+                0 => String::new(),
+                n => format!(" (and {n} more)"),
+            };
+            format!(
+                "results truncated: {}{more}; see `changes` in agentd/session.json",
+                self.cut.join("; ")
+            )
+        })
+    }
+
+    /// Record that `what` was left out.
+    pub fn cut(&mut self, what: impl Into<String>) {
+        self.truncated = true;
+        if self.cut.len() < CUT_SHOWN {
+            self.cut.push(what.into());
+        } else {
+            self.cut_more += 1;
+        }
+    }
+}
+
+/// `push` in `session.json` and the status object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum PushResult {
+    /// The ref points at the commit (pushed now, or it already did).
+    Pushed {
+        #[serde(rename = "ref")]
+        ref_name: String,
+        commit: String,
+    },
+    /// HEAD had no new commit.
+    NothingToPush,
+    /// Not attempted: the outcome is not in `when`, the repository or the
+    /// branch does not allow it.
+    Skipped { why: String },
+    /// Attempted and failed (rejected, unreachable, no token).
+    Failed { reason: String },
+}
+
+impl PushResult {
+    /// One line for the status message when the push did not go through.
+    pub fn note(&self) -> Option<String> {
+        match self {
+            PushResult::Failed { reason } => Some(format!("push failed: {reason}")),
+            _ => None,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use std::path::Path;
 
 use proptest::prelude::*;
 
+use super::seal::MANIFEST;
 use super::verify::{Finding, verify};
 use super::*;
 use crate::testkit::corpus::{self, Case};

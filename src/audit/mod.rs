@@ -7,7 +7,6 @@
 //! and `outcome`) only after teardown succeeded. A record without them is
 //! incomplete by design: it never claims an end that did not happen.
 
-mod console;
 #[cfg(test)]
 mod hostile_tests;
 pub mod manifest;
@@ -21,8 +20,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use console::{K8sLogReader, k8s_to_raw};
-pub use seal::{Limits, MANIFEST, SealError, SealOptions, Sealed, hash_file};
+pub use seal::{Limits, SealOptions, Sealed};
 
 use crate::fsutil::write_json_atomic;
 use crate::observed::Outcome;
@@ -73,10 +71,10 @@ pub struct SessionRecord {
     /// What the agent changed (issue 20): `agentd/changes.bundle` and the
     /// patches are described here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub changes: Option<crate::results::Changes>,
+    pub changes: Option<crate::observed::Changes>,
     /// How the push of the agent's commits went, when the profile pushes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub push: Option<crate::results::PushResult>,
+    pub push: Option<crate::observed::PushResult>,
 }
 
 /// `session.json`'s `cut`: entries of `session/` left out of a sealed

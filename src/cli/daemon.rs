@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::GlobalArgs;
 use crate::daemon;
 use crate::execute::{Event, Settings};
+use crate::runtime::Runtime as _;
 use crate::runtime::podman::Podman;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -128,7 +129,7 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
     }
     check_session_uid(args.session_uid)?;
     // Bound before anything starts: a refused or busy address fails the start.
-    let metrics = args
+    let listener = args
         .metrics_listen
         .map(|addr| crate::metrics::bind(addr, args.metrics_allow_remote))
         .transpose()?;
@@ -141,7 +142,10 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async move {
-        let podman = Podman::default();
+        let instance = daemon::instance_id(&state);
+        // One registry for the daemon, handed to its parts.
+        let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+        let podman = Podman::new(&instance).observed_by(std::sync::Arc::clone(&metrics) as _);
         // Fail fast: a daemon that cannot reach Podman would only retry.
         // `podman info` also tells the mode (rootless or rootful), which is
         // detected, never configured.
@@ -159,8 +163,8 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
             Ok(host) => host,
             Err(e) => return fail(&e),
         };
-        // Rootless sessions need keep-id:uid= and ids to map the session
-        // uid: say so at start, not as every session's start_failed.
+        // Rootless sessions need a Podman that can map the session uid onto
+        // the daemon's: say so at start, not as every session's start_failed.
         if let Some(why) = host.cannot_run_sessions(args.session_uid) {
             return fail(&why);
         }
@@ -177,7 +181,7 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
         );
         let settings = Settings {
             desired,
-            instance: daemon::instance_id(&state),
+            instance,
             audit_root,
             state,
             max_sessions: global.max_sessions,
@@ -188,18 +192,26 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
             audit_max_bytes: args.audit_max_bytes,
             clone_timeout: args.clone_timeout,
             allow_host_network: args.host_network.allow_host_network,
-            host,
+            session_files_owner: podman.session_files_owner(args.session_uid),
         };
-        if let Some(listener) = metrics {
+        if let Some(listener) = listener {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, "serving metrics at /metrics");
             }
-            crate::metrics::serve(listener)?;
+            crate::metrics::serve(listener, std::sync::Arc::clone(&metrics))?;
         }
         let (tx, rx) = mpsc::channel::<Event>(64);
         let hard_stop = CancellationToken::new();
         spawn_signal_handler(tx.clone(), hard_stop.clone())?;
-        daemon::run(settings, podman, hard_stop, tx, rx).await?;
+        daemon::run(
+            settings,
+            std::sync::Arc::new(podman),
+            metrics,
+            hard_stop,
+            tx,
+            rx,
+        )
+        .await?;
         Ok::<_, anyhow::Error>(ExitCode::SUCCESS)
     })
 }

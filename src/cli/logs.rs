@@ -13,8 +13,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 
 use super::GlobalArgs;
-use crate::audit::K8sLogReader;
 use crate::observed::Phase;
+use crate::runtime::podman::console::K8sLogReader;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -85,7 +85,7 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         if let (None, Some(sid)) = (&reader, &status.session_id) {
-            reader = K8sLogReader::open(&state.join("work").join(sid).join("console.k8s.log")).ok();
+            reader = K8sLogReader::open_session(&state.join("work").join(sid)).ok();
         }
         if let Some(r) = reader.as_mut() {
             out.write(&r.read_new()?)?;

@@ -10,6 +10,7 @@ use super::GlobalArgs;
 use crate::execute::ContainerTable;
 use crate::observed::Observed;
 use crate::plan::{PlanConfig, plan};
+use crate::runtime::Runtime as _;
 use crate::runtime::podman::Podman;
 
 #[derive(Debug, clap::Args)]
@@ -46,7 +47,7 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     let listing = rt
-        .block_on(Podman::default().list(&crate::daemon::instance_id(&state)))
+        .block_on(Podman::new(&crate::daemon::instance_id(&state)).list())
         .context("listing containers")?;
     let mut table = ContainerTable::default();
     table.replace(listing, &Default::default(), &|r| statuses.contains_key(r));

@@ -6,6 +6,7 @@
 
 mod lock;
 mod notify;
+mod passes;
 pub mod private;
 mod watch;
 
@@ -22,13 +23,12 @@ use tokio_util::task::TaskTracker;
 pub use lock::{LockError, acquire, lock_path};
 
 use crate::desired::Diagnostic;
-use crate::execute::{ContainerTable, Event, Settings, Shared, lock as guard};
-use crate::observed::{Container, ContainerState, Observed, Phase};
-use crate::plan::{PlanConfig, Scope, plan, plan_in};
-use crate::runtime::podman::Podman;
-use crate::runtime::podman::{ContainerEvent, ExitFile, exits};
-use crate::source::{Source, real_host};
+use crate::execute::{ContainerTable, Event, Settings, Shared};
+use crate::observed::Phase;
+use crate::plan::Scope;
+use crate::runtime::{Change, Runtime};
 use crate::status::StatusStore;
+use crate::sync::lock as guard;
 
 /// Worst-case delay for a change whose events were all lost: a full rescan
 /// of the desired dir and of Podman happens at least this often.
@@ -51,22 +51,26 @@ pub fn instance_id(state: &Path) -> String {
     crate::desired::sha256_hex(canon.as_os_str().as_encoded_bytes())[..12].to_string()
 }
 
-/// Run until drained (after `Event::Drain`) or until `hard_stop` fires.
-/// `rx` is the loop's inbox; `tx` is its sending side, which the watcher
-/// and `Shared::wake` (tasks, Podman followers) use; the signal handler
+/// Start the daemon (its folders, lock, status store, containers, the
+/// followers of container changes), then run the loop (`passes::Loop`)
+/// until drained (after `Event::Drain`) or until `hard_stop` fires. `rx`
+/// is the loop's inbox; `tx` is its sending side, which the watcher and
+/// `Shared::wake` (tasks, the runtime's followers) use; the signal handler
 /// holds a clone of it.
 pub async fn run(
     settings: Settings,
-    podman: Podman,
+    runtime: Arc<dyn Runtime>,
+    metrics: Arc<crate::metrics::Metrics>,
     hard_stop: CancellationToken,
     tx: mpsc::Sender<Event>,
-    mut rx: mpsc::Receiver<Event>,
+    rx: mpsc::Receiver<Event>,
 ) -> Result<(), DaemonError> {
     private::prepare(&settings.state, &settings.audit_root)?;
     let lock = acquire(&settings.state, &settings.instance)?;
     tracing::info!(lock = %lock.path.display(), "holding the daemon lock");
-    write_host(&settings.state, &settings.host);
-    let (store, problems) = StatusStore::open(&settings.state)?;
+    write_host(&settings.state, runtime.as_ref());
+    let (mut store, problems) = StatusStore::open(&settings.state)?;
+    store.observe(Arc::clone(&metrics) as _);
     for p in problems {
         tracing::warn!(problem = %p, "skipping unreadable status record");
     }
@@ -78,249 +82,33 @@ pub async fn run(
         max_sessions = settings.max_sessions,
         "agentd starting"
     );
+    let clone_sandbox =
+        crate::execute::clone_sandbox::Sandbox::for_daemon(&settings, runtime.as_ref());
     let sh = Arc::new(Shared {
         settings,
-        podman,
+        runtime,
+        metrics,
         store: Mutex::new(store),
         containers: Mutex::new(ContainerTable::default()),
         busy: Mutex::new(BTreeSet::new()),
         wake: tx.clone(),
         tasks: TaskTracker::new(),
         clone_cache: Default::default(),
+        clone_sandbox,
         backoff: Mutex::new(Default::default()),
         gates: Mutex::new(Default::default()),
         leftovers: Mutex::default(),
         seal_failures: Mutex::default(),
-        images: Mutex::default(),
     });
     write_daemon_state(&sh.settings.state, None, &[]);
     resync_containers(&sh).await;
     sh.sweep_work_dirs();
     reopen_gates(&sh);
-    let events_task = tokio::spawn(follow_container_events(Arc::clone(&sh)));
-    let exits_task = tokio::spawn(follow_exit_files(Arc::clone(&sh)));
+    let changes_task = tokio::spawn(follow_changes(Arc::clone(&sh)));
 
-    let mut schedules = crate::execute::Schedules::load(&sh.settings.state);
-    let dirty: Arc<Mutex<watch::Dirty>> = Arc::default();
-    let mut watcher = start_watcher(&sh.settings.desired, &tx, &dirty);
-    let mut source = Source::new(&sh.settings.desired);
-    // The first pass, every resync and every lost-events signal scan the
-    // whole desired dir; other passes look only at the paths events named.
-    let mut full_scan = true;
-    let mut source_available = true;
-    let mut admitting = true;
-    let mut next_resync = Instant::now() + RESYNC;
-
-    // What daemon.json last said was not followed (symlinked folders, loops).
-    let mut reported_skipped: Vec<Diagnostic> = Vec::new();
-    let mut passes: u64 = 0;
-    // The requests a pass plans; rebuilt by the first (full) pass.
-    let mut scope = Scope::default();
-    let mut notifier = notify::Notifier::from_env();
-    loop {
-        let pass_start = std::time::Instant::now();
-        let changes = {
-            let mut d = guard(&dirty);
-            // Files still being written stay behind for their close event.
-            let writing = std::mem::take(&mut d.writing);
-            let mut taken = std::mem::take(&mut *d);
-            d.writing = writing;
-            taken.writing.clear();
-            taken
-        };
-        if changes.rescan || changes.rewatch {
-            full_scan = true;
-        }
-        if changes.rewatch {
-            // A folder was replaced (a symlink swap): watch what it points at now.
-            watcher = None;
-        }
-        let host = real_host(sh.settings.allow_host_network);
-        let scanned = if full_scan || !source_available {
-            Some(source.full_scan(host))
-        } else if !changes.paths.is_empty() {
-            Some(source.update_paths(&changes.paths, host))
-        } else {
-            None
-        };
-        let was_full = full_scan || !source_available;
-        full_scan = false;
-        if was_full {
-            release_freed_memory();
-        }
-        if let Some(result) = scanned {
-            tracing::trace!(parsed = source.last_parsed, "desired dir updated");
-            match result {
-                Ok(()) if !source_available => {
-                    tracing::info!("desired dir available again");
-                    write_daemon_state(&sh.settings.state, None, &source.desired().skipped);
-                    source_available = true;
-                    reported_skipped = source.desired().skipped.clone();
-                }
-                Ok(()) => {
-                    if source.desired().skipped != reported_skipped {
-                        reported_skipped = source.desired().skipped.clone();
-                        for d in &reported_skipped {
-                            tracing::warn!(problem = %d, "not followed in the desired dir");
-                        }
-                        write_daemon_state(&sh.settings.state, None, &reported_skipped);
-                    }
-                }
-                Err(e) => {
-                    if source_available {
-                        tracing::warn!(error = %e, "desired dir unavailable; keeping running work, retrying");
-                        write_daemon_state(
-                            &sh.settings.state,
-                            Some(&e.to_string()),
-                            &source.desired().skipped,
-                        );
-                    }
-                    source_available = false;
-                }
-            }
-        }
-        if source_available && watcher.is_none() {
-            watcher = start_watcher(&sh.settings.desired, &tx, &dirty);
-        }
-        // Request ids whose desired entry changed: their planning scope is
-        // re-decided below (a full scan rebuilds it instead).
-        let touched = source.take_touched();
-        let last_desired = source.desired();
-
-        // Cron fires become request files; never while the source is away
-        // (there is no requests/ to write into, and nothing to compare with).
-        if source_available {
-            schedules.tick(&sh, last_desired, &jiff::Zoned::now());
-        }
-        let cfg = PlanConfig {
-            now: jiff::Timestamp::now(),
-            max_sessions: sh.settings.max_sessions,
-            status_retention: sh.settings.status_retention,
-            source_available,
-            admitting,
-            max_pending: sh.settings.max_pending,
-        };
-        // Plan against the live views, borrowed under their locks (tasks
-        // take them one at a time, never both), then apply with the locks
-        // released. A full scan plans every request and rebuilds the scope;
-        // other passes plan the scope (`plan::Scope`): the requests not
-        // finished, plus those with a container or an operation under way,
-        // after re-deciding the ids whose status or file changed. Both give
-        // the same actions; only the cost differs (issue 12).
-        let plan_start = std::time::Instant::now();
-        let actions = {
-            let busy = sh.busy_now();
-            let mut store = guard(&sh.store);
-            let changed = store.take_changed();
-            let table = guard(&sh.containers);
-            let observed = Observed {
-                statuses: store.all(),
-                containers: &table.by_request,
-                orphans: &table.orphans,
-                busy: &busy,
-                containers_known: table.known,
-            };
-            if was_full {
-                scope = Scope::rebuild(last_desired, store.all());
-                plan(last_desired, &observed, &cfg)
-            } else {
-                scope.update(touched.iter().chain(&changed), last_desired, store.all());
-                plan_in(last_desired, &observed, &cfg, &scope.ids(&observed))
-            }
-        };
-        let apply_start = std::time::Instant::now();
-        for action in actions {
-            if action.is_change() {
-                tracing::debug!(action = %action, request = action.request().unwrap_or(""), "applying");
-            }
-            sh.apply(action, last_desired);
-        }
-
-        passes += 1;
-        let apply_end = std::time::Instant::now();
-        let pass_elapsed = pass_start.elapsed();
-        crate::metrics::get().pass_done(
-            pass_elapsed,
-            guard(&sh.store).counts(),
-            last_desired,
-            source.invalid_requests(),
-        );
-        // One event per pass, at debug level: what it cost and why.
-        tracing::debug!(
-            pass = passes,
-            parsed = source.last_parsed,
-            requests = last_desired.requests.len(),
-            elapsed_us = u64::try_from(pass_start.elapsed().as_micros()).unwrap_or(u64::MAX),
-            before_plan_us = us(plan_start - pass_start),
-            plan_us = us(apply_start - plan_start),
-            apply_us = us(apply_end - apply_start),
-            "pass"
-        );
-        source.last_parsed = 0;
-        // READY=1 after the first full pass, STATUS= on change, WATCHDOG=1.
-        let summary = notify::summary(guard(&sh.store).counts(), admitting, source_available);
-        notifier.after_pass(summary);
-        if !admitting && idle(&sh) {
-            tracing::info!("drained: no sessions left; exiting");
-            break;
-        }
-
-        let mut wake_at = next_wake(&sh, next_resync, &scope);
-        if let Some(fire) = schedules.scheduler.next_wake() {
-            let until = jiff::Timestamp::now().duration_until(fire);
-            let wait = if until.is_negative() {
-                Duration::ZERO
-            } else {
-                until.unsigned_abs()
-            };
-            wake_at = wake_at.min(Instant::now() + wait);
-        }
-        if let Some(max) = notifier.max_sleep() {
-            wake_at = wake_at.min(Instant::now() + max);
-        }
-        tokio::select! {
-            ev = rx.recv() => {
-                let mut evs = vec![ev];
-                while let Ok(more) = rx.try_recv() {
-                    evs.push(Some(more));
-                }
-                for ev in evs.into_iter().flatten() {
-                    match ev {
-                        Event::Drain => {
-                            notifier.stopping();
-                            if admitting {
-                                tracing::info!("draining: admitting nothing new; waiting for running sessions (signal again to exit now)");
-                            }
-                            admitting = false;
-                        }
-                        Event::Hangup | Event::Rescan => {
-                            tracing::info!(reason = ?ev, "full rescan");
-                            full_scan = true;
-                            watcher = None;
-                            next_resync = Instant::now();
-                        }
-                        Event::Resync => next_resync = Instant::now(),
-                        Event::Desired | Event::Container | Event::TaskDone => {}
-                    }
-                }
-            }
-            () = tokio::time::sleep_until(wake_at) => {}
-            () = hard_stop.cancelled() => {
-                notifier.stopping();
-                tracing::warn!("exiting now; running containers are left for the next start to adopt");
-                break;
-            }
-        }
-        if Instant::now() >= next_resync {
-            resync_containers(&sh).await;
-            sh.sweep_work_dirs();
-            next_resync = Instant::now() + RESYNC;
-            full_scan = true;
-        }
-    }
-    drop(watcher);
-    events_task.abort();
-    exits_task.abort();
+    let daemon = passes::Loop::new(Arc::clone(&sh), tx, rx, hard_stop.clone());
+    daemon.run().await;
+    changes_task.abort();
     if !hard_stop.is_cancelled() {
         sh.tasks.close();
         sh.tasks.wait().await;
@@ -367,8 +155,8 @@ fn next_wake(sh: &Shared, next_resync: Instant, scope: &Scope) -> Instant {
             at = at.min(at_ms(d));
         }
     }
-    for b in guard(&sh.backoff).values() {
-        at = at.min(Instant::from_std(b.until));
+    if let Some(until) = guard(&sh.backoff).earliest() {
+        at = at.min(Instant::from_std(until));
     }
     let retention_ms =
         i64::try_from(sh.settings.status_retention.as_millis()).unwrap_or(i64::MAX / 4);
@@ -383,13 +171,13 @@ fn next_wake(sh: &Shared, next_resync: Instant, scope: &Scope) -> Instant {
     at
 }
 
-/// Replace the container table with a fresh `podman ps`.
+/// Replace the container table with a fresh listing of the runtime.
 async fn resync_containers(sh: &Shared) {
     // Requests busy at either end of the listing may have changed while it
-    // ran (a start's `podman run` returning mid-listing): keep what the
+    // ran (a start's run returning mid-listing): keep what the
     // table knows of them rather than a listing older than their change.
     let busy_before = sh.busy_now();
-    match sh.podman.list(&sh.settings.instance).await {
+    match sh.runtime.list().await {
         Ok(listing) => {
             let mut keep = busy_before;
             keep.extend(sh.busy_now());
@@ -404,114 +192,18 @@ async fn resync_containers(sh: &Shared) {
     }
 }
 
-/// Apply one container event to the table.
-fn apply_event(t: &mut ContainerTable, ev: &ContainerEvent) {
-    let Some(r) = &ev.request else { return };
-    let fresh = |state| Container {
-        id: ev.id.clone(),
-        name: ev.name.clone(),
-        request: Some(r.clone()),
-        session_id: ev.session_id.clone(),
-        state,
-        deadline: ev.deadline,
-        started: state != ContainerState::Created,
-    };
-    let state = match ev.status.as_str() {
-        "create" => ContainerState::Created,
-        "start" => ContainerState::Running,
-        "died" => ContainerState::Exited(ev.exit_code.unwrap_or(-1)),
-        "remove" => {
-            if t.by_request
-                .get(r)
-                .is_some_and(|c| c.id == ev.id || c.name == ev.name)
-            {
-                t.by_request.remove(r);
-            }
-            return;
-        }
-        _ => return,
-    };
-    match t.by_request.get_mut(r) {
-        // Another container of the same request (an older attempt's): the
-        // table keeps the one it knows until that is removed.
-        Some(c) if c.name != ev.name => {}
-        // A `create` arriving after `start`/`died` (events can race the
-        // table's own updates) must not move the state backwards.
-        Some(c) if state == ContainerState::Created => c.id.clone_from(&ev.id),
-        Some(c) => {
-            c.state = state;
-            c.started = true;
-            c.id.clone_from(&ev.id);
-        }
-        None => {
-            t.by_request.insert(r.clone(), fresh(state));
-        }
-    }
-}
-
-/// Follow `podman events`, updating the container table and waking the
-/// loop; restart the stream (with a resync) whenever it ends.
-async fn follow_container_events(sh: Arc<Shared>) {
-    let mut backoff = Duration::from_millis(500);
-    loop {
-        match sh.podman.events(&sh.settings.instance).await {
-            Ok(mut stream) => {
-                while let Some(ev) = stream.next().await {
-                    backoff = Duration::from_millis(500);
-                    apply_event(&mut guard(&sh.containers), &ev);
-                    let _ = sh.wake.try_send(Event::Container);
-                }
-                tracing::warn!("podman events stream ended; restarting");
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot follow podman events"),
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(30));
-        let _ = sh.wake.try_send(Event::Resync);
-    }
-}
-
-/// Apply one exit file to the table: the container of that id exited.
-/// Only a container the table knows (this instance's, by id) and that it
-/// believes is not over yet changes; `-1` when the file was gone before it
-/// was read (finishing inspects the container anyway). Returns whether
-/// the table changed.
-fn apply_exit_file(t: &mut ContainerTable, exit: &ExitFile) -> bool {
-    let Some(c) = t.by_request.values_mut().find(|c| c.id == exit.id) else {
-        return false;
-    };
-    if matches!(c.state, ContainerState::Exited(_)) {
-        return false;
-    }
-    c.state = ContainerState::Exited(exit.exit_code.unwrap_or(-1));
-    c.started = true;
-    true
-}
-
-/// Watch conmon's exit files (see `runtime::podman::exits`) so the planner
-/// finishes a session the moment its container exits instead of when
-/// `podman events` gets around to the `died` event. Without an exit folder
-/// (remote or unusual Podman), or if watching fails, the events stream
-/// alone reports exits, as before.
-async fn follow_exit_files(sh: Arc<Shared>) {
-    let Some(dir) = exits::exit_dir() else {
-        tracing::info!("no Podman exit folder to watch; exits are learned from podman events");
-        return;
-    };
-    let (tx, mut rx) = mpsc::channel(256);
-    let _watcher = match exits::watch(&dir, tx) {
-        Ok(w) => w,
-        Err(e) => {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch Podman's exit folder; exits are learned from podman events");
-            return;
-        }
-    };
-    tracing::debug!(dir = %dir.display(), "watching Podman's exit folder");
-    while let Some(exit) = rx.recv().await {
-        tracing::debug!(id = %exit.id, exit_code = exit.exit_code, "exit file");
-        if apply_exit_file(&mut guard(&sh.containers), &exit) {
-            let _ = sh.wake.try_send(Event::Container);
-        }
+/// Follow the runtime's container changes: each updates the container
+/// table and wakes the loop; a lost stretch of changes wakes it to list
+/// the containers again.
+async fn follow_changes(sh: Arc<Shared>) {
+    let mut changes = sh.runtime.changes();
+    while let Some(change) = changes.next().await {
+        let wake = match change {
+            Change::Resync => Event::Resync,
+            change if guard(&sh.containers).apply(&change) => Event::Container,
+            _ => continue,
+        };
+        let _ = sh.wake.try_send(wake);
     }
 }
 
@@ -555,8 +247,11 @@ pub struct DaemonState {
 
 /// `agentd status` shows this one-line host summary (mode, cgroups,
 /// network backend) from `<state>/host.json`, written once at start.
-fn write_host(state: &Path, host: &crate::runtime::podman::Host) {
-    if let Err(e) = crate::fsutil::write_json_atomic(&state.join("host.json"), host, 0o600) {
+fn write_host(state: &Path, runtime: &dyn Runtime) {
+    let written = runtime
+        .host_report()
+        .and_then(|report| crate::fsutil::write_atomic(&state.join("host.json"), &report, 0o600));
+    if let Err(e) = written {
         tracing::warn!(error = %e, "cannot write host.json");
     }
 }
@@ -582,56 +277,5 @@ fn release_freed_memory() {
     // thread at any time is allowed by glibc.
     unsafe {
         nix::libc::malloc_trim(0);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn table_with(id: &str, state: ContainerState) -> ContainerTable {
-        let mut t = ContainerTable::default();
-        t.by_request.insert(
-            "r".into(),
-            Container {
-                id: id.into(),
-                name: "agentd-i-r".into(),
-                request: Some("r".into()),
-                session_id: Some("s".into()),
-                state,
-                deadline: None,
-                started: true,
-            },
-        );
-        t
-    }
-
-    fn exit(id: &str, code: Option<i32>) -> ExitFile {
-        ExitFile {
-            id: id.into(),
-            exit_code: code,
-        }
-    }
-
-    #[test]
-    fn an_exit_file_marks_only_its_own_running_container_exited() {
-        let id = "a".repeat(64);
-        let mut t = table_with(&id, ContainerState::Running);
-        // Another container's exit (another instance, a bare `podman run`).
-        assert!(!apply_exit_file(&mut t, &exit(&"b".repeat(64), Some(0))));
-        assert_eq!(t.by_request["r"].state, ContainerState::Running);
-        assert!(apply_exit_file(&mut t, &exit(&id, Some(3))));
-        assert_eq!(t.by_request["r"].state, ContainerState::Exited(3));
-        // The events stream's code, or an earlier file, is not overwritten.
-        assert!(!apply_exit_file(&mut t, &exit(&id, None)));
-        assert_eq!(t.by_request["r"].state, ContainerState::Exited(3));
-    }
-
-    #[test]
-    fn an_exit_file_read_too_late_still_ends_the_container() {
-        let id = "c".repeat(64);
-        let mut t = table_with(&id, ContainerState::Running);
-        assert!(apply_exit_file(&mut t, &exit(&id, None)));
-        assert_eq!(t.by_request["r"].state, ContainerState::Exited(-1));
     }
 }

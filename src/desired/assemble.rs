@@ -167,7 +167,7 @@ pub fn human_duration(d: std::time::Duration) -> String {
 fn fire_owner(id: &str) -> Option<&str> {
     let cut = id.len().checked_sub(14)?;
     let owner = id.get(..cut)?;
-    crate::schedule::is_fire_id(owner, id).then_some(owner)
+    crate::cron::is_fire_id(owner, id).then_some(owner)
 }
 
 fn cross_check(r: &Request, desired: &Desired, host: &dyn HostView) -> Result<(), Vec<Diagnostic>> {

@@ -19,17 +19,13 @@ pub mod wire;
 
 use std::path::Path;
 
-pub use assemble::{
-    FileRef, FileResult, ProfileEntry, assemble, human_duration, profile_entry, request_entry,
-};
-pub use diag::{Diagnostic, Pos, locate_key};
+pub use assemble::{FileRef, ProfileEntry, assemble, profile_entry, request_entry};
+pub use diag::Diagnostic;
 pub use model::*;
 pub use parse::{Format, MAX_FILE_BYTES};
-pub use push::{
-    BranchVars, DEFAULT_PUSH_BRANCH, DEFAULT_RESULTS_MAX_BYTES, Push, expand_branch,
-    sanitize as sanitize_placeholder, valid_ref_name,
-};
-pub use repos::{RepoPattern, normalize as normalize_repo};
+pub use push::{BranchVars, expand_branch, valid_ref_name};
+#[cfg(test)]
+pub use push::{DEFAULT_RESULTS_MAX_BYTES, Push};
 pub use rules::{duration as parse_duration, request_id as check_request_id};
 pub use validate::{profile as validate_profile, request as validate_request, sha256_hex, stem};
 

@@ -108,7 +108,7 @@ pub struct Profile {
     pub command: Vec<String>,
     pub repo: Option<Repo>,
     /// Repositories a request may name instead of `repo` (issue 13).
-    pub allowed_repos: Vec<super::repos::RepoPattern>,
+    pub allowed_repos: Vec<RepoPattern>,
     pub schedule: Option<Schedule>,
     pub concurrency_policy: ConcurrencyPolicy,
     pub history_limit: u32,
@@ -127,7 +127,7 @@ pub struct Profile {
     pub max_concurrent: Option<u32>,
     pub suspend: bool,
     /// Where the agent's new commits are pushed (issue 20).
-    pub push: Option<super::push::Push>,
+    pub push: Option<Push>,
     /// Cap on the bundle and patches a record keeps (issue 20).
     pub results_max_bytes: u64,
 }
@@ -161,7 +161,7 @@ impl Profile {
             max_concurrent: None,
             suspend: false,
             push: None,
-            results_max_bytes: super::push::DEFAULT_RESULTS_MAX_BYTES,
+            results_max_bytes: DEFAULT_RESULTS_MAX_BYTES,
         }
     }
 }
@@ -252,6 +252,41 @@ pub enum Network {
     Default,
     None,
     Named(String),
+}
+
+/// A validated `allowed_repos` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepoPattern {
+    /// As the operator wrote it (for messages).
+    pub text: String,
+    /// Normalized like a repo and decoded: wildcards where the operator
+    /// wrote `*`, literal bytes everywhere else (`repos::pattern` makes
+    /// them, `RepoPattern::matches` reads them).
+    pub(super) toks: Vec<Tok>,
+}
+
+/// One element of a pattern.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Tok {
+    Lit(u8),
+    /// One or more bytes other than `/`.
+    Star,
+    /// One or more bytes (whole segments: `pattern` allows `**` only as one).
+    DoubleStar,
+}
+
+/// `results_max_bytes` when a profile does not set it: 100 MiB.
+pub const DEFAULT_RESULTS_MAX_BYTES: u64 = 100 * 1024 * 1024;
+
+/// A validated `push`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Push {
+    /// The branch name template (without `refs/heads/`), as written.
+    pub branch: String,
+    /// Outcomes after which the daemon pushes.
+    pub when: Vec<crate::observed::Outcome>,
+    /// Where the token comes from; `None` for a local repository.
+    pub token: Option<SecretSource>,
 }
 
 /// A validated request. Serializable because the executor freezes it at

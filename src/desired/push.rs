@@ -10,14 +10,13 @@
 //! over https with the token, or to a local repository without one; never
 //! over plain http.
 
-use super::model::{Repo, SecretSource};
+use super::model::Repo;
 use super::rules::Problem;
 use super::sources;
 use super::wire::PushWire;
 use crate::observed::Outcome;
 
-/// `results_max_bytes` when a profile does not set it: 100 MiB.
-pub const DEFAULT_RESULTS_MAX_BYTES: u64 = 100 * 1024 * 1024;
+pub use super::model::DEFAULT_RESULTS_MAX_BYTES;
 
 /// Largest `results_max_bytes` accepted (1 TiB): a record is not a backup.
 pub const MAX_RESULTS_MAX_BYTES: u64 = 1 << 40;
@@ -28,16 +27,7 @@ pub const DEFAULT_PUSH_BRANCH: &str = "agentd/{profile}/{session_id}";
 /// The placeholders a branch template may use.
 pub const PLACEHOLDERS: [&str; 4] = ["profile", "session_id", "request", "work_unit"];
 
-/// A validated `push`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Push {
-    /// The branch name template (without `refs/heads/`), as written.
-    pub branch: String,
-    /// Outcomes after which the daemon pushes.
-    pub when: Vec<Outcome>,
-    /// Where the token comes from; `None` for a local repository.
-    pub token: Option<SecretSource>,
-}
+pub use super::model::Push;
 
 /// The values a branch template is filled with.
 #[derive(Debug, Clone, Copy)]
@@ -290,6 +280,7 @@ pub fn results_max_bytes(given: Option<u64>) -> Result<u64, Problem> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::desired::SecretSource;
 
     fn vars<'a>(request: &'a str, work_unit: Option<&'a str>) -> BranchVars<'a> {
         BranchVars {

@@ -23,32 +23,11 @@
 //! its mirror by it: two spellings of one decoded path are two mirrors of
 //! what the server serves for each, never one mirror shared between them.
 
-use super::model::{Profile, Repo};
+use super::model::{Profile, Repo, RepoPattern, Tok};
 use super::rules::{self, Problem};
 use super::url_path;
 
-/// Longest repo string or pattern accepted, in bytes.
-pub const MAX_REPO_LEN: usize = 4096;
-
-/// A validated `allowed_repos` entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RepoPattern {
-    /// As the operator wrote it (for messages).
-    pub text: String,
-    /// Normalized like a repo and decoded: wildcards where the operator
-    /// wrote `*`, literal bytes everywhere else.
-    toks: Vec<Tok>,
-}
-
-/// One element of a pattern.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Tok {
-    Lit(u8),
-    /// One or more bytes other than `/`.
-    Star,
-    /// One or more bytes (whole segments: `pattern` allows `**` only as one).
-    DoubleStar,
-}
+pub use super::rules::MAX_REPO_LEN;
 
 impl RepoPattern {
     /// Whether `repo` is matched by this pattern.

@@ -8,7 +8,10 @@ use std::time::Duration;
 use super::model::Repo;
 use super::url_path;
 
-pub type Problem = (String, Option<String>);
+/// Longest repo string or pattern accepted, in bytes.
+pub const MAX_REPO_LEN: usize = 4096;
+
+pub use super::diag::Problem;
 
 fn problem(msg: impl Into<String>, hint: impl Into<String>) -> Problem {
     (msg.into(), Some(hint.into()))
@@ -48,7 +51,7 @@ pub fn request_id(id: &str) -> Result<(), Problem> {
     let fire = id.len() > 14
         && id.is_char_boundary(id.len() - 14)
         && profile_name(&id[..id.len() - 14]).is_ok()
-        && crate::schedule::is_fire_id(&id[..id.len() - 14], id);
+        && crate::cron::is_fire_id(&id[..id.len() - 14], id);
     if ok || fire {
         Ok(())
     } else {
@@ -109,9 +112,9 @@ pub fn repo(text: &str) -> Result<Repo, Problem> {
             "write the URL or path without spaces",
         ));
     }
-    if text.len() > super::repos::MAX_REPO_LEN {
+    if text.len() > MAX_REPO_LEN {
         return Err(problem(
-            format!("repo is longer than {} bytes", super::repos::MAX_REPO_LEN),
+            format!("repo is longer than {} bytes", MAX_REPO_LEN),
             "name the repository by a shorter URL or path",
         ));
     }

@@ -16,7 +16,7 @@
 //! `%` literally); `rules::repo` refuses `%` in them, so both spellings of a
 //! local repository compare alike.
 
-use super::rules::Problem;
+use super::diag::Problem;
 
 /// The value of the hex digits `hi` and `lo`, either case.
 pub fn hex_pair(hi: u8, lo: u8) -> Option<u8> {

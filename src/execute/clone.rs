@@ -45,6 +45,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+pub use self::git::GitError;
 use self::git::{FileTransport, Git, Sandboxed};
 use super::clone_sandbox::Sandbox;
 use crate::desired::{Repo, sha256_hex};
@@ -89,6 +90,35 @@ pub struct CloneEnv<'a> {
     pub sandbox: &'a Sandbox,
 }
 
+/// Why a clone failed; the message names the repository and what git said.
+#[derive(Debug, thiserror::Error)]
+pub enum CloneError {
+    #[error("cannot prepare {}: {source}", dir.display())]
+    GitHome {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot create {}: {source}", path.display())]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("clone of {repo} failed: {source}{hint}")]
+    Local {
+        repo: String,
+        source: GitError,
+        hint: &'static str,
+    },
+    #[error("clone of {url} failed: {source}")]
+    Clone { url: String, source: GitError },
+    #[error("fetch of {url} failed: {source}")]
+    Fetch { url: String, source: GitError },
+    #[error("cannot move mirror into place: {0}")]
+    MoveMirror(std::io::Error),
+    #[error(transparent)]
+    Git(#[from] GitError),
+}
+
 /// Clone `repo` into `dest`. `token` (the value of `repo_token_source`, only
 /// when the profile's rules send it to this repo) is handed to git through
 /// its environment as an HTTP header, never argv. `owner` (the profile)
@@ -99,12 +129,14 @@ pub async fn clone(
     token: Option<&str>,
     owner: &str,
     env: &CloneEnv<'_>,
-) -> Result<(), String> {
+) -> Result<(), CloneError> {
     prepare_git_home(env.git_home)?;
     if let Some(local) = repo.local_path() {
         // The sandbox keeps an existing folder as the destination.
-        std::fs::create_dir_all(dest)
-            .map_err(|e| format!("cannot create {}: {e}", dest.display()))?;
+        std::fs::create_dir_all(dest).map_err(|source| CloneError::Create {
+            path: dest.to_path_buf(),
+            source,
+        })?;
         let trust = trusted(&local);
         let git = Git {
             home: env.git_home,
@@ -131,14 +163,15 @@ pub async fn clone(
                 None,
             )
             .await
-            .map_err(|e| {
+            .map_err(|source| CloneError::Local {
+                repo: repo.as_str(),
                 // The sandbox's own refusals carry their hint already.
-                let hint = if e.contains("; hint: ") {
+                hint: if source.to_string().contains("; hint: ") {
                     ""
                 } else {
                     "; hint: name a git repository the daemon's user can read, by its real path; git reads it where nothing else of the host is there, so links out of it lead nowhere"
-                };
-                format!("clone of {} failed: {e}{hint}", repo.as_str())
+                },
+                source,
             });
     }
     let git = Git {
@@ -175,7 +208,10 @@ pub async fn clone(
             None,
         )
         .await
-        .map_err(|e| format!("clone of {url} failed: {e}"));
+        .map_err(|source| CloneError::Clone {
+            url: url.clone(),
+            source,
+        });
     drop(guard);
     copied?;
     git.run(
@@ -205,7 +241,7 @@ async fn refresh_mirror(
     url: &str,
     cache: &Path,
     token: Option<&str>,
-) -> Result<(), String> {
+) -> Result<(), CloneError> {
     if cache.join("HEAD").exists() {
         return git
             .run(
@@ -222,14 +258,20 @@ async fn refresh_mirror(
                 token,
             )
             .await
-            .map_err(|e| format!("fetch of {url} failed: {e}"));
+            .map_err(|source| CloneError::Fetch {
+                url: url.to_string(),
+                source,
+            });
     }
     let tmp: PathBuf = cache.with_extension("git.tmp");
     let _ = tokio::fs::remove_dir_all(&tmp).await;
     if let Some(parent) = cache.parent() {
         tokio::fs::create_dir_all(parent)
             .await
-            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+            .map_err(|source| CloneError::Create {
+                path: parent.to_path_buf(),
+                source,
+            })?;
     }
     git.run(
         &[
@@ -244,10 +286,13 @@ async fn refresh_mirror(
         token,
     )
     .await
-    .map_err(|e| format!("clone of {url} failed: {e}"))?;
+    .map_err(|source| CloneError::Clone {
+        url: url.to_string(),
+        source,
+    })?;
     tokio::fs::rename(&tmp, cache)
         .await
-        .map_err(|e| format!("cannot move mirror into place: {e}"))
+        .map_err(CloneError::MoveMirror)
 }
 
 /// Remove mirrors unused for [`MIRROR_MAX_AGE`], and the least recently
@@ -300,7 +345,7 @@ pub fn prune(root: &Path, cache: &MirrorCache, now: SystemTime) -> Vec<PathBuf> 
 
 /// The folder git uses as an empty `HOME`: created 0700, and emptied
 /// again if anything ever appeared in it.
-fn prepare_git_home(dir: &Path) -> Result<(), String> {
+fn prepare_git_home(dir: &Path) -> Result<(), CloneError> {
     use std::os::unix::fs::PermissionsExt;
     let stray = std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some());
     if stray {
@@ -309,7 +354,10 @@ fn prepare_git_home(dir: &Path) -> Result<(), String> {
     }
     std::fs::create_dir_all(dir)
         .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
-        .map_err(|e| format!("cannot prepare {}: {e}", dir.display()))
+        .map_err(|source| CloneError::GitHome {
+            dir: dir.to_path_buf(),
+            source,
+        })
 }
 
 /// The git dirs a clone of the local repository `local` may be served

@@ -72,8 +72,12 @@ impl Sandbox {
     /// there runs code on the host, while a clone only reads, and the
     /// credentials kept there are in the list on their own; a repository
     /// under that home stays clonable.
-    pub fn for_daemon(st: &super::Settings) -> Sandbox {
-        let guarded = super::surface::surface(&super::surface::Inputs::of(st), &st.host);
+    pub fn for_daemon(st: &super::Settings, runtime: &dyn crate::runtime::Runtime) -> Sandbox {
+        let guarded = runtime.control_surface(&crate::runtime::surface::DaemonFolders {
+            state: st.state.clone(),
+            audit_root: st.audit_root.clone(),
+            desired: st.desired.clone(),
+        });
         let hide = guarded
             .into_iter()
             .filter(|g| g.what != "user's home")

@@ -5,29 +5,60 @@
 //! Order matters for crash safety: the audit record is completed before the
 //! status says `done`, so a crash in between leaves a session the next pass
 //! finishes again (idempotently), never a lost exit code. Every failure is
-//! retried with backoff (`Shared::retry_later`).
+//! a [`FinishError`], retried with backoff (`Shared::retry_later`) from one
+//! place per verb. What the session's outcome is, and what to do with a
+//! container found in one state or another, are pure: [`decide`], [`step`].
 //!
 //! The critical path from the exit to `done` holds only what the record
-//! needs (issue 12 item 3). The exit code comes from conmon's exit file
-//! (via the container table), confirmed by the container's pid being gone
-//! (`exits::process_gone`), and the image from the start (`images`); only
-//! when one of them is missing, or when the record needs what only Podman
-//! knows (137: out of memory or killed; the deadline passed: when exactly
-//! it ended), is `container inspect` asked. The work folder and an exited
-//! container are removed after `done` is written: a crash in between
-//! leaves a stale work folder (the sweep removes it) or a container of a
-//! done request (the planner removes it on a later pass).
+//! needs (issue 12 item 3): `Runtime::inspect` answers from what the
+//! runtime already knows when that is certain (Podman: `podman/known.rs`)
+//! and asks only otherwise. The work folder and an exited container are
+//! removed after `done` is written: a crash in between leaves a stale work
+//! folder (the sweep removes it) or a container of a done request (the
+//! planner removes it on a later pass).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
+pub use super::outcome::{Step, Verdict, decide, step};
 use super::{Shared, lock, stop_message};
 use crate::audit::{Limits, Record, SealOptions, Sealed};
 use crate::fault;
-use crate::observed::{ContainerState, Outcome, Phase, Status, StopReason};
-use crate::runtime::podman::Inspected;
+use crate::observed::{ContainerState, Outcome, Phase, StopReason};
+use crate::runtime::RuntimeError;
+
+/// A step of ending a session failed; the operation is retried with
+/// backoff, and the message is the status message meanwhile.
+#[derive(Debug, thiserror::Error)]
+pub enum FinishError {
+    #[error("stopping failed: {0}")]
+    Stop(RuntimeError),
+    #[error("finishing: {0}")]
+    Inspect(RuntimeError),
+    #[error("finishing: cannot stop container: {0}")]
+    StopAgain(RuntimeError),
+    #[error("cannot remove the unprepared container: {0}")]
+    RemoveUnprepared(RuntimeError),
+    #[error("cannot remove half-created container: {0}")]
+    RemoveHalfCreated(RuntimeError),
+    #[error("finishing: cannot remove container: {0}")]
+    Remove(RuntimeError),
+    #[error("finishing: cannot write console log: {0}")]
+    Console(RuntimeError),
+    #[error("finishing: cannot read {}/agentd/session.json", .0.display())]
+    ReadRecord(PathBuf),
+    #[error("finishing: sealing the audit record: {0}")]
+    Seal(String),
+}
 
 /// `podman stop` with the grace period; the exit is then collected by `finish`.
 pub async fn stop(sh: &Arc<Shared>, request: &str, reason: StopReason) {
+    if let Err(e) = try_stop(sh, request, reason).await {
+        sh.retry_later(request, &e.to_string());
+    }
+}
+
+async fn try_stop(sh: &Arc<Shared>, request: &str, reason: StopReason) -> Result<(), FinishError> {
     let name = sh.settings.container_name(request);
     tracing::info!(request, container = %name, reason = ?reason, "stopping session");
     // Persist why before acting, so the outcome survives a crash mid-stop.
@@ -35,23 +66,35 @@ pub async fn stop(sh: &Arc<Shared>, request: &str, reason: StopReason) {
         s.message = Some(stop_message(reason));
         s.stop_reason = Some(reason);
     });
-    if let Err(e) = sh.podman.stop(&name, sh.settings.stop_grace).await {
-        sh.retry_later(request, &format!("stopping failed: {e}"));
-        return;
-    }
+    sh.runtime
+        .stop(&name, sh.settings.stop_grace)
+        .await
+        .map_err(FinishError::Stop)?;
     sh.succeeded(request);
-    // The exit is also reported by the events stream; record it now so the
-    // next pass finishes without waiting for the event.
-    if let Ok(Some(i)) = sh.podman.inspect(&name).await
+    // The exit is also reported by the runtime's changes; record it now so
+    // the next pass finishes without waiting for that.
+    if let Ok(Some(i)) = sh.runtime.inspect(&name).await
         && let Some(c) = lock(&sh.containers).by_request.get_mut(request)
     {
         c.state = i.state;
     }
+    Ok(())
 }
 
 /// A start that failed before or at `podman run`: clean up what exists and
 /// end the request as `start_failed` with `message`.
 pub async fn fail_start(sh: &Arc<Shared>, request: &str, session_id: Option<&str>, message: &str) {
+    if let Err(e) = try_fail_start(sh, request, session_id, message).await {
+        sh.retry_later(request, &e.to_string());
+    }
+}
+
+async fn try_fail_start(
+    sh: &Arc<Shared>,
+    request: &str,
+    session_id: Option<&str>,
+    message: &str,
+) -> Result<(), FinishError> {
     tracing::warn!(
         request,
         session = session_id.unwrap_or(""),
@@ -59,16 +102,12 @@ pub async fn fail_start(sh: &Arc<Shared>, request: &str, session_id: Option<&str
         "session start failed"
     );
     let name = sh.settings.container_name(request);
-    if let Err(e) = sh.podman.rm(&name).await {
-        sh.retry_later(
-            request,
-            &format!("cannot remove half-created container: {e}"),
-        );
-        return;
-    }
+    sh.runtime
+        .remove(&name)
+        .await
+        .map_err(FinishError::RemoveHalfCreated)?;
     lock(&sh.containers).by_request.remove(request);
     sh.close_gate(request);
-    super::images::forget(sh, request);
     let now = jiff::Timestamp::now();
     let mut message = Some(message.to_string());
     if let Some(sid) = session_id {
@@ -79,16 +118,13 @@ pub async fn fail_start(sh: &Arc<Shared>, request: &str, session_id: Option<&str
         if let Some(dir) = audit_dir {
             let record = Record { dir };
             let start_message = message.clone();
-            let sealed = seal_record(sh, request, &record, move |rec| {
+            let note = seal_record(sh, request, &record, move |rec| {
                 rec.end_timestamp = Some(now);
                 rec.outcome = Some(Outcome::StartFailed);
                 rec.message = start_message;
             })
-            .await;
-            match sealed {
-                Ok(note) => add_note(&mut message, note),
-                Err(()) => return,
-            }
+            .await?;
+            add_note(&mut message, note);
         }
     }
     sh.succeeded(request);
@@ -99,17 +135,24 @@ pub async fn fail_start(sh: &Arc<Shared>, request: &str, session_id: Option<&str
         s.finished_at = Some(now);
         s.message = message;
     });
+    Ok(())
 }
 
 /// Collect the exit of a session whose container exited (or that never got
 /// one), finalize its record, remove its resources and mark it done.
 /// Idempotent: a re-run after a crash at any point reaches the same end.
 pub async fn finish(sh: &Arc<Shared>, request: &str, cancelled: bool) {
+    if let Err(e) = try_finish(sh, request, cancelled).await {
+        sh.retry_later(request, &e.to_string());
+    }
+}
+
+async fn try_finish(sh: &Arc<Shared>, request: &str, cancelled: bool) -> Result<(), FinishError> {
     // How long the end took up to `done` (logged): the critical path of
     // issue 12, seen in every deployment's log, not only in a benchmark.
     let began = std::time::Instant::now();
     let Some(status) = sh.update_status(request, |s| s.phase = Phase::Finishing) else {
-        return;
+        return Ok(());
     };
     let name = status
         .container
@@ -123,68 +166,61 @@ pub async fn finish(sh: &Arc<Shared>, request: &str, cancelled: bool) {
         .and_then(Record::read_session)
         .filter(|r| r.outcome.is_some());
 
-    let quick = known_exit(sh, request, &status, now);
-    if quick.is_some() {
-        tracing::debug!(request, "exit and image known; podman not asked");
-    }
-    let asked_podman = quick.is_none();
-    let inspected = match quick {
-        Some(i) => Some(i),
-        None => match sh.podman.inspect(&name).await {
-            Ok(i) => i,
-            Err(e) => {
-                sh.retry_later(request, &format!("finishing: {e}"));
-                return;
-            }
-        },
-    };
-    if let Some(i) = &inspected
-        && i.state == ContainerState::Running
-    {
-        if status.stop_reason.is_none() && !cancelled {
-            // The container table was stale: the session runs. Put it back
-            // and let the planner supervise it; never stop healthy work.
-            tracing::info!(request, "container still running; resuming supervision");
-            sh.remember(request, status.session_id.as_deref(), i);
-            sh.update_status(request, |s| s.phase = Phase::Running);
-            return;
-        }
-        if let Err(e) = sh.podman.stop(&name, sh.settings.stop_grace).await {
-            sh.retry_later(request, &format!("finishing: cannot stop container: {e}"));
-        }
-        return;
-    }
-
+    let inspected = sh
+        .runtime
+        .inspect(&name)
+        .await
+        .map_err(FinishError::Inspect)?;
+    let stopping = status.stop_reason.is_some() || cancelled;
     // The command passes its gate only after the work folder is marked
     // prepared, so a session whose folder never was cannot have run its
     // command: whatever ended its container (an adoption's clean-up that a
     // kill -9 interrupted, say) ended an unfinished start. Start it again
     // with the same session id rather than judge an exit that never was.
-    let never_ran = finalized.is_none()
-        && status.stop_reason.is_none()
-        && !cancelled
+    let unprepared = finalized.is_none()
+        && !stopping
         && status.session_id.as_deref().is_some_and(|sid| {
             let work = sh.settings.work_dir(sid);
             work.is_dir() && !super::workdir::WorkDir::is_prepared(&work)
         });
-    if never_ran {
-        if inspected.is_some()
-            && let Err(e) = sh.podman.rm(&name).await
-        {
-            sh.retry_later(
-                request,
-                &format!("cannot remove the unprepared container: {e}"),
-            );
-            return;
+    let running = inspected
+        .as_ref()
+        .is_some_and(|i| i.state == ContainerState::Running);
+    match step(running, stopping, unprepared) {
+        Step::Resume => {
+            // The container table was stale: the session runs. Put it back
+            // and let the planner supervise it; never stop healthy work.
+            tracing::info!(request, "container still running; resuming supervision");
+            if let Some(i) = &inspected {
+                sh.remember(request, status.session_id.as_deref(), i);
+            }
+            sh.update_status(request, |s| s.phase = Phase::Running);
+            return Ok(());
         }
-        tracing::info!(
-            request,
-            "container of an unfinished start ended before its command ran; starting again"
-        );
-        lock(&sh.containers).by_request.remove(request);
-        sh.close_gate(request);
-        sh.update_status(request, |s| s.phase = Phase::Starting);
-        return;
+        Step::StopAgain => {
+            return sh
+                .runtime
+                .stop(&name, sh.settings.stop_grace)
+                .await
+                .map_err(FinishError::StopAgain);
+        }
+        Step::StartAgain => {
+            if inspected.is_some() {
+                sh.runtime
+                    .remove(&name)
+                    .await
+                    .map_err(FinishError::RemoveUnprepared)?;
+            }
+            tracing::info!(
+                request,
+                "container of an unfinished start ended before its command ran; starting again"
+            );
+            lock(&sh.containers).by_request.remove(request);
+            sh.close_gate(request);
+            sh.update_status(request, |s| s.phase = Phase::Starting);
+            return Ok(());
+        }
+        Step::Record => {}
     }
 
     // An exited container goes after `done` (off the critical path);
@@ -193,13 +229,23 @@ pub async fn finish(sh: &Arc<Shared>, request: &str, cancelled: bool) {
         .as_ref()
         .is_some_and(|i| matches!(i.state, ContainerState::Exited(_)));
     let rm_first = inspected.is_some() && !exited;
-    let (outcome, exit_code, mut message) = match &finalized {
-        Some(rec) => (
-            rec.outcome.unwrap_or(Outcome::GenericFailure),
-            rec.exit_code,
-            rec.message.clone(),
+    let Verdict {
+        outcome,
+        exit_code,
+        mut message,
+    } = match &finalized {
+        Some(rec) => Verdict {
+            outcome: rec.outcome.unwrap_or(Outcome::GenericFailure),
+            exit_code: rec.exit_code,
+            message: rec.message.clone(),
+        },
+        None => decide(
+            status.stop_reason,
+            status.session_id.is_some(),
+            inspected.as_ref(),
+            cancelled,
+            now,
         ),
-        None => judge(&status, inspected.as_ref(), cancelled, now),
     };
 
     // What the agent changed (issue 20): from the capture, or from the
@@ -215,61 +261,45 @@ pub async fn finish(sh: &Arc<Shared>, request: &str, cancelled: bool) {
         let work = sh.settings.work_dir(sid);
         if finalized.is_none() {
             fault::point("finish-before-audit");
-            let rotated = super::workdir::WorkDir::console_rotated(&work);
-            let (src, dest) = (work.join("console.k8s.log"), record.console_path());
             let cap = sh.settings.audit_max_bytes;
-            let converted = tokio::task::spawn_blocking(move || {
-                crate::audit::k8s_to_raw(&src, &dest, cap, rotated)
-            })
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-            match converted {
-                Ok((_, true)) => add_note(
+            let collected = sh
+                .runtime
+                .collect_console(&work, &record.console_path(), cap)
+                .await
+                .map_err(FinishError::Console)?;
+            if collected.truncated {
+                add_note(
                     &mut message,
                     Some(format!("console output truncated at {cap} bytes")),
-                ),
-                Ok(_) => {}
-                Err(e) => {
-                    sh.retry_later(
-                        request,
-                        &format!("finishing: cannot write console log: {e}"),
-                    );
-                    return;
-                }
+                );
             }
             let captured = super::results::capture(sh, sid, record, outcome).await;
             add_note(&mut message, captured.note());
             results = captured.clone();
-            let image_id = inspected.as_ref().map(|i| i.image_id.clone());
-            let image_digest = inspected.as_ref().and_then(|i| i.image_digest.clone());
+            let image = inspected.as_ref().map(|i| i.image.clone());
             let final_message = message.clone();
-            let sealed = seal_record(sh, request, record, move |rec| {
+            let note = seal_record(sh, request, record, move |rec| {
                 (rec.changes, rec.push) = (captured.changes, captured.push);
                 rec.end_timestamp = Some(now);
                 rec.outcome = Some(outcome);
                 rec.exit_code = exit_code;
-                rec.image_id = image_id;
-                rec.image_digest = image_digest;
+                rec.image_id = image.as_ref().map(|i| i.id.clone());
+                rec.image_digest = image.and_then(|i| i.digest);
                 rec.message = final_message;
             })
-            .await;
-            match sealed {
-                Ok(note) => add_note(&mut message, note),
-                Err(()) => return,
-            }
+            .await?;
+            add_note(&mut message, note);
             fault::point("finish-after-audit");
         }
-        if rm_first && let Err(e) = sh.podman.rm(&name).await {
-            sh.retry_later(request, &format!("finishing: cannot remove container: {e}"));
-            return;
-        }
-    } else if rm_first && let Err(e) = sh.podman.rm(&name).await {
-        sh.retry_later(request, &format!("finishing: cannot remove container: {e}"));
-        return;
+    }
+    if rm_first {
+        sh.runtime
+            .remove(&name)
+            .await
+            .map_err(FinishError::Remove)?;
     }
     sh.succeeded(request);
     sh.close_gate(request);
-    super::images::forget(sh, request);
     if !exited {
         lock(&sh.containers).by_request.remove(request);
     }
@@ -287,7 +317,6 @@ pub async fn finish(sh: &Arc<Shared>, request: &str, cancelled: bool) {
         session = status.session_id.as_deref().unwrap_or(""),
         outcome = outcome.as_str(),
         exit_code,
-        asked_podman,
         finish_ms = u64::try_from(began.elapsed().as_millis()).unwrap_or(u64::MAX),
         "session done"
     );
@@ -307,12 +336,13 @@ pub async fn finish(sh: &Arc<Shared>, request: &str, cancelled: bool) {
         remove_exited(sh, request, &name).await;
         fault::point("finish-after-rm");
     }
+    Ok(())
 }
 
 /// Remove the exited container of a done session. A failure is only
 /// logged: the planner removes containers of done requests on later passes.
 async fn remove_exited(sh: &Shared, request: &str, name: &str) {
-    match sh.podman.rm(name).await {
+    match sh.runtime.remove(name).await {
         Ok(()) => {
             let mut t = lock(&sh.containers);
             if t.by_request.get(request).is_some_and(|c| c.name == name) {
@@ -323,120 +353,6 @@ async fn remove_exited(sh: &Shared, request: &str, name: &str) {
         Err(e) => {
             tracing::warn!(request, container = name, error = %e, "cannot remove the container of a done session; a later pass retries");
         }
-    }
-}
-
-/// The exit of `request`'s container when it is known without asking
-/// Podman: the table holds an exit code (conmon's exit file, or Podman's
-/// own `died` event or listing), the container's pid is gone (so a stray
-/// exit file cannot end a running session), and the image it ran was
-/// learned at its start. `None` sends the caller to `container inspect`:
-/// so does a code of 137 (killed: out of memory or not, only Podman
-/// knows), a session with a memory limit (its image is not recorded at the
-/// start, `images::ran`: an out-of-memory kill of one of its processes is
-/// Podman's to report), a passed deadline (whether it ended before it
-/// needs Podman's end time), or anything else unknown.
-fn known_exit(
-    sh: &Shared,
-    request: &str,
-    status: &Status,
-    now: jiff::Timestamp,
-) -> Option<Inspected> {
-    let container = lock(&sh.containers).by_request.get(request).cloned()?;
-    let ContainerState::Exited(code) = container.state else {
-        return None;
-    };
-    if code < 0 || code == 137 || !container.started {
-        return None;
-    }
-    if container
-        .deadline
-        .is_some_and(|d| now.as_millisecond() >= d)
-    {
-        return None;
-    }
-    let sid = status.session_id.as_deref()?;
-    let pid_file = super::workdir::WorkDir::pid_file(&sh.settings.work_dir(sid));
-    if !crate::runtime::podman::exits::process_gone(&pid_file) {
-        return None;
-    }
-    let image = super::images::of(sh, request)?;
-    Some(Inspected {
-        id: container.id,
-        state: ContainerState::Exited(code),
-        exit_code: code,
-        image_id: image.id,
-        image_digest: image.digest,
-        started_at: status.started_at.or(Some(now)),
-        finished_at: None,
-        oom_killed: false,
-        deadline: container.deadline,
-    })
-}
-
-/// The outcome of a session from what is known: why agentd stopped it (if
-/// it did), the container's exit and deadline, or its absence.
-fn judge(
-    status: &Status,
-    inspected: Option<&Inspected>,
-    cancelled: bool,
-    now: jiff::Timestamp,
-) -> (Outcome, Option<i32>, Option<String>) {
-    let ran = inspected.is_some_and(|i| i.started_at.is_some());
-    let exit_code = inspected
-        .filter(|i| ran && matches!(i.state, ContainerState::Exited(_)))
-        .map(|i| i.exit_code);
-    let finished_ms = inspected
-        .and_then(|i| i.finished_at)
-        .unwrap_or(now)
-        .as_millisecond();
-    let past_deadline = inspected
-        .and_then(|i| i.deadline)
-        .is_some_and(|d| ran && finished_ms >= d);
-    match (status.stop_reason, exit_code) {
-        (Some(StopReason::Cancelled), _) => (
-            Outcome::Cancelled,
-            exit_code,
-            Some("cancelled: the request file was removed".into()),
-        ),
-        (Some(StopReason::TimedOut), _) => (
-            Outcome::TimedOut,
-            exit_code,
-            Some("timed out: stopped at the deadline".into()),
-        ),
-        (None, _) if past_deadline => (
-            Outcome::TimedOut,
-            exit_code,
-            Some("timed out: stopped at the deadline".into()),
-        ),
-        (None, Some(code)) => {
-            let oom = inspected.is_some_and(|i| i.oom_killed);
-            (
-                Outcome::from_exit_code(code),
-                Some(code),
-                oom.then(|| "killed: out of memory".to_string()),
-            )
-        }
-        (None, None) if !ran && cancelled => (
-            Outcome::Cancelled,
-            None,
-            Some("cancelled before it started".into()),
-        ),
-        (None, None) if ran => (
-            Outcome::GenericFailure,
-            None,
-            Some("the container was reset before it exited (host restart?); no exit code".into()),
-        ),
-        (None, None) if status.session_id.is_none() => (
-            Outcome::Cancelled,
-            None,
-            Some("cancelled before it started".into()),
-        ),
-        (None, None) => (
-            Outcome::GenericFailure,
-            None,
-            Some("the container disappeared before its exit code was collected".into()),
-        ),
     }
 }
 
@@ -462,16 +378,9 @@ async fn remove_work_dir(
     let work = sh.settings.work_dir(session_id);
     if let Err(e) = super::workdir::remove(work.clone()).await {
         tracing::warn!(request, work_dir = %work.display(), error = %e, "cannot remove work folder; the sweep retries it");
-        let mut l = lock(&sh.leftovers);
-        let b = l
+        lock(&sh.leftovers)
             .failed
-            .entry(session_id.to_string())
-            .or_insert(super::Backoff {
-                attempts: 0,
-                until: std::time::Instant::now(),
-            });
-        b.attempts += 1;
-        b.until = std::time::Instant::now() + super::backoff_delay(b.attempts);
+            .failed(session_id, std::time::Instant::now());
         add_note(
             message,
             Some(format!(
@@ -486,23 +395,17 @@ async fn remove_work_dir(
 /// Seal `record` with its final `session.json` (the start form changed by
 /// `finish`), on a blocking thread and within the record's budget.
 /// `Ok(note)`: sealed, or deliberately left unsealed and incomplete (a
-/// multi-linked file); `note` is for the status message (what was cut, why
-/// it was refused). `Err(())`: a failure, retried later.
+/// multi-linked file, or sealing failed `SEAL_ATTEMPTS` times); `note` is
+/// for the status message (what was cut, why it was refused). `Err`: a
+/// failure, retried later.
 async fn seal_record(
     sh: &Shared,
     request: &str,
     record: &Record,
     finish: impl FnOnce(&mut crate::audit::SessionRecord),
-) -> Result<Option<String>, ()> {
+) -> Result<Option<String>, FinishError> {
     let Some(mut rec) = record.read_session() else {
-        sh.retry_later(
-            request,
-            &format!(
-                "finishing: cannot read {}/agentd/session.json",
-                record.dir.display()
-            ),
-        );
-        return Err(());
+        return Err(FinishError::ReadRecord(record.dir.clone()));
     };
     finish(&mut rec);
     let opts = SealOptions {
@@ -515,42 +418,35 @@ async fn seal_record(
         .map_err(|e| e.to_string())
         .and_then(|r| r.map_err(|e| e.to_string()));
     if sealed.is_ok() {
-        lock(&sh.seal_failures).remove(request);
+        lock(&sh.seal_failures).clear(request);
     }
     match sealed {
         Ok(Sealed::Sealed { cut }) => {
-            crate::metrics::get().audit_record(true);
+            sh.metrics.audit_record(true);
             if let Some(c) = &cut {
                 tracing::warn!(request, entries = c.entries, bytes = c.bytes, reason = %c.reason, "audit record sealed without what was over budget");
             }
             Ok(cut.map(|c| c.note()))
         }
         Ok(Sealed::Refused { why, cut }) => {
-            crate::metrics::get().audit_record(false);
+            sh.metrics.audit_record(false);
             tracing::error!(request, error = %why, "audit record refused for sealing");
             let mut note = Some(format!("audit record left incomplete: {why}"));
             add_note(&mut note, cut.map(|c| c.note()));
             Ok(note)
         }
         Err(e) => {
-            sh.retry_later(
-                request,
-                &format!("finishing: sealing the audit record: {e}"),
-            );
-            let attempts = {
-                let mut failures = lock(&sh.seal_failures);
-                let n = failures.entry(request.to_string()).or_insert(0);
-                *n += 1;
-                *n
-            };
+            let attempts = lock(&sh.seal_failures)
+                .failed(request, std::time::Instant::now())
+                .attempts;
             if attempts < SEAL_ATTEMPTS {
-                return Err(());
+                return Err(FinishError::Seal(e));
             }
-            lock(&sh.seal_failures).remove(request);
+            lock(&sh.seal_failures).clear(request);
             // Whatever the agent left must not hold the slot, the container
             // or the work folder forever: the record stays incomplete.
             tracing::error!(request, attempts, error = %e, "giving up sealing the audit record");
-            crate::metrics::get().audit_record(false);
+            sh.metrics.audit_record(false);
             Ok(Some(format!(
                 "audit record left incomplete: sealing failed {attempts} times: {e}"
             )))

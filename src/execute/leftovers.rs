@@ -7,11 +7,12 @@
 //! 5 min, never before the next resync) and each failure is logged. The
 //! finishing session itself says so in its status message.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{Backoff, Shared, backoff_delay, lock};
+use super::backoff::Backoffs;
+use super::{Shared, lock};
 
 /// How the note of a work folder left behind ends (see `finish.rs`).
 pub const LEFT_NOTE_END: &str = "the daemon retries it";
@@ -20,7 +21,7 @@ pub const LEFT_NOTE_END: &str = "the daemon retries it";
 #[derive(Debug, Default)]
 pub struct Leftovers {
     /// Work folder (session id) -> failures so far and the next try.
-    pub failed: BTreeMap<String, Backoff>,
+    pub failed: Backoffs,
     /// A sweep is under way.
     pub sweeping: bool,
 }
@@ -91,12 +92,7 @@ impl Shared {
             let due: Vec<String> = names
                 .into_iter()
                 .filter(|n| !live.contains(n))
-                .filter(|n| {
-                    lock(&sh.leftovers)
-                        .failed
-                        .get(n)
-                        .is_none_or(|b| b.until <= now)
-                })
+                .filter(|n| lock(&sh.leftovers).failed.get(n).is_none_or(|b| b.due(now)))
                 .collect();
             for name in due {
                 let path = work.join(&name);
@@ -105,7 +101,7 @@ impl Shared {
                 let mut l = lock(&sh.leftovers);
                 match result {
                     Ok(()) => {
-                        let retried = l.failed.remove(&name);
+                        let retried = l.failed.clear(&name);
                         drop(l);
                         tracing::info!(
                             work_dir = %shown,
@@ -117,12 +113,7 @@ impl Shared {
                         }
                     }
                     Err(e) => {
-                        let b = l.failed.entry(name).or_insert(Backoff {
-                            attempts: 0,
-                            until: now,
-                        });
-                        b.attempts += 1;
-                        b.until = Instant::now() + backoff_delay(b.attempts);
+                        let b = l.failed.failed(&name, Instant::now());
                         tracing::warn!(
                             work_dir = %shown,
                             attempts = b.attempts,

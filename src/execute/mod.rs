@@ -6,30 +6,33 @@
 //! Per-session failures end that session (`start_failed`, a status message)
 //! and never stop the loop.
 
+pub(crate) mod adopt;
+pub mod backoff;
 pub mod clone;
 pub mod clone_sandbox;
-mod finish;
-mod images;
+pub(crate) mod finish;
 mod leftovers;
+mod outcome;
+mod prepare;
 mod private_repo;
 mod results;
 mod schedule;
 mod secrets;
-mod start;
-mod surface;
+pub(crate) mod start;
+mod table;
 #[cfg(test)]
 mod tests;
 
 pub use clone::MirrorCache;
-pub use images::ImageCache;
 pub use leftovers::Leftovers;
 pub use schedule::{Schedules, read_all as read_schedules};
 pub use start::new_session_id;
+pub use table::ContainerTable;
 mod workdir;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -38,8 +41,11 @@ use tokio_util::task::TaskTracker;
 use crate::desired::{Desired, Request, RequestEntry};
 use crate::observed::{Container, Origin, Phase, Status};
 use crate::plan::{Action, EDITED_MESSAGE, StopReason};
-use crate::runtime::podman::Podman;
+use crate::runtime::{ContainerInfo, Runtime};
 use crate::status::StatusStore;
+use backoff::{Backoff, Backoffs};
+
+pub use crate::sync::lock;
 
 /// Daemon-wide settings the executor needs.
 #[derive(Debug, Clone)]
@@ -62,24 +68,18 @@ pub struct Settings {
     pub audit_max_bytes: u64,
     /// Bound on each git run of a clone (fetch, mirror, copy).
     pub clone_timeout: Duration,
-    /// What `podman info` said at start: the mode and what it enforces.
-    pub host: crate::runtime::podman::Host,
     /// Profiles may set `network = "host"` (`--allow-host-network`).
     pub allow_host_network: bool,
+    /// The host uid that owns the session's files (its home, clone,
+    /// credentials file, `session/` folder) while it runs, as the runtime
+    /// maps `session_uid` (`Runtime::session_files_owner`).
+    pub session_files_owner: u32,
 }
 
 impl Settings {
-    /// The host uid that owns the session's files (its home, clone,
-    /// credentials file, `session/` folder) while it runs. Rootful: the
-    /// session uid itself, which Podman maps 1:1. Rootless: the daemon's own
-    /// uid, which `--userns=keep-id:uid=N` shows inside as the session uid,
-    /// so the daemon takes the files back without `CAP_CHOWN`.
+    /// The host uid that owns the session's files while it runs.
     pub fn host_session_uid(&self) -> u32 {
-        if self.host.rootless {
-            nix::unistd::geteuid().as_raw()
-        } else {
-            self.session_uid
-        }
+        self.session_files_owner
     }
     pub fn container_name(&self, request: &str) -> String {
         format!("agentd-{}-{request}", self.instance)
@@ -89,45 +89,6 @@ impl Settings {
     }
     pub fn spec_path(&self, request: &str) -> PathBuf {
         self.state.join("specs").join(format!("{request}.json"))
-    }
-}
-
-/// This instance's containers as last seen (listing + events + own actions).
-#[derive(Debug, Default)]
-pub struct ContainerTable {
-    pub by_request: BTreeMap<String, Container>,
-    pub orphans: Vec<Container>,
-    /// A listing succeeded since the last Podman failure.
-    pub known: bool,
-}
-
-impl ContainerTable {
-    /// Replace the table with a fresh listing, keeping entries of requests
-    /// whose operations are under way (they may have changed since).
-    pub fn replace(
-        &mut self,
-        listing: Vec<Container>,
-        busy: &BTreeSet<String>,
-        known_requests: &dyn Fn(&str) -> bool,
-    ) {
-        let mut by_request: BTreeMap<String, Container> = self
-            .by_request
-            .iter()
-            .filter(|(r, _)| busy.contains(*r))
-            .map(|(r, c)| (r.clone(), c.clone()))
-            .collect();
-        let mut orphans = Vec::new();
-        for c in listing {
-            match c.request.clone() {
-                Some(r) if known_requests(&r) => {
-                    by_request.entry(r).or_insert(c);
-                }
-                _ => orphans.push(c),
-            }
-        }
-        self.by_request = by_request;
-        self.orphans = orphans;
-        self.known = true;
     }
 }
 
@@ -154,7 +115,11 @@ pub enum Event {
 /// State shared by the loop and the executor's tasks.
 pub struct Shared {
     pub settings: Settings,
-    pub podman: Podman,
+    /// The container runtime (Podman), behind its seam.
+    pub runtime: Arc<dyn Runtime>,
+    /// The daemon's metrics (handed in; the store and the runtime tell
+    /// them of phase changes and calls themselves).
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub store: Mutex<StatusStore>,
     pub containers: Mutex<ContainerTable>,
     pub busy: Mutex<BTreeSet<String>>,
@@ -162,9 +127,11 @@ pub struct Shared {
     pub tasks: TaskTracker,
     /// Per-repository locks of the git mirror cache.
     pub clone_cache: MirrorCache,
+    /// Where local clones run (`clone_sandbox::Sandbox::for_daemon`).
+    pub clone_sandbox: clone_sandbox::Sandbox,
     /// Requests whose last operation failed: attempts so far and when the
     /// next may run. The planner sees them as busy until then.
-    pub backoff: Mutex<BTreeMap<String, Backoff>>,
+    pub backoff: Mutex<Backoffs>,
     /// Open write ends of running sessions' start gates: held until the
     /// session ends, so a `go` written before the reader opened the FIFO
     /// is not lost.
@@ -174,21 +141,7 @@ pub struct Shared {
     /// Failed sealing attempts per request, counted apart from `backoff`
     /// (which every failure of a finish shares), so a Podman outage during
     /// finishing does not make the daemon give up on a record early.
-    pub seal_failures: Mutex<BTreeMap<String, u32>>,
-    /// Image ids learned at starts, so ends need not ask (`images`).
-    pub images: Mutex<ImageCache>,
-}
-
-/// Exponential backoff of one request's failing operation.
-#[derive(Debug, Clone, Copy)]
-pub struct Backoff {
-    pub attempts: u32,
-    pub until: std::time::Instant,
-}
-
-/// First retry after 1 s, doubling to at most 5 minutes.
-pub fn backoff_delay(attempts: u32) -> Duration {
-    Duration::from_secs(1u64 << attempts.saturating_sub(1).min(8)).min(Duration::from_secs(300))
+    pub seal_failures: Mutex<Backoffs>,
 }
 
 /// How long a start waits for the command to pass its gate.
@@ -220,31 +173,16 @@ impl Drop for BusyGuard {
     }
 }
 
-/// Lock a std mutex, recovering from poisoning (a panicked task must not
-/// wedge the daemon; the data is plain records).
-pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 impl Shared {
     fn now() -> jiff::Timestamp {
         jiff::Timestamp::now()
     }
 
     /// Write a status change; log (never propagate) a failure to persist.
+    /// (The store tells the metrics of phase changes.)
     pub fn update_status(&self, id: &str, f: impl FnOnce(&mut Status)) -> Option<Status> {
-        let mut before = None;
-        let r = lock(&self.store).update(id, |s| {
-            before = Some(s.phase);
-            f(s);
-        });
-        match r {
-            Ok(s) => {
-                if let Some(after) = &s {
-                    crate::metrics::get().status_changed(before, after);
-                }
-                s
-            }
+        match lock(&self.store).update(id, f) {
+            Ok(s) => s,
             Err(e) => {
                 tracing::error!(request = id, error = %e, "cannot persist status");
                 None
@@ -257,25 +195,14 @@ impl Shared {
     /// decided again by a later pass, and counted then (issue 17).
     fn put_status(&self, s: Status) {
         let id = s.request.clone();
-        let mut store = lock(&self.store);
-        let before = store.get(&id).map(|old| old.phase);
-        match store.put(s) {
-            Ok(()) => {
-                if let Some(after) = store.get(&id) {
-                    crate::metrics::get().status_changed(before, after);
-                }
-            }
-            Err(e) => tracing::error!(request = id, error = %e, "cannot persist status"),
+        // The store counts the phase change once it is written.
+        if let Err(e) = lock(&self.store).put(s) {
+            tracing::error!(request = id, error = %e, "cannot persist status");
         }
     }
 
     /// Put a container found by inspection into the table, for the planner.
-    pub fn remember(
-        &self,
-        request: &str,
-        session_id: Option<&str>,
-        i: &crate::runtime::podman::Inspected,
-    ) {
+    pub fn remember(&self, request: &str, session_id: Option<&str>, i: &ContainerInfo) {
         lock(&self.containers).by_request.insert(
             request.to_string(),
             Container {
@@ -325,17 +252,10 @@ impl Shared {
     /// Record a failed operation of `request`: it is retried after a growing
     /// delay, and its status message says what failed. Returns the attempts.
     pub fn retry_later(&self, request: &str, what: &str) -> u32 {
-        let attempts = {
-            let mut b = lock(&self.backoff);
-            let e = b.entry(request.to_string()).or_insert(Backoff {
-                attempts: 0,
-                until: std::time::Instant::now(),
-            });
-            e.attempts += 1;
-            e.until = std::time::Instant::now() + backoff_delay(e.attempts);
-            e.attempts
-        };
-        let delay = backoff_delay(attempts);
+        let attempts = lock(&self.backoff)
+            .failed(request, std::time::Instant::now())
+            .attempts;
+        let delay = Backoff::delay(attempts);
         tracing::warn!(
             request,
             attempts,
@@ -354,7 +274,7 @@ impl Shared {
 
     /// The operation of `request` succeeded: forget its failures.
     pub fn succeeded(&self, request: &str) {
-        lock(&self.backoff).remove(request);
+        lock(&self.backoff).clear(request);
     }
 
     /// Requests the planner must leave alone now: tasks under way, and
@@ -362,12 +282,7 @@ impl Shared {
     pub fn busy_now(&self) -> BTreeSet<String> {
         let mut busy = lock(&self.busy).clone();
         let now = std::time::Instant::now();
-        busy.extend(
-            lock(&self.backoff)
-                .iter()
-                .filter(|(_, b)| b.until > now)
-                .map(|(r, _)| r.clone()),
-        );
+        busy.extend(lock(&self.backoff).waiting(now).cloned());
         busy
     }
 
@@ -454,12 +369,7 @@ impl Shared {
                 // `starting` now, before the task runs: the slot is taken
                 // in the very next pass's count. In memory only: the task's
                 // first write (with the session id) persists it.
-                let before = lock(&self.store).get(&request).map(|s| s.phase);
-                let marked =
-                    lock(&self.store).update_unpersisted(&request, |s| s.phase = Phase::Starting);
-                if let Some(after) = &marked {
-                    crate::metrics::get().status_changed(before, after);
-                }
+                lock(&self.store).update_unpersisted(&request, |s| s.phase = Phase::Starting);
                 let sh = Arc::clone(self);
                 self.spawn_for(request.clone(), async move {
                     start::start(&sh, &request, profile).await
@@ -467,7 +377,9 @@ impl Shared {
             }
             Action::Adopt { request } => {
                 let sh = Arc::clone(self);
-                self.spawn_for(request.clone(), async move { adopt(&sh, &request).await });
+                self.spawn_for(request.clone(), async move {
+                    adopt::adopt(&sh, &request).await;
+                });
             }
             Action::Stop { request, reason } => {
                 let sh = Arc::clone(self);
@@ -493,7 +405,7 @@ impl Shared {
                 let key = crate::plan::container_key(&container);
                 self.spawn_for(key, async move {
                     tracing::info!(container = %container, why = %why, "removing container");
-                    match sh.podman.rm(&container).await {
+                    match sh.runtime.remove(&container).await {
                         Ok(()) => {
                             let mut t = lock(&sh.containers);
                             t.orphans.retain(|c| c.name != container);
@@ -545,62 +457,6 @@ impl Shared {
         tracing::info!(request = %r.id, profile = %r.profile, spec_sha256 = %r.spec_sha256, "request admitted");
         self.put_status(s);
     }
-}
-
-/// A start was interrupted with its container running. If the work folder
-/// was fully prepared, the session is sound: open its gate and supervise
-/// it. If not, its command is still waiting at the gate on a partial
-/// clone: remove the container; the start is retried (same session).
-async fn adopt(sh: &Arc<Shared>, request: &str) {
-    let Some(status) = lock(&sh.store).get(request).cloned() else {
-        return;
-    };
-    let container = lock(&sh.containers)
-        .by_request
-        .get(request)
-        .map(|c| c.name.clone());
-    let prepared = status
-        .session_id
-        .as_deref()
-        .is_some_and(|sid| workdir::WorkDir::is_prepared(&sh.settings.work_dir(sid)));
-    if !prepared {
-        tracing::info!(
-            request,
-            "interrupted start never finished preparing; restarting it"
-        );
-        let name = container.unwrap_or_else(|| sh.settings.container_name(request));
-        if let Err(e) = sh.podman.rm(&name).await {
-            sh.retry_later(
-                request,
-                &format!("cannot remove the unprepared container: {e}"),
-            );
-            return;
-        }
-        lock(&sh.containers).by_request.remove(request);
-        return;
-    }
-    if let Some(sid) = &status.session_id {
-        match sh.open_gate(request, sid).await {
-            Ok(()) => {}
-            // Only a session of an older agentd (whose gate its agent could
-            // write) has a full gate: its command is past the gate already.
-            // Supervise it like any running session (deadline, cancel)
-            // rather than retry a write that can never succeed.
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                tracing::warn!(request, error = %e, "cannot send go; adopting the session as running");
-            }
-            Err(e) => {
-                sh.retry_later(request, &format!("cannot open the start gate: {e}"));
-                return;
-            }
-        }
-    }
-    tracing::info!(request, "adopting running session");
-    sh.update_status(request, |s| {
-        s.phase = Phase::Running;
-        s.container = container;
-        s.started_at = s.started_at.or(Some(jiff::Timestamp::now()));
-    });
 }
 
 /// The status message while a session is being stopped.

@@ -18,15 +18,34 @@ use std::path::{Path, PathBuf};
 
 use crate::desired::Repo;
 
+/// A local repository the daemon refuses to clone.
+#[derive(Debug, thiserror::Error)]
+pub enum PrivateRepoError {
+    #[error(
+        "repo `{repo}` {how} the daemon's {what} `{}`; hint: agentd's own folders (mirror cache, work folders, audit records) are never cloned: name the repository itself",
+        dir.display()
+    )]
+    Inside {
+        repo: String,
+        how: &'static str,
+        what: String,
+        dir: PathBuf,
+    },
+    #[error(
+        "repo `{0}` chains objects/info/alternates too deep; hint: clone from a self-contained repository"
+    )]
+    AlternatesTooDeep(String),
+}
+
 /// Refuse a local repository that lies inside one of the daemon's own
 /// folders (`private`: what, path), or borrows objects from one through
 /// `objects/info/alternates`. Paths are compared as written and resolved
 /// (symlinks followed), against the folders as written and resolved.
-pub fn refuse_private(repo: &Repo, private: &[(&str, &Path)]) -> Result<(), String> {
+pub fn refuse_private(repo: &Repo, private: &[(&str, &Path)]) -> Result<(), PrivateRepoError> {
     let Some(local) = repo.local_path() else {
         return Ok(());
     };
-    let check = |p: &Path, how: &str| -> Result<(), String> {
+    let check = |p: &Path, how: &'static str| -> Result<(), PrivateRepoError> {
         for (what, dir) in private {
             let dirs = [Some(dir.to_path_buf()), std::fs::canonicalize(dir).ok()];
             let paths = [Some(p.to_path_buf()), std::fs::canonicalize(p).ok()];
@@ -35,11 +54,12 @@ pub fn refuse_private(repo: &Repo, private: &[(&str, &Path)]) -> Result<(), Stri
                 .flatten()
                 .any(|p| dirs.iter().flatten().any(|d| p.starts_with(d)));
             if inside {
-                return Err(format!(
-                    "repo `{}` {how} the daemon's {what} `{}`; hint: agentd's own folders (mirror cache, work folders, audit records) are never cloned: name the repository itself",
-                    repo.as_str(),
-                    dir.display()
-                ));
+                return Err(PrivateRepoError::Inside {
+                    repo: repo.as_str(),
+                    how,
+                    what: (*what).to_string(),
+                    dir: dir.to_path_buf(),
+                });
             }
         }
         Ok(())
@@ -58,10 +78,7 @@ pub fn refuse_private(repo: &Repo, private: &[(&str, &Path)]) -> Result<(), Stri
     while let Some(objects) = todo.pop() {
         seen += 1;
         if seen > 32 {
-            return Err(format!(
-                "repo `{}` chains objects/info/alternates too deep; hint: clone from a self-contained repository",
-                repo.as_str()
-            ));
+            return Err(PrivateRepoError::AlternatesTooDeep(repo.as_str()));
         }
         let Some(text) = small_text(&objects.join("info/alternates")) else {
             continue;
@@ -181,6 +198,7 @@ mod tests {
         assert!(
             refuse_private(&url, &private)
                 .unwrap_err()
+                .to_string()
                 .contains("state dir")
         );
         // A symlink from outside resolves inside.
@@ -195,7 +213,9 @@ mod tests {
             format!("{}\n", mirror.join("objects").display()),
         )
         .expect("write");
-        let e = refuse_private(&local(&other), &private).unwrap_err();
+        let e = refuse_private(&local(&other), &private)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("alternates"), "{e}");
         // A `.git` file pointing into the cache, and the `.git` suffix git
         // tries when the named path does not exist.
@@ -206,7 +226,9 @@ mod tests {
             format!("gitdir: {}\n", mirror.display()),
         )
         .expect("write");
-        let e = refuse_private(&local(&gitfile), &private).unwrap_err();
+        let e = refuse_private(&local(&gitfile), &private)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("resolves to a git dir inside"), "{e}");
         std::os::unix::fs::symlink(&mirror, dir.path().join("suffixed.git")).expect("symlink");
         assert!(refuse_private(&local(&dir.path().join("suffixed")), &private).is_err());

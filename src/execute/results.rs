@@ -33,21 +33,29 @@ pub fn plan(profile: &Profile, repo: &Repo, session_id: &str, spec: &Request) ->
 }
 
 /// Record the base of the fresh clone in `work_root` (before the gate).
-pub async fn record_base(sh: &Shared, work_root: &Path, plan: Plan) -> Result<(), String> {
-    crate::results::record_base(work_root, &sh.settings.state.join("git-home"), plan).await
+pub async fn record_base(sh: &Shared, work_root: &Path, plan: Plan) -> Result<(), BaseError> {
+    crate::results::record_base(work_root, &sh.settings.state.join("git-home"), plan)
+        .await
+        .map_err(BaseError)
 }
+
+/// The base of a session's results could not be recorded (`results`'
+/// message: what failed and why); the start fails.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BaseError(String);
 
 /// Capture what the session's agent changed into `record`, and push.
 pub async fn capture(sh: &Shared, session_id: &str, record: &Record, outcome: Outcome) -> Captured {
     let env_lookup = |name: &str| std::env::var(name).ok();
     let read = move |src: &crate::desired::SecretSource| {
-        super::secrets::read("push.token", src, &env_lookup)
+        super::secrets::read("push.token", src, &env_lookup).map_err(|e| e.to_string())
     };
     // The receiving side of a push into a local repository runs where a
     // local clone does: in the sandbox (a root of git's system folders, the
     // repository kept writable and trusted, nothing of the daemon's). git
     // runs it through the shell, so the helper is named by its path.
-    let hide = super::clone_sandbox::Sandbox::for_daemon(&sh.settings).hide;
+    let hide = sh.clone_sandbox.hide.clone();
     let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
     let launch = move |dest: &Path, home: &Path| {
         let mut argv: Vec<OsString> = vec![exe.clone().into(), SUBCOMMAND.into()];

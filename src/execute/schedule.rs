@@ -39,7 +39,7 @@ impl Schedules {
         };
         for (profile, at) in self.missed() {
             if missed_before.get(&profile) != Some(&at) {
-                crate::metrics::get().schedule_missed(&profile);
+                sh.metrics.schedule_missed(&profile);
             }
         }
         for action in actions {
@@ -122,7 +122,7 @@ fn apply(sh: &Shared, action: &SchedAction) {
             );
             match crate::fsutil::write_atomic(&path, text.as_bytes(), 0o644) {
                 Ok(()) => {
-                    crate::metrics::get().schedule_fired(profile);
+                    sh.metrics.schedule_fired(profile);
                     tracing::info!(profile, request = %id, scheduled_for = %scheduled_for, "schedule fired")
                 }
                 Err(e) => {

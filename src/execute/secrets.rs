@@ -22,9 +22,71 @@
 use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::desired::{Credential, MAX_SECRET_BYTES, SecretSource};
+
+/// A secret that cannot be read; `who` names it (`credential `GH_TOKEN``,
+/// `repo_token`). Each message names the source and the fix, never a value.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("{who}: the daemon's environment variable `{var}` is not set")]
+    EnvUnset { who: String, var: String },
+    #[error(
+        "{who}: systemd credential `{name}`: $CREDENTIALS_DIRECTORY is not set; hint: run agentd from a systemd unit with LoadCredential={name}:/path/to/secret (or LoadCredentialEncrypted=)"
+    )]
+    NoCredentialsDirectory { who: String, name: String },
+    #[error(
+        "{who}: systemd credential `{name}` ({}) {why}; hint: give the agentd unit LoadCredential={name}:/path/to/secret (or LoadCredentialEncrypted=)",
+        path.display()
+    )]
+    Credential {
+        who: String,
+        name: String,
+        path: PathBuf,
+        why: FileProblem,
+    },
+    #[error("{who}: file `{}` {why}", path.display())]
+    File {
+        who: String,
+        path: PathBuf,
+        why: FileProblem,
+    },
+    #[error(
+        "{who}: podman secret `{name}` cannot be read by agentd; hint: use systemd_credential, file or source"
+    )]
+    RuntimeSecret { who: String, name: String },
+}
+
+/// What is wrong with a secret file: completes a sentence starting with
+/// the file's name.
+#[derive(Debug, thiserror::Error)]
+pub enum FileProblem {
+    #[error("does not exist")]
+    Missing,
+    #[error("is a symlink (refused: name the file itself)")]
+    Symlink,
+    #[error("cannot be opened: {0}")]
+    Open(io::Error),
+    #[error("cannot be examined: {0}")]
+    Stat(io::Error),
+    #[error("is not a regular file")]
+    NotRegular,
+    #[error(
+        "is owned by uid {owner}, not by agentd's user (uid {me}); hint: chown it to the user agentd runs as"
+    )]
+    Owner { owner: u32, me: u32 },
+    #[error("is accessible to group or others (mode {mode:04o}); hint: chmod 600 {}", path.display())]
+    Mode { mode: u32, path: PathBuf },
+    #[error("cannot be read: {0}")]
+    Read(io::Error),
+    #[error("is too large (the limit is {MAX_SECRET_BYTES} bytes)")]
+    TooLarge,
+    #[error("holds a NUL byte, which an environment variable cannot")]
+    Nul,
+    #[error("is not UTF-8 text")]
+    NotUtf8,
+}
 
 /// Where Podman mounts the session's Podman secrets.
 pub const SECRETS_DIR: &str = "/agentd/secrets";
@@ -41,87 +103,88 @@ pub fn read(
     who: &str,
     src: &SecretSource,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<String, String> {
+) -> Result<String, SecretError> {
+    let who = || who.to_string();
     match src {
-        SecretSource::Env(var) => env(var)
-            .ok_or_else(|| format!("{who}: the daemon's environment variable `{var}` is not set")),
+        SecretSource::Env(var) => env(var).ok_or_else(|| SecretError::EnvUnset {
+            who: who(),
+            var: var.clone(),
+        }),
         SecretSource::SystemdCredential(name) => {
-            let dir = env("CREDENTIALS_DIRECTORY").filter(|d| !d.is_empty()).ok_or_else(|| {
-                format!(
-                    "{who}: systemd credential `{name}`: $CREDENTIALS_DIRECTORY is not set; hint: run agentd from a systemd unit with LoadCredential={name}:/path/to/secret (or LoadCredentialEncrypted=)"
-                )
-            })?;
+            let dir = env("CREDENTIALS_DIRECTORY")
+                .filter(|d| !d.is_empty())
+                .ok_or_else(|| SecretError::NoCredentialsDirectory {
+                    who: who(),
+                    name: name.clone(),
+                })?;
             let path = Path::new(&dir).join(name);
-            read_file(&path, false).map_err(|why| {
-                format!(
-                    "{who}: systemd credential `{name}` ({}) {why}; hint: give the agentd unit LoadCredential={name}:/path/to/secret (or LoadCredentialEncrypted=)",
-                    path.display()
-                )
+            read_file(&path, false).map_err(|why| SecretError::Credential {
+                who: who(),
+                name: name.clone(),
+                path: path.clone(),
+                why,
             })
         }
-        SecretSource::File(path) => {
-            read_file(path, true).map_err(|why| format!("{who}: file `{}` {why}", path.display()))
-        }
-        SecretSource::PodmanSecret(name) => Err(format!(
-            "{who}: podman secret `{name}` cannot be read by agentd; hint: use systemd_credential, file or source"
-        )),
+        SecretSource::File(path) => read_file(path, true).map_err(|why| SecretError::File {
+            who: who(),
+            path: path.clone(),
+            why,
+        }),
+        SecretSource::PodmanSecret(name) => Err(SecretError::RuntimeSecret {
+            who: who(),
+            name: name.clone(),
+        }),
     }
 }
 
 /// Read a secret file: never through a symlink (the last component), never
 /// blocking (a FIFO is refused), a regular file of at most
 /// [`MAX_SECRET_BYTES`]. `private`: also owned by the daemon's effective
-/// user with no group/other permission bits. The error completes a
-/// sentence starting with the file's name.
-fn read_file(path: &Path, private: bool) -> Result<String, String> {
+/// user with no group/other permission bits.
+fn read_file(path: &Path, private: bool) -> Result<String, FileProblem> {
     let mut f = fs::OpenOptions::new()
         .read(true)
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
         .open(path)
         .map_err(|e| match e.raw_os_error() {
-            Some(nix::libc::ENOENT) => "does not exist".to_string(),
-            Some(nix::libc::ELOOP) => "is a symlink (refused: name the file itself)".to_string(),
-            _ => format!("cannot be opened: {e}"),
+            Some(nix::libc::ENOENT) => FileProblem::Missing,
+            Some(nix::libc::ELOOP) => FileProblem::Symlink,
+            _ => FileProblem::Open(e),
         })?;
-    let meta = f
-        .metadata()
-        .map_err(|e| format!("cannot be examined: {e}"))?;
+    let meta = f.metadata().map_err(FileProblem::Stat)?;
     if !meta.file_type().is_file() {
-        return Err("is not a regular file".into());
+        return Err(FileProblem::NotRegular);
     }
     if private {
         let me = nix::unistd::geteuid().as_raw();
         if meta.uid() != me {
-            return Err(format!(
-                "is owned by uid {}, not by agentd's user (uid {me}); hint: chown it to the user agentd runs as",
-                meta.uid()
-            ));
+            return Err(FileProblem::Owner {
+                owner: meta.uid(),
+                me,
+            });
         }
         if meta.mode() & 0o077 != 0 {
-            return Err(format!(
-                "is accessible to group or others (mode {:04o}); hint: chmod 600 {}",
-                meta.mode() & 0o7777,
-                path.display()
-            ));
+            return Err(FileProblem::Mode {
+                mode: meta.mode() & 0o7777,
+                path: path.to_path_buf(),
+            });
         }
     }
     let mut bytes = Vec::new();
     (&mut f)
         .take(MAX_SECRET_BYTES as u64 + 2)
         .read_to_end(&mut bytes)
-        .map_err(|e: io::Error| format!("cannot be read: {e}"))?;
+        .map_err(FileProblem::Read)?;
     if bytes.last() == Some(&b'\n') {
         bytes.pop();
     }
     if bytes.len() > MAX_SECRET_BYTES {
-        return Err(format!(
-            "is too large (the limit is {MAX_SECRET_BYTES} bytes)"
-        ));
+        return Err(FileProblem::TooLarge);
     }
     if bytes.contains(&0) {
-        return Err("holds a NUL byte, which an environment variable cannot".into());
+        return Err(FileProblem::Nul);
     }
-    String::from_utf8(bytes).map_err(|_| "is not UTF-8 text".to_string())
+    String::from_utf8(bytes).map_err(|_| FileProblem::NotUtf8)
 }
 
 /// `export NAME='value'`, quoted for `/bin/sh`.
@@ -150,7 +213,7 @@ fn export_from_file(name: &str, secret: &str, target: &str) -> String {
 pub fn script(
     credentials: &[Credential],
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, SecretError> {
     if credentials.is_empty() {
         return Ok(None);
     }
@@ -205,10 +268,17 @@ mod tests {
         let d = tempfile::tempdir().expect("tempdir");
         let p = secret_file(d.path(), "tok", b"s3cret\n", 0o600);
         let src = SecretSource::File(p);
-        assert_eq!(read("c", &src, &no_env).as_deref(), Ok("s3cret"));
+        assert_eq!(
+            read("c", &src, &no_env)
+                .map_err(|e| e.to_string())
+                .as_deref(),
+            Ok("s3cret")
+        );
         let p = secret_file(d.path(), "two", b"a\nb\n\n", 0o400);
         assert_eq!(
-            read("c", &SecretSource::File(p), &no_env).as_deref(),
+            read("c", &SecretSource::File(p), &no_env)
+                .map_err(|e| e.to_string())
+                .as_deref(),
             Ok("a\nb\n")
         );
     }
@@ -217,30 +287,42 @@ mod tests {
     fn a_group_readable_foreign_or_odd_file_is_refused_issue_11() {
         let d = tempfile::tempdir().expect("tempdir");
         let open = secret_file(d.path(), "open", b"x", 0o640);
-        let e = read("credential `T`", &SecretSource::File(open), &no_env).expect_err("0640");
+        let e = read("credential `T`", &SecretSource::File(open), &no_env)
+            .expect_err("0640")
+            .to_string();
         assert!(
             e.contains("credential `T`: file `") && e.contains("mode 0640"),
             "{e}"
         );
         let link = d.path().join("link");
         std::os::unix::fs::symlink(d.path().join("open"), &link).expect("symlink");
-        let e = read("c", &SecretSource::File(link), &no_env).expect_err("symlink");
+        let e = read("c", &SecretSource::File(link), &no_env)
+            .expect_err("symlink")
+            .to_string();
         assert!(e.contains("is a symlink"), "{e}");
         let fifo = d.path().join("fifo");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("fifo");
-        let e = read("c", &SecretSource::File(fifo), &no_env).expect_err("fifo");
+        let e = read("c", &SecretSource::File(fifo), &no_env)
+            .expect_err("fifo")
+            .to_string();
         assert!(e.contains("not a regular file"), "{e}");
-        let e = read("c", &SecretSource::File(d.path().join("nope")), &no_env).expect_err("gone");
+        let e = read("c", &SecretSource::File(d.path().join("nope")), &no_env)
+            .expect_err("gone")
+            .to_string();
         assert!(e.contains("does not exist"), "{e}");
         let big = secret_file(d.path(), "big", &vec![b'a'; MAX_SECRET_BYTES + 1], 0o600);
-        let e = read("c", &SecretSource::File(big), &no_env).expect_err("big");
+        let e = read("c", &SecretSource::File(big), &no_env)
+            .expect_err("big")
+            .to_string();
         assert!(e.contains("too large"), "{e}");
         let nul = secret_file(d.path(), "nul", b"a\0b", 0o600);
         assert!(read("c", &SecretSource::File(nul), &no_env).is_err());
         if nix::unistd::geteuid().is_root() {
             let foreign = secret_file(d.path(), "foreign", b"x", 0o600);
             std::os::unix::fs::chown(&foreign, Some(54321), None).expect("chown");
-            let e = read("c", &SecretSource::File(foreign), &no_env).expect_err("foreign");
+            let e = read("c", &SecretSource::File(foreign), &no_env)
+                .expect_err("foreign")
+                .to_string();
             assert!(e.contains("owned by uid 54321"), "{e}");
         }
     }
@@ -252,20 +334,26 @@ mod tests {
         let dir = d.path().display().to_string();
         let env = move |k: &str| (k == "CREDENTIALS_DIRECTORY").then(|| dir.clone());
         let src = SecretSource::SystemdCredential("gh".into());
-        assert_eq!(read("c", &src, &env).as_deref(), Ok("tok"));
-        let e =
-            read("c", &SecretSource::SystemdCredential("other".into()), &env).expect_err("missing");
+        assert_eq!(
+            read("c", &src, &env).map_err(|e| e.to_string()).as_deref(),
+            Ok("tok")
+        );
+        let e = read("c", &SecretSource::SystemdCredential("other".into()), &env)
+            .expect_err("missing")
+            .to_string();
         assert!(
             e.contains("systemd credential `other`") && e.contains("does not exist"),
             "{e}"
         );
-        let e = read("c", &src, &no_env).expect_err("no dir");
+        let e = read("c", &src, &no_env).expect_err("no dir").to_string();
         assert!(e.contains("$CREDENTIALS_DIRECTORY is not set"), "{e}");
     }
 
     #[test]
     fn an_unset_variable_is_an_error_never_an_empty_value_issue_11() {
-        let e = read("repo_token", &SecretSource::Env("NOPE".into()), &no_env).expect_err("unset");
+        let e = read("repo_token", &SecretSource::Env("NOPE".into()), &no_env)
+            .expect_err("unset")
+            .to_string();
         assert_eq!(
             e,
             "repo_token: the daemon's environment variable `NOPE` is not set"

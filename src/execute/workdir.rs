@@ -9,14 +9,15 @@
 //!   (and, for Podman secrets, lines reading `/agentd/secrets/NAME`).
 //!   Values live only here (never argv, never `podman inspect`), and the
 //!   file goes with the work folder when the session ends.
-//! - `console.k8s.log`  conmon's capture of stdout/stderr
-//!
 //! - `gate`             `/agentd/.gate`, the start gate: a FIFO owned by the
 //!   daemon's user, mode 0644 rootful, 0444 rootless (the session can read,
 //!   never write)
 //!
 //! The folder itself is 0700 and the daemon's user's (root rootful, the
 //! daemon's own user rootless), so other host users see nothing inside.
+//! It is also the session's runtime folder (`SessionSpec::runtime_dir`):
+//! the runtime keeps its own files of the session there (its console
+//! capture), outside every mount.
 
 use std::fs;
 use std::io;
@@ -24,19 +25,6 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::desired::{Input, Profile};
-
-/// A file's identity across replacement: the inode number alone can be
-/// reused at once by a file created right after the old one was removed,
-/// so the birth time (statx) goes with it where the filesystem records one.
-fn identity(meta: &fs::Metadata) -> String {
-    use std::os::unix::fs::MetadataExt;
-    let born = meta
-        .created()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos());
-    format!("{}:{born}", meta.ino())
-}
 
 /// What the daemon writes into a start gate.
 const GO: &[u8] = b"go\n";
@@ -48,6 +36,15 @@ pub async fn remove(root: PathBuf) -> io::Result<()> {
     tokio::task::spawn_blocking(move || crate::fdtree::remove_tree(&root))
         .await
         .map_err(io::Error::other)?
+}
+
+/// Why the credentials file was not written.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    #[error(transparent)]
+    Secret(#[from] super::secrets::SecretError),
+    #[error("cannot write credentials file: {0}")]
+    Write(io::Error),
 }
 
 pub struct WorkDir {
@@ -77,14 +74,6 @@ impl WorkDir {
     pub fn credentials(&self) -> PathBuf {
         self.root.join("credentials.sh")
     }
-    pub fn console(&self) -> PathBuf {
-        self.root.join("console.k8s.log")
-    }
-    /// The container's host pid (`podman run --pidfile`), outside every
-    /// mount of the session.
-    pub fn pid_file(root: &Path) -> PathBuf {
-        root.join("container.pid")
-    }
 
     /// The start gate: a FIFO the session's entry reads `go` from.
     pub fn gate(&self) -> PathBuf {
@@ -96,7 +85,7 @@ impl WorkDir {
     /// read-only bind mount (writing into one changes no file), so its mode
     /// is what keeps the agent from writing into it: a gate the agent could
     /// fill would make the daemon's next write block. Rootless, the session
-    /// user *is* the owner (keep-id), so the gate is 0444: nobody may write
+    /// user *is* the owner (the runtime maps it so), so the gate is 0444: nobody may write
     /// it, the agent cannot chmod it (its mount is read-only), and the
     /// daemon lends itself `u+w` for the moment of `send_go`.
     pub fn make_gate(&self) -> io::Result<()> {
@@ -169,15 +158,6 @@ impl WorkDir {
         root.join("prepared").exists()
     }
 
-    /// Whether conmon replaced the console file (dropping its head) because
-    /// the output passed the size cap.
-    pub fn console_rotated(root: &Path) -> bool {
-        let noted = fs::read_to_string(root.join("console.ino")).ok();
-        let now = fs::metadata(root.join("console.k8s.log"))
-            .ok()
-            .map(|m| identity(&m));
-        matches!((noted, now), (Some(a), Some(b)) if a.trim() != b)
-    }
     /// Create the folder skeleton (before the clone).
     pub fn create(root: PathBuf) -> io::Result<WorkDir> {
         crate::fdtree::remove_tree(&root)?;
@@ -196,14 +176,6 @@ impl WorkDir {
         // daemon could not write into (git then fails "Permission denied").
         // git clones into an empty folder.
         fs::DirBuilder::new().mode(0o755).create(w.repo())?;
-        // Conmon appends to this file, and replaces it (a new inode) when it
-        // passes its size cap: the inode noted here tells the two apart.
-        let console = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(w.console())?;
-        fs::write(w.root.join("console.ino"), identity(&console.metadata()?))?;
         Ok(w)
     }
 
@@ -256,7 +228,7 @@ impl WorkDir {
         profile: &Profile,
         uid: u32,
         lookup: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, CredentialsError> {
         let Some(text) = super::secrets::script(&profile.credentials, lookup)? else {
             return Ok(false);
         };
@@ -277,7 +249,7 @@ impl WorkDir {
             }
             std::os::unix::fs::fchown(&f, Some(uid), Some(uid))
         };
-        write().map_err(|e| format!("cannot write credentials file: {e}"))?;
+        write().map_err(CredentialsError::Write)?;
         Ok(true)
     }
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use crate::desired::{Desired, RequestEntry};
 pub use crate::observed::StopReason;
 use crate::observed::{ContainerState, Observed, Phase, Status};
-pub use scope::{Scope, is_live};
+pub use scope::Scope;
 
 /// Knobs and facts the planner needs besides the two states.
 #[derive(Debug, Clone)]

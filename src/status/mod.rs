@@ -8,7 +8,14 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::fsutil::write_json_atomic;
-use crate::observed::{Status, StatusCounts};
+use crate::observed::{Phase, Status, StatusCounts};
+
+/// Told of every change of a record's phase, after it is stored: the one
+/// place phase changes are counted (the metrics).
+pub trait StatusObserver: Send + Sync {
+    /// The record changed from phase `before` (`None`: it is new) to `after`.
+    fn status_changed(&self, before: Option<Phase>, after: &Status);
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
@@ -30,6 +37,8 @@ pub struct StatusStore {
     /// Ids whose record was written or removed since `take_changed`: the
     /// daemon re-decides only those for its planning scope (issue 12).
     changed: BTreeSet<String>,
+    /// Told of every change (`observe`).
+    observer: Option<std::sync::Arc<dyn StatusObserver>>,
 }
 
 impl StatusStore {
@@ -50,9 +59,21 @@ impl StatusStore {
                 unpersisted: Default::default(),
                 counts,
                 changed: BTreeSet::new(),
+                observer: None,
             },
             problems,
         ))
+    }
+
+    /// Tell `observer` of every change from now on.
+    pub fn observe(&mut self, observer: std::sync::Arc<dyn StatusObserver>) {
+        self.observer = Some(observer);
+    }
+
+    fn tell(&self, before: Option<Phase>, after: &Status) {
+        if let Some(o) = &self.observer {
+            o.status_changed(before, after);
+        }
     }
 
     pub fn get(&self, id: &str) -> Option<&Status> {
@@ -87,6 +108,8 @@ impl StatusStore {
             .map_err(|source| StatusError::Write { path, source })?;
         let id = status.request.clone();
         self.unpersisted.remove(&id);
+        let before = self.records.get(&id).map(|s| s.phase);
+        self.tell(before, &status);
         self.counts.replace(self.records.get(&id), Some(&status));
         self.records.insert(id.clone(), status);
         self.changed.insert(id);
@@ -103,11 +126,13 @@ impl StatusStore {
         let old = self.records.get(id)?.clone();
         let s = self.records.get_mut(id)?;
         f(s);
+        let s = s.clone();
         // Counted and planned like any change; only the disk lags.
-        self.counts.replace(Some(&old), Some(s));
+        self.tell(Some(old.phase), &s);
+        self.counts.replace(Some(&old), Some(&s));
         self.changed.insert(id.to_string());
         self.unpersisted.insert(id.to_string());
-        Some(s.clone())
+        Some(s)
     }
 
     /// Apply `f` to a record and store the result, if the record exists.

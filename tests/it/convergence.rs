@@ -379,9 +379,7 @@ fn half_created_container_is_cleaned_up_and_the_request_retried() {
     // What a crash between create and start leaves: a status in `starting`
     // and a created, never-started container with this instance's labels.
     let inst = w.instance();
-    let sha = agentd::desired::sha256_hex(
-        &std::fs::read(w.desired.join("requests/r.toml")).expect("read"),
-    );
+    let sha = agentd::sha256_hex(&std::fs::read(w.desired.join("requests/r.toml")).expect("read"));
     let spec = format!(
         r#"{{"id":"r","path":"{}","profile":"p","repo":null,"input":"None","timeout":null,"scheduled_for":null,"spec_sha256":"{sha}"}}"#,
         w.desired.join("requests/r.toml").display()

@@ -21,7 +21,7 @@ struct PodmanSecret(String);
 impl PodmanSecret {
     fn create(value: &[u8]) -> PodmanSecret {
         use std::io::Write;
-        let name = format!("agentd-it-{}", agentd::execute::new_session_id());
+        let name = format!("agentd-it-{}", agentd::new_session_id());
         let mut child = Command::new("podman")
             .args(["secret", "create", &name, "-"])
             .stdin(std::process::Stdio::piped())
@@ -68,7 +68,7 @@ fn every_secret_source_reaches_the_session_and_never_leaks_issue_11() {
     if !require_podman() {
         return;
     }
-    let rnd = || agentd::execute::new_session_id();
+    let rnd = || agentd::new_session_id();
     // Distinct random markers; no haystack may contain any of them.
     let (env_m, sd_m, pod_m, file_m, tok_m) = (rnd(), rnd(), rnd(), rnd(), rnd());
     // The push token (issue 20): read on the host, for the push only.
@@ -301,7 +301,7 @@ fn a_missing_or_unsafe_source_is_start_failed_naming_it_issue_11() {
     if root {
         std::os::unix::fs::chown(&foreign, Some(54321), Some(54321)).expect("chown");
     }
-    let missing_secret = format!("agentd-it-missing-{}", agentd::execute::new_session_id());
+    let missing_secret = format!("agentd-it-missing-{}", agentd::new_session_id());
     let gone = w.path().join("no-such-file");
     let mut cases: Vec<(&str, String, Vec<String>)> = vec![
         (

@@ -89,9 +89,9 @@ fn every_profile_and_request_field_is_in_the_reference_issue_11() {
 #[test]
 fn every_status_object_field_is_in_the_reference_issue_11() {
     let doc = read(&repo_root().join("docs/sessions.md"));
-    let mut status = agentd::observed::Status::new("r", "p");
+    let mut status = agentd::Status::new("r", "p");
     // Serialized only while set: give it a value so its key shows.
-    status.stop_reason = Some(agentd::observed::StopReason::Cancelled);
+    status.stop_reason = Some(agentd::StopReason::Cancelled);
     let json = serde_json::to_value(&status).expect("serialize");
     let keys: Vec<&String> = json.as_object().expect("an object").keys().collect();
     assert!(keys.len() >= 17, "status keys: {keys:?}");
@@ -135,7 +135,7 @@ fn cli_surface() -> (BTreeSet<String>, BTreeSet<String>, BTreeSet<String>) {
             walk(s, &path, subs, flags, envs);
         }
     }
-    let mut cmd = agentd::cli::Cli::command();
+    let mut cmd = agentd::Cli::command();
     cmd.build();
     let (mut subs, mut flags, mut envs) = Default::default();
     walk(&cmd, "", &mut subs, &mut flags, &mut envs);

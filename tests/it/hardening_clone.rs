@@ -96,11 +96,11 @@ fn a_planted_folder_linking_into_another_profiles_mirror_gets_none_of_it_issue_1
     if !require_podman() {
         return;
     }
-    let token = format!("clonetok-{}", agentd::execute::new_session_id());
+    let token = format!("clonetok-{}", agentd::new_session_id());
     let mut w = World::new();
     let (cert, key) = self_signed(w.path());
     let served = w.path().join("served");
-    let secret_text = format!("private of owner {}", agentd::execute::new_session_id());
+    let secret_text = format!("private of owner {}", agentd::new_session_id());
     bare_repo(&served.join("private.git"), &secret_text);
     let commit = head_commit(&served.join("private.git"));
     let tls = GitServer::start(
@@ -274,17 +274,17 @@ fn two_hundred_clones_racing_a_swapped_objects_link_never_copy_the_mirror_issue_
         .enable_all()
         .build()
         .expect("runtime");
-    let cache = agentd::execute::MirrorCache::default();
+    let cache = agentd::MirrorCache::default();
     let git_home = state.join("git-home");
     // What the daemon runs: its own binary as the helper, hiding its state.
-    let sandbox = agentd::execute::clone_sandbox::Sandbox {
+    let sandbox = agentd::Sandbox {
         exe: assert_cmd::cargo::cargo_bin("agentd"),
         hide: vec![state.clone()],
     };
     // Control: the same code clones an ordinary local repository.
     let plain_dest = state.join("work/plain/home/repo");
-    rt.block_on(agentd::execute::clone::clone(
-        &agentd::desired::Repo::Local(d.join("served/private.git")),
+    rt.block_on(agentd::clone_repo(
+        &agentd::Repo::Local(d.join("served/private.git")),
         &plain_dest,
         None,
         "thief",
@@ -292,7 +292,7 @@ fn two_hundred_clones_racing_a_swapped_objects_link_never_copy_the_mirror_issue_
     ))
     .expect("an ordinary local clone");
     assert!(holds(&plain_dest, &commit));
-    let repo = agentd::desired::Repo::Local(plant.clone());
+    let repo = agentd::Repo::Local(plant.clone());
     let started = Instant::now();
     let (mut failed, mut clean, mut leaked) = (0, 0, Vec::new());
     let mut first_error = None;
@@ -300,9 +300,7 @@ fn two_hundred_clones_racing_a_swapped_objects_link_never_copy_the_mirror_issue_
         let dest = state.join(format!("work/{i:03}/home/repo"));
         std::fs::create_dir_all(&dest).expect("mkdir");
         let env = clone_env(&cache_root, &git_home, &cache, &sandbox);
-        match rt.block_on(agentd::execute::clone::clone(
-            &repo, &dest, None, "thief", &env,
-        )) {
+        match rt.block_on(agentd::clone_repo(&repo, &dest, None, "thief", &env)) {
             Err(e) => {
                 failed += 1;
                 first_error.get_or_insert(e);
@@ -334,10 +332,10 @@ fn two_hundred_clones_racing_a_swapped_objects_link_never_copy_the_mirror_issue_
 fn clone_env<'a>(
     cache_root: &'a Path,
     git_home: &'a Path,
-    cache: &'a agentd::execute::MirrorCache,
-    sandbox: &'a agentd::execute::clone_sandbox::Sandbox,
-) -> agentd::execute::clone::CloneEnv<'a> {
-    agentd::execute::clone::CloneEnv {
+    cache: &'a agentd::MirrorCache,
+    sandbox: &'a agentd::Sandbox,
+) -> agentd::CloneEnv<'a> {
+    agentd::CloneEnv {
         cache_root,
         git_home,
         timeout: Duration::from_secs(60),
@@ -414,7 +412,7 @@ fn the_clone_token_never_follows_a_redirect_issue_17() {
     if !require_podman() {
         return;
     }
-    let token = format!("clonetok-{}", agentd::execute::new_session_id());
+    let token = format!("clonetok-{}", agentd::new_session_id());
     let mut w = World::new();
     let (cert, key) = self_signed(w.path());
     let served = w.path().join("served");

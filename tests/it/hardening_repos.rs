@@ -354,8 +354,8 @@ fn clone_token_reaches_only_an_allowed_https_remote_and_never_leaks_issue_13() {
     if !require_podman() {
         return;
     }
-    let secret = format!("sekrit-{}", agentd::execute::new_session_id());
-    let token = format!("clonetok-{}", agentd::execute::new_session_id());
+    let secret = format!("sekrit-{}", agentd::new_session_id());
+    let token = format!("clonetok-{}", agentd::new_session_id());
     let mut w = World::new();
     let (cert, key) = self_signed(w.path());
     let served = w.path().join("served");

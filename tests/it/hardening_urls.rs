@@ -130,7 +130,7 @@ fn an_escaped_climb_never_takes_the_token_to_another_repository_issue_17() {
     if !require_podman() {
         return;
     }
-    let token = format!("clonetok-{}", agentd::execute::new_session_id());
+    let token = format!("clonetok-{}", agentd::new_session_id());
     let mut w = World::new();
     let (cert, key) = self_signed(w.path());
     let served = w.path().join("served");

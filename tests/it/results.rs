@@ -425,7 +425,7 @@ fn the_agents_commits_are_pushed_over_https_and_never_forced_issue_20() {
         return;
     }
     let mut w = World::new();
-    let rnd = agentd::execute::new_session_id;
+    let rnd = agentd::new_session_id;
     let (clone_tok, push_tok) = (format!("clone-{}", rnd()), format!("push-{}", rnd()));
     let ca_dir = w.path().join("ca");
     std::fs::create_dir_all(&ca_dir).expect("mkdir");
@@ -528,7 +528,7 @@ fn a_push_redirected_elsewhere_fails_without_the_token_going_there_issue_20() {
         return;
     }
     let mut w = World::new();
-    let push_tok = format!("push-{}", agentd::execute::new_session_id());
+    let push_tok = format!("push-{}", agentd::new_session_id());
     let ca_dir = w.path().join("ca");
     std::fs::create_dir_all(&ca_dir).expect("mkdir");
     let (ca, cert, key) = throwaway_ca(&ca_dir);

@@ -128,14 +128,14 @@ fn subcommand_pages() -> Vec<String> {
         }
     }
     let mut out = Vec::new();
-    walk("agentd", &agentd::cli::Cli::command(), &mut out);
+    walk("agentd", &agentd::Cli::command(), &mut out);
     out
 }
 
 #[test]
 fn installed_binary_prints_completions_and_writes_man_pages_issue_11() {
     let inst = Installed::new();
-    let names: Vec<String> = agentd::cli::Cli::command()
+    let names: Vec<String> = agentd::Cli::command()
         .get_subcommands()
         .map(|s| s.get_name().to_string())
         .collect();
@@ -199,9 +199,9 @@ fn state_with_statuses(root: &Path, n: usize) -> PathBuf {
     std::fs::create_dir_all(state.join("status")).expect("mkdir");
     for i in 0..n {
         let id = format!("req-{i:05}");
-        let mut s = agentd::observed::Status::new(&id, "p");
-        s.phase = agentd::observed::Phase::Done;
-        s.outcome = Some(agentd::observed::Outcome::Success);
+        let mut s = agentd::Status::new(&id, "p");
+        s.phase = agentd::Phase::Done;
+        s.outcome = Some(agentd::Outcome::Success);
         s.exit_code = Some(0);
         s.message = Some("x".repeat(200));
         let audit = state.join(format!("audit/p/s{i}"));

@@ -186,9 +186,7 @@ fn status_and_audit_record_carry_every_field() {
     assert_eq!(s["exit_code"], 0);
     assert_eq!(s["origin"], "file");
     assert_eq!(s["repo"], w.repo_url.as_str());
-    let sha = agentd::desired::sha256_hex(
-        &std::fs::read(w.desired.join("requests/r1.toml")).expect("read"),
-    );
+    let sha = agentd::sha256_hex(&std::fs::read(w.desired.join("requests/r1.toml")).expect("read"));
     assert_eq!(s["spec_sha256"], sha.as_str());
     let dir = w.audit_dir("r1");
     assert!(
@@ -479,8 +477,8 @@ fn credential_values_never_leak() {
     if !require_podman() {
         return;
     }
-    let secret = format!("sekrit-{}", agentd::execute::new_session_id());
-    let token = format!("clonetok-{}", agentd::execute::new_session_id());
+    let secret = format!("sekrit-{}", agentd::new_session_id());
+    let token = format!("clonetok-{}", agentd::new_session_id());
     let mut w = World::new();
     std::fs::create_dir_all(w.path().join("gate")).expect("mkdir");
     // The agent uses the secret without printing it, and waits at a gate so

@@ -431,12 +431,12 @@ impl World {
     /// The daemon's lock file, as a daemon of this process's user and
     /// environment places it.
     pub fn lock_path(&self) -> PathBuf {
-        agentd::daemon::lock_path(&self.state, &self.instance())
+        agentd::lock_path(&self.state, &self.instance())
     }
 
     /// This world's instance id, as the daemon derives it.
     pub fn instance(&self) -> String {
-        agentd::daemon::instance_id(&self.state)
+        agentd::instance_id(&self.state)
     }
 
     /// Names of containers carrying this world's instance label.

@@ -55,13 +55,36 @@ const PASS_ENV: &[&str] = &[
     "NO_PROXY",
 ];
 
+/// A git run that failed; each message says what git said or why it was
+/// stopped, and the fix where there is one.
+#[derive(Debug, thiserror::Error)]
+pub enum GitError {
+    #[error("cannot run git: {0}; hint: install git on the daemon's host")]
+    Spawn(std::io::Error),
+    #[error("git: {0}")]
+    Wait(std::io::Error),
+    #[error(
+        "git did not finish within {secs}s (--clone-timeout); hint: check that the remote answers, or raise --clone-timeout"
+    )]
+    Timeout { secs: u64 },
+    #[error("git exited with {0}")]
+    Exited(std::process::ExitStatus),
+    /// The last lines git printed.
+    #[error("{0}")]
+    Said(String),
+    #[error(
+        "{0}; the remote answered with a redirect, which agentd never follows while it sends the clone token; hint: name the repository's final https:// URL in the profile"
+    )]
+    Redirected(String),
+}
+
 impl Git<'_> {
     pub(super) async fn run(
         &self,
         args: &[&std::ffi::OsStr],
         file: FileTransport,
         token: Option<&str>,
-    ) -> Result<(), String> {
+    ) -> Result<(), GitError> {
         let mut cmd = match &self.sandbox {
             Some(s) => s
                 .sandbox
@@ -112,12 +135,10 @@ impl Git<'_> {
                 .env("GIT_CONFIG_KEY_1", "http.followRedirects")
                 .env("GIT_CONFIG_VALUE_1", "false");
         }
-        let child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot run git: {e}; hint: install git on the daemon's host"))?;
+        let child = cmd.spawn().map_err(GitError::Spawn)?;
         let pgid = child.id();
         let out = match tokio::time::timeout(self.timeout, child.wait_with_output()).await {
-            Ok(out) => out.map_err(|e| format!("git: {e}"))?,
+            Ok(out) => out.map_err(GitError::Wait)?,
             Err(_) => {
                 if let Some(pid) = pgid.and_then(|p| i32::try_from(p).ok()) {
                     let _ = nix::sys::signal::killpg(
@@ -125,10 +146,9 @@ impl Git<'_> {
                         nix::sys::signal::Signal::SIGKILL,
                     );
                 }
-                return Err(format!(
-                    "git did not finish within {}s (--clone-timeout); hint: check that the remote answers, or raise --clone-timeout",
-                    self.timeout.as_secs()
-                ));
+                return Err(GitError::Timeout {
+                    secs: self.timeout.as_secs(),
+                });
             }
         };
         if out.status.success() {
@@ -138,13 +158,11 @@ impl Git<'_> {
         let last: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
         let tail = last[last.len().saturating_sub(3)..].join(" | ");
         Err(if tail.is_empty() {
-            format!("git exited with {}", out.status)
+            GitError::Exited(out.status)
         } else if token.is_some() && redirected(&tail) {
-            format!(
-                "{tail}; the remote answered with a redirect, which agentd never follows while it sends the clone token; hint: name the repository's final https:// URL in the profile"
-            )
+            GitError::Redirected(tail)
         } else {
-            tail
+            GitError::Said(tail)
         })
     }
 }

@@ -7,20 +7,7 @@ fn os(v: &[&str]) -> Vec<OsString> {
     v.iter().map(OsString::from).collect()
 }
 
-fn settings(rootless: bool) -> super::super::Settings {
-    let (graph, run, sock) = if rootless {
-        (
-            "/home/u/.local/share/containers/storage",
-            "/run/user/1001/containers",
-            "/run/user/1001/podman/podman.sock",
-        )
-    } else {
-        (
-            "/var/lib/containers/storage",
-            "/run/containers/storage",
-            "/run/podman/podman.sock",
-        )
-    };
+fn settings() -> super::super::Settings {
     super::super::Settings {
         desired: "/srv/agentd/desired".into(),
         state: "/srv/agentd/state".into(),
@@ -34,7 +21,28 @@ fn settings(rootless: bool) -> super::super::Settings {
         audit_max_bytes: 1 << 20,
         clone_timeout: std::time::Duration::from_secs(60),
         allow_host_network: false,
-        host: crate::runtime::podman::Host {
+        session_files_owner: 10_001,
+    }
+}
+
+/// The Podman backend as `podman info` of that mode would set it up.
+fn podman(rootless: bool) -> crate::runtime::podman::Podman {
+    let (graph, run, sock) = if rootless {
+        (
+            "/home/u/.local/share/containers/storage",
+            "/run/user/1001/containers",
+            "/run/user/1001/podman/podman.sock",
+        )
+    } else {
+        (
+            "/var/lib/containers/storage",
+            "/run/containers/storage",
+            "/run/podman/podman.sock",
+        )
+    };
+    crate::runtime::podman::Podman::with_host(
+        "test",
+        crate::runtime::podman::Host {
             version: "4.3.1".into(),
             rootless,
             cgroup_version: "v2".into(),
@@ -48,12 +56,12 @@ fn settings(rootless: bool) -> super::super::Settings {
             socket: sock.into(),
             mapped_ids: None,
         },
-    }
+    )
 }
 
 #[test]
 fn the_daemons_sandbox_hides_podmans_run_root_tmp_dir_and_exit_files_too_issue_17() {
-    let hide = Sandbox::for_daemon(&settings(false)).hide;
+    let hide = Sandbox::for_daemon(&settings(), &podman(false)).hide;
     for p in [
         "/srv/agentd/state",
         "/srv/agentd/audit",
@@ -66,10 +74,10 @@ fn the_daemons_sandbox_hides_podmans_run_root_tmp_dir_and_exit_files_too_issue_1
     ] {
         assert!(hide.contains(&PathBuf::from(p)), "{p} not hidden: {hide:?}");
     }
-    if let Some(exits) = crate::runtime::podman::exits::exit_dir() {
+    if let Some(exits) = crate::runtime::podman::exit_dir() {
         assert!(hide.contains(&exits), "{exits:?} not hidden: {hide:?}");
     }
-    let hide = Sandbox::for_daemon(&settings(true)).hide;
+    let hide = Sandbox::for_daemon(&settings(), &podman(true)).hide;
     for p in [
         "/run/user/1001/containers",
         "/home/u/.local/share/containers/storage",

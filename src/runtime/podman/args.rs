@@ -7,7 +7,13 @@
 //! (its name, never its value) and always mounted as a file: `type=env`
 //! would show the value in `podman inspect` on Podman 4.3.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use crate::desired::Network;
+use crate::runtime::SessionSpec;
+pub use crate::runtime::{BindMount, SecretMount};
+
+use super::labels;
 
 /// Everything `podman run` needs for one session.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,18 +52,53 @@ pub struct RunSpec {
     pub command: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BindMount {
-    pub source: PathBuf,
-    pub target: String,
-    pub read_only: bool,
+/// Where the OCI runtime writes the container's host pid, in the
+/// session's runtime folder (outside every mount of the session).
+pub fn pid_file(runtime_dir: &Path) -> PathBuf {
+    runtime_dir.join("container.pid")
 }
 
-/// A Podman secret the operator created, mounted read-only at `target`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SecretMount {
-    pub secret: String,
-    pub target: String,
+impl RunSpec {
+    /// The `podman run` of a prepared session. Rootless, the session uid is
+    /// mapped onto the daemon's own uid (`--userns=keep-id:uid=N,gid=N`),
+    /// so what the daemon owns on the host the session owns inside, and
+    /// what the agent creates stays the daemon's to take back and remove.
+    pub fn for_session(spec: &SessionSpec, rootless: bool) -> RunSpec {
+        let id = &spec.identity;
+        RunSpec {
+            name: spec.name.clone(),
+            image: spec.image.clone(),
+            labels: vec![
+                (labels::MANAGED.to_string(), "true".to_string()),
+                (labels::INSTANCE.to_string(), id.instance.clone()),
+                (labels::SESSION.to_string(), id.session_id.clone()),
+                (labels::PROFILE.to_string(), id.profile.clone()),
+                (labels::REQUEST.to_string(), id.request.clone()),
+                (labels::DEADLINE.to_string(), id.deadline.to_string()),
+            ],
+            uid: spec.uid,
+            gid: spec.gid,
+            userns: rootless.then(|| format!("keep-id:uid={},gid={}", spec.uid, spec.gid)),
+            user: spec.user.clone(),
+            home: spec.home.clone(),
+            workdir: spec.workdir.clone(),
+            env: spec.env.clone(),
+            mounts: spec.mounts.clone(),
+            secrets: spec.secrets.clone(),
+            log_path: super::console::capture_path(&spec.runtime_dir),
+            log_max_bytes: spec.console_max_bytes,
+            pid_file: pid_file(&spec.runtime_dir),
+            network: match &spec.network {
+                Network::Default => None,
+                Network::None => Some("none".into()),
+                Network::Named(n) => Some(n.clone()),
+            },
+            memory: spec.memory.clone(),
+            cpus: spec.cpus,
+            pids_limit: spec.pids_limit,
+            command: spec.command.clone(),
+        }
+    }
 }
 
 /// argv after `podman` for `podman run -d ...`.
@@ -223,5 +264,52 @@ mod tests {
             &a[a.len() - 3..],
             ["localhost/img:1", "--not-a-flag", "a b"]
         );
+    }
+
+    #[test]
+    fn a_session_spec_becomes_its_podman_run_issue_18() {
+        let session = SessionSpec {
+            name: "agentd-i-r1".into(),
+            image: "localhost/img:1".into(),
+            identity: crate::runtime::Identity {
+                instance: "i".into(),
+                session_id: "00ff".into(),
+                profile: "rev".into(),
+                request: "r1".into(),
+                deadline: 1_795_337_999_000,
+            },
+            uid: 10001,
+            gid: 10001,
+            user: "rev".into(),
+            home: "/home/rev".into(),
+            workdir: "/home/rev/repo".into(),
+            env: vec![],
+            mounts: vec![],
+            secrets: vec![],
+            runtime_dir: "/w".into(),
+            console_max_bytes: Some(2048),
+            network: Network::None,
+            memory: None,
+            cpus: None,
+            pids_limit: None,
+            command: vec!["true".into()],
+        };
+        let a = run_args(&RunSpec::for_session(&session, false)).join(" ");
+        assert!(
+            a.contains(
+                "--label=io.agentd.managed=true --label=io.agentd.instance=i \
+                 --label=io.agentd.session=00ff --label=io.agentd.profile=rev \
+                 --label=io.agentd.request=r1 --label=io.agentd.deadline=1795337999000 \
+                 --user=10001:10001"
+            ),
+            "{a}"
+        );
+        assert!(
+            a.contains("--log-opt=path=/w/console.k8s.log --log-opt=max-size=2048 --pidfile=/w/container.pid --network=none"),
+            "{a}"
+        );
+        let rootless = run_args(&RunSpec::for_session(&session, true));
+        assert!(rootless.contains(&"--userns=keep-id:uid=10001,gid=10001".to_string()));
+        assert!(!a.contains("--userns"));
     }
 }

@@ -11,7 +11,15 @@ use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::known::Known;
 use super::{PodmanError, labels};
+use crate::runtime::{Change, What};
+use crate::sync::lock;
 
 /// One container event of this instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +67,25 @@ pub fn parse_event(line: &str) -> Option<ContainerEvent> {
         name: raw.name,
         exit_code: raw.exit_code,
     })
+}
+
+/// The change an event reports, in the runtime's terms.
+pub fn change_of(ev: ContainerEvent) -> Change {
+    let what = match ev.status.as_str() {
+        "create" => What::Created,
+        "start" => What::Started,
+        "died" => What::Exited(ev.exit_code),
+        "remove" => What::Removed,
+        _ => What::Other,
+    };
+    Change::Container {
+        id: ev.id,
+        name: ev.name,
+        request: ev.request,
+        session_id: ev.session_id,
+        deadline: ev.deadline,
+        what,
+    }
 }
 
 /// A `podman events` child outlives a daemon killed with SIGKILL unless the
@@ -174,6 +201,40 @@ impl EventStream {
                     return None;
                 }
             }
+        }
+    }
+}
+
+/// Follow `podman events` of this instance into `tx`, recording exits
+/// (`known.rs`); restart the stream whenever it ends, and send
+/// `Change::Resync` after each restart (events may have been lost).
+pub async fn follow(
+    program: String,
+    instance: String,
+    known: Arc<Mutex<Known>>,
+    tx: mpsc::Sender<Change>,
+) {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        match EventStream::spawn(&program, &instance).await {
+            Ok(mut stream) => {
+                while let Some(ev) = stream.next().await {
+                    backoff = Duration::from_millis(500);
+                    if ev.status == "died" {
+                        lock(&known).exited(&ev.id, ev.exit_code, true);
+                    }
+                    if tx.send(change_of(ev)).await.is_err() {
+                        return;
+                    }
+                }
+                tracing::warn!("podman events stream ended; restarting");
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot follow podman events"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+        if tx.send(Change::Resync).await.is_err() {
+            return;
         }
     }
 }

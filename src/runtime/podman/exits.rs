@@ -16,8 +16,14 @@
 
 use std::path::{Path, PathBuf};
 
+use std::sync::{Arc, Mutex};
+
 use notify::{EventKind, RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
+
+use super::known::Known;
+use crate::runtime::Change;
+use crate::sync::lock;
 
 /// A container's exit, as conmon wrote it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,6 +131,44 @@ pub fn watch(dir: &Path, tx: mpsc::Sender<ExitFile>) -> notify::Result<notify::R
     let mut watcher = notify::recommended_watcher(handler)?;
     watcher.watch(dir, RecursiveMode::NonRecursive)?;
     Ok(watcher)
+}
+
+/// Watch the exit folder (when there is one this daemon can watch): each
+/// exit is recorded (`known.rs`) and sent as `Change::Exited`, so the
+/// planner finishes a session the moment its container exits instead of
+/// when `podman events` gets around to the `died` event. Without an exit
+/// folder (remote or unusual Podman), or if watching fails, the events
+/// stream alone reports exits.
+pub fn follow(
+    known: Arc<Mutex<Known>>,
+    tx: mpsc::Sender<Change>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let Some(dir) = exit_dir() else {
+        tracing::info!("no Podman exit folder to watch; exits are learned from podman events");
+        return None;
+    };
+    Some(tokio::spawn(async move {
+        let (exits_tx, mut exits) = mpsc::channel(256);
+        let _watcher = match watch(&dir, exits_tx) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot watch Podman's exit folder; exits are learned from podman events");
+                return;
+            }
+        };
+        tracing::debug!(dir = %dir.display(), "watching Podman's exit folder");
+        while let Some(exit) = exits.recv().await {
+            tracing::debug!(id = %exit.id, exit_code = exit.exit_code, "exit file");
+            lock(&known).exited(&exit.id, exit.exit_code, false);
+            let change = Change::Exited {
+                id: exit.id,
+                code: exit.exit_code,
+            };
+            if tx.send(change).await.is_err() {
+                return;
+            }
+        }
+    }))
 }
 
 #[cfg(test)]

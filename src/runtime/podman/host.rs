@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The facts of `podman info` agentd acts on or shows.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Host {
     /// Podman's version.
     pub version: String,
@@ -45,35 +45,7 @@ pub struct Host {
     pub mapped_ids: Option<(u64, u64)>,
 }
 
-/// A profile limit and the cgroup controller that enforces it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Limit {
-    Memory,
-    Cpus,
-    PidsLimit,
-}
-
-impl Limit {
-    /// The profile field.
-    pub fn field(self) -> &'static str {
-        match self {
-            Limit::Memory => "memory",
-            Limit::Cpus => "cpus",
-            Limit::PidsLimit => "pids_limit",
-        }
-    }
-
-    /// The cgroup controller Podman needs for it.
-    pub fn controller(self) -> &'static str {
-        match self {
-            Limit::Memory => "memory",
-            Limit::Cpus => "cpu",
-            Limit::PidsLimit => "pids",
-        }
-    }
-
-    pub const ALL: [Limit; 3] = [Limit::Memory, Limit::Cpus, Limit::PidsLimit];
-}
+pub use crate::runtime::Limit;
 
 /// The part of `podman info --format json` read here.
 #[derive(Deserialize)]

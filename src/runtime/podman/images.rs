@@ -1,5 +1,6 @@
 //! Which image a session's container ran, known at its start instead of
-//! asked with `container inspect` at its end (issue 12 item 3).
+//! asked with `container inspect` at its end (issue 12 item 3; `known.rs`
+//! keeps the answers).
 //!
 //! `podman run IMAGE` resolves the name in local storage when it creates
 //! the container. The id and digest that name resolves to are asked once
@@ -18,15 +19,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::{Podman, PodmanError};
-
-/// The image a name resolved to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImageInfo {
-    /// The image id (sha256 of its config).
-    pub id: String,
-    /// The manifest digest, when Podman knows it.
-    pub digest: Option<String>,
-}
+use crate::runtime::ImageIdentity;
 
 /// Identity of one version of the storage's image list: a rewrite makes a
 /// new file (new inode) with a new modification time.
@@ -63,14 +56,14 @@ struct ImageEntry {
     digest: Option<String>,
 }
 
-pub fn parse_image_inspect(out: &str) -> Result<ImageInfo, PodmanError> {
+pub fn parse_image_inspect(out: &str) -> Result<ImageIdentity, PodmanError> {
     let bad = |reason: String| PodmanError::Parse {
         verb: "image inspect".into(),
         reason,
     };
     let mut entries: Vec<ImageEntry> = serde_json::from_str(out).map_err(|e| bad(e.to_string()))?;
     let e = entries.pop().ok_or_else(|| bad("empty list".into()))?;
-    Ok(ImageInfo {
+    Ok(ImageIdentity {
         id: e.id,
         digest: e.digest.filter(|d| !d.is_empty()),
     })
@@ -78,7 +71,7 @@ pub fn parse_image_inspect(out: &str) -> Result<ImageInfo, PodmanError> {
 
 impl Podman {
     /// The id and digest `name` resolves to in local storage now.
-    pub async fn image_inspect(&self, name: &str) -> Result<ImageInfo, PodmanError> {
+    pub async fn image_inspect(&self, name: &str) -> Result<ImageIdentity, PodmanError> {
         let args = [
             "image".into(),
             "inspect".into(),

@@ -55,7 +55,8 @@ fn state_of(state: &str, exit_code: i32) -> ContainerState {
     }
 }
 
-/// What finishing a session needs from `podman container inspect`.
+/// What finishing a session needs from `podman container inspect`
+/// (`runtime::ContainerInfo` once the pid is placed).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Inspected {
     pub id: String,
@@ -70,6 +71,8 @@ pub struct Inspected {
     pub oom_killed: bool,
     /// The session deadline (unix ms) from the container's label.
     pub deadline: Option<i64>,
+    /// The host pid of its first process while it runs.
+    pub pid: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -102,6 +105,8 @@ struct InspectState {
     finished_at: Option<String>,
     #[serde(default, rename = "OOMKilled")]
     oom_killed: bool,
+    #[serde(default)]
+    pid: i64,
 }
 
 pub fn parse_inspect(out: &str) -> Result<Inspected, PodmanError> {
@@ -121,6 +126,7 @@ pub fn parse_inspect(out: &str) -> Result<Inspected, PodmanError> {
         started_at: e.state.started_at.as_deref().and_then(parse_time),
         finished_at: e.state.finished_at.as_deref().and_then(parse_time),
         oom_killed: e.state.oom_killed,
+        pid: u32::try_from(e.state.pid).ok().filter(|p| *p > 0),
         deadline: e
             .config
             .and_then(|c| c.labels)

@@ -1,33 +1,41 @@
-//! The Podman CLI: the only code that spawns `podman` or parses its JSON.
+//! The Podman backend of `runtime::Runtime`: the only code that spawns
+//! `podman`, parses its JSON, or knows its mechanisms (conmon's exit files
+//! and console capture, the pid file, `podman events`, keep-id, the image
+//! store's stamp).
 //!
 //! Every call has a timeout, and its error names the podman subcommand and
 //! what podman said, never the full argv (which is long, though it never
 //! holds a secret: see `args.rs`).
 
 mod args;
+mod backend;
+pub mod console;
 mod events;
-pub mod exits;
+mod exits;
 mod host;
 #[cfg(test)]
 mod hostile_tests;
 mod images;
 mod json;
+mod known;
+mod surface;
 
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::process::Command;
 
-pub use args::{BindMount, RunSpec, SecretMount, run_args};
-pub use events::{ContainerEvent, EventStream};
-pub use exits::ExitFile;
-pub use host::{Host, Limit};
-pub use images::{ImageInfo, ImagesStamp};
+pub use args::{RunSpec, run_args};
+#[cfg(test)]
+pub use exits::exit_dir;
+pub use host::Host;
 pub use json::Inspected;
 
-use crate::observed::Container;
+use crate::runtime::{CallObserver, ErrorKind, Namespaces, RuntimeError, SessionSpec};
+use crate::sync::lock;
+use known::Known;
 
 /// Label keys agentd puts on everything it creates.
 pub mod labels {
@@ -135,6 +143,27 @@ impl PodmanError {
     }
 }
 
+impl PodmanError {
+    /// The kind of any call's failure: what the caller does next.
+    fn kind(&self) -> ErrorKind {
+        if self.is_image_missing() {
+            ErrorKind::ImageMissing
+        } else if self.is_transient() {
+            ErrorKind::Transient
+        } else if self.is_name_in_use() {
+            ErrorKind::NameInUse
+        } else {
+            ErrorKind::Failed
+        }
+    }
+}
+
+impl From<PodmanError> for RuntimeError {
+    fn from(e: PodmanError) -> RuntimeError {
+        RuntimeError::new(e.kind(), e)
+    }
+}
+
 /// Podman gets only the environment it needs: the daemon's environment
 /// holds credential values, which no child process should inherit.
 pub fn scrub_env(cmd: &mut Command) {
@@ -176,19 +205,41 @@ fn verb_of(args: &[String]) -> String {
     }
 }
 
-/// A handle on the podman binary.
-#[derive(Debug, Clone)]
+/// A handle on the podman binary, and what the backend learned of the
+/// host and of the sessions it ran.
+#[derive(Clone)]
 pub struct Podman {
     pub program: String,
     /// Limit for quick calls (inspect, rm, ps).
     pub timeout: Duration,
+    /// This daemon's instance: the label on everything it creates, and the
+    /// filter of `list` and `changes`.
+    instance: String,
+    /// What `podman info` said at start-up (`check_available`).
+    host: Arc<OnceLock<Host>>,
     /// The storage's image list, learned from `podman info` at start-up
     /// (`images.rs`); unset when it is not a local file.
     images_file: Arc<OnceLock<PathBuf>>,
+    /// Told of every call (the daemon's metrics).
+    observer: Option<Arc<dyn CallObserver>>,
+    /// Images and exits of the sessions run (`known.rs`).
+    known: Arc<Mutex<Known>>,
 }
 
-impl Default for Podman {
-    fn default() -> Self {
+impl std::fmt::Debug for Podman {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Podman")
+            .field("program", &self.program)
+            .field("timeout", &self.timeout)
+            .field("instance", &self.instance)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Podman {
+    /// The podman of this process's environment (`AGENTD_PODMAN`, else
+    /// `podman` on PATH) for the instance `instance`.
+    pub fn new(instance: &str) -> Podman {
         Podman {
             program: std::env::var("AGENTD_PODMAN").unwrap_or_else(|_| "podman".into()),
             // AGENTD_PODMAN_TIMEOUT (`90s`, `2m`) bounds every quick call.
@@ -196,8 +247,32 @@ impl Default for Podman {
                 .ok()
                 .and_then(|t| crate::desired::parse_duration(&t).ok())
                 .unwrap_or(Duration::from_secs(60)),
+            instance: instance.to_string(),
+            host: Arc::default(),
             images_file: Arc::default(),
+            observer: None,
+            known: Arc::default(),
         }
+    }
+
+    /// A handle as `check_available` leaves it, for tests of what the
+    /// daemon derives from the host.
+    #[cfg(test)]
+    pub fn with_host(instance: &str, host: Host) -> Podman {
+        let p = Podman::new(instance);
+        let _ = p.host.set(host);
+        p
+    }
+
+    /// Tell `observer` of every call from now on.
+    pub fn observed_by(mut self, observer: Arc<dyn CallObserver>) -> Podman {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// Whether this is the user's rootless Podman (as `podman info` said).
+    fn rootless(&self) -> bool {
+        self.host.get().is_some_and(|h| h.rootless)
     }
 }
 
@@ -210,7 +285,9 @@ impl Podman {
         let ok = r
             .as_ref()
             .map_or_else(PodmanError::is_no_such_container, |_| true);
-        crate::metrics::get().podman_call(&verb_of(args), ok, started.elapsed());
+        if let Some(o) = &self.observer {
+            o.runtime_call(&verb_of(args), ok, started.elapsed());
+        }
         r
     }
 
@@ -278,6 +355,7 @@ impl Podman {
                 {
                     let _ = self.images_file.set(f);
                 }
+                let _ = self.host.set(host.clone());
                 Ok(host)
             }
             Err(PodmanError::Spawn { program, source }) => {
@@ -292,14 +370,14 @@ impl Podman {
         }
     }
 
-    /// Create and start a session container; returns its id.
-    pub async fn run(&self, spec: &RunSpec) -> Result<String, PodmanError> {
+    /// `podman run` of a session; returns the container's id.
+    async fn run_container(&self, spec: &RunSpec) -> Result<String, PodmanError> {
         let out = self.call(&run_args(spec), self.timeout).await?;
         Ok(out.trim().to_string())
     }
 
-    /// State, exit code and image of a container; `None` if it does not exist.
-    pub async fn inspect(&self, name: &str) -> Result<Option<Inspected>, PodmanError> {
+    /// `container inspect`; `None` if the container does not exist.
+    async fn inspect_container(&self, name: &str) -> Result<Option<Inspected>, PodmanError> {
         match self
             .call(
                 &["container".into(), "inspect".into(), name.into()],
@@ -313,65 +391,53 @@ impl Podman {
         }
     }
 
-    /// Stop a container: SIGTERM, then SIGKILL after `grace`.
-    pub async fn stop(&self, name: &str, grace: Duration) -> Result<(), PodmanError> {
-        let args = [
-            "stop".into(),
-            format!("--time={}", grace.as_secs()),
-            name.into(),
-        ];
-        match self.call(&args, self.timeout + grace).await {
-            Err(e) if e.is_no_such_container() => Ok(()),
-            r => r.map(drop),
+    /// What `image` resolves to now, with the stamp that answer holds for:
+    /// from the cache when the stamp is unchanged, else asked. `None` when
+    /// unknown: no stamp, Podman failed, or the list changed while asking.
+    async fn learn_image(
+        &self,
+        image: &str,
+    ) -> Option<(images::ImagesStamp, crate::runtime::ImageIdentity)> {
+        let before = self.images_stamp()?;
+        if let Some(info) = lock(&self.known).image(image, before) {
+            return Some((before, info));
+        }
+        let info = match self.image_inspect(image).await {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::debug!(image, error = %e, "cannot learn the image id at start; the end asks");
+                return None;
+            }
+        };
+        let after = self.images_stamp()?;
+        if after != before {
+            return None;
+        }
+        lock(&self.known).learned(image, before, info.clone());
+        Some((before, info))
+    }
+
+    /// The network failure of a rootless session on the default network,
+    /// classified (`ErrorKind::HostNetwork`); any other failure as it is.
+    fn run_error(&self, e: PodmanError, spec: &SessionSpec) -> RuntimeError {
+        let kind = e.kind();
+        let user_network = (kind == ErrorKind::Failed
+            && self.rootless()
+            && spec.network == crate::desired::Network::Default)
+            .then(|| e.user_network_failure())
+            .flatten();
+        match user_network {
+            Some(cause) => RuntimeError::new(ErrorKind::HostNetwork(cause), e),
+            None => e.into(),
         }
     }
 
-    /// Remove a container (forcibly: it may still run); absent is fine.
-    pub async fn rm(&self, name: &str) -> Result<(), PodmanError> {
-        let args = [
-            "rm".into(),
-            "--force".into(),
-            "--time=0".into(),
-            name.into(),
-        ];
-        match self.call(&args, self.timeout).await {
-            Err(e) if e.is_no_such_container() => Ok(()),
-            r => r.map(drop),
-        }
-    }
-
-    /// Whether the Podman secret `name` exists (`podman secret inspect`;
-    /// Podman 4.3 has no `secret exists`). Only its metadata is read:
-    /// Podman 4.3 cannot show a secret's value, and agentd never asks.
-    pub async fn secret_exists(&self, name: &str) -> Result<bool, PodmanError> {
-        let args = [
-            "secret".into(),
-            "inspect".into(),
-            "--format={{.ID}}".into(),
-            name.into(),
-        ];
-        match self.call(&args, self.timeout).await {
-            Ok(_) => Ok(true),
-            Err(e) if e.is_no_such_secret() => Ok(false),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Every container carrying this instance's label.
-    pub async fn list(&self, instance: &str) -> Result<Vec<Container>, PodmanError> {
-        let args = [
-            "ps".into(),
-            "--all".into(),
-            "--format=json".into(),
-            format!("--filter=label={}={instance}", labels::INSTANCE),
-        ];
-        let out = self.call(&args, self.timeout).await?;
-        json::parse_ps(&out)
-    }
-
-    /// Follow container events of this instance.
-    pub async fn events(&self, instance: &str) -> Result<EventStream, PodmanError> {
-        EventStream::spawn(&self.program, instance).await
+    /// The pid the OCI runtime wrote for a container just started.
+    fn namespaces_of(&self, pid: Option<u32>) -> Option<Namespaces> {
+        pid.map(|pid| Namespaces {
+            pid,
+            own_user_namespace: self.rootless(),
+        })
     }
 }
 

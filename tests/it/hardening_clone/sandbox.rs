@@ -24,7 +24,7 @@ fn a_planted_folder_linking_into_a_readable_repo_outside_allowed_repos_gets_none
     }
     let mut w = World::new();
     let secret = w.path().join("private/secret.git");
-    let secret_text = format!("not for this profile {}", agentd::execute::new_session_id());
+    let secret_text = format!("not for this profile {}", agentd::new_session_id());
     bare_repo(&secret, &secret_text);
     let commit = head_commit(&secret);
     let forks = w.path().join("forks");
@@ -237,13 +237,13 @@ fn a_local_clone_that_hangs_in_the_sandbox_is_killed_at_the_timeout_issue_17() {
     let plant = d.join("forks/fifo.git");
     git(&["init", "-q", "--bare", plant.to_str().expect("utf8")], d).expect("init");
     nix::unistd::mkfifo(&plant.join("packed-refs"), nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
-    let cache = agentd::execute::MirrorCache::default();
-    let sandbox = agentd::execute::clone_sandbox::Sandbox {
+    let cache = agentd::MirrorCache::default();
+    let sandbox = agentd::Sandbox {
         exe: assert_cmd::cargo::cargo_bin("agentd"),
         hide: vec![state.clone()],
     };
     let (cache_root, git_home) = (state.join("cache/git"), state.join("git-home"));
-    let env = agentd::execute::clone::CloneEnv {
+    let env = agentd::CloneEnv {
         cache_root: &cache_root,
         git_home: &git_home,
         timeout: Duration::from_secs(3),
@@ -256,14 +256,15 @@ fn a_local_clone_that_hangs_in_the_sandbox_is_killed_at_the_timeout_issue_17() {
         .expect("runtime");
     let started = Instant::now();
     let err = rt
-        .block_on(agentd::execute::clone::clone(
-            &agentd::desired::Repo::Local(plant.clone()),
+        .block_on(agentd::clone_repo(
+            &agentd::Repo::Local(plant.clone()),
             &state.join("work/x/home/repo"),
             None,
             "p",
             &env,
         ))
-        .expect_err("the clone hangs");
+        .expect_err("the clone hangs")
+        .to_string();
     let took = started.elapsed();
     eprintln!("{err} after {took:?}");
     assert!(err.contains("did not finish within 3s"), "{err}");

@@ -1,6 +1,9 @@
-//! Prometheus metrics: one process-wide registry the daemon's parts record
-//! into, and a small HTTP server (`--metrics-listen`) that serves it on
-//! `/metrics` in the OpenMetrics text format from its own thread.
+//! Prometheus metrics: one registry the daemon makes at start and hands to
+//! its parts (an observer: the runtime's calls through
+//! `runtime::CallObserver`, phase changes through the status store's
+//! `status::StatusObserver`, the rest from the executor and the loop), and
+//! a small HTTP server (`--metrics-listen`) that serves it on `/metrics` in
+//! the OpenMetrics text format from its own thread.
 //!
 //! Recording is always on and cheap (atomics behind a map lookup); serving is
 //! off unless the operator asks for it. Counters start from zero at every
@@ -23,7 +26,7 @@
 //! | `agentd_reconcile_pass_duration_seconds` | histogram | | wall time of one pass (scan, schedule, plan, apply) |
 //! | `agentd_desired_files` | gauge | `kind` (`profile`, `request`) | files in the desired dir, valid or not, as of the last pass |
 //! | `agentd_desired_invalid_files` | gauge | `kind` | of those, the rejected ones |
-//! | `agentd_podman_calls_total` | counter | `verb` (`info`, `run`, `container inspect`, `image inspect`, `secret inspect`, `stop`, `rm`, `ps`, `other`) | Podman CLI calls (the `podman events` follower is not one) |
+//! | `agentd_podman_calls_total` | counter | `verb` (`info`, `run`, `container inspect`, `image inspect`, `secret inspect`, `stop`, `rm`, `ps`, `other`) | Podman CLI calls (the long-lived follower of container changes is not one) |
 //! | `agentd_podman_call_errors_total` | counter | `verb` | of those, the failed ones (non-zero exit, timeout, cannot run; "no such container" is an answer, not an error) |
 //! | `agentd_podman_call_duration_seconds` | histogram | `verb` | wall time of each call |
 //! | `agentd_schedule_fires_total` | counter | `profile` | schedule fires materialized as request files |
@@ -32,8 +35,7 @@
 //! | `agentd_audit_records_incomplete_total` | counter | | audit records deliberately left unsealed and incomplete |
 
 use std::collections::BTreeSet;
-use std::net::{SocketAddr, TcpListener};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -44,6 +46,9 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::observed::{Outcome, Phase, Status, StatusCounts};
+
+mod serve;
+pub use serve::{bind, serve};
 
 /// Every phase, for the phase gauge (all are always exported, 0 included).
 pub const PHASES: [Phase; 6] = Phase::ALL;
@@ -66,7 +71,7 @@ const OUTCOMES: [Outcome; 13] = [
 ];
 
 /// The verbs of agentd's Podman CLI calls; anything else is counted as
-/// `other`. (The long-lived `podman events` follower is not a call.)
+/// `other`. (The long-lived follower of container changes is not a call.)
 const VERBS: [&str; 8] = [
     "info",
     "run",
@@ -126,7 +131,7 @@ fn call_histogram() -> Histogram {
     ])
 }
 
-/// The metric families. Reached through `get()`.
+/// The metric families. One per daemon, handed in (`Arc<Metrics>`).
 pub struct Metrics {
     registry: Registry,
     sessions_in_phase: Family<PhaseLabel, Gauge>,
@@ -148,16 +153,26 @@ pub struct Metrics {
     profiles: Mutex<BTreeSet<String>>,
 }
 
-static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+impl crate::runtime::CallObserver for Metrics {
+    fn runtime_call(&self, verb: &str, ok: bool, elapsed: Duration) {
+        self.podman_call(verb, ok, elapsed);
+    }
+}
 
-/// The process-wide metrics. One daemon runs per process, and counters are
-/// process-wide by nature; a global spares every part of the daemon a handle.
-pub fn get() -> &'static Metrics {
-    &METRICS
+impl crate::status::StatusObserver for Metrics {
+    fn status_changed(&self, before: Option<Phase>, after: &Status) {
+        Metrics::status_changed(self, before, after);
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
 }
 
 impl Metrics {
-    fn new() -> Metrics {
+    pub fn new() -> Metrics {
         let mut registry = Registry::default();
         let build_info = Family::<VersionLabel, Gauge>::default();
         build_info
@@ -292,7 +307,7 @@ impl Metrics {
     }
 
     fn note_profile(&self, profile: &str) {
-        let mut p = crate::execute::lock(&self.profiles);
+        let mut p = crate::sync::lock(&self.profiles);
         if !p.contains(profile) {
             p.insert(profile.to_string());
         }
@@ -383,7 +398,7 @@ impl Metrics {
     /// Remove every series of a profile not in `keep`.
     fn retain_profiles(&self, keep: &BTreeSet<&str>) {
         let gone: Vec<String> = {
-            let mut p = crate::execute::lock(&self.profiles);
+            let mut p = crate::sync::lock(&self.profiles);
             let gone = p
                 .iter()
                 .filter(|n| !keep.contains(n.as_str()))
@@ -496,229 +511,9 @@ fn seconds_between(a: jiff::Timestamp, b: jiff::Timestamp) -> f64 {
     Duration::from_millis(u64::try_from(ms).unwrap_or(0)).as_secs_f64()
 }
 
-// ---------------------------------------------------------------------------
-// Serving
-// ---------------------------------------------------------------------------
-
-/// At most this many scrape connections at once. A new connection past it
-/// closes the oldest one that has not finished its request head (all
-/// clients may be 127.0.0.1, so a per-peer cap would not help); when every
-/// one has (they are being answered), the new one is closed instead.
-pub const MAX_CONNECTIONS: usize = 8;
-/// A client must send its first byte within this time (issue 17).
-pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(1);
-/// A client must send its whole request head within this time.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-/// A connection is closed after this long, whatever it is doing (a
-/// scraper that does not read its response included).
-pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest request head read (hyper's smallest buffer limit).
-pub const MAX_REQUEST_BYTES: usize = 8192;
-
-/// Why `--metrics-listen` cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ListenError {
-    #[error(
-        "--metrics-listen {addr} is not a loopback address: metrics name profiles and show activity to anyone who can reach it; hint: use 127.0.0.1:{port} or [::1]:{port}, or pass --metrics-allow-remote (AGENTD_METRICS_ALLOW_REMOTE=true) to serve them on {addr} on purpose"
-    )]
-    NotLoopback { addr: SocketAddr, port: u16 },
-    #[error(
-        "cannot listen for metrics on {addr} (--metrics-listen): {source}; hint: choose a free port"
-    )]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("cannot start the metrics server: {0}")]
-    Start(std::io::Error),
-}
-
-/// Check the address against the loopback policy and bind it.
-pub fn bind(addr: SocketAddr, allow_remote: bool) -> Result<TcpListener, ListenError> {
-    if !addr.ip().is_loopback() && !allow_remote {
-        return Err(ListenError::NotLoopback {
-            addr,
-            port: addr.port(),
-        });
-    }
-    let l = TcpListener::bind(addr).map_err(|source| ListenError::Bind { addr, source })?;
-    l.set_nonblocking(true)
-        .map_err(|source| ListenError::Bind { addr, source })?;
-    Ok(l)
-}
-
-/// Serve `/metrics` on `listener` from a thread of its own (with its own
-/// single-threaded runtime): scrapers, however slow or hostile, never take
-/// a worker of the daemon's runtime.
-pub fn serve(listener: TcpListener) -> Result<(), ListenError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(ListenError::Start)?;
-    std::thread::Builder::new()
-        .name("agentd-metrics".into())
-        .spawn(move || rt.block_on(accept_loop(listener)))
-        .map_err(ListenError::Start)?;
-    Ok(())
-}
-
-/// One open scrape connection, as the accept loop tracks it.
-struct Conn {
-    task: tokio::task::JoinHandle<()>,
-    /// Set once its request head was read (the request is being answered).
-    answered: Arc<std::sync::atomic::AtomicBool>,
-}
-
-/// Make room for a new connection among `conns` (oldest first): forget the
-/// ended ones; at the cap, close the oldest one still waiting for its
-/// request head. `false` when every open connection is being answered.
-fn make_room(conns: &mut std::collections::VecDeque<Conn>) -> bool {
-    conns.retain(|c| !c.task.is_finished());
-    if conns.len() < MAX_CONNECTIONS {
-        return true;
-    }
-    let idle = conns
-        .iter()
-        .position(|c| !c.answered.load(std::sync::atomic::Ordering::Relaxed));
-    match idle.and_then(|i| conns.remove(i)) {
-        Some(c) => {
-            c.task.abort();
-            true
-        }
-        None => false,
-    }
-}
-
-async fn accept_loop(listener: TcpListener) {
-    let listener = match tokio::net::TcpListener::from_std(listener) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(error = %e, "metrics listener unusable; metrics are not served");
-            return;
-        }
-    };
-    let mut conns = std::collections::VecDeque::with_capacity(MAX_CONNECTIONS);
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                // Out of descriptors and the like: back off, keep serving.
-                tracing::warn!(error = %e, "metrics: accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        if !make_room(&mut conns) {
-            tracing::debug!(%peer, "metrics: every connection is being answered; closing");
-            drop(stream);
-            continue;
-        }
-        let answered = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let task = tokio::spawn(serve_connection(stream, peer, Arc::clone(&answered)));
-        conns.push_back(Conn { task, answered });
-        // Let the connections just accepted read their heads before the
-        // next accept can push them out (the yield waits for the I/O
-        // driver, which tells them their bytes arrived).
-        tokio::task::yield_now().await;
-    }
-}
-
-/// One connection: its first byte within `FIRST_BYTE_TIMEOUT`, its head
-/// within `HEADER_TIMEOUT`, all of it within `CONNECTION_TIMEOUT`.
-async fn serve_connection(
-    stream: tokio::net::TcpStream,
-    peer: SocketAddr,
-    answered: Arc<std::sync::atomic::AtomicBool>,
-) {
-    let mut first = [0u8; 1];
-    match tokio::time::timeout(FIRST_BYTE_TIMEOUT, stream.peek(&mut first)).await {
-        Ok(Ok(n)) if n > 0 => {}
-        Ok(_) => return,
-        Err(_) => {
-            tracing::debug!(%peer, "metrics: no request within the first-byte timeout; closing");
-            return;
-        }
-    }
-    let service = hyper::service::service_fn(move |req| {
-        answered.store(true, std::sync::atomic::Ordering::Relaxed);
-        respond(req)
-    });
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
-        .max_buf_size(MAX_REQUEST_BYTES)
-        .keep_alive(false)
-        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-    match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "metrics: connection failed"),
-        Err(_) => tracing::debug!(%peer, "metrics: connection timed out"),
-    }
-}
-
-type Body = http_body_util::Full<hyper::body::Bytes>;
-
-async fn respond(
-    req: hyper::Request<hyper::body::Incoming>,
-) -> Result<hyper::Response<Body>, std::convert::Infallible> {
-    // Prometheus asks for OpenMetrics first; anything else gets 0.0.4.
-    let openmetrics = req
-        .headers()
-        .get_all(hyper::header::ACCEPT)
-        .iter()
-        .any(|v| {
-            v.to_str()
-                .is_ok_and(|s| s.contains("application/openmetrics-text"))
-        });
-    Ok(response(req.method(), req.uri().path(), openmetrics))
-}
-
-fn response(method: &hyper::Method, path: &str, openmetrics: bool) -> hyper::Response<Body> {
-    let (status, ctype, body) = if path != "/metrics" {
-        (
-            hyper::StatusCode::NOT_FOUND,
-            "text/plain; charset=utf-8",
-            "not found; metrics are at /metrics\n".to_string(),
-        )
-    } else if method != hyper::Method::GET && method != hyper::Method::HEAD {
-        (
-            hyper::StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain; charset=utf-8",
-            "only GET and HEAD\n".to_string(),
-        )
-    } else if openmetrics {
-        (
-            hyper::StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            get().encode(),
-        )
-    } else {
-        (
-            hyper::StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            get().encode_text(),
-        )
-    };
-    let mut r = hyper::Response::new(Body::new(body.into()));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static(ctype),
-    );
-    r
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn non_loopback_addresses_need_the_explicit_flag_issue_11() {
-        let e = bind("0.0.0.0:0".parse().expect("addr"), false).expect_err("refused");
-        assert!(e.to_string().contains("--metrics-allow-remote"), "{e}");
-        assert!(bind("127.0.0.1:0".parse().expect("addr"), false).is_ok());
-        assert!(bind("0.0.0.0:0".parse().expect("addr"), true).is_ok());
-    }
 
     #[test]
     fn series_of_a_vanished_profile_are_removed_issue_11() {
@@ -735,40 +530,6 @@ mod tests {
         // In neither the desired dir nor the store: removed.
         m.pass_done(Duration::ZERO, &StatusCounts::default(), &desired, 0);
         assert!(!m.encode().contains("gone-profile"), "{}", m.encode());
-    }
-
-    #[tokio::test]
-    async fn at_the_cap_the_oldest_connection_without_a_request_head_is_closed_issue_17() {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        let conn = |answered: bool| Conn {
-            task: tokio::spawn(std::future::pending()),
-            answered: Arc::new(AtomicBool::new(answered)),
-        };
-        // The two oldest are being answered; the third is the oldest idle.
-        let mut conns: std::collections::VecDeque<Conn> =
-            (0..MAX_CONNECTIONS).map(|i| conn(i < 2)).collect();
-        let victim = conns[2].task.abort_handle();
-        assert!(make_room(&mut conns));
-        assert_eq!(conns.len(), MAX_CONNECTIONS - 1);
-        tokio::task::yield_now().await;
-        assert!(victim.is_finished());
-        assert!(conns.iter().all(|c| !c.task.is_finished()));
-        // Below the cap nothing is closed.
-        let open: Vec<_> = conns.iter().map(|c| c.task.abort_handle()).collect();
-        assert!(make_room(&mut conns));
-        tokio::task::yield_now().await;
-        assert!(open.iter().all(|h| !h.is_finished()));
-        assert_eq!(conns.len(), MAX_CONNECTIONS - 1);
-        // Every one answered: the newcomer is the one refused.
-        for c in &conns {
-            c.answered.store(true, Ordering::Relaxed);
-        }
-        conns.push_back(conn(true));
-        assert!(!make_room(&mut conns));
-        assert_eq!(conns.len(), MAX_CONNECTIONS);
-        for c in conns {
-            c.task.abort();
-        }
     }
 
     #[test]

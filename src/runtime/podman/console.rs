@@ -1,10 +1,71 @@
-//! Console capture. Conmon writes the container's output in the k8s-file
-//! format (`<time> <stream> <F|P> <text>`), which survives daemon restarts;
-//! the audit record keeps the plain bytes the agent printed.
+//! A session's console, as Podman captures it: conmon writes the
+//! container's output to `<runtime dir>/console.k8s.log` in the k8s-file
+//! format (`<time> <stream> <F|P> <text>`), which survives daemon restarts,
+//! and replaces the file (dropping its head) when it passes its size cap.
+//! The audit record keeps the plain bytes the agent printed; `agentd logs`
+//! reads the live file.
 
-use std::fs::File;
+use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
-use std::path::Path;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+
+/// The capture conmon writes, in a session's runtime folder.
+pub fn capture_path(runtime_dir: &Path) -> PathBuf {
+    runtime_dir.join("console.k8s.log")
+}
+
+/// The inode (and birth time) of the capture as created, to tell conmon's
+/// replacement of it apart.
+fn noted_path(runtime_dir: &Path) -> PathBuf {
+    runtime_dir.join("console.ino")
+}
+
+/// A file's identity across replacement: the inode number alone can be
+/// reused at once by a file created right after the old one was removed,
+/// so the birth time (statx) goes with it where the filesystem records one.
+fn identity(meta: &fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let born = meta
+        .created()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    format!("{}:{born}", meta.ino())
+}
+
+/// Create the empty capture before `podman run` and note its identity:
+/// conmon appends to it, and replaces it (a new inode) when it passes its
+/// size cap. A capture of an earlier attempt is replaced.
+pub fn prepare(runtime_dir: &Path) -> io::Result<()> {
+    let path = capture_path(runtime_dir);
+    match fs::remove_file(&path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let console = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?;
+    fs::write(noted_path(runtime_dir), identity(&console.metadata()?))
+}
+
+/// Whether conmon replaced the capture (dropping its head) because the
+/// output passed the size cap.
+pub fn rotated(runtime_dir: &Path) -> bool {
+    let noted = fs::read_to_string(noted_path(runtime_dir)).ok();
+    let now = fs::metadata(capture_path(runtime_dir))
+        .ok()
+        .map(|m| identity(&m));
+    matches!((noted, now), (Some(a), Some(b)) if a.trim() != b)
+}
+
+/// The capture of the session in `runtime_dir` as plain bytes at `dest`,
+/// cut at `cap` (see `k8s_to_raw`).
+pub fn collect(runtime_dir: &Path, dest: &Path, cap: u64) -> io::Result<(u64, bool)> {
+    k8s_to_raw(&capture_path(runtime_dir), dest, cap, rotated(runtime_dir))
+}
 
 /// Append the plain text of one k8s-file line to `out`.
 fn line_to_raw(line: &str, out: &mut Vec<u8>) {
@@ -75,6 +136,11 @@ pub struct K8sLogReader {
 }
 
 impl K8sLogReader {
+    /// The live capture of the session whose runtime folder is `runtime_dir`.
+    pub fn open_session(runtime_dir: &Path) -> io::Result<Self> {
+        Self::open(&capture_path(runtime_dir))
+    }
+
     pub fn open(path: &Path) -> io::Result<Self> {
         Ok(K8sLogReader {
             file: File::open(path)?,

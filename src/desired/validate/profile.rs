@@ -1,112 +1,6 @@
-//! Wire structs to domain types: every rule of docs/desired-dir.md ("Profile
-//! fields", "Request fields") that concerns one file. Problems are collected, not short-circuited, so an
-//! operator sees all of them at once. Cross-file rules live in `assemble.rs`.
+//! One profile file, validated into a `Profile` (or every problem in it).
 
-use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-
-use sha2::{Digest, Sha256};
-
-use super::HostView;
-use super::diag::{Diagnostic, KeyIndex};
-use super::model::{
-    ConcurrencyPolicy, Credential, Input, MAX_ARTIFACT_BYTES, MAX_REQUEST_TEXT_BYTES,
-    MAX_WORK_UNIT_BYTES, Mount, Network, Profile, Repo, Request, Schedule,
-};
-use super::parse::{self, Format};
-use super::repos;
-use super::rules::{self, Problem};
-use super::sources;
-use super::wire::{ConcurrencyPolicyWire, CredentialWire, ProfileFile, RequestFile};
-use crate::schedule;
-
-/// Collects diagnostics for one file, placing each at its field when the
-/// field can be found in the text.
-struct Sink<'a> {
-    path: &'a Path,
-    text: &'a str,
-    out: Vec<Diagnostic>,
-    /// Where the file's keys are, built at the first problem to place.
-    keys: std::cell::OnceCell<KeyIndex<'a>>,
-    /// Problems past [`MAX_LISTED`], counted only.
-    unlisted: usize,
-}
-
-/// Problems listed per file; past it they are counted, so a file with
-/// tens of thousands of wrong entries costs no more than a few (issue 17:
-/// 87,000 empty `allowed_repos` entries made 87 MiB of diagnostics).
-const MAX_LISTED: usize = 100;
-
-impl Sink<'_> {
-    fn at(&mut self, key: &str, nth: usize, (msg, hint): Problem) {
-        if self.out.len() >= MAX_LISTED {
-            self.unlisted += 1;
-            return;
-        }
-        let pos = self
-            .keys
-            .get_or_init(|| KeyIndex::new(self.text))
-            .locate(key, nth);
-        let mut d = Diagnostic::new(self.path, pos, msg);
-        d.hint = hint;
-        self.out.push(d);
-    }
-
-    fn field(&mut self, key: &str, msg: impl Into<String>, hint: impl Into<String>) {
-        self.at(key, 0, (msg.into(), Some(hint.into())));
-    }
-
-    /// The problems, with a last line counting those not listed.
-    fn finish(mut self) -> Vec<Diagnostic> {
-        if self.unlisted > 0 {
-            self.out.push(
-                Diagnostic::new(
-                    self.path,
-                    None,
-                    format!("{} more problem(s) in this file not listed", self.unlisted),
-                )
-                .hint(format!(
-                    "at most {MAX_LISTED} are listed per file; fix these and validate again"
-                )),
-            );
-        }
-        self.out
-    }
-}
-
-/// The file stem: a profile's name or a request's id.
-pub fn stem(path: &Path) -> String {
-    path.file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
-/// Lower-case hex of sha256(bytes).
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    Sha256::digest(bytes)
-        .iter()
-        .fold(String::with_capacity(64), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
-}
-
-fn read_text<'a, T: serde::de::DeserializeOwned>(
-    path: &Path,
-    bytes: &'a [u8],
-) -> Result<(&'a str, T), Vec<Diagnostic>> {
-    let format = Format::of(path).ok_or_else(|| {
-        vec![Diagnostic::new(
-            path,
-            None,
-            "not a .toml, .yaml or .yml file",
-        )]
-    })?;
-    let text = parse::as_text(path, bytes).map_err(|d| vec![d])?;
-    let wire = parse::parse::<T>(path, format, text).map_err(|d| vec![d])?;
-    Ok((text, wire))
-}
+use super::*;
 
 /// Validate one profile file.
 pub fn profile(path: &Path, bytes: &[u8], host: &dyn HostView) -> Result<Profile, Vec<Diagnostic>> {
@@ -184,11 +78,16 @@ pub fn profile(path: &Path, bytes: &[u8], host: &dyn HostView) -> Result<Profile
             format!("use an https:// repo URL, or remove {key}"),
         );
     }
-    let schedule_v = w.schedule.as_deref().and_then(|e| match schedule::parse(e) {
-        Ok(_) => Some(Schedule { expr: e.to_string() }),
+    let schedule_v = w.schedule.as_deref().and_then(|e| match cron::parse(e) {
+        Ok(_) => Some(Schedule {
+            expr: e.to_string(),
+        }),
         Err(msg) => {
-            s.field("schedule", format!("invalid schedule `{e}`: {msg}"),
-                "use 5 fields (minute hour day-of-month month day-of-week) or a macro like @hourly");
+            s.field(
+                "schedule",
+                format!("invalid schedule `{e}`: {msg}"),
+                "use 5 fields (minute hour day-of-month month day-of-week) or a macro like @hourly",
+            );
             None
         }
     });
@@ -345,11 +244,11 @@ pub fn profile(path: &Path, bytes: &[u8], host: &dyn HostView) -> Result<Profile
         }
     };
     let push = w.push.as_ref().and_then(|p| {
-        super::push::validate(p, repo.as_ref())
+        super::super::push::validate(p, repo.as_ref())
             .map_err(|problems| problems.into_iter().for_each(|(k, p)| s.at(k, 0, p)))
             .ok()
     });
-    let results_max_bytes = super::push::results_max_bytes(w.results_max_bytes)
+    let results_max_bytes = super::super::push::results_max_bytes(w.results_max_bytes)
         .map_err(|p| s.at("results_max_bytes", 0, p))
         .unwrap_or_default();
     if !s.out.is_empty() {
@@ -409,7 +308,7 @@ fn credential_uses(c: &CredentialWire, field: &str) -> bool {
 
 /// The clone token's source: `repo_token_source` (the env form) or
 /// `repo_token` (any form but a Podman secret), never both.
-fn token_source(s: &mut Sink<'_>, w: &ProfileFile) -> Option<super::model::SecretSource> {
+fn token_source(s: &mut Sink<'_>, w: &ProfileFile) -> Option<crate::desired::SecretSource> {
     match (&w.repo_token_source, &w.repo_token) {
         (Some(_), Some(_)) => {
             s.field(
@@ -427,7 +326,7 @@ fn token_source(s: &mut Sink<'_>, w: &ProfileFile) -> Option<super::model::Secre
             );
             None
         }
-        (Some(t), None) => Some(super::model::SecretSource::Env(t.clone())),
+        (Some(t), None) => Some(crate::desired::SecretSource::Env(t.clone())),
         (None, Some(t)) => {
             let g = sources::Given {
                 source: t.source.as_deref(),
@@ -562,231 +461,4 @@ fn overlaps(mounts: &[Mount]) -> Vec<(usize, usize)> {
     }
     pairs.sort_by_key(|(a, b)| (*b, *a));
     pairs
-}
-
-/// A relative path that stays below its base folder.
-fn relative_inside(p: &str) -> bool {
-    let p = Path::new(p);
-    !p.as_os_str().is_empty()
-        && p.components().all(|c| {
-            matches!(
-                c,
-                std::path::Component::Normal(_) | std::path::Component::CurDir
-            )
-        })
-}
-
-/// Resolve a path written in a file: absolute as is, relative to the file's folder.
-fn resolve(file: &Path, written: &str) -> PathBuf {
-    let p = Path::new(written);
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        file.parent().unwrap_or(Path::new(".")).join(p)
-    }
-}
-
-/// The message of a field over its size cap.
-fn too_big(field: &str, len: usize, cap: usize) -> String {
-    format!("{field} is too large ({len} bytes; the limit is {cap} bytes)")
-}
-
-/// The folder an artifact must stay below, and its path relative to it:
-/// the nearest `requests` folder above it (the desired dir's request
-/// folder, whatever it links to), else the request file's own folder.
-/// Nothing above that is reachable, through `..` (refused earlier) or
-/// through a symlink (refused by [`HostView::read_beneath`]).
-fn artifact_base(request_file: &Path, full: &Path) -> (PathBuf, PathBuf) {
-    let mut base = request_file.parent().unwrap_or(Path::new("."));
-    let mut cur = base;
-    while let Some(parent) = cur.parent() {
-        if cur.file_name().is_some_and(|n| n == "requests") {
-            base = cur;
-            break;
-        }
-        cur = parent;
-    }
-    let rel = full.strip_prefix(base).unwrap_or(full).to_path_buf();
-    (base.to_path_buf(), rel)
-}
-
-/// Validate one request file (everything that does not need the profile).
-pub fn request(path: &Path, bytes: &[u8], host: &dyn HostView) -> Result<Request, Vec<Diagnostic>> {
-    let (text, w) = read_text::<RequestFile>(path, bytes)?;
-    let mut s = Sink {
-        path,
-        text,
-        out: Vec::new(),
-        keys: Default::default(),
-        unlisted: 0,
-    };
-    let id = stem(path);
-    if let Err(p) = rules::request_id(&id) {
-        s.out
-            .push(Diagnostic::new(path, None, p.0).hint(p.1.unwrap_or_default()));
-    }
-    if w.profile.is_empty() {
-        s.field("profile", "profile is empty", "name the profile to run");
-    }
-    let repo = w
-        .repo
-        .as_deref()
-        .and_then(|r| rules::repo(r).map_err(|p| s.at("repo", 0, p)).ok());
-    let timeout = w
-        .timeout
-        .as_deref()
-        .and_then(|t| rules::duration(t).map_err(|p| s.at("timeout", 0, p)).ok());
-    let scheduled_for = w.scheduled_for.as_deref().and_then(|t| {
-        t.parse::<jiff::Timestamp>()
-            .map_err(|e| {
-                s.field(
-                    "scheduled_for",
-                    format!("scheduled_for `{t}` is not an RFC 3339 time: {e}"),
-                    "e.g. 2026-01-31T09:00:00+01:00",
-                )
-            })
-            .ok()
-    });
-    let given: Vec<&str> = [
-        w.work_unit.as_ref().map(|_| "work_unit"),
-        w.request.as_ref().map(|_| "request"),
-        w.artifact.as_ref().map(|_| "artifact"),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    let mut input = Input::None;
-    if given.len() > 1 {
-        s.field(
-            given[1],
-            format!("{} are mutually exclusive", given.join(" and ")),
-            "a request carries at most one of work_unit, request, artifact",
-        );
-    } else if let Some(wu) = w.work_unit {
-        if wu.len() > MAX_WORK_UNIT_BYTES {
-            s.field(
-                "work_unit",
-                too_big("work_unit", wu.len(), MAX_WORK_UNIT_BYTES),
-                "a work unit is an identifier (it becomes $AGENTD_WORK_UNIT); pass data as `request` text or an `artifact`",
-            );
-        }
-        input = Input::WorkUnit(wu);
-    } else if let Some(t) = w.request {
-        if t.len() > MAX_REQUEST_TEXT_BYTES {
-            s.field(
-                "request",
-                too_big("request", t.len(), MAX_REQUEST_TEXT_BYTES),
-                "shorten the text, or pass a larger input as an `artifact` file",
-            );
-        }
-        input = Input::Text(t);
-    } else if let Some(a) = w.artifact {
-        if !rules::path_component(&a.kind) {
-            s.field(
-                "type",
-                format!("artifact type `{}` is not a plain name", a.kind),
-                "use letters, digits, . _ -; it names a folder under /agentd/input",
-            );
-        }
-        let value = match (a.path, a.json) {
-            (Some(_), Some(_)) | (None, None) => {
-                s.field("artifact", "artifact needs exactly one of `path` and `json`",
-                    "`path` names a JSON file (relative to this file's folder), `json` holds it inline");
-                None
-            }
-            (Some(p), None) if !relative_inside(&p) => {
-                s.field("path", format!("artifact path `{p}` must be relative to the request file's folder, without `..`"),
-                    "put the JSON file next to the request (or in a folder below it)");
-                None
-            }
-            (Some(p), None) => {
-                let full = resolve(path, &p);
-                let stem = stem(&full);
-                let (base, rel) = artifact_base(path, &full);
-                match host.read_beneath(&base, &rel, MAX_ARTIFACT_BYTES) {
-                    Err(why) => {
-                        s.field(
-                            "path",
-                            format!("artifact file `{}` {why}", full.display()),
-                            format!("the artifact must be a regular file below `{}`, reached without leaving it (symlinks included); relative paths start at the request file's folder", base.display()),
-                        );
-                        None
-                    }
-                    Ok(bytes) if bytes.len() > MAX_ARTIFACT_BYTES => {
-                        s.field(
-                            "path",
-                            format!(
-                                "artifact file `{}` is too large (over {} KiB)",
-                                full.display(),
-                                MAX_ARTIFACT_BYTES / 1024
-                            ),
-                            "artifacts are capped; pass large data through the repository or methodology_dir",
-                        );
-                        None
-                    }
-                    Ok(bytes) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
-                        Ok(v) => Some((stem, v)),
-                        Err(e) => {
-                            s.field(
-                                "path",
-                                format!(
-                                    "artifact file `{}` is not valid JSON: {e}",
-                                    full.display()
-                                ),
-                                "fix the JSON",
-                            );
-                            None
-                        }
-                    },
-                }
-            }
-            (None, Some(serde_json::Value::String(t))) => match serde_json::from_str(&t) {
-                Ok(v) => Some((id.clone(), v)),
-                Err(e) => {
-                    s.field(
-                        "json",
-                        format!("artifact json is not valid JSON: {e}"),
-                        "fix the JSON text, or write it as a structured value",
-                    );
-                    None
-                }
-            },
-            (None, Some(v)) => Some((id.clone(), v)),
-        };
-        if let Some((stem, json)) = value {
-            let size = serde_json::to_vec(&json).map_or(0, |v| v.len());
-            if size > MAX_ARTIFACT_BYTES {
-                s.field(
-                    "artifact",
-                    too_big("artifact", size, MAX_ARTIFACT_BYTES),
-                    "artifacts are capped; pass large data through the repository or methodology_dir",
-                );
-            }
-            if !rules::path_component(&stem) {
-                s.field(
-                    "path",
-                    format!("artifact file name `{stem}` is not a plain name"),
-                    "rename the file: letters, digits, . _ -",
-                );
-            }
-            input = Input::Artifact {
-                kind: a.kind,
-                stem,
-                json,
-            };
-        }
-    }
-    if !s.out.is_empty() {
-        return Err(s.finish());
-    }
-    Ok(Request {
-        id,
-        path: path.to_path_buf(),
-        profile: w.profile,
-        repo,
-        input,
-        timeout,
-        scheduled_for,
-        spec_sha256: sha256_hex(bytes),
-    })
 }

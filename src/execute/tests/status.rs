@@ -1,15 +1,19 @@
+//! Status writes and the metrics they count (issue 17).
+
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::*;
+use crate::execute::*;
 use crate::observed::Outcome;
 
 /// A `Shared` over a temp state dir, for the executor's pure-ish paths
 /// (status writes and their metrics); never runs Podman.
 fn shared(state: &std::path::Path) -> Arc<Shared> {
-    let (store, problems) = StatusStore::open(state).expect("status store");
+    let (mut store, problems) = StatusStore::open(state).expect("status store");
     assert!(problems.is_empty());
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    store.observe(Arc::clone(&metrics) as _);
     let (wake, _rx) = mpsc::channel(8);
     Arc::new(Shared {
         settings: Settings {
@@ -25,42 +29,30 @@ fn shared(state: &std::path::Path) -> Arc<Shared> {
             audit_max_bytes: 1 << 20,
             clone_timeout: Duration::from_secs(60),
             allow_host_network: false,
-            host: crate::runtime::podman::Host {
-                version: "4.3.1".into(),
-                rootless: false,
-                cgroup_version: "v2".into(),
-                cgroup_manager: "systemd".into(),
-                cgroup_controllers: vec![],
-                network_backend: "netavark".into(),
-                storage_driver: "overlay".into(),
-                graph_root: String::new(),
-                run_root: String::new(),
-                volume_path: String::new(),
-                socket: String::new(),
-                mapped_ids: None,
-            },
+            session_files_owner: nix::unistd::geteuid().as_raw(),
         },
-        podman: Podman::default(),
+        runtime: Arc::new(crate::runtime::fake::Fake::default()),
+        metrics,
         store: Mutex::new(store),
         containers: Mutex::default(),
         busy: Mutex::new(BTreeSet::new()),
         wake,
         tasks: TaskTracker::new(),
         clone_cache: Default::default(),
+        clone_sandbox: super::no_sandbox(state),
         backoff: Mutex::default(),
         gates: Mutex::default(),
         leftovers: Mutex::default(),
         seal_failures: Mutex::default(),
-        images: Mutex::default(),
     })
 }
 
 /// `agentd_sessions_finished_total` of one profile and outcome, from the
-/// process-wide registry (the profile name keeps tests apart).
-fn finished(profile: &str, outcome: &str) -> u64 {
+/// daemon's registry.
+fn finished(sh: &Shared, profile: &str, outcome: &str) -> u64 {
     let want =
         format!("agentd_sessions_finished_total{{profile=\"{profile}\",outcome=\"{outcome}\"}} ");
-    crate::metrics::get()
+    sh.metrics
         .encode()
         .lines()
         .find_map(|l| l.strip_prefix(want.as_str()))
@@ -80,7 +72,7 @@ fn a_failed_status_write_and_its_retry_count_the_transition_once_issue_17() {
     sh.put_status(s.clone());
     assert!(lock(&sh.store).get("r1").is_none());
     assert_eq!(
-        finished(profile, "success"),
+        finished(&sh, profile, "success"),
         0,
         "a failed write was counted"
     );
@@ -91,8 +83,8 @@ fn a_failed_status_write_and_its_retry_count_the_transition_once_issue_17() {
         lock(&sh.store).get("r1").map(|s| s.phase),
         Some(Phase::Done)
     );
-    assert_eq!(finished(profile, "success"), 1);
+    assert_eq!(finished(&sh, profile, "success"), 1);
     // Writing the same record again changes nothing and counts nothing.
     sh.put_status(s);
-    assert_eq!(finished(profile, "success"), 1);
+    assert_eq!(finished(&sh, profile, "success"), 1);
 }

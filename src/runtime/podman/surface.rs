@@ -1,5 +1,6 @@
-//! The daemon's control surface on the host (issue 17 item 6): the files and
-//! folders no profile mount and no `methodology_dir` may hold or lie inside.
+//! The daemon's control surface on the host as Podman makes it (issue 17
+//! item 6): the daemon's folders and Podman's own, which no profile mount
+//! and no `methodology_dir` may hold or lie inside.
 //!
 //! Rootless, the agent has the daemon user's uid on the host (keep-id), so a
 //! writable mount of any of them runs the agent's code outside the container
@@ -11,21 +12,13 @@
 //!
 //! `surface` is pure (what to guard, from plain inputs; unit-tested for both
 //! modes); `Inputs::of` reads the daemon's environment and account once per
-//! start; `refuse` is the check `execute::start` runs on every host path a
-//! profile names.
+//! start; `runtime::surface::refuse` is the check `execute::start` runs on
+//! every host path a profile names.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use crate::runtime::podman::Host;
-
-/// One guarded path: what it is, for the message, and why no session may
-/// see it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Guarded {
-    pub what: &'static str,
-    pub path: PathBuf,
-    pub why: &'static str,
-}
+use super::Host;
+use crate::runtime::surface::{DaemonFolders, Guarded};
 
 const WHY_STATE: &str = "it holds every session's credentials and work folder";
 const WHY_AUDIT: &str = "it holds every session's sealed record";
@@ -80,9 +73,9 @@ pub struct Inputs {
 }
 
 impl Inputs {
-    /// The inputs of this daemon: its settings and environment (the same
+    /// The inputs of this daemon: its folders and environment (the same
     /// environment its Podman calls keep, see `podman::scrub_env`).
-    pub fn of(st: &super::Settings) -> Inputs {
+    pub fn of(daemon: &DaemonFolders) -> Inputs {
         let env = |k: &str| {
             std::env::var_os(k)
                 .filter(|v| !v.is_empty())
@@ -95,10 +88,10 @@ impl Inputs {
             .flatten()
             .map(|u| u.dir);
         Inputs {
-            state: st.state.clone(),
-            audit_root: st.audit_root.clone(),
-            desired: st.desired.clone(),
-            exit_dir: crate::runtime::podman::exits::exit_dir(),
+            state: daemon.state.clone(),
+            audit_root: daemon.audit_root.clone(),
+            desired: daemon.desired.clone(),
+            exit_dir: super::exits::exit_dir(),
             uid: uid.as_raw(),
             registry_auth_file: env("REGISTRY_AUTH_FILE"),
             runtime_dir: env("XDG_RUNTIME_DIR"),
@@ -216,49 +209,11 @@ fn auth_files(i: &Inputs) -> Vec<PathBuf> {
     out
 }
 
-/// `Err(message)` when the host path `p` that the profile field `field`
-/// names holds or lies inside any guarded path: every such path is named,
-/// each group with its reason.
-pub fn refuse(field: &str, p: &Path, guarded: &[Guarded]) -> Result<(), String> {
-    let hits: Vec<&Guarded> = guarded.iter().filter(|g| overlaps(p, &g.path)).collect();
-    if hits.is_empty() {
-        return Ok(());
-    }
-    // One reason per group of paths that share it, in the surface's order.
-    let mut groups: Vec<(&str, Vec<String>)> = Vec::new();
-    for g in hits {
-        let named = format!("{} `{}`", g.what, g.path.display());
-        match groups.iter_mut().find(|(why, _)| *why == g.why) {
-            Some((_, names)) => names.push(named),
-            None => groups.push((g.why, vec![named])),
-        }
-    }
-    let parts: Vec<String> = groups
-        .iter()
-        .map(|(why, names)| format!("{} ({why})", names.join(", ")))
-        .collect();
-    Err(format!(
-        "{field} `{}` overlaps the daemon's {}; no session may see these, read-only or not; hint: mount a folder that neither holds nor lies inside any of them (see docs/security.md)",
-        p.display(),
-        parts.join("; the daemon's ")
-    ))
-}
-
-/// `a` and `b` are the same path or one holds the other, as written or
-/// resolved.
-fn overlaps(a: &Path, b: &Path) -> bool {
-    let forms = |p: &Path| [Some(p.to_path_buf()), std::fs::canonicalize(p).ok()];
-    forms(a).iter().flatten().any(|a| {
-        forms(b)
-            .iter()
-            .flatten()
-            .any(|b| a.starts_with(b) || b.starts_with(a))
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::surface::refuse;
+    use std::path::Path;
 
     fn host(rootless: bool) -> Host {
         let (graph, run, sock) = if rootless {
