@@ -10,6 +10,7 @@ mod cli;
 mod cron;
 mod daemon;
 mod desired;
+mod egress;
 mod execute;
 mod fault;
 mod fdtree;

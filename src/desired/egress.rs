@@ -8,8 +8,8 @@
 //! listed name is a number that a resolver would read as an address
 //! (`2130706433`, `0x7f.1`).
 
+use core::net::IpAddr;
 use std::fmt;
-use std::net::IpAddr;
 use std::path::Path;
 
 use super::diag::{Diagnostic, Pos, locate_key};
@@ -116,7 +116,7 @@ pub fn dns_name(text: &str) -> Result<String, &'static str> {
 /// also admits IPv6 without brackets (the table form's `host`).
 pub fn ip_literal(text: &str, bare_v6: bool) -> Option<IpAddr> {
     if let Some(inner) = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
-        return inner.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6);
+        return inner.parse::<core::net::Ipv6Addr>().ok().map(IpAddr::V6);
     }
     match text.parse::<IpAddr>().ok()? {
         IpAddr::V6(_) if !bare_v6 => None,

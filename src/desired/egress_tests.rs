@@ -1,7 +1,7 @@
 //! Table tests of the `egress` field (issue 19): each case is a profile
 //! text and either the rules it gives or the exact diagnostics.
 
-use std::net::IpAddr;
+use core::net::IpAddr;
 use std::path::Path;
 
 use super::*;
