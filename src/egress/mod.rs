@@ -5,8 +5,53 @@
 //! connection in the session's audit record (`agentd/egress.jsonl`).
 //!
 //! - `policy`, `addr`: PURE: what is allowed, which addresses are refused.
+//! - `head`: PURE: the request head (`CONNECT`, absolute-form HTTP).
 //! - `resolve`: names resolved on the host, connections to the checked address.
+//! - `proxy`, `relay`: the server on the daemon's runtime, and its tunnels.
+//! - `log`: `egress.jsonl`, capped.
+//!
+//! Metrics go through an [`Observer`] the caller hands in: nothing here
+//! reaches for a process-wide registry.
 
 pub mod addr;
+pub mod head;
+pub mod log;
 pub mod policy;
+pub mod proxy;
+pub mod relay;
 pub mod resolve;
+
+pub use log::Decision;
+
+/// Which way bytes went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// From the agent to the destination.
+    Out,
+    /// From the destination to the agent.
+    In,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Out => "out",
+            Direction::In => "in",
+        }
+    }
+}
+
+/// What the proxy reports of one session as it happens (the daemon's
+/// metrics; tests count).
+pub trait Observer: Send + Sync {
+    /// A connection was decided.
+    fn connection(&self, decision: Decision);
+    /// `n` bytes moved.
+    fn bytes(&self, direction: Direction, n: u64);
+}
+
+/// Lock a std mutex, recovering from poisoning (the data is plain counts
+/// and a file handle).
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

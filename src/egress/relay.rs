@@ -1,0 +1,145 @@
+//! Moving bytes between an agent's connection and its destination (issue
+//! 19): both directions at once, each through one fixed buffer (memory
+//! does not grow with what either side sends), a half-close passed on,
+//! counted for the record and the metrics, and ended when nothing moved
+//! for the idle timeout (a peer that stops reading stalls its direction,
+//! which then counts as idle), or when the session ends.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use super::{Direction, Observer};
+
+/// How a relay ended.
+#[derive(Debug)]
+pub enum End {
+    /// Both sides closed their direction.
+    Closed,
+    /// Nothing moved for the idle timeout.
+    Idle,
+    /// The session ended.
+    Cancelled,
+    /// A read or write failed (a reset, most often).
+    Failed(io::Error),
+}
+
+impl End {
+    /// The record's `reason` for an allowed connection that ended so.
+    pub fn reason(&self, idle: Duration) -> String {
+        match self {
+            End::Closed => "closed".into(),
+            End::Idle => format!("closed after {} idle", span(idle)),
+            End::Cancelled => "closed: the session ended".into(),
+            End::Failed(e) => format!("closed: {e}"),
+        }
+    }
+}
+
+/// Bytes moved so far, by direction.
+#[derive(Debug, Default)]
+pub struct Counts {
+    pub out: AtomicU64,
+    pub inn: AtomicU64,
+}
+
+struct Pump<'a> {
+    counts: &'a Counts,
+    observer: &'a dyn Observer,
+    /// Milliseconds since `start` at the last byte moved, either way.
+    last: &'a AtomicU64,
+    start: Instant,
+}
+
+impl Pump<'_> {
+    async fn run(
+        &self,
+        mut from: tokio::net::tcp::ReadHalf<'_>,
+        mut to: tokio::net::tcp::WriteHalf<'_>,
+        buf: &mut [u8],
+        dir: Direction,
+    ) -> io::Result<()> {
+        loop {
+            let n = from.read(buf).await?;
+            if n == 0 {
+                // Pass the half-close on; the other direction goes on.
+                return to.shutdown().await.or(Ok(()));
+            }
+            to.write_all(&buf[..n]).await?;
+            let counter = match dir {
+                Direction::Out => &self.counts.out,
+                Direction::In => &self.counts.inn,
+            };
+            counter.fetch_add(n as u64, Ordering::Relaxed);
+            self.observer.bytes(dir, n as u64);
+            self.last
+                .store(millis(self.start.elapsed()), Ordering::Relaxed);
+        }
+    }
+}
+
+/// `90s`, or `300ms` under a second: durations in reasons.
+pub fn span(d: Duration) -> String {
+    if d >= Duration::from_secs(1) {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Relay between `client` and `upstream` until it ends; `counts` holds
+/// what moved (the caller may have counted a forwarded head already).
+pub async fn relay(
+    client: &mut TcpStream,
+    upstream: &mut TcpStream,
+    buffer: usize,
+    idle: Duration,
+    cancel: &CancellationToken,
+    observer: &dyn Observer,
+    counts: &Counts,
+) -> End {
+    let start = Instant::now();
+    let last = AtomicU64::new(0);
+    let pump = Pump {
+        counts,
+        observer,
+        last: &last,
+        start,
+    };
+    let (cr, cw) = client.split();
+    let (ur, uw) = upstream.split();
+    let mut out_buf = vec![0u8; buffer];
+    let mut in_buf = vec![0u8; buffer];
+    let both = async {
+        tokio::try_join!(
+            pump.run(cr, uw, &mut out_buf, Direction::Out),
+            pump.run(ur, cw, &mut in_buf, Direction::In)
+        )
+    };
+    let watchdog = async {
+        loop {
+            let since = Duration::from_millis(last.load(Ordering::Relaxed));
+            let quiet = start.elapsed().saturating_sub(since);
+            if quiet >= idle {
+                return;
+            }
+            tokio::time::sleep(idle - quiet).await;
+        }
+    };
+    tokio::select! {
+        r = both => match r {
+            Ok(_) => End::Closed,
+            Err(e) => End::Failed(e),
+        },
+        () = watchdog => End::Idle,
+        () = cancel.cancelled() => End::Cancelled,
+    }
+}
