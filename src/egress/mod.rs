@@ -9,13 +9,16 @@
 //! - `resolve`: names resolved on the host, connections to the checked address.
 //! - `proxy`, `relay`: the server on the daemon's runtime, and its tunnels.
 //! - `log`: `egress.jsonl`, capped.
+//! - `netns`, `helper`: the listening socket placed in the session's namespace.
 //!
 //! Metrics go through an [`Observer`] the caller hands in: nothing here
 //! reaches for a process-wide registry.
 
 pub mod addr;
 pub mod head;
+pub mod helper;
 pub mod log;
+pub mod netns;
 pub mod policy;
 pub mod proxy;
 pub mod relay;
