@@ -29,7 +29,9 @@ pub fn is_proxy_var(name: &str) -> bool {
 }
 
 /// What an entry's host is.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum EgressHost {
     /// A DNS name: lower-case, without a trailing dot.
     Name(String),
@@ -40,7 +42,7 @@ pub enum EgressHost {
 }
 
 /// One destination a session may reach.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct EgressRule {
     pub host: EgressHost,
     pub port: u16,
@@ -51,7 +53,7 @@ pub struct EgressRule {
 
 /// A profile's `egress`: the session has no network but a proxy allowing
 /// exactly these destinations (none: every attempt is refused, and recorded).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct EgressPolicy {
     pub rules: Vec<EgressRule>,
 }

@@ -23,8 +23,7 @@ use std::path::Path;
 pub use assemble::{FileRef, ProfileEntry, assemble, profile_entry, request_entry};
 pub use diag::Diagnostic;
 pub use egress::{
-    EgressHost, EgressPolicy, EgressRule, PROXY_VARS, dns_name, ip_literal, is_proxy_var,
-    split_host_port,
+    EgressHost, EgressPolicy, EgressRule, PROXY_VARS, dns_name, ip_literal, split_host_port,
 };
 pub use model::*;
 pub use parse::{Format, MAX_FILE_BYTES};

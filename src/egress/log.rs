@@ -179,6 +179,7 @@ impl EgressLog {
     }
 
     /// Lines written so far (not counting the `omitted` line).
+    #[cfg(test)]
     pub fn lines(&self) -> u64 {
         super::lock(&self.state).lines
     }

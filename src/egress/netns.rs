@@ -120,10 +120,11 @@ pub enum Placement {
 }
 
 impl Placement {
-    /// The daemon's: a thread when it runs as root, else its own binary
-    /// re-executed as the helper.
-    pub fn for_daemon(rootless: bool) -> Placement {
-        if rootless {
+    /// The daemon's, for a container with a user namespace of its own
+    /// (rootless: the daemon's own binary re-executed as the helper) or
+    /// without (a thread).
+    pub fn for_daemon(own_user_namespace: bool) -> Placement {
+        if own_user_namespace {
             Placement::Helper("/proc/self/exe".into())
         } else {
             Placement::Thread

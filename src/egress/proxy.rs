@@ -91,10 +91,6 @@ impl Hub {
             limits,
         })
     }
-
-    pub fn limits(&self) -> &Limits {
-        &self.limits
-    }
 }
 
 /// One session's proxy as it runs; [`Running::stop`] ends it.

@@ -7,6 +7,7 @@ mod convergence;
 mod credentials;
 mod critical_path;
 mod docs;
+mod egress;
 mod egress_netns;
 mod exit_detection;
 mod git_server;

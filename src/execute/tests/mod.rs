@@ -108,6 +108,7 @@ pub fn harness() -> Harness {
         gates: Mutex::default(),
         leftovers: Mutex::default(),
         seal_failures: Mutex::default(),
+        egress: Default::default(),
     });
     Harness {
         _dir: dir,
