@@ -401,6 +401,10 @@ async fn tunnel(
     };
     let (mut upstream, addr) = connected.map_err(|e| reply(502, format!("cannot connect: {e}")))?;
     line.addr = Some(addr);
+    let until = match forward {
+        None => relay::Until::BothClosed,
+        Some(_) => relay::Until::UpstreamClosed,
+    };
     let first: Vec<u8> = match forward {
         None => {
             client
@@ -424,11 +428,15 @@ async fn tunnel(
             .fetch_add(first.len() as u64, std::sync::atomic::Ordering::Relaxed);
         ctx.observer.bytes(Direction::Out, first.len() as u64);
     }
+    let opts = relay::Opts {
+        until,
+        buffer: limits.buffer,
+        idle: limits.idle_timeout,
+    };
     let end = relay::relay(
         client,
         &mut upstream,
-        limits.buffer,
-        limits.idle_timeout,
+        opts,
         &ctx.cancel,
         ctx.observer.as_ref(),
         counts,

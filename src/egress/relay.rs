@@ -95,13 +95,37 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// How the relay ends besides errors, idleness and cancellation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// Both directions closed (a `CONNECT` tunnel: a half-close is passed
+    /// on and the other direction goes on).
+    BothClosed,
+    /// The destination closed (one forwarded request with `Connection:
+    /// close`: its response is complete, nothing more can go to it).
+    UpstreamClosed,
+}
+
+/// How one relay runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Opts {
+    pub until: Until,
+    /// Bytes of the buffer of each direction.
+    pub buffer: usize,
+    /// Nothing moved for this long: the relay ends.
+    pub idle: Duration,
+}
+
 /// Relay between `client` and `upstream` until it ends; `counts` holds
 /// what moved (the caller may have counted a forwarded head already).
 pub async fn relay(
     client: &mut TcpStream,
     upstream: &mut TcpStream,
-    buffer: usize,
-    idle: Duration,
+    Opts {
+        until,
+        buffer,
+        idle,
+    }: Opts,
     cancel: &CancellationToken,
     observer: &dyn Observer,
     counts: &Counts,
@@ -119,10 +143,23 @@ pub async fn relay(
     let mut out_buf = vec![0u8; buffer];
     let mut in_buf = vec![0u8; buffer];
     let both = async {
-        tokio::try_join!(
-            pump.run(cr, uw, &mut out_buf, Direction::Out),
-            pump.run(ur, cw, &mut in_buf, Direction::In)
-        )
+        let out = pump.run(cr, uw, &mut out_buf, Direction::Out);
+        let inn = pump.run(ur, cw, &mut in_buf, Direction::In);
+        match until {
+            Until::BothClosed => tokio::try_join!(out, inn).map(|_| ()),
+            Until::UpstreamClosed => {
+                tokio::pin!(out);
+                tokio::pin!(inn);
+                tokio::select! {
+                    r = &mut out => match r {
+                        // The agent finished sending; the response goes on.
+                        Ok(()) => inn.await,
+                        Err(e) => Err(e),
+                    },
+                    r = &mut inn => r,
+                }
+            }
+        }
     };
     let watchdog = async {
         loop {

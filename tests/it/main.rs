@@ -8,6 +8,7 @@ mod credentials;
 mod critical_path;
 mod docs;
 mod egress;
+mod egress_more;
 mod egress_netns;
 mod exit_detection;
 mod git_server;
