@@ -273,7 +273,15 @@ pub async fn reopen(sh: &super::Shared) {
         })
         .collect();
     for (request, profile, sid, audit_dir) in running {
-        adopt(sh, &request, &profile, &sid, &audit_dir).await;
+        // Only a container Podman lists as running: the pid file of one
+        // that ended while the daemon was down may name a recycled pid.
+        let live = super::lock(&sh.containers)
+            .by_request
+            .get(&request)
+            .is_some_and(|c| c.state == crate::observed::ContainerState::Running);
+        if live {
+            adopt(sh, &request, &profile, &sid, &audit_dir).await;
+        }
     }
 }
 
