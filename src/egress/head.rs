@@ -211,4 +211,24 @@ mod tests {
         );
         assert_eq!(parse(many.as_bytes()), Err(Bad::TooLarge));
     }
+
+    proptest::proptest! {
+        /// Whatever an agent sends, parsing returns; and what it accepts
+        /// as a destination goes through the policy's parser without a
+        /// panic either (issue 19).
+        #[test]
+        fn any_bytes_parse_without_panicking_issue_19(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048),
+            text in "\\PC{0,64}",
+        ) {
+            if let Ok(Some((Head::Connect { authority } | Head::Absolute { authority, .. }, n))) = parse(&bytes) {
+                proptest::prop_assert!(n <= bytes.len());
+                let _ = crate::egress::policy::parse_authority(&authority);
+            }
+            let req = format!("CONNECT {text} HTTP/1.1\r\n\r\n");
+            let _ = parse(req.as_bytes());
+            let _ = crate::egress::policy::parse_authority(&text);
+            let _ = crate::egress::log::escape_host(&text);
+        }
+    }
 }
