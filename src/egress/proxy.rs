@@ -204,6 +204,7 @@ fn over_cap(ctx: &Ctx, client: TcpStream, time: jiff::Timestamp) {
         ctx.hub.limits.per_session
     );
     let _ = client.try_write(&reply_bytes(503, &reason));
+    ctx.observer.connection(Decision::Denied);
     ctx.log.write(&Line {
         time,
         host: None,

@@ -371,8 +371,13 @@ async fn connections_over_the_session_cap_get_503_at_once_issue_19() {
     );
     assert!(started.elapsed() < Duration::from_secs(2));
     drop((a, b));
-    let (lines, _) = t.stop().await;
+    let (lines, obs) = t.stop().await;
     assert_eq!(lines.len(), 3);
+    assert_eq!(
+        obs.denied.load(Ordering::Relaxed),
+        3,
+        "every refusal is counted"
+    );
     assert_eq!(
         lines
             .iter()
