@@ -212,6 +212,21 @@ round 1; round 2; round 3
         wait_file(&x.join("out1"), Duration::from_secs(30), &w),
         "still here\n"
     );
+    // While the session runs, `logs --egress` prints its log as it grows.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let live = loop {
+        let out = w
+            .agentd()
+            .args(["logs", "r", "--egress"])
+            .output()
+            .expect("logs");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.lines().count() == 1 || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(live.contains("\"decision\":\"allowed\""), "{live}");
 
     // kill -9: the listener dies with the daemon; the restarted daemon
     // puts it back on the same port (the session's HTTP_PROXY is fixed).
