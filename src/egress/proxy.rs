@@ -52,7 +52,8 @@ pub struct Limits {
     /// Sockets of all the proxies together (an agent's and its upstream
     /// connection are two).
     pub descriptors: usize,
-    /// Relay buffer per direction of a connection.
+    /// Largest relay buffer per direction of a connection (each starts at
+    /// 16 KiB and doubles while reads fill it).
     pub buffer: usize,
     /// Writing a refusal to a client that does not read.
     pub reply_timeout: Duration,
@@ -69,7 +70,7 @@ impl Default for Limits {
             lookups: 16,
             per_session: 64,
             descriptors: 4096,
-            buffer: 32 * 1024,
+            buffer: 128 * 1024,
             reply_timeout: Duration::from_secs(5),
         }
     }

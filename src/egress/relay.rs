@@ -1,6 +1,8 @@
 //! Moving bytes between an agent's connection and its destination (issue
-//! 19): both directions at once, each through one fixed buffer (memory
-//! does not grow with what either side sends), a half-close passed on,
+//! 19): both directions at once, each through one bounded buffer (16 KiB,
+//! doubled while reads fill it, up to the limit: bulk transfers move in
+//! large chunks, everything else stays small; memory never grows with
+//! what either side sends beyond that), a half-close passed on,
 //! counted for the record and the metrics, and ended when nothing moved
 //! for the idle timeout (a peer that stops reading stalls its direction,
 //! which then counts as idle), or when the session ends.
@@ -14,6 +16,9 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::{Direction, Observer};
+
+/// The first buffer of each direction.
+const START_BUFFER: usize = 16 * 1024;
 
 /// How a relay ended.
 #[derive(Debug)]
@@ -60,16 +65,20 @@ impl Pump<'_> {
         &self,
         mut from: tokio::net::tcp::ReadHalf<'_>,
         mut to: tokio::net::tcp::WriteHalf<'_>,
-        buf: &mut [u8],
+        max: usize,
         dir: Direction,
     ) -> io::Result<()> {
+        let mut buf = vec![0u8; START_BUFFER.min(max)];
         loop {
-            let n = from.read(buf).await?;
+            let n = from.read(&mut buf).await?;
             if n == 0 {
                 // Pass the half-close on; the other direction goes on.
                 return to.shutdown().await.or(Ok(()));
             }
             to.write_all(&buf[..n]).await?;
+            if n == buf.len() && buf.len() < max {
+                buf.resize((buf.len() * 2).min(max), 0);
+            }
             let counter = match dir {
                 Direction::Out => &self.counts.out,
                 Direction::In => &self.counts.inn,
@@ -110,7 +119,7 @@ pub enum Until {
 #[derive(Debug, Clone, Copy)]
 pub struct Opts {
     pub until: Until,
-    /// Bytes of the buffer of each direction.
+    /// Largest buffer of each direction.
     pub buffer: usize,
     /// Nothing moved for this long: the relay ends.
     pub idle: Duration,
@@ -140,11 +149,9 @@ pub async fn relay(
     };
     let (cr, cw) = client.split();
     let (ur, uw) = upstream.split();
-    let mut out_buf = vec![0u8; buffer];
-    let mut in_buf = vec![0u8; buffer];
     let both = async {
-        let out = pump.run(cr, uw, &mut out_buf, Direction::Out);
-        let inn = pump.run(ur, cw, &mut in_buf, Direction::In);
+        let out = pump.run(cr, uw, buffer, Direction::Out);
+        let inn = pump.run(ur, cw, buffer, Direction::In);
         match until {
             Until::BothClosed => tokio::try_join!(out, inn).map(|_| ()),
             Until::UpstreamClosed => {
