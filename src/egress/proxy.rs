@@ -70,7 +70,7 @@ impl Default for Limits {
             lookups: 16,
             per_session: 64,
             descriptors: 4096,
-            buffer: 128 * 1024,
+            buffer: 64 * 1024,
             reply_timeout: Duration::from_secs(5),
         }
     }
