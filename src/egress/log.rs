@@ -80,6 +80,8 @@ struct State {
     denied: u64,
     /// Offset of the `omitted` line once written.
     omitted_at: Option<u64>,
+    /// Written since opened (what `sync` has to flush).
+    dirty: bool,
 }
 
 /// A session's egress log, shared by its connections.
@@ -148,6 +150,7 @@ impl EgressLog {
                 allowed,
                 denied,
                 omitted_at,
+                dirty: false,
             }),
         })
     }
@@ -155,6 +158,7 @@ impl EgressLog {
     /// Record one connection: a line, or past the cap a count.
     pub fn write(&self, line: &Line) {
         let mut st = super::lock(&self.state);
+        st.dirty = true;
         let result = if st.lines < MAX_LINES && st.omitted_at.is_none() {
             let mut bytes = serde_json::to_vec(line).unwrap_or_default();
             bytes.push(b'\n');
@@ -184,9 +188,15 @@ impl EgressLog {
         super::lock(&self.state).lines
     }
 
-    /// Flush what was written to disk (before the record is sealed).
+    /// Flush what was written to disk (before the record is sealed, which
+    /// syncs the folder). Nothing written since opening: nothing to flush.
     pub fn sync(&self) -> io::Result<()> {
-        super::lock(&self.state).file.sync_data()
+        let mut st = super::lock(&self.state);
+        if st.dirty {
+            st.file.sync_data()?;
+            st.dirty = false;
+        }
+        Ok(())
     }
 }
 
