@@ -251,7 +251,9 @@ pub fn profile(path: &Path, bytes: &[u8], host: &dyn HostView) -> Result<Profile
     let results_max_bytes = super::super::push::results_max_bytes(w.results_max_bytes)
         .map_err(|p| s.at("results_max_bytes", 0, p))
         .unwrap_or_default();
-    let egress = super::super::egress::profile(path, text, &w, &mut s.out);
+    let mut egress_problems = Vec::new();
+    let egress = super::super::egress::profile(path, text, &w, &mut egress_problems);
+    egress_problems.into_iter().for_each(|d| s.push(d));
     if !s.out.is_empty() {
         return Err(s.finish());
     }
