@@ -49,11 +49,13 @@ pub struct Limits {
     pub lookups: usize,
     /// Connections of one session at once (then `503`).
     pub per_session: usize,
-    /// Sockets of all the proxies together (an agent's and its upstream
-    /// connection are two).
+    /// Descriptors of all the proxies together: an agent's connection and
+    /// its upstream are two, and the two pipes a relay splices through four
+    /// more (a relay without them copies instead).
     pub descriptors: usize,
-    /// Largest relay buffer per direction of a connection (each starts at
-    /// 16 KiB and doubles while reads fill it).
+    /// Largest relay buffer per direction of a connection that copies (no
+    /// pipes to splice through); each starts at 16 KiB and doubles while
+    /// reads fill it.
     pub buffer: usize,
     /// Writing a refusal to a client that does not read.
     pub reply_timeout: Duration,
@@ -430,10 +432,15 @@ async fn tunnel(
             .fetch_add(first.len() as u64, std::sync::atomic::Ordering::Relaxed);
         ctx.observer.bytes(Direction::Out, first.len() as u64);
     }
+    // Two pipes to splice through, when the descriptor budget has them.
+    let pipes = Arc::clone(&ctx.hub.descriptors)
+        .try_acquire_many_owned(4)
+        .ok();
     let opts = relay::Opts {
         until,
         buffer: limits.buffer,
         idle: limits.idle_timeout,
+        splice: pipes.is_some(),
     };
     let end = relay::relay(
         client,
