@@ -2,7 +2,7 @@
 //! may reach through the daemon's proxy, validated into [`EgressPolicy`].
 //!
 //! PURE. The syntax of names and IP literals lives here so the proxy
-//! (`crate::egress`) parses what an agent asks for with exactly the rules
+//! (`src/egress/`) parses what an agent asks for with exactly the rules
 //! that admitted the profile's entries. A name is plain ASCII
 //! letters-digits-hyphens whose last label begins with a letter, so no
 //! listed name is a number that a resolver would read as an address
@@ -12,8 +12,7 @@ use core::net::IpAddr;
 use std::fmt;
 use std::path::Path;
 
-use super::diag::{Diagnostic, Pos, locate_key};
-use super::rules::Problem;
+use super::diag::{Diagnostic, Pos, Problem, locate_key};
 use super::wire::{EgressWire, ProfileFile};
 
 /// Most entries in one profile's `egress`.

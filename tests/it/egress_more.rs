@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use agentd::egress::netns::{Placement, listen_in};
+use agentd::{Placement, listen_in};
 
 use crate::egress::{HttpServer, SH_LIB, egress_lines, egress_profile};
 use crate::util::{World, require_podman, running_rootless};
