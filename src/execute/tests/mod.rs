@@ -5,6 +5,7 @@
 
 mod adopt;
 mod decide;
+mod egress;
 mod finish;
 mod start;
 mod status;
