@@ -10,6 +10,7 @@ mod cli;
 mod cron;
 mod daemon;
 mod desired;
+mod egress;
 mod execute;
 mod fault;
 mod fdtree;
@@ -28,12 +29,14 @@ mod testkit;
 
 // The binary.
 pub use cli::main;
+pub use egress::helper::run_if_asked as egress_helper_if_asked;
 pub use execute::clone_sandbox::main_if_invoked as clone_sandbox_main_if_invoked;
 
 // The integration tests.
 pub use cli::Cli;
 pub use daemon::{instance_id, lock_path};
 pub use desired::sha256_hex;
+pub use egress::netns::{Placement, listen_in};
 pub use execute::MirrorCache;
 pub use execute::clone::{CloneEnv, clone as clone_repo};
 pub use execute::clone_sandbox::Sandbox;

@@ -9,5 +9,9 @@ fn main() -> ExitCode {
     if let Some(code) = agentd::clone_sandbox_main_if_invoked() {
         return code;
     }
+    // So must the rootless egress namespace helper (issue 19).
+    if let Some(code) = agentd::egress_helper_if_asked() {
+        return code;
+    }
     agentd::main()
 }

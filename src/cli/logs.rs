@@ -1,5 +1,6 @@
 //! `agentd logs ID [-f]`: a session's console output, live from the work
-//! folder while it runs, from the audit record after.
+//! folder while it runs, from the audit record after (`--egress`: its
+//! egress log instead, `logs_egress.rs`).
 //!
 //! The console is the agent's: by default every control character but
 //! newline and tab is escaped (and non-UTF-8 bytes shown as `\xNN`), so
@@ -28,6 +29,10 @@ pub struct Args {
     /// read a log on a terminal).
     #[arg(long)]
     pub raw: bool,
+    /// Print the session's egress log instead (one JSON line per connection
+    /// through its proxy; profiles with `egress` only).
+    #[arg(long, conflicts_with = "raw")]
+    pub egress: bool,
 }
 
 /// Where console bytes go: escaped unless `--raw`.
@@ -52,6 +57,9 @@ impl<W: Write> Sink<W> {
 }
 
 pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
+    if args.egress {
+        return super::logs_egress::run(global, args);
+    }
     let state = global.state_dir()?;
     let status_path = state.join("status").join(format!("{}.json", args.id));
     let read_status = || crate::status::read_one(&status_path);

@@ -11,6 +11,7 @@ mod diff;
 pub mod escape;
 mod import;
 mod logs;
+mod logs_egress;
 mod out;
 mod plan;
 mod run;

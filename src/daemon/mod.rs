@@ -99,11 +99,13 @@ pub async fn run(
         gates: Mutex::new(Default::default()),
         leftovers: Mutex::default(),
         seal_failures: Mutex::default(),
+        egress: crate::execute::SessionEgress::new(),
     });
     write_daemon_state(&sh.settings.state, None, &[]);
     resync_containers(&sh).await;
     sh.sweep_work_dirs();
     reopen_gates(&sh);
+    crate::execute::reopen_egress(&sh).await;
     let changes_task = tokio::spawn(follow_changes(Arc::clone(&sh)));
 
     let daemon = passes::Loop::new(Arc::clone(&sh), tx, rx, hard_stop.clone());

@@ -7,6 +7,7 @@
 
 mod assemble;
 mod diag;
+mod egress;
 mod model;
 mod parse;
 mod push;
@@ -21,6 +22,9 @@ use std::path::Path;
 
 pub use assemble::{FileRef, ProfileEntry, assemble, profile_entry, request_entry};
 pub use diag::Diagnostic;
+pub use egress::{
+    EgressHost, EgressPolicy, EgressRule, PROXY_VARS, dns_name, ip_literal, split_host_port,
+};
 pub use model::*;
 pub use parse::{Format, MAX_FILE_BYTES};
 pub use push::{BranchVars, expand_branch, valid_ref_name};

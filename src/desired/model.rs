@@ -124,6 +124,8 @@ pub struct Profile {
     pub cpus: Option<f64>,
     pub pids_limit: Option<i64>,
     pub network: Network,
+    /// `egress` (issue 19): the proxy's destinations; `network` is then `None`.
+    pub egress: Option<super::egress::EgressPolicy>,
     pub max_concurrent: Option<u32>,
     pub suspend: bool,
     /// Where the agent's new commits are pushed (issue 20).
@@ -158,6 +160,7 @@ impl Profile {
             cpus: None,
             pids_limit: None,
             network: Network::Default,
+            egress: None,
             max_concurrent: None,
             suspend: false,
             push: None,

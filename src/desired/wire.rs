@@ -76,8 +76,15 @@ pub struct ProfileFile {
     pub cpus: Option<f64>,
     /// Container process limit.
     pub pids_limit: Option<i64>,
-    /// `default`, `none`, or a Podman network name.
+    /// `default`, `none`, or a Podman network name. Exclusive with `egress`.
     pub network: Option<String>,
+    /// The session's only way out: a proxy the daemon runs, announced by
+    /// `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY`, that allows exactly these
+    /// destinations (an exact host and port each; `*.example.com` matches
+    /// one or more labels below `example.com`). Names resolving to private,
+    /// loopback or link-local addresses are refused unless the entry is an
+    /// IP literal or says `allow_private = true`. Exclusive with `network`.
+    pub egress: Option<Vec<EgressWire>>,
     /// Running sessions of this profile at once.
     pub max_concurrent: Option<u32>,
     /// True: admit no new sessions (running ones finish).
@@ -168,6 +175,52 @@ pub struct TokenSourceWire {
     /// Absolute path of a file owned by the daemon's user, mode 0600 or
     /// 0400. One trailing newline is dropped.
     pub file: Option<String>,
+}
+
+/// One `egress` destination: `"host:port"` or `{ host, port, allow_private }`.
+#[derive(Debug, Clone, JsonSchema)]
+#[serde(untagged)]
+pub enum EgressWire {
+    /// `"host:port"`: a name (`api.example.com:443`), a wildcard
+    /// (`*.example.com:443`), or an IP literal (`10.0.0.5:8080`,
+    /// `[2001:db8::5]:443`). The port is required.
+    Short(String),
+    /// The table form, which can also allow private addresses.
+    Table(EgressTableWire),
+}
+
+impl<'de> Deserialize<'de> for EgressWire {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Entry;
+        impl<'de> serde::de::Visitor<'de> for Entry {
+            type Value = EgressWire;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a \"host:port\" string or a table { host, port, allow_private }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<EgressWire, E> {
+                Ok(EgressWire::Short(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, m: A) -> Result<EgressWire, A::Error> {
+                EgressTableWire::deserialize(serde::de::value::MapAccessDeserializer::new(m))
+                    .map(EgressWire::Table)
+            }
+        }
+        d.deserialize_any(Entry)
+    }
+}
+
+/// An `egress` destination as a table.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EgressTableWire {
+    /// A name, a wildcard (`*.example.com`) or an IP literal.
+    pub host: String,
+    /// The port (1-65535).
+    #[schemars(range(min = 1))]
+    pub port: u16,
+    /// True: the name may resolve to a loopback, private, link-local or
+    /// other internal address (a host on the operator's own network).
+    pub allow_private: Option<bool>,
 }
 
 /// An extra bind mount.

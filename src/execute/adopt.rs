@@ -18,6 +18,8 @@ pub enum AdoptError {
     Remove(RuntimeError),
     #[error("cannot open the start gate: {0}")]
     Gate(std::io::Error),
+    #[error("egress: cannot put the session's proxy back")]
+    Egress,
 }
 
 /// How an adoption ended.
@@ -63,6 +65,12 @@ async fn try_adopt(sh: &Arc<Shared>, request: &str) -> Result<Adopted, AdoptErro
         sh.runtime.remove(&name).await.map_err(AdoptError::Remove)?;
         lock(&sh.containers).by_request.remove(request);
         return Ok(Adopted::Restarted);
+    }
+    // Its egress proxy first: the gate may not have opened yet.
+    if let (Some(sid), Some(dir)) = (&status.session_id, &status.audit_dir)
+        && !super::session_egress::adopt(sh, request, &status.profile, sid, dir).await
+    {
+        return Err(AdoptError::Egress);
     }
     if let Some(sid) = &status.session_id {
         match sh.open_gate(request, sid).await {

@@ -101,6 +101,7 @@ async fn try_fail_start(
         message,
         "session start failed"
     );
+    sh.egress.stop(request).await;
     let name = sh.settings.container_name(request);
     sh.runtime
         .remove(&name)
@@ -205,6 +206,7 @@ async fn try_finish(sh: &Arc<Shared>, request: &str, cancelled: bool) -> Result<
                 .map_err(FinishError::StopAgain);
         }
         Step::StartAgain => {
+            sh.egress.stop(request).await;
             if inspected.is_some() {
                 sh.runtime
                     .remove(&name)
@@ -222,6 +224,8 @@ async fn try_finish(sh: &Arc<Shared>, request: &str, cancelled: bool) -> Result<
         }
         Step::Record => {}
     }
+    // The container has ended: so does its proxy, before the record is sealed.
+    sh.egress.stop(request).await;
 
     // An exited container goes after `done` (off the critical path);
     // anything else (created, never started) before, as a start would.

@@ -18,6 +18,7 @@ mod private_repo;
 mod results;
 mod schedule;
 mod secrets;
+mod session_egress;
 pub(crate) mod start;
 mod table;
 #[cfg(test)]
@@ -26,6 +27,7 @@ mod tests;
 pub use clone::MirrorCache;
 pub use leftovers::Leftovers;
 pub use schedule::{Schedules, read_all as read_schedules};
+pub use session_egress::{LOG_FILE as EGRESS_LOG_FILE, SessionEgress, reopen as reopen_egress};
 pub use start::new_session_id;
 pub use table::ContainerTable;
 mod workdir;
@@ -142,6 +144,8 @@ pub struct Shared {
     /// (which every failure of a finish shares), so a Podman outage during
     /// finishing does not make the daemon give up on a record early.
     pub seal_failures: Mutex<Backoffs>,
+    /// The egress proxies of running sessions (issue 19).
+    pub egress: SessionEgress,
 }
 
 /// How long a start waits for the command to pass its gate.

@@ -204,6 +204,12 @@ pub(super) fn prepare(
         env.push(("AGENTD_WORK_UNIT".into(), w.clone()));
     }
     env.extend(profile.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    if let Some(policy) = &profile.egress {
+        let port = super::SessionEgress::prepare(&work.root, policy).map_err(|e| {
+            StartError::Refused(format!("egress: cannot write the proxy's state: {e}"))
+        })?;
+        env.extend(super::SessionEgress::env(port));
+    }
 
     // Every session has a deadline: a profile without `timeout` gets the
     // documented default, and a request only ever shortens it (validation

@@ -70,6 +70,9 @@ pub enum StartError {
     Run(RuntimeError),
     #[error("cannot open the start gate: {0}")]
     Gate(std::io::Error),
+    /// The session's egress proxy could not be placed or served.
+    #[error("egress: cannot start the session's proxy: {0}")]
+    Egress(#[from] super::session_egress::EgressError),
     /// The runtime did not answer (or the name was taken) and no container
     /// turned up: another attempt, at most `MAX_START_ATTEMPTS`.
     #[error("podman run: {0}")]
@@ -281,6 +284,17 @@ async fn try_start(
             deadline,
             started: true,
         });
+    if profile.egress.is_some() {
+        super::session_egress::start(
+            sh,
+            request,
+            &profile.name,
+            &session_id,
+            &record.dir,
+            running.namespaces,
+        )
+        .await?;
+    }
     sh.open_gate(request, &session_id)
         .await
         .map_err(StartError::Gate)?;

@@ -33,6 +33,10 @@
 //! | `agentd_schedule_missed_fires_total` | counter | `profile` | fires given up (too late: past their minute and `starting_deadline`); the fires missed during one downtime count once, as `last_missed` reports them |
 //! | `agentd_audit_records_sealed_total` | counter | | audit records sealed |
 //! | `agentd_audit_records_incomplete_total` | counter | | audit records deliberately left unsealed and incomplete |
+//! | `agentd_egress_connections_total` | counter | `profile`, `decision` | egress proxy connections (`egress.rs`) |
+//! | `agentd_egress_bytes_total` | counter | `profile`, `direction` | bytes the egress proxies relayed (`egress.rs`) |
+
+mod egress;
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
@@ -149,6 +153,7 @@ pub struct Metrics {
     schedule_missed: Family<ProfileLabel, Counter>,
     audit_sealed: Counter,
     audit_incomplete: Counter,
+    egress: egress::EgressFamilies,
     /// Profiles that may have series (to remove them when they go).
     profiles: Mutex<BTreeSet<String>>,
 }
@@ -201,6 +206,7 @@ impl Metrics {
             schedule_missed: Family::default(),
             audit_sealed: Counter::default(),
             audit_incomplete: Counter::default(),
+            egress: egress::EgressFamilies::default(),
             profiles: Mutex::default(),
             registry: Registry::default(),
         };
@@ -289,6 +295,7 @@ impl Metrics {
             "Audit records deliberately left unsealed and incomplete",
             m.audit_incomplete.clone(),
         );
+        m.egress.register(r);
         Metrics { registry, ..m }
     }
 
@@ -419,6 +426,7 @@ impl Metrics {
             self.start_latency.remove(&l);
             self.schedule_fires.remove(&l);
             self.schedule_missed.remove(&l);
+            self.egress.remove(&l.profile);
         }
     }
 
@@ -457,6 +465,12 @@ impl Metrics {
                 profile: profile.to_string(),
             })
             .inc();
+    }
+
+    /// What a session's egress proxy records into (issue 19).
+    pub fn egress_observer(&self, profile: &str) -> std::sync::Arc<dyn crate::egress::Observer> {
+        self.note_profile(profile);
+        self.egress.observer(profile)
     }
 
     /// An audit record was sealed (`true`) or left incomplete (`false`).

@@ -60,6 +60,15 @@ impl Sink<'_> {
         self.out.push(d);
     }
 
+    /// A problem already placed (`egress.rs` places its own), within the cap.
+    fn push(&mut self, d: Diagnostic) {
+        if self.out.len() >= MAX_LISTED {
+            self.unlisted += 1;
+        } else {
+            self.out.push(d);
+        }
+    }
+
     fn field(&mut self, key: &str, msg: impl Into<String>, hint: impl Into<String>) {
         self.at(key, 0, (msg.into(), Some(hint.into())));
     }

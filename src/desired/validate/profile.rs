@@ -251,6 +251,9 @@ pub fn profile(path: &Path, bytes: &[u8], host: &dyn HostView) -> Result<Profile
     let results_max_bytes = super::super::push::results_max_bytes(w.results_max_bytes)
         .map_err(|p| s.at("results_max_bytes", 0, p))
         .unwrap_or_default();
+    let mut egress_problems = Vec::new();
+    let egress = super::super::egress::profile(path, text, &w, &mut egress_problems);
+    egress_problems.into_iter().for_each(|d| s.push(d));
     if !s.out.is_empty() {
         return Err(s.finish());
     }
@@ -278,7 +281,12 @@ pub fn profile(path: &Path, bytes: &[u8], host: &dyn HostView) -> Result<Profile
         memory: w.memory,
         cpus: w.cpus,
         pids_limit: w.pids_limit,
-        network,
+        network: if egress.is_some() {
+            Network::None
+        } else {
+            network
+        },
+        egress,
         max_concurrent: w.max_concurrent,
         suspend: w.suspend.unwrap_or(false),
         push,

@@ -23,7 +23,8 @@ fn artifact_base(request_file: &Path, full: &Path) -> (PathBuf, PathBuf) {
 
 /// Validate one request file (everything that does not need the profile).
 pub fn request(path: &Path, bytes: &[u8], host: &dyn HostView) -> Result<Request, Vec<Diagnostic>> {
-    let (text, w) = read_text::<RequestFile>(path, bytes)?;
+    let (text, w) =
+        read_text::<RequestFile>(path, bytes).map_err(super::super::egress::explain_request)?;
     let mut s = Sink {
         path,
         text,

@@ -5,6 +5,7 @@
 
 mod adopt;
 mod decide;
+mod egress;
 mod finish;
 mod start;
 mod status;
@@ -108,6 +109,7 @@ pub fn harness() -> Harness {
         gates: Mutex::default(),
         leftovers: Mutex::default(),
         seal_failures: Mutex::default(),
+        egress: Default::default(),
     });
     Harness {
         _dir: dir,

@@ -44,6 +44,7 @@ fn shared(state: &std::path::Path) -> Arc<Shared> {
         gates: Mutex::default(),
         leftovers: Mutex::default(),
         seal_failures: Mutex::default(),
+        egress: Default::default(),
     })
 }
 

@@ -1,0 +1,459 @@
+//! The proxy server (issue 19): one accept loop per session on the
+//! daemon's runtime, serving the listening socket placed in the session's
+//! network namespace. A connection is one request head (read within the
+//! head timeout, into a buffer of at most `max_head` bytes), one decision,
+//! and then either a refusal (`4xx`/`5xx` with a one-line reason) or one
+//! upstream connection relayed until it ends; every connection is one
+//! line of the session's `egress.jsonl`.
+//!
+//! What a hostile agent can cost the daemon is bounded: `per_session`
+//! connections at once (then `503`), `descriptors` sockets over all
+//! sessions (a session's accept waits while they are taken, so the daemon
+//! never runs out of descriptors for its own git and podman), fixed
+//! buffers, and timeouts on a silent client, a slow upstream and an idle
+//! tunnel.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::head::{self, Bad, Head};
+use super::log::{Decision, EgressLog, Line, escape_host};
+use super::policy::{self, Host, Target};
+use super::relay::{self, Counts};
+use super::resolve::{self, Resolver};
+use super::{Direction, Observer};
+use crate::desired::{EgressPolicy, EgressRule, split_host_port};
+
+/// The proxy's bounds; one set for the whole daemon.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// The request head must arrive within this (a silent client is closed).
+    pub head_timeout: Duration,
+    /// Largest request head (then `431`).
+    pub max_head: usize,
+    /// A tunnel with no byte either way for this long is closed (model
+    /// APIs stream for minutes between bursts).
+    pub idle_timeout: Duration,
+    /// Connecting to a destination (per address tried).
+    pub connect_timeout: Duration,
+    /// Resolving a name.
+    pub lookup_timeout: Duration,
+    /// Name lookups running at once, all sessions together.
+    pub lookups: usize,
+    /// Connections of one session at once (then `503`).
+    pub per_session: usize,
+    /// Descriptors of all the proxies together: an agent's connection and
+    /// its upstream are two, and the two pipes a relay splices through four
+    /// more (a relay without them copies instead).
+    pub descriptors: usize,
+    /// Largest relay buffer per direction of a connection that copies (no
+    /// pipes to splice through); each starts at 16 KiB and doubles while
+    /// reads fill it.
+    pub buffer: usize,
+    /// Writing a refusal to a client that does not read.
+    pub reply_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            head_timeout: Duration::from_secs(10),
+            max_head: 16 * 1024,
+            idle_timeout: Duration::from_secs(15 * 60),
+            connect_timeout: Duration::from_secs(10),
+            lookup_timeout: Duration::from_secs(10),
+            lookups: 16,
+            per_session: 64,
+            descriptors: 4096,
+            buffer: 64 * 1024,
+            reply_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What every session's proxy shares: the bounds, the resolver, the
+/// descriptor budget.
+pub struct Hub {
+    limits: Limits,
+    resolver: Resolver,
+    descriptors: Arc<Semaphore>,
+}
+
+impl Hub {
+    pub fn new(limits: Limits) -> Arc<Hub> {
+        Arc::new(Hub {
+            resolver: Resolver::new(limits.lookups, limits.lookup_timeout),
+            descriptors: Arc::new(Semaphore::new(limits.descriptors.max(2))),
+            limits,
+        })
+    }
+}
+
+/// One session's proxy as it runs; [`Running::stop`] ends it.
+pub struct Running {
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+    log: Arc<EgressLog>,
+}
+
+/// What one session's connections need.
+struct Ctx {
+    hub: Arc<Hub>,
+    policy: EgressPolicy,
+    log: Arc<EgressLog>,
+    observer: Arc<dyn Observer>,
+    per_session: Arc<Semaphore>,
+    cancel: CancellationToken,
+}
+
+/// Serve `listener` (already listening, in the session's namespace) with
+/// `policy`, recording into `log`. Must be called on the runtime.
+pub fn serve(
+    hub: &Arc<Hub>,
+    listener: std::net::TcpListener,
+    policy: EgressPolicy,
+    log: Arc<EgressLog>,
+    observer: Arc<dyn Observer>,
+) -> std::io::Result<Running> {
+    listener.set_nonblocking(true)?;
+    let listener = TcpListener::from_std(listener)?;
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let ctx = Arc::new(Ctx {
+        hub: Arc::clone(hub),
+        policy,
+        log: Arc::clone(&log),
+        observer,
+        per_session: Arc::new(Semaphore::new(hub.limits.per_session.max(1))),
+        cancel: cancel.clone(),
+    });
+    tracker.spawn(accept_loop(ctx, listener, tracker.clone()));
+    Ok(Running {
+        cancel,
+        tracker,
+        log,
+    })
+}
+
+impl Running {
+    /// Stop accepting, end every connection (each writes its line), and
+    /// flush the log. Bounded: connections end at once on cancellation.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(Duration::from_secs(10), self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("egress connections did not end within 10s of their session");
+        }
+        let log = Arc::clone(&self.log);
+        let synced = tokio::task::spawn_blocking(move || log.sync()).await;
+        if let Ok(Err(e)) = synced {
+            tracing::warn!(error = %e, "cannot flush egress.jsonl");
+        }
+    }
+}
+
+async fn accept_loop(ctx: Arc<Ctx>, listener: TcpListener, tracker: TaskTracker) {
+    loop {
+        // A descriptor for the agent's socket before accepting it: with
+        // the budget spent, connections wait in the listen backlog.
+        let fd = tokio::select! {
+            p = Arc::clone(&ctx.hub.descriptors).acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            () = ctx.cancel.cancelled() => return,
+        };
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = ctx.cancel.cancelled() => return,
+        };
+        let (client, _) = match accepted {
+            Ok(c) => c,
+            Err(e) => {
+                // EMFILE and the like: back off rather than spin.
+                tracing::warn!(error = %e, "egress proxy cannot accept");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let time = jiff::Timestamp::now();
+        let Ok(slot) = Arc::clone(&ctx.per_session).try_acquire_owned() else {
+            over_cap(&ctx, client, time);
+            continue;
+        };
+        let ctx = Arc::clone(&ctx);
+        tracker.spawn(async move {
+            connection(&ctx, client, time).await;
+            drop((slot, fd));
+        });
+    }
+}
+
+/// A connection past the session's cap: `503` at once (never waiting on
+/// the client) and a line.
+fn over_cap(ctx: &Ctx, client: TcpStream, time: jiff::Timestamp) {
+    let reason = format!(
+        "too many connections at once (the limit is {})",
+        ctx.hub.limits.per_session
+    );
+    let _ = client.try_write(&reply_bytes(503, &reason));
+    ctx.observer.connection(Decision::Denied);
+    ctx.log.write(&Line {
+        time,
+        host: None,
+        port: None,
+        addr: None,
+        decision: Decision::Denied,
+        reason,
+        bytes_out: 0,
+        bytes_in: 0,
+        ms: 0,
+    });
+}
+
+/// A refusal or failure: the status and its one-line reason.
+struct Reply {
+    status: u16,
+    reason: String,
+}
+
+fn reply(status: u16, reason: impl Into<String>) -> Reply {
+    Reply {
+        status,
+        reason: reason.into(),
+    }
+}
+
+fn reply_bytes(status: u16, reason: &str) -> Vec<u8> {
+    let text = match status {
+        400 => "Bad Request",
+        403 => "Forbidden",
+        408 => "Request Timeout",
+        431 => "Request Header Fields Too Large",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        _ => "Error",
+    };
+    let body = format!("agentd egress: {reason}\n");
+    format!(
+        "HTTP/1.1 {status} {text}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Serve one accepted connection and write its line.
+async fn connection(ctx: &Ctx, mut client: TcpStream, time: jiff::Timestamp) {
+    let began = Instant::now();
+    let mut line = Line {
+        time,
+        host: None,
+        port: None,
+        addr: None,
+        decision: Decision::Denied,
+        reason: String::new(),
+        bytes_out: 0,
+        bytes_in: 0,
+        ms: 0,
+    };
+    let counts = Counts::default();
+    match serve_one(ctx, &mut client, &mut line, &counts).await {
+        Ok(reason) => line.reason = reason,
+        Err(r) => {
+            if line.decision == Decision::Denied {
+                ctx.observer.connection(Decision::Denied);
+            }
+            let bytes = reply_bytes(r.status, &r.reason);
+            let _ =
+                tokio::time::timeout(ctx.hub.limits.reply_timeout, client.write_all(&bytes)).await;
+            line.reason = r.reason;
+        }
+    }
+    line.bytes_out = counts.out.load(std::sync::atomic::Ordering::Relaxed);
+    line.bytes_in = counts.inn.load(std::sync::atomic::Ordering::Relaxed);
+    line.ms = u64::try_from(began.elapsed().as_millis()).unwrap_or(u64::MAX);
+    ctx.log.write(&line);
+}
+
+/// Read the request head within the head timeout and the size bound.
+async fn read_head(ctx: &Ctx, client: &mut TcpStream) -> Result<(Head, Vec<u8>), Reply> {
+    let limits = &ctx.hub.limits;
+    let mut buf: Vec<u8> = Vec::with_capacity(1024.min(limits.max_head));
+    let read = async {
+        loop {
+            if let Some((head, len)) = head::parse(&buf).map_err(|b| match b {
+                Bad::TooLarge => reply(431, "the request head is too large"),
+                Bad::Malformed(why) => reply(400, why),
+            })? {
+                return Ok((head, buf[len..].to_vec()));
+            }
+            if buf.len() >= limits.max_head {
+                return Err(reply(
+                    431,
+                    format!("the request head is larger than {} bytes", limits.max_head),
+                ));
+            }
+            buf.reserve((limits.max_head - buf.len()).min(4096));
+            let room = limits.max_head - buf.len();
+            let n = (&mut *client)
+                .take(room as u64)
+                .read_buf(&mut buf)
+                .await
+                .map_err(|e| reply(400, format!("reading the request: {e}")))?;
+            if n == 0 {
+                return Err(reply(
+                    400,
+                    "the connection closed before a complete request head",
+                ));
+            }
+        }
+    };
+    tokio::select! {
+        r = tokio::time::timeout(limits.head_timeout, read) => r.unwrap_or_else(|_| Err(reply(
+            408,
+            format!("no complete request head within {}", relay::span(limits.head_timeout)),
+        ))),
+        () = ctx.cancel.cancelled() => Err(reply(503, "the session ended")),
+    }
+}
+
+/// The connection up to its end: `Ok(how it ended)` for a relayed one.
+async fn serve_one(
+    ctx: &Ctx,
+    client: &mut TcpStream,
+    line: &mut Line,
+    counts: &Counts,
+) -> Result<String, Reply> {
+    let (head, rest) = read_head(ctx, client).await?;
+    let (authority, forward) = match head {
+        Head::Connect { authority } => (authority, None),
+        Head::Absolute { authority, forward } => (authority, Some(forward)),
+    };
+    match split_host_port(&authority) {
+        Ok((host, port)) => {
+            line.host = Some(escape_host(host));
+            line.port = Some(port);
+        }
+        Err(_) => line.host = Some(escape_host(&authority)),
+    }
+    let target = policy::parse_authority(&authority).map_err(|r| reply(400, r.0))?;
+    let rule = policy::find(&ctx.policy, &target).map_err(|r| reply(403, r.0))?;
+    let addrs = match &target.host {
+        Host::Ip(ip) => vec![SocketAddr::new(*ip, target.port)],
+        Host::Name(name) => {
+            let looked = tokio::select! {
+                r = ctx.hub.resolver.lookup(name, target.port) => r,
+                () = ctx.cancel.cancelled() => return Err(reply(503, "the session ended")),
+            };
+            match looked {
+                Ok(a) => a,
+                Err(e) => {
+                    line.decision = Decision::Allowed;
+                    ctx.observer.connection(Decision::Allowed);
+                    return Err(reply(502, format!("cannot resolve {name}: {e}")));
+                }
+            }
+        }
+    };
+    let addrs = policy::admit(rule, &addrs).map_err(|r| reply(403, r.0))?;
+    line.decision = Decision::Allowed;
+    ctx.observer.connection(Decision::Allowed);
+    match route(rule, &target) {
+        Route::Tunnel => tunnel(ctx, client, &addrs, forward, rest, line, counts).await,
+    }
+}
+
+/// What happens to an allowed connection's client stream. Today always a
+/// plain tunnel (CONNECT) or forward (absolute form); the one place where
+/// another treatment for some destinations would be chosen.
+enum Route {
+    Tunnel,
+}
+
+fn route(_rule: &EgressRule, _target: &Target) -> Route {
+    Route::Tunnel
+}
+
+/// Connect to the first admitted address that answers, answer a CONNECT
+/// with `200` (or send the absolute-form request's head), and relay.
+async fn tunnel(
+    ctx: &Ctx,
+    client: &mut TcpStream,
+    addrs: &[SocketAddr],
+    forward: Option<Vec<u8>>,
+    rest: Vec<u8>,
+    line: &mut Line,
+    counts: &Counts,
+) -> Result<String, Reply> {
+    let limits = &ctx.hub.limits;
+    let _fd: OwnedSemaphorePermit = Arc::clone(&ctx.hub.descriptors)
+        .try_acquire_owned()
+        .map_err(|_| reply(503, "the proxy is at its limit of open connections"))?;
+    let connected = tokio::select! {
+        c = resolve::connect(addrs, limits.connect_timeout) => c,
+        () = ctx.cancel.cancelled() => return Err(reply(503, "the session ended")),
+    };
+    let (mut upstream, addr) = connected.map_err(|e| reply(502, format!("cannot connect: {e}")))?;
+    line.addr = Some(addr);
+    let until = match forward {
+        None => relay::Until::BothClosed,
+        Some(_) => relay::Until::UpstreamClosed,
+    };
+    let first: Vec<u8> = match forward {
+        None => {
+            client
+                .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                .await
+                .map_err(|e| reply(400, format!("writing to the client: {e}")))?;
+            rest
+        }
+        Some(mut head) => {
+            head.extend_from_slice(&rest);
+            head
+        }
+    };
+    if !first.is_empty() {
+        upstream
+            .write_all(&first)
+            .await
+            .map_err(|e| reply(502, format!("writing to {addr}: {e}")))?;
+        counts
+            .out
+            .fetch_add(first.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        ctx.observer.bytes(Direction::Out, first.len() as u64);
+    }
+    // Two pipes to splice through, when the descriptor budget has them.
+    let pipes = Arc::clone(&ctx.hub.descriptors)
+        .try_acquire_many_owned(4)
+        .ok();
+    let opts = relay::Opts {
+        until,
+        buffer: limits.buffer,
+        idle: limits.idle_timeout,
+        splice: pipes.is_some(),
+    };
+    let end = relay::relay(
+        client,
+        &mut upstream,
+        opts,
+        &ctx.cancel,
+        ctx.observer.as_ref(),
+        counts,
+    )
+    .await;
+    Ok(end.reason(limits.idle_timeout))
+}
+
+#[cfg(test)]
+#[path = "proxy_tests.rs"]
+mod tests;
