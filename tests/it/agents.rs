@@ -23,6 +23,8 @@ struct Agent {
     cli: &'static str,
     /// The fake model server under tests/support/.
     fake: &'static str,
+    /// The model API, the only `egress` entry of the example profile.
+    api: &'static str,
     /// The systemd credential the example profile reads the API key from.
     key_credential: &'static str,
     /// Lines of the CLI's own output that must be in `console.log`.
@@ -176,6 +178,12 @@ fn profile_for(
     files: &Path,
 ) -> (toml::Table, String) {
     let mut p = example_profile(agent.cli);
+    assert_eq!(
+        p.get("egress"),
+        Some(&strings(&[agent.api])),
+        "the example lists only the model API"
+    );
+    assert!(p.get("network").is_none(), "egress, not a network");
     let image = p["base_image"].as_str().expect("base_image").to_string();
     let base = format!("http://127.0.0.1:{}", fake.port);
     p.insert("repo".into(), repo_url.into());
@@ -485,6 +493,7 @@ fn run_agent_end_to_end(agent: &Agent) {
 fn claude_code_commits_through_the_egress_proxy_and_the_commit_is_pushed_issue_20() {
     run_agent_end_to_end(&Agent {
         cli: "claude-code",
+        api: "api.anthropic.com:443",
         fake: "fake-anthropic.py",
         key_credential: "anthropic-api-key",
         console_has: &[
@@ -500,6 +509,7 @@ fn claude_code_commits_through_the_egress_proxy_and_the_commit_is_pushed_issue_2
 fn codex_commits_through_the_egress_proxy_and_the_commit_is_pushed_issue_20() {
     run_agent_end_to_end(&Agent {
         cli: "codex",
+        api: "api.openai.com:443",
         fake: "fake-openai-responses.py",
         key_credential: "openai-api-key",
         console_has: &[
@@ -514,6 +524,7 @@ fn codex_commits_through_the_egress_proxy_and_the_commit_is_pushed_issue_20() {
 fn aider_commits_through_the_egress_proxy_and_the_commit_is_pushed_issue_20() {
     run_agent_end_to_end(&Agent {
         cli: "aider",
+        api: "api.openai.com:443",
         fake: "fake-openai-chat.py",
         key_credential: "openai-api-key",
         console_has: &["Applied edit to AGENT_NOTE.md", "Add the agent's note"],
