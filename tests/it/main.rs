@@ -1,6 +1,7 @@
 //! The one integration test binary: drives the real `agentd` binary in temp
 //! dirs, and real Podman where sessions are involved.
 
+mod agents;
 mod audit;
 mod cli;
 mod convergence;
