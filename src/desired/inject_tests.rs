@@ -133,7 +133,7 @@ fn an_inject_in_yaml_is_read_and_placed_too_issue_21() {
     let got = validate_profile(Path::new("p/p.yaml"), yaml.as_bytes(), &NoHost)
         .map_err(|d| d.iter().map(ToString::to_string).collect::<Vec<_>>());
     assert_eq!(
-        got.err().expect("refused"),
+        got.expect_err("refused"),
         [
             "p/p.yaml:8:7: credentials[0].inject.hosts[0] `api.example.com:8443` is not an entry of `egress`; hint: each host that gets the value must be listed in `egress` exactly so (a wildcard entry does not count)"
         ]

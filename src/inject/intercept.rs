@@ -1,0 +1,333 @@
+//! One intercepted connection (issue 21): the egress proxy allowed a
+//! `CONNECT` to a host that a credential is injected on, connected to the
+//! checked address and answered `200`; from there this owns the client
+//! stream until it ends.
+//!
+//! The agent's TLS is terminated with the daemon CA's leaf for the host,
+//! once its ClientHello named the host (SNI). HTTP/1.1 is served by hyper
+//! (bounded head buffer and header count, head timeout): each request is
+//! checked (`check::request`), gets the value where its placeholder was,
+//! and goes to the host over TLS verified with the host's roots and the
+//! operator's CA file, on one upstream connection kept alive across the
+//! agent's requests. Request bodies and responses stream frame by frame
+//! (server-sent events reach the agent as the host sends them). A refused
+//! request is answered (`403`, `421` or `400`, `Connection: close`) and ends
+//! the connection; the first refusal is in the [`Summary`] for the record.
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::client::conn::http1::SendRequest;
+use hyper::http::{Request, Response, StatusCode, header};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::{LazyConfigAcceptor, TlsConnector};
+use tokio_util::sync::CancellationToken;
+
+use super::ca::DaemonCa;
+use super::check::{self, Refusal};
+use super::io::{Meter, Metered, Rewind};
+use super::{Injection, Placeholder};
+use crate::egress::policy::{Host, Target};
+
+/// Bounds of one intercepted connection.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// For each TLS handshake (the agent's, the host's).
+    pub handshake: Duration,
+    /// For a request head, once it has begun.
+    pub head: Duration,
+    /// Nothing moved on the agent's side for this long: the connection ends.
+    pub idle: Duration,
+    /// Largest request head, in bytes (hyper's read buffer; at least 8 KiB).
+    pub max_head: usize,
+    /// Most header lines in one request head.
+    pub max_headers: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            handshake: Duration::from_secs(10),
+            head: Duration::from_secs(10),
+            idle: Duration::from_secs(600),
+            max_head: 64 * 1024,
+            max_headers: 100,
+        }
+    }
+}
+
+/// The daemon's TLS material for interceptions.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub ca: Arc<DaemonCa>,
+    /// Verifies the host (its roots and the operator's CA file).
+    pub upstream: Arc<rustls::ClientConfig>,
+}
+
+/// What one connection intercepts for.
+#[derive(Debug)]
+pub struct Job {
+    /// The destination of the `CONNECT` (an `inject` host).
+    pub target: Target,
+    /// The credentials injected on this host.
+    pub own: Vec<Arc<Injection>>,
+    /// Every placeholder of the session (a stray one is refused).
+    pub all: Arc<[Placeholder]>,
+}
+
+/// What an interception runs with besides its connection.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub tls: Tls,
+    pub limits: Limits,
+    /// The session's end.
+    pub cancel: CancellationToken,
+    /// Counts the agent's side (a fresh one per connection).
+    pub meter: Arc<Meter>,
+}
+
+/// How an intercepted connection went, for the egress record.
+#[derive(Debug, Default, Clone)]
+pub struct Summary {
+    /// Requests forwarded to the host.
+    pub requests: u64,
+    /// Values put in (a request may carry several credentials).
+    pub injected: u64,
+    /// The refusal that ended the connection, if one did.
+    pub refused: Option<Refusal>,
+    /// How the connection ended (the record's reason when not refused).
+    pub end: String,
+}
+
+/// The host's side: connected, then TLS and HTTP once a request passes.
+enum Upstream {
+    Connected(TcpStream),
+    Ready(SendRequest<Incoming>),
+    Gone,
+}
+
+struct State {
+    job: Arc<Job>,
+    tls: Tls,
+    limits: Limits,
+    upstream: tokio::sync::Mutex<Upstream>,
+    summary: Mutex<Summary>,
+    /// The upstream connection's driver, ended with the interception.
+    driver: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A response of the proxy's own: a one-line reason, then close.
+fn answer(status: u16, reason: &str) -> Response<Body> {
+    let mut r = Response::new(
+        Full::new(Bytes::from(format!("{reason}\n")))
+            .map_err(|never: Infallible| match never {})
+            .boxed(),
+    );
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let h = r.headers_mut();
+    h.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    h.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+impl State {
+    /// The sender to the host, made on first use: TLS verified for the
+    /// target's name (or IP), then an HTTP/1.1 connection.
+    async fn sender(&self) -> Result<tokio::sync::MutexGuard<'_, Upstream>, String> {
+        let mut up = self.upstream.lock().await;
+        if let Upstream::Connected(_) = &*up {
+            let Upstream::Connected(tcp) = std::mem::replace(&mut *up, Upstream::Gone) else {
+                return Err("the connection to the host is gone".into());
+            };
+            let shown = check::target_text(&self.job.target);
+            let name = match &self.job.target.host {
+                Host::Name(n) => ServerName::try_from(n.clone())
+                    .map_err(|e| format!("{shown} is not a TLS server name: {e}"))?,
+                Host::Ip(ip) => ServerName::IpAddress((*ip).into()),
+            };
+            let connector = TlsConnector::from(Arc::clone(&self.tls.upstream));
+            let tls = tokio::time::timeout(self.limits.handshake, connector.connect(name, tcp))
+                .await
+                .map_err(|_| {
+                    format!(
+                        "no TLS handshake with {shown} within {:?}",
+                        self.limits.handshake
+                    )
+                })?
+                .map_err(|e| format!("TLS with {shown}: {e}"))?;
+            let (sender, conn) = hyper::client::conn::http1::Builder::new()
+                .preserve_header_case(true)
+                .handshake(TokioIo::new(tls))
+                .await
+                .map_err(|e| format!("HTTP with {shown}: {e}"))?;
+            let task = tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            *lock(&self.driver) = Some(task.abort_handle());
+            *up = Upstream::Ready(sender);
+        }
+        Ok(up)
+    }
+
+    fn refuse(&self, r: Refusal) -> Response<Body> {
+        let resp = answer(r.status(), &r.reason());
+        let mut s = lock(&self.summary);
+        if s.refused.is_none() {
+            s.refused = Some(r);
+        }
+        resp
+    }
+
+    async fn serve(&self, req: Request<Incoming>) -> Response<Body> {
+        let (mut parts, body) = req.into_parts();
+        let injected =
+            match check::request(&mut parts, &self.job.target, &self.job.own, &self.job.all) {
+                Ok(n) => n,
+                Err(r) => return self.refuse(r),
+            };
+        let mut up = match self.sender().await {
+            Ok(up) => up,
+            Err(why) => return answer(502, &why),
+        };
+        let Upstream::Ready(sender) = &mut *up else {
+            return answer(502, "the connection to the host is gone");
+        };
+        if let Err(e) = sender.ready().await {
+            return answer(502, &format!("the host closed the connection: {e}"));
+        }
+        let sent = sender.send_request(Request::from_parts(parts, body));
+        drop(up);
+        {
+            let mut s = lock(&self.summary);
+            s.requests += 1;
+            s.injected += injected as u64;
+        }
+        match sent.await {
+            Ok(resp) => resp.map(BodyExt::boxed),
+            Err(e) => answer(502, &format!("forwarding to the host: {e}")),
+        }
+    }
+}
+
+/// Serve one intercepted connection to its end. `prefix` holds bytes the
+/// proxy read past the `CONNECT` head; `upstream` is connected to the
+/// checked address; `meter` counts the agent's side.
+pub async fn intercept<C>(
+    client: C,
+    prefix: Vec<u8>,
+    upstream: TcpStream,
+    job: Arc<Job>,
+    ctx: Ctx,
+) -> Summary
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Ctx {
+        tls,
+        limits,
+        cancel,
+        meter,
+    } = ctx;
+    let io = Metered::new(Rewind::new(prefix, client), Arc::clone(&meter));
+    let ended = |end: String| Summary {
+        end,
+        ..Summary::default()
+    };
+    let start = tokio::select! {
+        r = tokio::time::timeout(limits.handshake, LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io)) => r,
+        () = cancel.cancelled() => return ended("closed: the session ended".into()),
+    };
+    let start = match start {
+        Err(_) => return ended(format!("no TLS handshake within {:?}", limits.handshake)),
+        Ok(Err(e)) => return ended(format!("closed: TLS: {e}")),
+        Ok(Ok(s)) => s,
+    };
+    if let Err(r) = check::server_name(start.client_hello().server_name(), &job.target) {
+        return Summary {
+            end: r.reason(),
+            refused: Some(r),
+            ..Summary::default()
+        };
+    }
+    let config = match tls.ca.server_config(&job.target.host) {
+        Ok(c) => c,
+        Err(e) => return ended(format!("closed: {e}")),
+    };
+    let stream = match tokio::time::timeout(limits.handshake, start.into_stream(config)).await {
+        Err(_) => return ended(format!("no TLS handshake within {:?}", limits.handshake)),
+        Ok(Err(e)) => return ended(format!("closed: TLS: {e}")),
+        Ok(Ok(s)) => s,
+    };
+    let state = Arc::new(State {
+        job,
+        tls,
+        limits: limits.clone(),
+        upstream: tokio::sync::Mutex::new(Upstream::Connected(upstream)),
+        summary: Mutex::new(Summary::default()),
+        driver: Mutex::new(None),
+    });
+    let service = {
+        let state = Arc::clone(&state);
+        hyper::service::service_fn(move |req| {
+            let state = Arc::clone(&state);
+            async move { Ok::<_, Infallible>(state.serve(req).await) }
+        })
+    };
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.head)
+        .max_buf_size(limits.max_head.max(8192))
+        .max_headers(limits.max_headers)
+        .preserve_header_case(true)
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let end = loop {
+        let left = limits.idle.saturating_sub(meter.idle());
+        tokio::select! {
+            r = &mut conn => break match r {
+                Ok(()) => "closed".to_string(),
+                Err(e) if e.is_timeout() => format!("closed: no complete request head within {:?}", limits.head),
+                Err(e) => format!("closed: {e}"),
+            },
+            () = cancel.cancelled() => break "closed: the session ended".to_string(),
+            () = tokio::time::sleep(left) => {
+                if meter.idle() >= limits.idle {
+                    break format!("closed after {} s idle", limits.idle.as_secs());
+                }
+            }
+        }
+    };
+    if let Some(task) = lock(&state.driver).take() {
+        task.abort();
+    }
+    let mut summary = lock(&state.summary).clone();
+    summary.end = match &summary.refused {
+        Some(r) => r.reason(),
+        None => end,
+    };
+    summary
+}
+
+#[cfg(test)]
+#[path = "intercept_tests.rs"]
+mod tests;
