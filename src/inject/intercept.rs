@@ -102,11 +102,15 @@ pub struct Summary {
     pub injected: u64,
     /// The refusal that ended the connection, if one did.
     pub refused: Option<Refusal>,
+    /// The first failure to reach the host (answered `502`), if any.
+    pub failed: Option<String>,
     /// How the connection ended (the record's reason when not refused).
     pub end: String,
 }
 
-/// The host's side: connected, then TLS and HTTP once a request passes.
+/// The host's side: connected, then TLS and HTTP once a request passes;
+/// connected again (to the same checked address) when the host closed an
+/// idle kept-alive connection.
 enum Upstream {
     Connected(TcpStream),
     Ready(SendRequest<Incoming>),
@@ -115,6 +119,8 @@ enum Upstream {
 
 struct State {
     job: Arc<Job>,
+    /// The address the proxy checked and connected to; the only one used.
+    addr: std::net::SocketAddr,
     tls: Tls,
     limits: Limits,
     upstream: tokio::sync::Mutex<Upstream>,
@@ -149,11 +155,51 @@ fn answer(status: u16, reason: &str) -> Response<Body> {
     r
 }
 
+/// Drop the headers that describe one hop's connection (RFC 9110
+/// 7.6.1): each side of the proxy manages its own, so a host closing its
+/// connection does not close the agent's, and the reverse.
+fn hop_by_hop(headers: &mut header::HeaderMap) {
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect();
+    for name in named {
+        // Framing stays (hyper re-frames the body from it), and so does Host.
+        if !matches!(
+            name.as_str(),
+            "transfer-encoding" | "content-length" | "host"
+        ) {
+            headers.remove(name.as_str());
+        }
+    }
+    for name in ["connection", "keep-alive", "proxy-connection"] {
+        headers.remove(name);
+    }
+}
+
 impl State {
     /// The sender to the host, made on first use: TLS verified for the
     /// target's name (or IP), then an HTTP/1.1 connection.
     async fn sender(&self) -> Result<tokio::sync::MutexGuard<'_, Upstream>, String> {
         let mut up = self.upstream.lock().await;
+        let closed = match &*up {
+            Upstream::Ready(s) => s.is_closed(),
+            Upstream::Gone => true,
+            Upstream::Connected(_) => false,
+        };
+        if closed {
+            *up = Upstream::Gone;
+            let tcp = tokio::time::timeout(self.limits.handshake, TcpStream::connect(self.addr))
+                .await
+                .map_err(|_| format!("cannot connect to {} again: timed out", self.addr))?
+                .map_err(|e| format!("cannot connect to {} again: {e}", self.addr))?;
+            let _ = tcp.set_nodelay(true);
+            *up = Upstream::Connected(tcp);
+        }
         if let Upstream::Connected(_) = &*up {
             let Upstream::Connected(tcp) = std::mem::replace(&mut *up, Upstream::Gone) else {
                 return Err("the connection to the host is gone".into());
@@ -204,27 +250,44 @@ impl State {
                 Ok(n) => n,
                 Err(r) => return self.refuse(r),
             };
-        let mut up = match self.sender().await {
-            Ok(up) => up,
-            Err(why) => return answer(502, &why),
+        // A kept-alive connection the host is closing is found either
+        // before (`is_closed`) or by `ready`: then once more, afresh.
+        hop_by_hop(&mut parts.headers);
+        let mut tries = 0;
+        let sent = loop {
+            tries += 1;
+            let mut up = match self.sender().await {
+                Ok(up) => up,
+                Err(why) => return self.fail(why),
+            };
+            let Upstream::Ready(sender) = &mut *up else {
+                return self.fail("the connection to the host is gone".into());
+            };
+            match sender.ready().await {
+                Ok(()) => break sender.send_request(Request::from_parts(parts, body)),
+                Err(_) if tries < 2 => *up = Upstream::Gone,
+                Err(e) => return self.fail(format!("the host closed the connection: {e}")),
+            }
         };
-        let Upstream::Ready(sender) = &mut *up else {
-            return answer(502, "the connection to the host is gone");
-        };
-        if let Err(e) = sender.ready().await {
-            return answer(502, &format!("the host closed the connection: {e}"));
-        }
-        let sent = sender.send_request(Request::from_parts(parts, body));
-        drop(up);
         {
             let mut s = lock(&self.summary);
             s.requests += 1;
             s.injected += injected as u64;
         }
         match sent.await {
-            Ok(resp) => resp.map(BodyExt::boxed),
-            Err(e) => answer(502, &format!("forwarding to the host: {e}")),
+            Ok(mut resp) => {
+                hop_by_hop(resp.headers_mut());
+                resp.map(BodyExt::boxed)
+            }
+            Err(e) => self.fail(format!("forwarding to the host: {e}")),
         }
+    }
+
+    /// A `502` to the agent; the first one is kept for the record.
+    fn fail(&self, why: String) -> Response<Body> {
+        let resp = answer(502, &why);
+        lock(&self.summary).failed.get_or_insert(why);
+        resp
     }
 }
 
@@ -277,8 +340,13 @@ where
         Ok(Err(e)) => return ended(format!("closed: TLS: {e}")),
         Ok(Ok(s)) => s,
     };
+    let addr = match upstream.peer_addr() {
+        Ok(a) => a,
+        Err(e) => return ended(format!("closed: the connection to the host: {e}")),
+    };
     let state = Arc::new(State {
         job,
+        addr,
         tls,
         limits: limits.clone(),
         upstream: tokio::sync::Mutex::new(Upstream::Connected(upstream)),

@@ -371,3 +371,42 @@ async fn a_megabyte_of_header_is_refused_within_the_head_bound_issue_21() {
     let meter_note = &sums[0].end;
     assert!(meter_note.starts_with("closed"), "{meter_note}");
 }
+
+#[tokio::test]
+async fn a_host_that_closes_its_side_is_connected_to_again_for_the_next_request_issue_21() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = api(&dir, "api.a.test").await;
+    let d = daemon(&[&a]);
+    let key = injection("KEY", "x-api-key", "", "sk-real-A");
+    let all = [key.placeholder.clone()];
+    let icpt = d
+        .intercept("api.a.test:443", std::slice::from_ref(&key), &all, &a)
+        .await;
+    let mut agent = testkit::agent(icpt.addr, "api.a.test", d.agent_tls())
+        .await
+        .expect("agent");
+    let hdrs = [
+        ("host", "api.a.test"),
+        ("x-api-key", key.placeholder.as_str()),
+    ];
+    for path in ["/close", "/close", "/after"] {
+        let (status, _) = testkit::send(&mut agent, testkit::request("GET", path, &hdrs, b""))
+            .await
+            .expect("response");
+        assert_eq!(status, 200, "{path}");
+    }
+    let seen = a.seen();
+    assert_eq!(seen.len(), 3);
+    assert!(
+        seen.iter()
+            .all(|s| s.header("x-api-key") == Some(&b"sk-real-A"[..]))
+    );
+    assert_eq!(
+        a.connections.load(std::sync::atomic::Ordering::Relaxed),
+        3,
+        "one host connection per close"
+    );
+    drop(agent);
+    let sums = icpt.summaries(1).await;
+    assert_eq!((sums[0].requests, &sums[0].failed), (3, &None));
+}

@@ -124,9 +124,15 @@ async fn respond(
         return Ok(r);
     }
     let text = format!("ok {len}\n");
-    Ok(Response::new(BodyExt::boxed(
+    let mut r = Response::new(BodyExt::boxed(
         Full::new(Bytes::from(text)).map_err(|never| match never {}),
-    )))
+    ));
+    if path == "/close" {
+        // The host ends its side after this response (an idle timeout).
+        r.headers_mut()
+            .insert("connection", hyper::http::HeaderValue::from_static("close"));
+    }
+    Ok(r)
 }
 
 /// A response body fed frame by frame through a channel.
