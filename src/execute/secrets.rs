@@ -220,6 +220,13 @@ pub fn script(
     let mut text = String::new();
     for c in credentials {
         let who = format!("credential `{}`", c.name);
+        if c.inject.is_some() {
+            // Fail closed: until the egress proxy applies `inject`, the
+            // only way to start would be to hand the agent the value.
+            return Err(format!(
+                "{who} has `inject`, which this agentd does not apply to sessions yet; hint: the session would hold the value itself: remove `inject` to give it knowingly, or wait for a release whose egress proxy injects it"
+            ));
+        }
         match &c.source {
             SecretSource::PodmanSecret(secret) => {
                 text.push_str(&export_from_file(&c.name, secret, &secret_target(&c.name)));
@@ -234,6 +241,24 @@ pub fn script(
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_credential_with_inject_never_puts_its_value_in_the_session_issue_21() {
+        let c = Credential {
+            name: "KEY".into(),
+            source: SecretSource::Env("K".into()),
+            inject: Some(crate::desired::Inject {
+                hosts: Vec::new(),
+                header: "x-api-key".into(),
+                prefix: String::new(),
+                suffix: String::new(),
+            }),
+        };
+        let env = |_: &str| Some("sk-real-value".to_string());
+        let e = script(&[c], &env).expect_err("refused");
+        assert!(e.contains("credential `KEY` has `inject`"), "{e}");
+        assert!(!e.contains("sk-real-value"));
+    }
 
     fn no_env(_: &str) -> Option<String> {
         None
