@@ -7,8 +7,8 @@
 //! host in `Host` (no fronting: the value is for that host only), be in
 //! origin form, and carry placeholders only as the whole value of their
 //! own credential's header (bare, or formatted as the credential's
-//! `format`). Any other placeholder of the session, in the URL, in another
-//! header or its name, or a credential's in a request to a host it does not
+//! `format`). Any other placeholder of the session, in the method or the
+//! URL, in another header or its name, or a credential's in a request to a host it does not
 //! belong to, refuses the request. The same search runs over the head of an
 //! absolute-form plain-HTTP request, where nothing is ever substituted.
 //!
@@ -148,7 +148,9 @@ pub fn request(
     let leak = || Refusal::Placeholder {
         host: shown.clone(),
     };
-    if find(parts.uri.to_string().as_bytes(), all).is_some() {
+    if find(parts.uri.to_string().as_bytes(), all).is_some()
+        || find(parts.method.as_str().as_bytes(), all).is_some()
+    {
         return Err(leak());
     }
     // Decide first, edit after: a refused request is left as it came.

@@ -118,6 +118,15 @@ fn a_placeholder_anywhere_else_refuses_the_request_untouched_issue_21() {
             vec![("host", "api.example.com"), ("x-api-key", &upper)],
         ),
     ];
+    let mut as_method = parts("/", &[("host", "api.example.com")]);
+    as_method.method = hyper::http::Method::from_bytes(k.as_bytes()).expect("a token");
+    assert_eq!(
+        request(&mut as_method, &t, &own, &all),
+        Err(Refusal::Placeholder {
+            host: "api.example.com:443".into()
+        }),
+        "as the method"
+    );
     for (uri, headers) in cases {
         let mut p = parts(&uri, &headers);
         let before = format!("{:?}", p.headers);
