@@ -138,9 +138,10 @@ async fn the_host_receives_the_value_and_a_stream_arrives_chunk_by_chunk_issue_2
     let first = arrivals[0].0;
     let last = arrivals[arrivals.len() - 1].0;
     let whole = STREAM_GAP * (STREAM_CHUNKS as u32 - 1);
+    // Buffered, every chunk would arrive at once, after the last was sent.
     assert!(
-        first < STREAM_GAP && last >= whole - Duration::from_millis(20),
-        "the first chunk came before the stream ended: {arrivals:?}"
+        last.saturating_sub(first) >= whole - Duration::from_millis(50),
+        "the chunks arrived as the server sent them, {STREAM_GAP:?} apart: {arrivals:?}"
     );
     drop(agent);
     let seen = a.seen();
