@@ -108,13 +108,55 @@ pub struct Summary {
     pub end: String,
 }
 
-/// The host's side: connected, then TLS and HTTP once a request passes;
-/// connected again (to the same checked address) when the host closed an
-/// idle kept-alive connection.
+/// The host's side: its TLS and HTTP handshake runs while the agent's TLS
+/// handshake does (so the two cost one round of latency, not two); used
+/// once a request passes; connected again (to the same checked address)
+/// when the host closed an idle kept-alive connection.
 enum Upstream {
-    Connected(TcpStream),
-    Ready(SendRequest<Incoming>),
+    Pending(tokio::task::JoinHandle<Result<Sender, String>>),
+    Ready(Sender),
     Gone,
+}
+
+/// A ready HTTP/1.1 connection to the host and its driver task.
+struct Sender {
+    send: SendRequest<Incoming>,
+    driver: tokio::task::AbortHandle,
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+/// TLS (verified for the target's name or IP) and HTTP/1.1 over `tcp`.
+async fn handshake(
+    tcp: TcpStream,
+    target: Target,
+    config: Arc<rustls::ClientConfig>,
+    limit: Duration,
+) -> Result<Sender, String> {
+    let shown = check::target_text(&target);
+    let name = match &target.host {
+        Host::Name(n) => ServerName::try_from(n.clone())
+            .map_err(|e| format!("{shown} is not a TLS server name: {e}"))?,
+        Host::Ip(ip) => ServerName::IpAddress((*ip).into()),
+    };
+    let tls = tokio::time::timeout(limit, TlsConnector::from(config).connect(name, tcp))
+        .await
+        .map_err(|_| format!("no TLS handshake with {shown} within {limit:?}"))?
+        .map_err(|e| format!("TLS with {shown}: {e}"))?;
+    let (send, conn) = hyper::client::conn::http1::Builder::new()
+        .preserve_header_case(true)
+        .handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| format!("HTTP with {shown}: {e}"))?;
+    let driver = tokio::spawn(async move {
+        let _ = conn.await;
+    })
+    .abort_handle();
+    Ok(Sender { send, driver })
 }
 
 struct State {
@@ -125,11 +167,18 @@ struct State {
     limits: Limits,
     upstream: tokio::sync::Mutex<Upstream>,
     summary: Mutex<Summary>,
-    /// The upstream connection's driver, ended with the interception.
-    driver: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Aborts a task when the interception returns early.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -182,54 +231,33 @@ fn hop_by_hop(headers: &mut header::HeaderMap) {
 }
 
 impl State {
-    /// The sender to the host, made on first use: TLS verified for the
-    /// target's name (or IP), then an HTTP/1.1 connection.
+    /// The connection to the host: the one begun with the interception,
+    /// or a new one to the same address when the host closed it.
     async fn sender(&self) -> Result<tokio::sync::MutexGuard<'_, Upstream>, String> {
         let mut up = self.upstream.lock().await;
+        if let Upstream::Pending(task) = &mut *up {
+            let done = task
+                .await
+                .map_err(|e| format!("the connection to the host: {e}"))
+                .and_then(|r| r);
+            *up = Upstream::Gone;
+            *up = Upstream::Ready(done?);
+        }
         let closed = match &*up {
-            Upstream::Ready(s) => s.is_closed(),
+            Upstream::Ready(s) => s.send.is_closed(),
             Upstream::Gone => true,
-            Upstream::Connected(_) => false,
+            Upstream::Pending(_) => false,
         };
         if closed {
             *up = Upstream::Gone;
-            let tcp = tokio::time::timeout(self.limits.handshake, TcpStream::connect(self.addr))
+            let limit = self.limits.handshake;
+            let tcp = tokio::time::timeout(limit, TcpStream::connect(self.addr))
                 .await
                 .map_err(|_| format!("cannot connect to {} again: timed out", self.addr))?
                 .map_err(|e| format!("cannot connect to {} again: {e}", self.addr))?;
             let _ = tcp.set_nodelay(true);
-            *up = Upstream::Connected(tcp);
-        }
-        if let Upstream::Connected(_) = &*up {
-            let Upstream::Connected(tcp) = std::mem::replace(&mut *up, Upstream::Gone) else {
-                return Err("the connection to the host is gone".into());
-            };
-            let shown = check::target_text(&self.job.target);
-            let name = match &self.job.target.host {
-                Host::Name(n) => ServerName::try_from(n.clone())
-                    .map_err(|e| format!("{shown} is not a TLS server name: {e}"))?,
-                Host::Ip(ip) => ServerName::IpAddress((*ip).into()),
-            };
-            let connector = TlsConnector::from(Arc::clone(&self.tls.upstream));
-            let tls = tokio::time::timeout(self.limits.handshake, connector.connect(name, tcp))
-                .await
-                .map_err(|_| {
-                    format!(
-                        "no TLS handshake with {shown} within {:?}",
-                        self.limits.handshake
-                    )
-                })?
-                .map_err(|e| format!("TLS with {shown}: {e}"))?;
-            let (sender, conn) = hyper::client::conn::http1::Builder::new()
-                .preserve_header_case(true)
-                .handshake(TokioIo::new(tls))
-                .await
-                .map_err(|e| format!("HTTP with {shown}: {e}"))?;
-            let task = tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            *lock(&self.driver) = Some(task.abort_handle());
-            *up = Upstream::Ready(sender);
+            let config = Arc::clone(&self.tls.upstream);
+            *up = Upstream::Ready(handshake(tcp, self.job.target.clone(), config, limit).await?);
         }
         Ok(up)
     }
@@ -263,8 +291,8 @@ impl State {
             let Upstream::Ready(sender) = &mut *up else {
                 return self.fail("the connection to the host is gone".into());
             };
-            match sender.ready().await {
-                Ok(()) => break sender.send_request(Request::from_parts(parts, body)),
+            match sender.send.ready().await {
+                Ok(()) => break sender.send.send_request(Request::from_parts(parts, body)),
                 Err(_) if tries < 2 => *up = Upstream::Gone,
                 Err(e) => return self.fail(format!("the host closed the connection: {e}")),
             }
@@ -324,6 +352,10 @@ where
         Ok(Err(e)) => return ended(format!("closed: TLS: {e}")),
         Ok(Ok(s)) => s,
     };
+    let addr = match upstream.peer_addr() {
+        Ok(a) => a,
+        Err(e) => return ended(format!("closed: the connection to the host: {e}")),
+    };
     if let Err(r) = check::server_name(start.client_hello().server_name(), &job.target) {
         return Summary {
             end: r.reason(),
@@ -331,6 +363,15 @@ where
             ..Summary::default()
         };
     }
+    // The host's handshake runs alongside the agent's from here.
+    let pending = tokio::spawn(handshake(
+        upstream,
+        job.target.clone(),
+        Arc::clone(&tls.upstream),
+        limits.handshake,
+    ));
+    let abort = pending.abort_handle();
+    let _pending_guard = AbortOnDrop(abort);
     let config = match tls.ca.server_config(&job.target.host) {
         Ok(c) => c,
         Err(e) => return ended(format!("closed: {e}")),
@@ -340,18 +381,13 @@ where
         Ok(Err(e)) => return ended(format!("closed: TLS: {e}")),
         Ok(Ok(s)) => s,
     };
-    let addr = match upstream.peer_addr() {
-        Ok(a) => a,
-        Err(e) => return ended(format!("closed: the connection to the host: {e}")),
-    };
     let state = Arc::new(State {
         job,
         addr,
         tls,
         limits: limits.clone(),
-        upstream: tokio::sync::Mutex::new(Upstream::Connected(upstream)),
+        upstream: tokio::sync::Mutex::new(Upstream::Pending(pending)),
         summary: Mutex::new(Summary::default()),
-        driver: Mutex::new(None),
     });
     let service = {
         let state = Arc::clone(&state);
@@ -385,8 +421,12 @@ where
             }
         }
     };
-    if let Some(task) = lock(&state.driver).take() {
-        task.abort();
+    // The host's side ends with the agent's (a pending handshake too).
+    if let Ok(mut up) = state.upstream.try_lock() {
+        if let Upstream::Pending(task) = &*up {
+            task.abort();
+        }
+        *up = Upstream::Gone;
     }
     let mut summary = lock(&state.summary).clone();
     summary.end = match &summary.refused {
