@@ -13,6 +13,8 @@
 //!   the bundle files a session trusts.
 //! - `intercept`: one intercepted connection, from the agent's TLS
 //!   handshake to its end; `io`: the stream wrappers it meters through.
+//! - `session`: one session's interceptions by target, its placeholders,
+//!   and the CA variables it gets.
 //!
 //! The value is held in a [`SecretValue`] (zeroed on drop, never printed);
 //! it reaches the wire as one header value and appears in no error, log
@@ -23,6 +25,7 @@ pub mod check;
 pub mod intercept;
 pub mod io;
 pub mod placeholder;
+pub mod session;
 #[doc(hidden)]
 pub mod testkit;
 
