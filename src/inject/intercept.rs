@@ -330,7 +330,7 @@ pub async fn intercept<C>(
     ctx: Ctx,
 ) -> Summary
 where
-    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    C: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let Ctx {
         tls,

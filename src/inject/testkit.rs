@@ -225,7 +225,7 @@ pub async fn interceptor(job: Arc<Job>, ctx: Ctx, upstream: SocketAddr) -> Inter
     let summaries = Arc::new(Mutex::new(Vec::new()));
     let out = Arc::clone(&summaries);
     let task = tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
+        while let Ok((mut client, _)) = listener.accept().await {
             let (job, out) = (Arc::clone(&job), Arc::clone(&out));
             let mut ctx = ctx.clone();
             ctx.meter = Arc::new(Meter::default());
@@ -235,7 +235,8 @@ pub async fn interceptor(job: Arc<Job>, ctx: Ctx, upstream: SocketAddr) -> Inter
                     return;
                 };
                 let _ = up.set_nodelay(true);
-                let s = intercept::intercept(client, Vec::new(), up, job, ctx).await;
+                // Borrowed, as the proxy holds it.
+                let s = intercept::intercept(&mut client, Vec::new(), up, job, ctx).await;
                 out.lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .push(s);
