@@ -10,13 +10,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agentd::desired::Inject;
-use agentd::egress::policy;
-use agentd::inject::ca::{DaemonCa, upstream_config};
-use agentd::inject::intercept::{Ctx, Job, Limits, Tls};
-use agentd::inject::io::Meter;
-use agentd::inject::testkit;
-use agentd::inject::{Injection, Placeholder, SecretValue};
+use agentd::inject_bench::{
+    Ctx, DaemonCa, Inject, Injection, Job, Limits, Meter, Placeholder, SecretValue, Tls, policy,
+    testkit, upstream_config,
+};
 use tokio_util::sync::CancellationToken;
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {

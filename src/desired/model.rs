@@ -200,7 +200,7 @@ impl Repo {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Credential {
     /// Env var name inside the session.
     pub name: String,
@@ -213,7 +213,7 @@ pub struct Credential {
 
 /// Where an injected credential's value goes: `header` (lower-case) on
 /// requests to `hosts`, each the profile's `egress` rule it names.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Inject {
     pub hosts: Vec<super::egress::EgressRule>,
     /// A valid header name, lower-case, neither hop-by-hop nor `host`.

@@ -12,6 +12,12 @@
 //! never runs out of descriptors for its own git and podman), fixed
 //! buffers, and timeouts on a silent client, a slow upstream and an idle
 //! tunnel.
+//!
+//! A session with injected credentials (issue 21) hands in its
+//! [`Injecting`]: a `CONNECT` to exactly one of their hosts is intercepted
+//! (`crate::inject::intercept`) instead of tunnelled, and the head of an
+//! absolute-form request holding any of the session's placeholders is
+//! refused before anything is resolved or sent.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,7 +35,10 @@ use super::policy::{self, Host, Target};
 use super::relay::{self, Counts};
 use super::resolve::{self, Resolver};
 use super::{Direction, Observer};
-use crate::desired::{EgressPolicy, EgressRule, split_host_port};
+use crate::desired::{EgressPolicy, split_host_port};
+use crate::inject::check;
+use crate::inject::intercept::{self, Job, Tls};
+use crate::inject::session::SessionInjections;
 
 /// The proxy's bounds; one set for the whole daemon.
 #[derive(Debug, Clone)]
@@ -96,6 +105,12 @@ impl Hub {
     }
 }
 
+/// A session's injected credentials as its proxy applies them (issue 21).
+pub struct Injecting {
+    pub sessions: SessionInjections,
+    pub tls: Tls,
+}
+
 /// One session's proxy as it runs; [`Running::stop`] ends it.
 pub struct Running {
     cancel: CancellationToken,
@@ -111,16 +126,19 @@ struct Ctx {
     observer: Arc<dyn Observer>,
     per_session: Arc<Semaphore>,
     cancel: CancellationToken,
+    inject: Option<Arc<Injecting>>,
 }
 
 /// Serve `listener` (already listening, in the session's namespace) with
-/// `policy`, recording into `log`. Must be called on the runtime.
+/// `policy`, recording into `log`, intercepting for `inject` (if any).
+/// Must be called on the runtime.
 pub fn serve(
     hub: &Arc<Hub>,
     listener: std::net::TcpListener,
     policy: EgressPolicy,
     log: Arc<EgressLog>,
     observer: Arc<dyn Observer>,
+    inject: Option<Arc<Injecting>>,
 ) -> std::io::Result<Running> {
     listener.set_nonblocking(true)?;
     let listener = TcpListener::from_std(listener)?;
@@ -133,6 +151,7 @@ pub fn serve(
         observer,
         per_session: Arc::new(Semaphore::new(hub.limits.per_session.max(1))),
         cancel: cancel.clone(),
+        inject,
     });
     tracker.spawn(accept_loop(ctx, listener, tracker.clone()));
     Ok(Running {
@@ -348,6 +367,12 @@ async fn serve_one(
     }
     let target = policy::parse_authority(&authority).map_err(|r| reply(400, r.0))?;
     let rule = policy::find(&ctx.policy, &target).map_err(|r| reply(403, r.0))?;
+    // Plain HTTP never gets a value: a placeholder in its head only leaks.
+    if let (Some(head), Some(inject)) = (&forward, &ctx.inject) {
+        let host = check::target_text(&target);
+        check::plaintext(head, &host, inject.sessions.placeholders())
+            .map_err(|r| reply(r.status(), r.reason()))?;
+    }
     let addrs = match &target.host {
         Host::Ip(ip) => vec![SocketAddr::new(*ip, target.port)],
         Host::Name(name) => {
@@ -368,20 +393,90 @@ async fn serve_one(
     let addrs = policy::admit(rule, &addrs).map_err(|r| reply(403, r.0))?;
     line.decision = Decision::Allowed;
     ctx.observer.connection(Decision::Allowed);
-    match route(rule, &target) {
+    match route(ctx, forward.is_some(), &target) {
         Route::Tunnel => tunnel(ctx, client, &addrs, forward, rest, line, counts).await,
+        Route::Intercept(inject, job) => {
+            intercepted(ctx, client, &addrs, rest, (inject, job), line, counts).await
+        }
     }
 }
 
-/// What happens to an allowed connection's client stream. Today always a
-/// plain tunnel (CONNECT) or forward (absolute form); the one place where
-/// another treatment for some destinations would be chosen.
+/// What happens to an allowed connection's client stream: a plain tunnel
+/// (CONNECT) or forward (absolute form), or, for a `CONNECT` to exactly an
+/// injected credential's host, an interception.
 enum Route {
     Tunnel,
+    Intercept(Arc<Injecting>, Arc<Job>),
 }
 
-fn route(_rule: &EgressRule, _target: &Target) -> Route {
-    Route::Tunnel
+/// Chosen by the target the agent asked for, never by the rule that
+/// admitted it (`SessionInjections::job`).
+fn route(ctx: &Ctx, absolute: bool, target: &Target) -> Route {
+    match &ctx.inject {
+        Some(inject) if !absolute => match inject.sessions.job(target) {
+            Some(job) => Route::Intercept(Arc::clone(inject), job),
+            None => Route::Tunnel,
+        },
+        _ => Route::Tunnel,
+    }
+}
+
+/// Connect to the first admitted address that answers, answer `200`, and
+/// serve the connection as an interception to its end. A request refused
+/// on it makes the line `denied` with the refusal's reason.
+async fn intercepted(
+    ctx: &Ctx,
+    client: &mut TcpStream,
+    addrs: &[SocketAddr],
+    rest: Vec<u8>,
+    (inject, job): (Arc<Injecting>, Arc<Job>),
+    line: &mut Line,
+    counts: &Counts,
+) -> Result<String, Reply> {
+    let limits = &ctx.hub.limits;
+    let _fd: OwnedSemaphorePermit = Arc::clone(&ctx.hub.descriptors)
+        .try_acquire_owned()
+        .map_err(|_| reply(503, "the proxy is at its limit of open connections"))?;
+    let connected = tokio::select! {
+        c = resolve::connect(addrs, limits.connect_timeout) => c,
+        () = ctx.cancel.cancelled() => return Err(reply(503, "the session ended")),
+    };
+    let (upstream, addr) = connected.map_err(|e| reply(502, format!("cannot connect: {e}")))?;
+    let _ = upstream.set_nodelay(true);
+    line.addr = Some(addr);
+    client
+        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        .await
+        .map_err(|e| reply(400, format!("writing to the client: {e}")))?;
+    let meter = Arc::new(crate::inject::io::Meter::default());
+    let ictx = intercept::Ctx {
+        tls: inject.tls.clone(),
+        limits: intercept::Limits {
+            idle: limits.idle_timeout,
+            ..intercept::Limits::default()
+        },
+        cancel: ctx.cancel.clone(),
+        meter: Arc::clone(&meter),
+    };
+    let summary = intercept::intercept(&mut *client, rest, upstream, job, ictx).await;
+    use std::sync::atomic::Ordering::Relaxed;
+    let (out, inn) = (meter.out.load(Relaxed), meter.inn.load(Relaxed));
+    counts.out.fetch_add(out, Relaxed);
+    counts.inn.fetch_add(inn, Relaxed);
+    ctx.observer.bytes(Direction::Out, out);
+    ctx.observer.bytes(Direction::In, inn);
+    if summary
+        .refused
+        .as_ref()
+        .is_some_and(check::Refusal::is_denial)
+    {
+        line.decision = Decision::Denied;
+        ctx.observer.connection(Decision::Denied);
+    }
+    Ok(match (&summary.refused, &summary.failed) {
+        (None, Some(why)) => format!("{} ({why})", summary.end),
+        _ => summary.end,
+    })
 }
 
 /// Connect to the first admitted address that answers, answer a CONNECT

@@ -24,7 +24,10 @@ use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use std::collections::BTreeMap;
+
 use crate::desired::{Credential, MAX_SECRET_BYTES, SecretSource};
+use crate::inject::Placeholder;
 
 /// A secret that cannot be read; `who` names it (`credential `GH_TOKEN``,
 /// `repo_token`). Each message names the source and the fix, never a value.
@@ -56,6 +59,10 @@ pub enum SecretError {
         "{who}: podman secret `{name}` cannot be read by agentd; hint: use systemd_credential, file or source"
     )]
     RuntimeSecret { who: String, name: String },
+    #[error(
+        "{who} has `inject`, which this agentd does not apply to sessions yet; hint: the session would hold the value itself: remove `inject` to give it knowingly, or wait for a release whose egress proxy injects it"
+    )]
+    NotInjectedYet { who: String },
 }
 
 /// What is wrong with a secret file: completes a sentence starting with
@@ -212,6 +219,7 @@ fn export_from_file(name: &str, secret: &str, target: &str) -> String {
 /// now; Podman secrets are read inside the session from their mount.
 pub fn script(
     credentials: &[Credential],
+    placeholders: &BTreeMap<String, Placeholder>,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Option<String>, SecretError> {
     if credentials.is_empty() {
@@ -223,9 +231,8 @@ pub fn script(
         if c.inject.is_some() {
             // Fail closed: until the egress proxy applies `inject`, the
             // only way to start would be to hand the agent the value.
-            return Err(format!(
-                "{who} has `inject`, which this agentd does not apply to sessions yet; hint: the session would hold the value itself: remove `inject` to give it knowingly, or wait for a release whose egress proxy injects it"
-            ));
+            let _ = placeholders;
+            return Err(SecretError::NotInjectedYet { who });
         }
         match &c.source {
             SecretSource::PodmanSecret(secret) => {
@@ -255,7 +262,9 @@ mod tests {
             }),
         };
         let env = |_: &str| Some("sk-real-value".to_string());
-        let e = script(&[c], &env).expect_err("refused");
+        let e = script(&[c], &BTreeMap::new(), &env)
+            .expect_err("refused")
+            .to_string();
         assert!(e.contains("credential `KEY` has `inject`"), "{e}");
         assert!(!e.contains("sk-real-value"));
     }

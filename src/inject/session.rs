@@ -113,10 +113,6 @@ impl SessionInjections {
     pub fn placeholders(&self) -> &[Placeholder] {
         &self.all
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.all.is_empty()
-    }
 }
 
 /// Why a session's injections cannot be set up; never holds a value.
