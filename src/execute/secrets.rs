@@ -60,9 +60,9 @@ pub enum SecretError {
     )]
     RuntimeSecret { who: String, name: String },
     #[error(
-        "{who} has `inject`, which this agentd does not apply to sessions yet; hint: the session would hold the value itself: remove `inject` to give it knowingly, or wait for a release whose egress proxy injects it"
+        "{who} has `inject` but no placeholder was made for it (agentd's own fault; the value is never given instead)"
     )]
-    NotInjectedYet { who: String },
+    NoPlaceholder { who: String },
 }
 
 /// What is wrong with a secret file: completes a sentence starting with
@@ -229,10 +229,14 @@ pub fn script(
     for c in credentials {
         let who = format!("credential `{}`", c.name);
         if c.inject.is_some() {
-            // Fail closed: until the egress proxy applies `inject`, the
-            // only way to start would be to hand the agent the value.
-            let _ = placeholders;
-            return Err(SecretError::NotInjectedYet { who });
+            // The value stays with the egress proxy (issue 21); the
+            // session holds the placeholder the proxy recognises. Without
+            // one, fail closed: never the value instead.
+            let p = placeholders
+                .get(&c.name)
+                .ok_or(SecretError::NoPlaceholder { who })?;
+            text.push_str(&export_value(&c.name, p.as_str()));
+            continue;
         }
         match &c.source {
             SecretSource::PodmanSecret(secret) => {
@@ -251,6 +255,11 @@ mod tests {
 
     #[test]
     fn a_credential_with_inject_never_puts_its_value_in_the_session_issue_21() {
+        let plain = Credential {
+            name: "PLAIN".into(),
+            source: SecretSource::Env("P".into()),
+            inject: None,
+        };
         let c = Credential {
             name: "KEY".into(),
             source: SecretSource::Env("K".into()),
@@ -262,11 +271,25 @@ mod tests {
             }),
         };
         let env = |_: &str| Some("sk-real-value".to_string());
-        let e = script(&[c], &BTreeMap::new(), &env)
-            .expect_err("refused")
+        let e = script(std::slice::from_ref(&c), &BTreeMap::new(), &env)
+            .expect_err("no placeholder")
             .to_string();
         assert!(e.contains("credential `KEY` has `inject`"), "{e}");
         assert!(!e.contains("sk-real-value"));
+        let ph = Placeholder::generate().expect("random");
+        let phs = BTreeMap::from([("KEY".to_string(), ph.clone())]);
+        let text = script(&[c, plain], &phs, &env)
+            .expect("script")
+            .expect("some");
+        assert_eq!(
+            text.matches("sk-real-value").count(),
+            1,
+            "only the plain credential's value: {text}"
+        );
+        assert!(
+            text.contains(&format!("export KEY='{}'", ph.as_str())),
+            "{text}"
+        );
     }
 
     fn no_env(_: &str) -> Option<String> {
