@@ -13,11 +13,12 @@
 //! buffers, and timeouts on a silent client, a slow upstream and an idle
 //! tunnel.
 //!
-//! A session with injected credentials (issue 21) hands in its
-//! [`Injecting`]: a `CONNECT` to exactly one of their hosts is intercepted
-//! (`crate::inject::intercept`) instead of tunnelled, and the head of an
-//! absolute-form request holding any of the session's placeholders is
-//! refused before anything is resolved or sent.
+//! A session with injected credentials (issue 21) hands in an
+//! [`Interception`] (implemented by the `inject` module, which this one does
+//! not know): a `CONNECT` to exactly one of their hosts is served by it
+//! instead of tunnelled, and the head of an absolute-form request it
+//! refuses (one holding a placeholder) is answered `403` before anything
+//! is resolved or sent.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,9 +37,6 @@ use super::relay::{self, Counts};
 use super::resolve::{self, Resolver};
 use super::{Direction, Observer};
 use crate::desired::{EgressPolicy, split_host_port};
-use crate::inject::check;
-use crate::inject::intercept::{self, Job, Tls};
-use crate::inject::session::SessionInjections;
 
 /// The proxy's bounds; one set for the whole daemon.
 #[derive(Debug, Clone)]
@@ -105,10 +103,46 @@ impl Hub {
     }
 }
 
-/// A session's injected credentials as its proxy applies them (issue 21).
-pub struct Injecting {
-    pub sessions: SessionInjections,
-    pub tls: Tls,
+/// What a session's injected credentials do to its connections (issue
+/// 21); the `inject` module implements it.
+pub trait Interception: Send + Sync {
+    /// A `CONNECT` to exactly `target` is served by [`Interception::serve`].
+    fn intercepts(&self, target: &Target) -> bool;
+    /// The head of an absolute-form request to `target`, as forwarded:
+    /// `Err(reason)` refuses it (`403`, a `denied` line).
+    fn check_plaintext(&self, head: &[u8], target: &Target) -> Result<(), String>;
+    /// Serve an intercepted connection to its end, after the proxy
+    /// answered `200`: `rest` holds bytes read past the `CONNECT` head,
+    /// `upstream` is connected to the checked address.
+    fn serve<'a>(
+        &'a self,
+        client: &'a mut TcpStream,
+        rest: Vec<u8>,
+        upstream: TcpStream,
+        target: &'a Target,
+        how: Serving,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Intercepted> + Send + 'a>>;
+}
+
+/// What an interception runs with besides its connection.
+#[derive(Debug, Clone)]
+pub struct Serving {
+    /// The session's end.
+    pub cancel: CancellationToken,
+    /// Nothing moved on the agent's side for this long: the connection ends.
+    pub idle: Duration,
+}
+
+/// How an intercepted connection went, for its line.
+#[derive(Debug, Clone)]
+pub struct Intercepted {
+    /// Bytes from and to the agent (its TLS records).
+    pub bytes_out: u64,
+    pub bytes_in: u64,
+    /// A request on it was refused by policy: the line is `denied`.
+    pub denied: bool,
+    /// The line's reason.
+    pub reason: String,
 }
 
 /// One session's proxy as it runs; [`Running::stop`] ends it.
@@ -126,7 +160,7 @@ struct Ctx {
     observer: Arc<dyn Observer>,
     per_session: Arc<Semaphore>,
     cancel: CancellationToken,
-    inject: Option<Arc<Injecting>>,
+    inject: Option<Arc<dyn Interception>>,
 }
 
 /// Serve `listener` (already listening, in the session's namespace) with
@@ -138,7 +172,7 @@ pub fn serve(
     policy: EgressPolicy,
     log: Arc<EgressLog>,
     observer: Arc<dyn Observer>,
-    inject: Option<Arc<Injecting>>,
+    inject: Option<Arc<dyn Interception>>,
 ) -> std::io::Result<Running> {
     listener.set_nonblocking(true)?;
     let listener = TcpListener::from_std(listener)?;
@@ -369,9 +403,9 @@ async fn serve_one(
     let rule = policy::find(&ctx.policy, &target).map_err(|r| reply(403, r.0))?;
     // Plain HTTP never gets a value: a placeholder in its head only leaks.
     if let (Some(head), Some(inject)) = (&forward, &ctx.inject) {
-        let host = check::target_text(&target);
-        check::plaintext(head, &host, inject.sessions.placeholders())
-            .map_err(|r| reply(r.status(), r.reason()))?;
+        inject
+            .check_plaintext(head, &target)
+            .map_err(|why| reply(403, why))?;
     }
     let addrs = match &target.host {
         Host::Ip(ip) => vec![SocketAddr::new(*ip, target.port)],
@@ -395,8 +429,8 @@ async fn serve_one(
     ctx.observer.connection(Decision::Allowed);
     match route(ctx, forward.is_some(), &target) {
         Route::Tunnel => tunnel(ctx, client, &addrs, forward, rest, line, counts).await,
-        Route::Intercept(inject, job) => {
-            intercepted(ctx, client, &addrs, rest, (inject, job), line, counts).await
+        Route::Intercept(inject) => {
+            intercepted(ctx, client, &addrs, rest, (inject, &target), line, counts).await
         }
     }
 }
@@ -406,17 +440,16 @@ async fn serve_one(
 /// injected credential's host, an interception.
 enum Route {
     Tunnel,
-    Intercept(Arc<Injecting>, Arc<Job>),
+    Intercept(Arc<dyn Interception>),
 }
 
 /// Chosen by the target the agent asked for, never by the rule that
 /// admitted it (`SessionInjections::job`).
 fn route(ctx: &Ctx, absolute: bool, target: &Target) -> Route {
     match &ctx.inject {
-        Some(inject) if !absolute => match inject.sessions.job(target) {
-            Some(job) => Route::Intercept(Arc::clone(inject), job),
-            None => Route::Tunnel,
-        },
+        Some(inject) if !absolute && inject.intercepts(target) => {
+            Route::Intercept(Arc::clone(inject))
+        }
         _ => Route::Tunnel,
     }
 }
@@ -429,7 +462,7 @@ async fn intercepted(
     client: &mut TcpStream,
     addrs: &[SocketAddr],
     rest: Vec<u8>,
-    (inject, job): (Arc<Injecting>, Arc<Job>),
+    (inject, target): (Arc<dyn Interception>, &Target),
     line: &mut Line,
     counts: &Counts,
 ) -> Result<String, Reply> {
@@ -448,35 +481,21 @@ async fn intercepted(
         .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
         .await
         .map_err(|e| reply(400, format!("writing to the client: {e}")))?;
-    let meter = Arc::new(crate::inject::io::Meter::default());
-    let ictx = intercept::Ctx {
-        tls: inject.tls.clone(),
-        limits: intercept::Limits {
-            idle: limits.idle_timeout,
-            ..intercept::Limits::default()
-        },
+    let how = Serving {
         cancel: ctx.cancel.clone(),
-        meter: Arc::clone(&meter),
+        idle: limits.idle_timeout,
     };
-    let summary = intercept::intercept(&mut *client, rest, upstream, job, ictx).await;
+    let done = inject.serve(client, rest, upstream, target, how).await;
     use std::sync::atomic::Ordering::Relaxed;
-    let (out, inn) = (meter.out.load(Relaxed), meter.inn.load(Relaxed));
-    counts.out.fetch_add(out, Relaxed);
-    counts.inn.fetch_add(inn, Relaxed);
-    ctx.observer.bytes(Direction::Out, out);
-    ctx.observer.bytes(Direction::In, inn);
-    if summary
-        .refused
-        .as_ref()
-        .is_some_and(check::Refusal::is_denial)
-    {
+    counts.out.fetch_add(done.bytes_out, Relaxed);
+    counts.inn.fetch_add(done.bytes_in, Relaxed);
+    ctx.observer.bytes(Direction::Out, done.bytes_out);
+    ctx.observer.bytes(Direction::In, done.bytes_in);
+    if done.denied {
         line.decision = Decision::Denied;
         ctx.observer.connection(Decision::Denied);
     }
-    Ok(match (&summary.refused, &summary.failed) {
-        (None, Some(why)) => format!("{} ({why})", summary.end),
-        _ => summary.end,
-    })
+    Ok(done.reason)
 }
 
 /// Connect to the first admitted address that answers, answer a CONNECT

@@ -205,7 +205,7 @@ impl SessionEgress {
             state.policy,
             Arc::new(log),
             observer,
-            inject,
+            inject.map(|i| i as Arc<dyn crate::egress::proxy::Interception>),
         )
         .map_err(EgressError::Serve)?;
         super::lock(&self.running).insert(request.to_string(), running);

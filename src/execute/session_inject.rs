@@ -26,11 +26,11 @@ use std::sync::{Arc, Mutex};
 use rustls_pki_types::CertificateDer;
 
 use crate::desired::Credential;
-use crate::egress::proxy::Injecting;
 use crate::inject::SecretValue;
 use crate::inject::ca::{self, CaError, DaemonCa};
 use crate::inject::intercept::Tls;
 use crate::inject::placeholder::{self, Placeholder};
+use crate::inject::session::Injecting;
 use crate::inject::session::{SessionInjections, ca_env};
 
 /// The session's placeholders, in its work folder.

@@ -10,12 +10,20 @@
 //! rule the policy found first.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
-use super::intercept::Job;
+use tokio::net::TcpStream;
+
+use super::check::{self, Refusal};
+use super::intercept::{Ctx, Job, Limits, Tls, intercept};
+use super::io::Meter;
 use super::{InjectError, Injection, Placeholder, SecretValue};
 use crate::desired::{Credential, EgressHost, EgressRule};
 use crate::egress::policy::{Host, Target};
+use crate::egress::proxy::{Intercepted, Interception, Serving};
 
 /// Where the session's CA files are mounted.
 pub const CA_DIR: &str = "/agentd/ca";
@@ -115,6 +123,70 @@ impl SessionInjections {
     }
 }
 
+/// A session's injected credentials as its egress proxy applies them: the
+/// interceptions and the daemon's TLS material.
+pub struct Injecting {
+    pub sessions: SessionInjections,
+    pub tls: Tls,
+}
+
+impl Interception for Injecting {
+    fn intercepts(&self, target: &Target) -> bool {
+        self.sessions.job(target).is_some()
+    }
+
+    fn check_plaintext(&self, head: &[u8], target: &Target) -> Result<(), String> {
+        check::plaintext(
+            head,
+            &check::target_text(target),
+            self.sessions.placeholders(),
+        )
+        .map_err(|r| r.reason())
+    }
+
+    fn serve<'a>(
+        &'a self,
+        client: &'a mut TcpStream,
+        rest: Vec<u8>,
+        upstream: TcpStream,
+        target: &'a Target,
+        how: Serving,
+    ) -> Pin<Box<dyn Future<Output = Intercepted> + Send + 'a>> {
+        Box::pin(async move {
+            let Some(job) = self.sessions.job(target) else {
+                return Intercepted {
+                    bytes_out: 0,
+                    bytes_in: 0,
+                    denied: false,
+                    reason: "closed: not an intercepted host".into(),
+                };
+            };
+            let meter = Arc::new(Meter::default());
+            let ctx = Ctx {
+                tls: self.tls.clone(),
+                limits: Limits {
+                    idle: how.idle,
+                    ..Limits::default()
+                },
+                cancel: how.cancel,
+                meter: Arc::clone(&meter),
+            };
+            let summary = intercept(client, rest, upstream, job, ctx).await;
+            let denied = summary.refused.as_ref().is_some_and(Refusal::is_denial);
+            let reason = match (&summary.refused, &summary.failed) {
+                (None, Some(why)) => format!("{} ({why})", summary.end),
+                _ => summary.end,
+            };
+            Intercepted {
+                bytes_out: meter.out.load(Ordering::Relaxed),
+                bytes_in: meter.inn.load(Ordering::Relaxed),
+                denied,
+                reason,
+            }
+        })
+    }
+}
+
 /// Why a session's injections cannot be set up; never holds a value.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -127,6 +199,10 @@ pub enum SessionError {
     #[error(transparent)]
     Value(#[from] InjectError),
 }
+
+#[cfg(test)]
+#[path = "proxy_tests.rs"]
+mod proxy_tests;
 
 #[cfg(test)]
 mod tests {
