@@ -12,6 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::egress::{HttpServer, SH_LIB, egress_lines};
+use crate::egress_more::{shared_dir, wait_file};
 use crate::git_server::{GitServer, bare_repo};
 use crate::util::{World, leak_haystacks, require_podman, sample_ps, test_image, toml_string};
 
@@ -290,4 +291,82 @@ echo "FS_HITS: $(grep -rIl -F -f <(pat) / --exclude-dir=proc --exclude-dir=sys -
         }
     }
     assert!(saw_record, "the record was searched");
+}
+
+#[test]
+fn after_a_restart_the_session_placeholder_still_gets_its_value_issue_21() {
+    if !require_podman() {
+        return;
+    }
+    let mut w = World::new();
+    let (ca, cert, key) = ca_and_leaf(&w.path().join("tls"));
+    let srv = w.path().join("srv");
+    bare_repo(&srv.join("r.git"), "still served");
+    let tok = format!("tok-{}", agentd::new_session_id());
+    let forge = GitServer::start(&w.path().join("g"), &srv, Some((&cert, &key)), Some(&tok));
+    let value = base64(format!("x:{tok}").as_bytes());
+    let x = shared_dir(&w);
+    let a = forge.port;
+    let script = format!(
+        r#"export NO_PROXY= no_proxy=
+round() {{
+  until [ -e /x/go$1 ]; do sleep 0.05; done
+  if git -c http.extraHeader="Authorization: Basic $A_KEY" ls-remote https://127.0.0.1:{a}/r.git 2>/x/err$1 | grep -q refs/heads/main; then r=ok; else r=fail; fi
+  echo "$r $A_KEY" > /x/out$1
+}}
+round 1; round 2
+"#
+    );
+    let body = format!(
+        "base_image = \"{}\"\ncommand = [\"/bin/bash\", \"-c\", {}]\nrepo = \"{}\"\n\
+         egress = [\"127.0.0.1:{a}\"]\n\
+         mounts = [{{ source = \"{}\", target = \"/x\", read_only = false }}]\n\
+         credentials = [{{ name = \"A_KEY\", source = \"HOST_A_KEY\", inject = {{ hosts = [\"127.0.0.1:{a}\"], header = \"authorization\", format = \"Basic {{}}\" }} }}]\n",
+        test_image(),
+        toml_string(&script),
+        w.repo_url,
+        x.display(),
+    );
+    w.profile("inj", &body);
+    w.request("r", "profile = \"inj\"\n");
+    let ca_arg = ["--egress-ca-file", ca.to_str().expect("utf8")];
+    w.start_daemon_with(&[("HOST_A_KEY", &value)], &ca_arg);
+    w.wait_for("r", Duration::from_secs(90), |s| s["phase"] == "running");
+    std::fs::write(x.join("go1"), "").expect("go1");
+    let first = wait_file(&x.join("out1"), Duration::from_secs(30), &w);
+    assert!(first.starts_with("ok agentd-ph-"), "{first}");
+
+    // kill -9: the restarted daemon reads the placeholder back from the
+    // work folder, the value from its source, and the CA from its state.
+    w.kill9();
+    w.start_daemon_with(&[("HOST_A_KEY", &value)], &ca_arg);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while w.log().matches("egress proxy serving the session").count() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the proxy did not come back\n{}",
+            w.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::fs::write(x.join("go2"), "").expect("go2");
+    let second = wait_file(&x.join("out2"), Duration::from_secs(30), &w);
+    assert_eq!(
+        second,
+        first,
+        "{}",
+        std::fs::read_to_string(x.join("err2")).unwrap_or_default()
+    );
+    let s = w.wait_done("r");
+    assert_eq!(s["outcome"], "success", "{s}");
+    let log = forge.requests();
+    assert!(
+        log.contains("auth=ok") && !log.contains("auth=bad"),
+        "{log}"
+    );
+    let lines = egress_lines(&w.audit_dir("r"));
+    assert!(
+        lines.len() >= 2 && lines.iter().all(|l| l["decision"] == "allowed"),
+        "{lines:?}"
+    );
 }
