@@ -110,7 +110,8 @@ async fn agent_through(
 }
 
 #[tokio::test]
-async fn an_inject_host_is_intercepted_and_a_placeholder_elsewhere_refused_and_recorded_issue_21() {
+async fn through_the_proxy_an_inject_host_gets_the_value_streams_and_a_placeholder_elsewhere_is_refused_issue_21()
+ {
     let dir = tempfile::tempdir().expect("tmp");
     let ip: std::net::IpAddr = "127.0.0.1".parse().expect("ip");
     let api = testkit::fake_api(&dir.path().join("api"), &policy::Host::Ip(ip)).await;
@@ -171,6 +172,33 @@ async fn an_inject_host_is_intercepted_and_a_placeholder_elsewhere_refused_and_r
     let seen = api.seen();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].header("x-api-key"), Some(VALUE.as_bytes()));
+    // A streamed response through the proxy arrives as the host sends it.
+    a.ready().await.expect("ready");
+    let resp = a
+        .send_request(testkit::request(
+            "GET",
+            "/stream",
+            &[("host", &api.addr.to_string()), ("x-api-key", ph.as_str())],
+            b"",
+        ))
+        .await
+        .expect("stream response");
+    assert_eq!(resp.status(), 200);
+    let began = std::time::Instant::now();
+    let mut body = resp.into_body();
+    let mut arrivals = Vec::new();
+    while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+        if let Some(data) = frame.expect("frame").data_ref() {
+            arrivals.push((began.elapsed(), data.len()));
+        }
+    }
+    assert!(arrivals.len() >= testkit::STREAM_CHUNKS, "{arrivals:?}");
+    let spread = arrivals[arrivals.len() - 1].0 - arrivals[0].0;
+    let whole = testkit::STREAM_GAP * (testkit::STREAM_CHUNKS as u32 - 1);
+    assert!(
+        spread >= whole - Duration::from_millis(50),
+        "buffered, the chunks would arrive at once: {arrivals:?}"
+    );
     drop(a);
     // In another header of the same host: refused, never forwarded.
     let mut b = agent_through(proxy, api.addr, &ca).await;
@@ -184,7 +212,7 @@ async fn an_inject_host_is_intercepted_and_a_placeholder_elsewhere_refused_and_r
     assert_eq!(status, 403);
     assert_eq!(
         api.seen().len(),
-        1,
+        2,
         "the refused request never reached the host"
     );
     drop(b);
