@@ -370,3 +370,27 @@ round 1; round 2
         "{lines:?}"
     );
 }
+
+#[test]
+fn an_injected_credential_whose_source_is_missing_fails_the_start_naming_it_issue_21() {
+    if !require_podman() {
+        return;
+    }
+    let mut w = World::new();
+    let body = format!(
+        "base_image = \"{}\"\ncommand = [\"/bin/true\"]\nrepo = \"{}\"\negress = [\"127.0.0.1:9\"]\n\
+         credentials = [{{ name = \"A_KEY\", source = \"HOST_UNSET_KEY\", inject = {{ hosts = [\"127.0.0.1:9\"], header = \"x-api-key\" }} }}]\n",
+        test_image(),
+        w.repo_url,
+    );
+    w.profile("inj", &body);
+    w.request("r", "profile = \"inj\"\n");
+    w.start_daemon();
+    let s = w.wait_done("r");
+    assert_eq!(s["outcome"], "start_failed", "{s}");
+    let msg = s["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("credential `A_KEY`") && msg.contains("HOST_UNSET_KEY"),
+        "{msg}"
+    );
+}
