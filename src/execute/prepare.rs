@@ -103,6 +103,16 @@ pub(super) fn prepare(
     // Injected credentials (issue 21): the session holds placeholders.
     let injected = super::session_inject::prepare(&sh.egress.tls, &work.root, &profile.credentials)
         .map_err(|e| StartError::Refused(e.to_string()))?;
+    if injected.is_some() {
+        // The values are read now as well (and dropped): a missing or
+        // unusable one fails the start before any container exists. The
+        // proxy reads them again when it is served.
+        super::session_inject::injecting(&sh.egress.tls, &work.root, &profile.credentials, |c| {
+            super::secrets::read(&format!("credential `{}`", c.name), &c.source, &env_lookup)
+                .map_err(|e| e.to_string())
+        })
+        .map_err(|e| StartError::Refused(e.to_string()))?;
+    }
     let placeholders = injected
         .as_ref()
         .map(|i| i.placeholders.clone())

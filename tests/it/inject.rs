@@ -372,7 +372,7 @@ round 1; round 2
 }
 
 #[test]
-fn an_injected_credential_whose_source_is_missing_fails_the_start_naming_it_issue_21() {
+fn an_injected_credential_whose_source_is_missing_fails_the_start_before_any_container_issue_21() {
     if !require_podman() {
         return;
     }
@@ -392,5 +392,10 @@ fn an_injected_credential_whose_source_is_missing_fails_the_start_naming_it_issu
     assert!(
         msg.contains("credential `A_KEY`") && msg.contains("HOST_UNSET_KEY"),
         "{msg}"
+    );
+    assert_eq!(
+        w.containers_created_for("r"),
+        0,
+        "refused before any container"
     );
 }
