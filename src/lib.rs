@@ -15,6 +15,7 @@ mod execute;
 mod fault;
 mod fdtree;
 mod fsutil;
+mod inject;
 mod metrics;
 mod observed;
 mod plan;
@@ -48,3 +49,15 @@ pub use audit::{Limits, Record, SealOptions, SessionRecord};
 pub use desired::{Desired, Input, Profile, Repo, Request, RequestEntry};
 pub use observed::{Container, ContainerState, Observed};
 pub use plan::{PlanConfig, plan};
+
+/// The inject latency bench (issue 21): the interception, its TLS and its
+/// test servers.
+pub mod inject_bench {
+    pub use crate::desired::Inject;
+    pub use crate::egress::policy;
+    pub use crate::inject::ca::{DaemonCa, upstream_config};
+    pub use crate::inject::intercept::{Ctx, Job, Limits, Tls};
+    pub use crate::inject::io::Meter;
+    pub use crate::inject::testkit;
+    pub use crate::inject::{Injection, Placeholder, SecretValue};
+}

@@ -51,6 +51,11 @@ pub struct Args {
     pub metrics_allow_remote: bool,
     #[command(flatten)]
     pub host_network: super::HostNetworkArg,
+    /// PEM certificates (an operator's internal CA) the egress proxy
+    /// trusts, besides the host's roots, when it forwards an injected
+    /// credential to its host; sessions with `inject` trust them too.
+    #[arg(long, env = "AGENTD_EGRESS_CA_FILE", value_name = "FILE")]
+    pub egress_ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for Args {
@@ -64,6 +69,7 @@ impl Default for Args {
             metrics_listen: None,
             metrics_allow_remote: false,
             host_network: Default::default(),
+            egress_ca_file: None,
         }
     }
 }
@@ -193,7 +199,14 @@ pub fn run(global: &GlobalArgs, args: &Args) -> anyhow::Result<ExitCode> {
             clone_timeout: args.clone_timeout,
             allow_host_network: args.host_network.allow_host_network,
             session_files_owner: podman.session_files_owner(args.session_uid),
+            egress_ca_file: args.egress_ca_file.clone(),
         };
+        // A CA file that cannot be used fails the start, not every session.
+        if let Some(f) = &settings.egress_ca_file
+            && let Err(e) = crate::inject::ca::read_ca_file(f)
+        {
+            return fail(&format!("--egress-ca-file: {e}"));
+        }
         if let Some(listener) = listener {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, "serving metrics at /metrics");

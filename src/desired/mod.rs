@@ -8,6 +8,7 @@
 mod assemble;
 mod diag;
 mod egress;
+mod inject;
 mod model;
 mod parse;
 mod push;

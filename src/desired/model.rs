@@ -200,12 +200,28 @@ impl Repo {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Credential {
     /// Env var name inside the session.
     pub name: String,
     /// Where its value comes from.
     pub source: SecretSource,
+    /// `inject` (issue 21): the session holds a placeholder and the egress
+    /// proxy puts the value on the wire.
+    pub inject: Option<Inject>,
+}
+
+/// Where an injected credential's value goes: `header` (lower-case) on
+/// requests to `hosts`, each the profile's `egress` rule it names.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Inject {
+    pub hosts: Vec<super::egress::EgressRule>,
+    /// A valid header name, lower-case, neither hop-by-hop nor `host`.
+    pub header: String,
+    /// The header value is `prefix` + secret + `suffix` (`format` split at
+    /// its one `{}`).
+    pub prefix: String,
+    pub suffix: String,
 }
 
 /// Largest secret value read from a file (a systemd credential or a `file`),

@@ -153,6 +153,25 @@ pub struct CredentialWire {
     /// Absolute path of a file owned by the daemon's user and not readable
     /// by group or others (mode 0600 or 0400). One trailing newline is dropped.
     pub file: Option<String>,
+    /// Keep the value out of the session: the variable holds a placeholder,
+    /// and the egress proxy puts the value in `header` on requests to
+    /// `hosts` only. Needs `egress`; not with `podman_secret`.
+    pub inject: Option<InjectWire>,
+}
+
+/// Where an injected credential's value goes (`credentials[].inject`).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InjectWire {
+    /// The destinations whose requests get the value, each written exactly
+    /// as an entry of `egress` (`api.example.com:443`; no wildcards).
+    pub hosts: Vec<String>,
+    /// The request header that carries the value (`x-api-key`,
+    /// `authorization`).
+    pub header: String,
+    /// The header's value around the secret, with one `{}` where it goes
+    /// (`"Bearer {}"`); default `"{}"`.
+    pub format: Option<String>,
 }
 
 /// Where the clone token comes from: exactly one of these.

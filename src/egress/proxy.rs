@@ -12,6 +12,13 @@
 //! never runs out of descriptors for its own git and podman), fixed
 //! buffers, and timeouts on a silent client, a slow upstream and an idle
 //! tunnel.
+//!
+//! A session with injected credentials (issue 21) hands in an
+//! [`Interception`] (implemented by the `inject` module, which this one does
+//! not know): a `CONNECT` to exactly one of their hosts is served by it
+//! instead of tunnelled, and the head of an absolute-form request it
+//! refuses (one holding a placeholder) is answered `403` before anything
+//! is resolved or sent.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,7 +36,7 @@ use super::policy::{self, Host, Target};
 use super::relay::{self, Counts};
 use super::resolve::{self, Resolver};
 use super::{Direction, Observer};
-use crate::desired::{EgressPolicy, EgressRule, split_host_port};
+use crate::desired::{EgressPolicy, split_host_port};
 
 /// The proxy's bounds; one set for the whole daemon.
 #[derive(Debug, Clone)]
@@ -96,6 +103,48 @@ impl Hub {
     }
 }
 
+/// What a session's injected credentials do to its connections (issue
+/// 21); the `inject` module implements it.
+pub trait Interception: Send + Sync {
+    /// A `CONNECT` to exactly `target` is served by [`Interception::serve`].
+    fn intercepts(&self, target: &Target) -> bool;
+    /// The head of an absolute-form request to `target`, as forwarded:
+    /// `Err(reason)` refuses it (`403`, a `denied` line).
+    fn check_plaintext(&self, head: &[u8], target: &Target) -> Result<(), String>;
+    /// Serve an intercepted connection to its end, after the proxy
+    /// answered `200`: `rest` holds bytes read past the `CONNECT` head,
+    /// `upstream` is connected to the checked address.
+    fn serve<'a>(
+        &'a self,
+        client: &'a mut TcpStream,
+        rest: Vec<u8>,
+        upstream: TcpStream,
+        target: &'a Target,
+        how: Serving,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Intercepted> + Send + 'a>>;
+}
+
+/// What an interception runs with besides its connection.
+#[derive(Debug, Clone)]
+pub struct Serving {
+    /// The session's end.
+    pub cancel: CancellationToken,
+    /// Nothing moved on the agent's side for this long: the connection ends.
+    pub idle: Duration,
+}
+
+/// How an intercepted connection went, for its line.
+#[derive(Debug, Clone)]
+pub struct Intercepted {
+    /// Bytes from and to the agent (its TLS records).
+    pub bytes_out: u64,
+    pub bytes_in: u64,
+    /// A request on it was refused by policy: the line is `denied`.
+    pub denied: bool,
+    /// The line's reason.
+    pub reason: String,
+}
+
 /// One session's proxy as it runs; [`Running::stop`] ends it.
 pub struct Running {
     cancel: CancellationToken,
@@ -111,16 +160,19 @@ struct Ctx {
     observer: Arc<dyn Observer>,
     per_session: Arc<Semaphore>,
     cancel: CancellationToken,
+    inject: Option<Arc<dyn Interception>>,
 }
 
 /// Serve `listener` (already listening, in the session's namespace) with
-/// `policy`, recording into `log`. Must be called on the runtime.
+/// `policy`, recording into `log`, intercepting for `inject` (if any).
+/// Must be called on the runtime.
 pub fn serve(
     hub: &Arc<Hub>,
     listener: std::net::TcpListener,
     policy: EgressPolicy,
     log: Arc<EgressLog>,
     observer: Arc<dyn Observer>,
+    inject: Option<Arc<dyn Interception>>,
 ) -> std::io::Result<Running> {
     listener.set_nonblocking(true)?;
     let listener = TcpListener::from_std(listener)?;
@@ -133,6 +185,7 @@ pub fn serve(
         observer,
         per_session: Arc::new(Semaphore::new(hub.limits.per_session.max(1))),
         cancel: cancel.clone(),
+        inject,
     });
     tracker.spawn(accept_loop(ctx, listener, tracker.clone()));
     Ok(Running {
@@ -348,6 +401,12 @@ async fn serve_one(
     }
     let target = policy::parse_authority(&authority).map_err(|r| reply(400, r.0))?;
     let rule = policy::find(&ctx.policy, &target).map_err(|r| reply(403, r.0))?;
+    // Plain HTTP never gets a value: a placeholder in its head only leaks.
+    if let (Some(head), Some(inject)) = (&forward, &ctx.inject) {
+        inject
+            .check_plaintext(head, &target)
+            .map_err(|why| reply(403, why))?;
+    }
     let addrs = match &target.host {
         Host::Ip(ip) => vec![SocketAddr::new(*ip, target.port)],
         Host::Name(name) => {
@@ -368,20 +427,75 @@ async fn serve_one(
     let addrs = policy::admit(rule, &addrs).map_err(|r| reply(403, r.0))?;
     line.decision = Decision::Allowed;
     ctx.observer.connection(Decision::Allowed);
-    match route(rule, &target) {
+    match route(ctx, forward.is_some(), &target) {
         Route::Tunnel => tunnel(ctx, client, &addrs, forward, rest, line, counts).await,
+        Route::Intercept(inject) => {
+            intercepted(ctx, client, &addrs, rest, (inject, &target), line, counts).await
+        }
     }
 }
 
-/// What happens to an allowed connection's client stream. Today always a
-/// plain tunnel (CONNECT) or forward (absolute form); the one place where
-/// another treatment for some destinations would be chosen.
+/// What happens to an allowed connection's client stream: a plain tunnel
+/// (CONNECT) or forward (absolute form), or, for a `CONNECT` to exactly an
+/// injected credential's host, an interception.
 enum Route {
     Tunnel,
+    Intercept(Arc<dyn Interception>),
 }
 
-fn route(_rule: &EgressRule, _target: &Target) -> Route {
-    Route::Tunnel
+/// Chosen by the target the agent asked for, never by the rule that
+/// admitted it (`SessionInjections::job`).
+fn route(ctx: &Ctx, absolute: bool, target: &Target) -> Route {
+    match &ctx.inject {
+        Some(inject) if !absolute && inject.intercepts(target) => {
+            Route::Intercept(Arc::clone(inject))
+        }
+        _ => Route::Tunnel,
+    }
+}
+
+/// Connect to the first admitted address that answers, answer `200`, and
+/// serve the connection as an interception to its end. A request refused
+/// on it makes the line `denied` with the refusal's reason.
+async fn intercepted(
+    ctx: &Ctx,
+    client: &mut TcpStream,
+    addrs: &[SocketAddr],
+    rest: Vec<u8>,
+    (inject, target): (Arc<dyn Interception>, &Target),
+    line: &mut Line,
+    counts: &Counts,
+) -> Result<String, Reply> {
+    let limits = &ctx.hub.limits;
+    let _fd: OwnedSemaphorePermit = Arc::clone(&ctx.hub.descriptors)
+        .try_acquire_owned()
+        .map_err(|_| reply(503, "the proxy is at its limit of open connections"))?;
+    let connected = tokio::select! {
+        c = resolve::connect(addrs, limits.connect_timeout) => c,
+        () = ctx.cancel.cancelled() => return Err(reply(503, "the session ended")),
+    };
+    let (upstream, addr) = connected.map_err(|e| reply(502, format!("cannot connect: {e}")))?;
+    let _ = upstream.set_nodelay(true);
+    line.addr = Some(addr);
+    client
+        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        .await
+        .map_err(|e| reply(400, format!("writing to the client: {e}")))?;
+    let how = Serving {
+        cancel: ctx.cancel.clone(),
+        idle: limits.idle_timeout,
+    };
+    let done = inject.serve(client, rest, upstream, target, how).await;
+    use std::sync::atomic::Ordering::Relaxed;
+    counts.out.fetch_add(done.bytes_out, Relaxed);
+    counts.inn.fetch_add(done.bytes_in, Relaxed);
+    ctx.observer.bytes(Direction::Out, done.bytes_out);
+    ctx.observer.bytes(Direction::In, done.bytes_in);
+    if done.denied {
+        line.decision = Decision::Denied;
+        ctx.observer.connection(Decision::Denied);
+    }
+    Ok(done.reason)
 }
 
 /// Connect to the first admitted address that answers, answer a CONNECT

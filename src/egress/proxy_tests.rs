@@ -77,6 +77,7 @@ impl Setup {
             EgressPolicy { rules },
             log,
             Arc::clone(&observer) as Arc<dyn Observer>,
+            None,
         )
         .expect("serve");
         Setup {

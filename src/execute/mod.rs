@@ -19,6 +19,7 @@ mod results;
 mod schedule;
 mod secrets;
 mod session_egress;
+mod session_inject;
 pub(crate) mod start;
 mod table;
 #[cfg(test)]
@@ -76,6 +77,9 @@ pub struct Settings {
     /// credentials file, `session/` folder) while it runs, as the runtime
     /// maps `session_uid` (`Runtime::session_files_owner`).
     pub session_files_owner: u32,
+    /// `--egress-ca-file`: certificates the proxy trusts, beside the
+    /// host's roots, for the hosts it intercepts (issue 21).
+    pub egress_ca_file: Option<PathBuf>,
 }
 
 impl Settings {

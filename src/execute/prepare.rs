@@ -100,7 +100,24 @@ pub(super) fn prepare(
     let work = WorkDir::create(st.work_dir(session_id)).map_err(StartError::WorkFolder)?;
     let env_lookup = |name: &str| std::env::var(name).ok();
     fault::point("start-before-credentials");
-    let has_credentials = work.write_credentials(profile, host_uid, &env_lookup)?;
+    // Injected credentials (issue 21): the session holds placeholders.
+    let injected = super::session_inject::prepare(&sh.egress.tls, &work.root, &profile.credentials)
+        .map_err(|e| StartError::Refused(e.to_string()))?;
+    if injected.is_some() {
+        // The values are read now as well (and dropped): a missing or
+        // unusable one fails the start before any container exists. The
+        // proxy reads them again when it is served.
+        super::session_inject::injecting(&sh.egress.tls, &work.root, &profile.credentials, |c| {
+            super::secrets::read(&format!("credential `{}`", c.name), &c.source, &env_lookup)
+                .map_err(|e| e.to_string())
+        })
+        .map_err(|e| StartError::Refused(e.to_string()))?;
+    }
+    let placeholders = injected
+        .as_ref()
+        .map(|i| i.placeholders.clone())
+        .unwrap_or_default();
+    let has_credentials = work.write_credentials(profile, host_uid, &placeholders, &env_lookup)?;
     fault::point("start-after-credentials");
     let repo = repo.ok_or_else(|| {
         StartError::Refused(
@@ -183,6 +200,13 @@ pub(super) fn prepare(
             read_only: true,
         });
     }
+    if let Some(i) = &injected {
+        mounts.push(BindMount {
+            source: i.ca_dir.clone(),
+            target: crate::inject::session::CA_DIR.into(),
+            read_only: true,
+        });
+    }
     for m in &profile.mounts {
         mounts.push(BindMount {
             source: m.source.clone(),
@@ -205,10 +229,14 @@ pub(super) fn prepare(
     }
     env.extend(profile.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     if let Some(policy) = &profile.egress {
-        let port = super::SessionEgress::prepare(&work.root, policy).map_err(|e| {
-            StartError::Refused(format!("egress: cannot write the proxy's state: {e}"))
-        })?;
+        let port = super::SessionEgress::prepare(&work.root, policy, &profile.credentials)
+            .map_err(|e| {
+                StartError::Refused(format!("egress: cannot write the proxy's state: {e}"))
+            })?;
         env.extend(super::SessionEgress::env(port));
+    }
+    if let Some(i) = &injected {
+        env.extend(i.env.iter().cloned());
     }
 
     // Every session has a deadline: a profile without `timeout` gets the

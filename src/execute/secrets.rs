@@ -24,7 +24,10 @@ use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use std::collections::BTreeMap;
+
 use crate::desired::{Credential, MAX_SECRET_BYTES, SecretSource};
+use crate::inject::Placeholder;
 
 /// A secret that cannot be read; `who` names it (`credential `GH_TOKEN``,
 /// `repo_token`). Each message names the source and the fix, never a value.
@@ -56,6 +59,10 @@ pub enum SecretError {
         "{who}: podman secret `{name}` cannot be read by agentd; hint: use systemd_credential, file or source"
     )]
     RuntimeSecret { who: String, name: String },
+    #[error(
+        "{who} has `inject` but no placeholder was made for it (agentd's own fault; the value is never given instead)"
+    )]
+    NoPlaceholder { who: String },
 }
 
 /// What is wrong with a secret file: completes a sentence starting with
@@ -212,6 +219,7 @@ fn export_from_file(name: &str, secret: &str, target: &str) -> String {
 /// now; Podman secrets are read inside the session from their mount.
 pub fn script(
     credentials: &[Credential],
+    placeholders: &BTreeMap<String, Placeholder>,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Option<String>, SecretError> {
     if credentials.is_empty() {
@@ -220,6 +228,16 @@ pub fn script(
     let mut text = String::new();
     for c in credentials {
         let who = format!("credential `{}`", c.name);
+        if c.inject.is_some() {
+            // The value stays with the egress proxy (issue 21); the
+            // session holds the placeholder the proxy recognises. Without
+            // one, fail closed: never the value instead.
+            let p = placeholders
+                .get(&c.name)
+                .ok_or(SecretError::NoPlaceholder { who })?;
+            text.push_str(&export_value(&c.name, p.as_str()));
+            continue;
+        }
         match &c.source {
             SecretSource::PodmanSecret(secret) => {
                 text.push_str(&export_from_file(&c.name, secret, &secret_target(&c.name)));
@@ -234,6 +252,45 @@ pub fn script(
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_credential_with_inject_never_puts_its_value_in_the_session_issue_21() {
+        let plain = Credential {
+            name: "PLAIN".into(),
+            source: SecretSource::Env("P".into()),
+            inject: None,
+        };
+        let c = Credential {
+            name: "KEY".into(),
+            source: SecretSource::Env("K".into()),
+            inject: Some(crate::desired::Inject {
+                hosts: Vec::new(),
+                header: "x-api-key".into(),
+                prefix: String::new(),
+                suffix: String::new(),
+            }),
+        };
+        let env = |_: &str| Some("sk-real-value".to_string());
+        let e = script(std::slice::from_ref(&c), &BTreeMap::new(), &env)
+            .expect_err("no placeholder")
+            .to_string();
+        assert!(e.contains("credential `KEY` has `inject`"), "{e}");
+        assert!(!e.contains("sk-real-value"));
+        let ph = Placeholder::generate().expect("random");
+        let phs = BTreeMap::from([("KEY".to_string(), ph.clone())]);
+        let text = script(&[c, plain], &phs, &env)
+            .expect("script")
+            .expect("some");
+        assert_eq!(
+            text.matches("sk-real-value").count(),
+            1,
+            "only the plain credential's value: {text}"
+        );
+        assert!(
+            text.contains(&format!("export KEY='{}'", ph.as_str())),
+            "{text}"
+        );
+    }
 
     fn no_env(_: &str) -> Option<String> {
         None

@@ -20,7 +20,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use crate::desired::{EgressPolicy, PROXY_VARS};
+use crate::desired::{Credential, EgressPolicy, PROXY_VARS};
 use crate::egress::Observer;
 use crate::egress::log::EgressLog;
 use crate::egress::netns::{self, NetnsError, Placement};
@@ -45,6 +45,9 @@ pub const LOG_FILE: &str = "agentd/egress.jsonl";
 struct Persisted {
     port: u16,
     policy: EgressPolicy,
+    /// The injected credentials (issue 21): names and sources, never values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    inject: Vec<Credential>,
 }
 
 /// Why a session's proxy could not start.
@@ -60,6 +63,8 @@ pub enum EgressError {
     Log { path: PathBuf, source: io::Error },
     #[error("cannot serve the proxy's socket: {0}")]
     Serve(io::Error),
+    #[error(transparent)]
+    Inject(#[from] super::session_inject::InjectSetupError),
 }
 
 impl EgressError {
@@ -76,6 +81,8 @@ impl EgressError {
 pub struct SessionEgress {
     hub: Arc<Hub>,
     running: Mutex<BTreeMap<String, Running>>,
+    /// The TLS material of interceptions (issue 21), made at first use.
+    pub tls: super::session_inject::TlsCell,
 }
 
 impl Default for SessionEgress {
@@ -105,7 +112,15 @@ impl SessionEgress {
         SessionEgress {
             hub: Hub::new(limits),
             running: Mutex::default(),
+            tls: Default::default(),
         }
+    }
+
+    /// With the daemon's CA kept in `ca_dir` and the operator's CA file
+    /// (`--egress-ca-file`), for sessions with injected credentials.
+    pub fn with_inject(mut self, ca_dir: PathBuf, ca_file: Option<PathBuf>) -> SessionEgress {
+        self.tls = super::session_inject::TlsCell::new(ca_dir, ca_file);
+        self
     }
 
     /// The variables announcing the proxy to the session (and lower-case).
@@ -124,12 +139,18 @@ impl SessionEgress {
         env
     }
 
-    /// Before the container runs: keep the port and policy in the work
-    /// folder. Returns the port.
-    pub fn prepare(work_root: &Path, policy: &EgressPolicy) -> io::Result<u16> {
+    /// Before the container runs: keep the port, the policy and the
+    /// injected credentials (their sources) in the work folder. Returns
+    /// the port.
+    pub fn prepare(
+        work_root: &Path,
+        policy: &EgressPolicy,
+        credentials: &[Credential],
+    ) -> io::Result<u16> {
         let state = Persisted {
             port: PROXY_PORT,
             policy: policy.clone(),
+            inject: super::session_inject::injected(credentials),
         };
         let bytes = serde_json::to_vec_pretty(&state).map_err(io::Error::other)?;
         write_state(&work_root.join(STATE_FILE), &bytes)?;
@@ -155,6 +176,13 @@ impl SessionEgress {
             return Ok(true);
         }
         let ns = namespaces.ok_or(EgressError::Unreachable)?;
+        // The values are read now, into memory only; a source that fails
+        // fails the start (or leaves an adopted session with no way out).
+        let env = |name: &str| std::env::var(name).ok();
+        let inject = super::session_inject::injecting(&self.tls, work_root, &state.inject, |c| {
+            super::secrets::read(&format!("credential `{}`", c.name), &c.source, &env)
+                .map_err(|e| e.to_string())
+        })?;
         let placement = Placement::for_daemon(ns.own_user_namespace);
         let log_path = record_dir.join(LOG_FILE);
         let log = tokio::task::spawn_blocking({
@@ -171,8 +199,15 @@ impl SessionEgress {
         let began = std::time::Instant::now();
         let listener = netns::listen_in(ns.pid, state.port, &placement).await?;
         let place_ms = u64::try_from(began.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let running = proxy::serve(&self.hub, listener, state.policy, Arc::new(log), observer)
-            .map_err(EgressError::Serve)?;
+        let running = proxy::serve(
+            &self.hub,
+            listener,
+            state.policy,
+            Arc::new(log),
+            observer,
+            inject.map(|i| i as Arc<dyn crate::egress::proxy::Interception>),
+        )
+        .map_err(EgressError::Serve)?;
         super::lock(&self.running).insert(request.to_string(), running);
         tracing::info!(
             request,

@@ -227,9 +227,10 @@ impl WorkDir {
         &self,
         profile: &Profile,
         uid: u32,
+        placeholders: &std::collections::BTreeMap<String, crate::inject::Placeholder>,
         lookup: &dyn Fn(&str) -> Option<String>,
     ) -> Result<bool, CredentialsError> {
-        let Some(text) = super::secrets::script(&profile.credentials, lookup)? else {
+        let Some(text) = super::secrets::script(&profile.credentials, placeholders, lookup)? else {
             return Ok(false);
         };
         let path = self.credentials();

@@ -42,7 +42,7 @@ fn free_port() -> u16 {
 }
 
 /// A folder the session can write (mounted read-write) and the test reads.
-fn shared_dir(w: &World) -> PathBuf {
+pub fn shared_dir(w: &World) -> PathBuf {
     let d = w.path().join("x");
     std::fs::create_dir_all(&d).expect("mkdir");
     std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o777))
@@ -50,7 +50,7 @@ fn shared_dir(w: &World) -> PathBuf {
     d
 }
 
-fn wait_file(path: &Path, timeout: Duration, w: &World) -> String {
+pub fn wait_file(path: &Path, timeout: Duration, w: &World) -> String {
     let deadline = Instant::now() + timeout;
     loop {
         if let Ok(t) = std::fs::read_to_string(path)

@@ -20,6 +20,7 @@ mod hardening_guard;
 mod hardening_repos;
 mod hardening_seal;
 mod hardening_urls;
+mod inject;
 mod metrics;
 mod podman;
 mod results;

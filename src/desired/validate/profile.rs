@@ -129,6 +129,7 @@ pub fn profile(path: &Path, bytes: &[u8], host: &dyn HostView) -> Result<Profile
             Ok(source) => credentials.push(Credential {
                 name: c.name.clone(),
                 source,
+                inject: None,
             }),
             Err(problems) => {
                 for (field, p) in problems {
@@ -254,6 +255,16 @@ pub fn profile(path: &Path, bytes: &[u8], host: &dyn HostView) -> Result<Profile
     let mut egress_problems = Vec::new();
     let egress = super::super::egress::profile(path, text, &w, &mut egress_problems);
     egress_problems.into_iter().for_each(|d| s.push(d));
+    let mut inject_problems = Vec::new();
+    super::super::inject::profile(
+        path,
+        text,
+        &w,
+        egress.as_ref(),
+        &mut credentials,
+        &mut inject_problems,
+    );
+    inject_problems.into_iter().for_each(|d| s.push(d));
     if !s.out.is_empty() {
         return Err(s.finish());
     }

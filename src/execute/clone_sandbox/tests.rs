@@ -21,6 +21,7 @@ fn settings() -> super::super::Settings {
         audit_max_bytes: 1 << 20,
         clone_timeout: std::time::Duration::from_secs(60),
         allow_host_network: false,
+        egress_ca_file: None,
         session_files_owner: 10_001,
     }
 }

@@ -90,6 +90,7 @@ pub fn harness() -> Harness {
         audit_max_bytes: 1 << 20,
         clone_timeout: Duration::from_secs(60),
         allow_host_network: false,
+        egress_ca_file: None,
         session_files_owner: nix::unistd::geteuid().as_raw(),
     };
     let (store, _) = StatusStore::open(&state).expect("store");

@@ -218,6 +218,7 @@ async fn a_missing_runtime_secret_fails_the_start_before_any_container_issue_18(
     p.credentials.push(crate::desired::Credential {
         name: "GH_TOKEN".into(),
         source: crate::desired::SecretSource::PodmanSecret("gh".into()),
+        inject: None,
     });
     lock(&h.sh.store).update_unpersisted("r1", |s| s.phase = Phase::Starting);
     crate::execute::start::start(&h.sh, "r1", p).await;

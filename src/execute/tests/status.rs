@@ -29,6 +29,7 @@ fn shared(state: &std::path::Path) -> Arc<Shared> {
             audit_max_bytes: 1 << 20,
             clone_timeout: Duration::from_secs(60),
             allow_host_network: false,
+            egress_ca_file: None,
             session_files_owner: nix::unistd::geteuid().as_raw(),
         },
         runtime: Arc::new(crate::runtime::fake::Fake::default()),
