@@ -27,7 +27,7 @@ use super::head::{self, Bad, Head};
 use super::log::{Decision, EgressLog, Line, escape_host};
 use super::policy::{self, Host, Target};
 use super::relay::{self, Counts};
-use super::resolve::{self, Resolver};
+use super::resolve::{self, Resolver, Share};
 use super::{Direction, Observer};
 use crate::desired::{EgressPolicy, EgressRule, split_host_port};
 
@@ -47,6 +47,9 @@ pub struct Limits {
     pub lookup_timeout: Duration,
     /// Name lookups running at once, all sessions together.
     pub lookups: usize,
+    /// Of those, the most one session may hold (a session's slow names
+    /// never hold them all).
+    pub lookups_per_session: usize,
     /// Connections of one session at once (then `503`).
     pub per_session: usize,
     /// Descriptors of all the proxies together: an agent's connection and
@@ -70,6 +73,7 @@ impl Default for Limits {
             connect_timeout: Duration::from_secs(10),
             lookup_timeout: Duration::from_secs(10),
             lookups: 16,
+            lookups_per_session: 4,
             per_session: 64,
             descriptors: 4096,
             buffer: 64 * 1024,
@@ -89,7 +93,11 @@ pub struct Hub {
 impl Hub {
     pub fn new(limits: Limits) -> Arc<Hub> {
         Arc::new(Hub {
-            resolver: Resolver::new(limits.lookups, limits.lookup_timeout),
+            resolver: Resolver::new(
+                limits.lookups,
+                limits.lookups_per_session,
+                limits.lookup_timeout,
+            ),
             descriptors: Arc::new(Semaphore::new(limits.descriptors.max(2))),
             limits,
         })
@@ -110,6 +118,8 @@ struct Ctx {
     log: Arc<EgressLog>,
     observer: Arc<dyn Observer>,
     per_session: Arc<Semaphore>,
+    /// The session's part of the hub's name lookups.
+    lookups: Share,
     cancel: CancellationToken,
 }
 
@@ -132,6 +142,7 @@ pub fn serve(
         log: Arc::clone(&log),
         observer,
         per_session: Arc::new(Semaphore::new(hub.limits.per_session.max(1))),
+        lookups: hub.resolver.share(),
         cancel: cancel.clone(),
     });
     tracker.spawn(accept_loop(ctx, listener, tracker.clone()));
@@ -352,7 +363,7 @@ async fn serve_one(
         Host::Ip(ip) => vec![SocketAddr::new(*ip, target.port)],
         Host::Name(name) => {
             let looked = tokio::select! {
-                r = ctx.hub.resolver.lookup(name, target.port) => r,
+                r = ctx.hub.resolver.lookup(&ctx.lookups, name, target.port) => r,
                 () = ctx.cancel.cancelled() => return Err(reply(503, "the session ended")),
             };
             match looked {
