@@ -359,15 +359,15 @@ async fn serve_one(
     }
     let target = policy::parse_authority(&authority).map_err(|r| reply(400, r.0))?;
     let rule = policy::find(&ctx.policy, &target).map_err(|r| reply(403, r.0))?;
-    let addrs = match &target.host {
-        Host::Ip(ip) => vec![SocketAddr::new(*ip, target.port)],
+    let (addrs, host) = match &target.host {
+        Host::Ip(ip) => (vec![SocketAddr::new(*ip, target.port)], Vec::new()),
         Host::Name(name) => {
             let looked = tokio::select! {
                 r = ctx.hub.resolver.lookup(&ctx.lookups, name, target.port) => r,
                 () = ctx.cancel.cancelled() => return Err(reply(503, "the session ended")),
             };
             match looked {
-                Ok(a) => a,
+                Ok(r) => (r.addrs, r.host),
                 Err(e) => {
                     line.decision = Decision::Allowed;
                     ctx.observer.connection(Decision::Allowed);
@@ -376,7 +376,7 @@ async fn serve_one(
             }
         }
     };
-    let addrs = policy::admit(rule, &addrs).map_err(|r| reply(403, r.0))?;
+    let addrs = policy::admit(rule, &addrs, &host).map_err(|r| reply(403, r.0))?;
     line.decision = Decision::Allowed;
     ctx.observer.connection(Decision::Allowed);
     match route(rule, &target) {

@@ -5,7 +5,10 @@
 //! runtime worker; a semaphore bounds how many run at once (a hostile
 //! agent asking for many slow names holds at most that many threads), and
 //! the permit travels into the blocking closure, so a lookup that outlives
-//! its timeout still counts until it really ends. Each session also has
+//! its timeout still counts until it really ends. With the addresses comes
+//! the list of the host's own (those on its interfaces), read in the same
+//! blocking call: a name must not reach the host through its public
+//! address either (`policy::admit`). Each session also has
 //! its [`Share`]: at most a few of those lookups at once, so a session
 //! whose names resolve slowly (a wildcard entry lets the agent pick any
 //! name under it, and so its DNS latency) cannot hold every slot while
@@ -14,7 +17,7 @@
 //! nothing resolves twice, so DNS cannot answer differently in between.
 
 use std::io;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,6 +40,30 @@ fn getaddrinfo(name: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
     (name, port)
         .to_socket_addrs()
         .map(Iterator::collect::<Vec<_>>)
+}
+
+/// What a lookup found: the name's addresses, and the host's own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// Every address of the name, in the resolver's order.
+    pub addrs: Vec<SocketAddr>,
+    /// Every address on the host's interfaces: connecting to one of them
+    /// reaches the host itself, whatever range it is in.
+    pub host: Vec<IpAddr>,
+}
+
+/// The addresses on the host's interfaces (`getifaddrs`).
+pub fn host_addresses() -> io::Result<Vec<IpAddr>> {
+    let mut out = Vec::new();
+    for ifa in nix::ifaddrs::getifaddrs()? {
+        let Some(a) = ifa.address else { continue };
+        if let Some(v4) = a.as_sockaddr_in() {
+            out.push(IpAddr::V4(v4.ip()));
+        } else if let Some(v6) = a.as_sockaddr_in6() {
+            out.push(IpAddr::V6(v6.ip()));
+        }
+    }
+    Ok(out)
 }
 
 /// One session's part of the resolver: how many of its lookups may run at
@@ -72,14 +99,10 @@ impl Resolver {
         Share(Arc::new(Semaphore::new(self.per_session)))
     }
 
-    /// Every address of `name` for `port`, in the resolver's order, as part
-    /// of `share` (waiting for a slot counts against the timeout).
-    pub async fn lookup(
-        &self,
-        share: &Share,
-        name: &str,
-        port: u16,
-    ) -> io::Result<Vec<SocketAddr>> {
+    /// Every address of `name` for `port`, in the resolver's order, and
+    /// the host's own addresses, as part of `share` (waiting for a slot
+    /// counts against the timeout).
+    pub async fn lookup(&self, share: &Share, name: &str, port: u16) -> io::Result<Resolved> {
         let work = async {
             let mine = Arc::clone(&share.0)
                 .acquire_owned()
@@ -93,7 +116,11 @@ impl Resolver {
             let system = self.system;
             tokio::task::spawn_blocking(move || {
                 let _held = (permit, mine);
-                system(name.as_str(), port)
+                let addrs = system(name.as_str(), port)?;
+                Ok(Resolved {
+                    addrs,
+                    host: host_addresses()?,
+                })
             })
             .await
             .map_err(io::Error::other)?
@@ -137,10 +164,11 @@ mod tests {
     #[tokio::test]
     async fn localhost_resolves_on_the_host_and_connects_to_the_checked_address_issue_19() {
         let r = Resolver::new(2, 1, Duration::from_secs(5));
-        let addrs = r
+        let Resolved { addrs, host } = r
             .lookup(&r.share(), "localhost", 8080)
             .await
             .expect("localhost resolves");
+        assert!(host.contains(&IpAddr::from([127, 0, 0, 1])), "{host:?}");
         assert!(
             addrs
                 .iter()
@@ -198,7 +226,7 @@ mod tests {
             .lookup(&r.share(), "fast.example.com", 443)
             .await
             .expect("resolves");
-        assert_eq!(other, [SocketAddr::from(([127, 0, 0, 1], 443))]);
+        assert_eq!(other.addrs, [SocketAddr::from(([127, 0, 0, 1], 443))]);
         assert!(
             t.elapsed() < Duration::from_millis(700),
             "another session waited {:?} behind the slow lookups",
