@@ -117,10 +117,13 @@ impl Resolver {
             tokio::task::spawn_blocking(move || {
                 let _held = (permit, mine);
                 let addrs = system(name.as_str(), port)?;
-                Ok(Resolved {
-                    addrs,
-                    host: host_addresses()?,
-                })
+                let host = host_addresses().map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("cannot list the host's own addresses: {e}"),
+                    )
+                })?;
+                Ok(Resolved { addrs, host })
             })
             .await
             .map_err(io::Error::other)?
