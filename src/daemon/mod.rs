@@ -84,6 +84,7 @@ pub async fn run(
     );
     let clone_sandbox =
         crate::execute::clone_sandbox::Sandbox::for_daemon(&settings, runtime.as_ref());
+    let egress = crate::execute::SessionEgress::new(settings.max_sessions);
     let sh = Arc::new(Shared {
         settings,
         runtime,
@@ -99,7 +100,7 @@ pub async fn run(
         gates: Mutex::new(Default::default()),
         leftovers: Mutex::default(),
         seal_failures: Mutex::default(),
-        egress: crate::execute::SessionEgress::new(),
+        egress,
     });
     write_daemon_state(&sh.settings.state, None, &[]);
     resync_containers(&sh).await;
