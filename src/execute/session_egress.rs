@@ -231,8 +231,9 @@ fn write_state(path: &Path, bytes: &[u8]) -> io::Result<()> {
 
 /// The proxies' bounds for a descriptor limit of `nofile` and up to
 /// `max_sessions` sessions: half the limit, at most the default budget;
-/// each session at most its part of it (never under 8), at most the
-/// default share.
+/// each session at most its part of it, at most the default share, and
+/// never less than its connections need without pipes (two each, and the
+/// one the accept loop holds).
 fn budget(nofile: u64, max_sessions: u32) -> Limits {
     let mut limits = Limits::default();
     limits.descriptors = limits
@@ -240,9 +241,10 @@ fn budget(nofile: u64, max_sessions: u32) -> Limits {
         .min(usize::try_from(nofile / 2).unwrap_or(usize::MAX))
         .max(16);
     let sessions = usize::try_from(max_sessions.max(1)).unwrap_or(1);
+    let without_pipes = 2 * limits.per_session + 1;
     limits.session_descriptors = (limits.descriptors / sessions)
         .min(limits.session_descriptors)
-        .max(8);
+        .max(without_pipes);
     limits
 }
 
@@ -366,11 +368,11 @@ mod tests {
         let units = budget(65536, 4);
         assert_eq!((units.descriptors, units.session_descriptors), (4096, 385));
         let shell = budget(1024, 4);
-        assert_eq!((shell.descriptors, shell.session_descriptors), (512, 128));
+        assert_eq!((shell.descriptors, shell.session_descriptors), (512, 129));
         let many = budget(65536, 64);
-        assert_eq!((many.descriptors, many.session_descriptors), (4096, 64));
+        assert_eq!((many.descriptors, many.session_descriptors), (4096, 129));
         let tiny = budget(20, 1000);
-        assert_eq!((tiny.descriptors, tiny.session_descriptors), (16, 8));
+        assert_eq!((tiny.descriptors, tiny.session_descriptors), (16, 129));
     }
 
     #[test]
