@@ -4,7 +4,9 @@
 //! cached lookup.
 //!
 //! Points: `start-before-credentials`, `start-after-credentials`,
-//! `start-before-prepared`, `start-after-run`, `finish-before-audit`, `finish-after-audit`,
+//! `start-before-prepared`, `start-after-run`, `finish-before-audit`,
+//! `seal-before-session-json` (the record's files read-only and its manifest
+//! written, `session.json` not yet final), `finish-after-audit`,
 //! `finish-after-done` (the status says `done`, the exited container is not
 //! removed yet), `finish-after-rm`.
 

@@ -153,4 +153,92 @@ impl Record {
         let bytes = fs::read(self.dir.join("agentd/session.json")).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
+
+    /// Make the daemon's part writable again before a finish runs anew: a
+    /// crash in the middle of sealing leaves `agentd/` read-only with a
+    /// `session.json` that never got its outcome, and the next finish
+    /// rewrites `console.log` and the results there. Root writes read-only
+    /// files anyway; a rootless daemon cannot, and would retry forever.
+    /// Only the daemon's own files: `session/` is the seal's to take back.
+    pub fn reopen(&self) -> Result<(), AuditError> {
+        make_writable(&self.dir)?;
+        reopen_tree(&self.dir.join("agentd"))
+    }
+}
+
+/// Add the owner's write bit to `path` (never through a link) when missing.
+fn make_writable(path: &Path) -> Result<(), AuditError> {
+    let meta = fs::symlink_metadata(path).map_err(err(path))?;
+    let mode = meta.permissions().mode();
+    if meta.file_type().is_symlink() || mode & 0o200 != 0 {
+        return Ok(());
+    }
+    fs::set_permissions(path, fs::Permissions::from_mode((mode & 0o7777) | 0o200))
+        .map_err(err(path))
+}
+
+/// [`make_writable`] for `dir`, its files and its folders, links left alone.
+fn reopen_tree(dir: &Path) -> Result<(), AuditError> {
+    make_writable(dir)?;
+    for entry in fs::read_dir(dir).map_err(err(dir))? {
+        let entry = entry.map_err(err(dir))?;
+        let path = entry.path();
+        let kind = entry.file_type().map_err(err(&path))?;
+        if kind.is_dir() {
+            reopen_tree(&path)?;
+        } else if kind.is_file() {
+            make_writable(&path)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod reopen_tests {
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        fs::symlink_metadata(path)
+            .expect("stat")
+            .permissions()
+            .mode()
+            & 0o7777
+    }
+
+    #[test]
+    fn a_record_a_crash_left_half_sealed_is_writable_again_for_the_finish_issue_19() {
+        let root = tempfile::tempdir().expect("tmp");
+        let rec = Record::create(root.path(), "p", "s1", nix::unistd::geteuid().as_raw())
+            .expect("create");
+        let agentd = rec.dir.join("agentd");
+        let results = agentd.join("results");
+        fs::create_dir(&results).expect("mkdir");
+        let outside = root.path().join("outside");
+        fs::write(&outside, "not the record's").expect("write");
+        std::os::unix::fs::symlink(&outside, agentd.join("link")).expect("link");
+        let files = [
+            agentd.join("console.log"),
+            agentd.join("egress.jsonl"),
+            results.join("changes.bundle"),
+        ];
+        for f in &files {
+            fs::write(f, "sealed").expect("write");
+        }
+        // What a seal does before a kill -9 stops it short of session.json.
+        for f in files.iter().chain([&outside]) {
+            fs::set_permissions(f, fs::Permissions::from_mode(0o444)).expect("chmod");
+        }
+        fs::set_permissions(&results, fs::Permissions::from_mode(0o555)).expect("chmod");
+        rec.reopen().expect("reopen");
+        for f in &files {
+            assert_eq!(mode(f), 0o644, "{}", f.display());
+        }
+        assert_eq!(mode(&results), 0o755);
+        assert_eq!(mode(&outside), 0o444, "a link in agentd/ is not followed");
+        assert_eq!(
+            mode(&rec.session_dir()),
+            0o700,
+            "session/ is left to the seal"
+        );
+    }
 }

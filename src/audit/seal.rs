@@ -539,6 +539,7 @@ impl Record {
             .collect();
         let manifest_path = self.dir.join(MANIFEST);
         write_atomic(&manifest_path, &text, 0o444).map_err(io_err(&manifest_path))?;
+        crate::fault::point("seal-before-session-json");
         write_atomic(&session_json, &final_bytes, 0o444).map_err(io_err(&session_json))?;
         for d in [&agentd, &self.dir] {
             fs::set_permissions(d, fs::Permissions::from_mode(0o555)).map_err(io_err(d))?;

@@ -85,7 +85,7 @@ pub async fn run(
     let clone_sandbox =
         crate::execute::clone_sandbox::Sandbox::for_daemon(&settings, runtime.as_ref());
     // Sessions with injected credentials use the CA kept in `<state>/ca`.
-    let egress = crate::execute::SessionEgress::new()
+    let egress = crate::execute::SessionEgress::new(settings.max_sessions)
         .with_inject(settings.state.join("ca"), settings.egress_ca_file.clone());
     let sh = Arc::new(Shared {
         settings,

@@ -110,16 +110,25 @@ pub fn find<'a>(policy: &'a EgressPolicy, target: &Target) -> Result<&'a EgressR
 
 /// Of the addresses `rule` resolved to, those it may reach, in the
 /// resolver's order: all of them for an IP literal or `allow_private`,
-/// else only public ones. `Err` when none is left, naming the first
-/// refused address and why.
-pub fn admit(rule: &EgressRule, addrs: &[SocketAddr]) -> Result<Vec<SocketAddr>, Refused> {
+/// else only public ones that are not the host's own (`host`: the
+/// addresses on its interfaces, where a public one reaches the host's
+/// services as surely as loopback). `Err` when none is left, naming the
+/// first refused address and why.
+pub fn admit(
+    rule: &EgressRule,
+    addrs: &[SocketAddr],
+    host: &[IpAddr],
+) -> Result<Vec<SocketAddr>, Refused> {
     if matches!(rule.host, EgressHost::Ip(_)) || rule.allow_private {
         return Ok(addrs.to_vec());
     }
+    let refusal = |ip: IpAddr| {
+        super::addr::refusal(ip).or_else(|| host.contains(&ip).then_some("an address of this host"))
+    };
     let ok: Vec<SocketAddr> = addrs
         .iter()
         .copied()
-        .filter(|a| super::addr::refusal(a.ip()).is_none())
+        .filter(|a| refusal(a.ip()).is_none())
         .collect();
     if !ok.is_empty() {
         return Ok(ok);
@@ -128,7 +137,7 @@ pub fn admit(rule: &EgressRule, addrs: &[SocketAddr]) -> Result<Vec<SocketAddr>,
         Some(a) => Err(Refused(format!(
             "resolves to {} ({}); the entry needs allow_private = true",
             a.ip(),
-            super::addr::refusal(a.ip()).unwrap_or("refused")
+            refusal(a.ip()).unwrap_or("refused")
         ))),
         None => Err(Refused("resolves to no address".into())),
     }
@@ -309,29 +318,56 @@ mod tests {
             "[2606:2800::1]:443",
         ]);
         assert_eq!(
-            admit(name, &mixed),
+            admit(name, &mixed, &[]),
             Ok(addrs(&["93.184.216.34:443", "[2606:2800::1]:443"]))
         );
         assert_eq!(
-            admit(name, &addrs(&["127.0.0.1:443", "[::1]:443"])),
+            admit(name, &addrs(&["127.0.0.1:443", "[::1]:443"]), &[]),
             Err(Refused(
                 "resolves to 127.0.0.1 (a loopback address); the entry needs allow_private = true"
                     .into()
             ))
         );
         assert_eq!(
-            admit(name, &addrs(&["169.254.169.254:443"])),
+            admit(name, &addrs(&["169.254.169.254:443"]), &[]),
             Err(Refused(
                 "resolves to 169.254.169.254 (a cloud metadata address); the entry needs allow_private = true".into()
             ))
         );
         assert_eq!(
-            admit(name, &[]),
+            admit(name, &[], &[]),
             Err(Refused("resolves to no address".into()))
         );
-        assert_eq!(admit(private, &mixed), Ok(mixed.clone()));
+        assert_eq!(admit(private, &mixed, &[]), Ok(mixed.clone()));
         let lo = addrs(&["127.0.0.1:8080"]);
-        assert_eq!(admit(literal, &lo), Ok(lo.clone()));
+        assert_eq!(admit(literal, &lo, &[]), Ok(lo.clone()));
+    }
+
+    #[test]
+    fn a_name_never_reaches_an_address_of_the_host_itself_issue_19() {
+        let p = policy(&[
+            ("api.example.com", 443, false),
+            ("intranet.example.com", 443, true),
+            ("93.184.216.34", 443, false),
+        ]);
+        let [name, private, literal] = [&p.rules[0], &p.rules[1], &p.rules[2]];
+        // The host's public address, as a listed name could be pointed at.
+        let own: Vec<IpAddr> = vec![
+            "127.0.0.1".parse().expect("ip"),
+            "93.184.216.34".parse().expect("ip"),
+        ];
+        let theirs = addrs(&["93.184.216.34:443"]);
+        assert_eq!(
+            admit(name, &theirs, &own),
+            Err(Refused(
+                "resolves to 93.184.216.34 (an address of this host); the entry needs allow_private = true".into()
+            ))
+        );
+        let both = addrs(&["93.184.216.34:443", "[2606:2800::1]:443"]);
+        assert_eq!(admit(name, &both, &own), Ok(addrs(&["[2606:2800::1]:443"])));
+        assert_eq!(admit(name, &theirs, &[]), Ok(theirs.clone()));
+        assert_eq!(admit(private, &theirs, &own), Ok(theirs.clone()));
+        assert_eq!(admit(literal, &theirs, &own), Ok(theirs.clone()));
     }
 
     #[test]

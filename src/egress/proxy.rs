@@ -9,7 +9,9 @@
 //! What a hostile agent can cost the daemon is bounded: `per_session`
 //! connections at once (then `503`), `descriptors` sockets over all
 //! sessions (a session's accept waits while they are taken, so the daemon
-//! never runs out of descriptors for its own git and podman), fixed
+//! never runs out of descriptors for its own git and podman), at most
+//! `session_descriptors` of them for one session (so one session's flood
+//! never leaves another without), fixed
 //! buffers, and timeouts on a silent client, a slow upstream and an idle
 //! tunnel.
 //!
@@ -34,7 +36,7 @@ use super::head::{self, Bad, Head};
 use super::log::{Decision, EgressLog, Line, escape_host};
 use super::policy::{self, Host, Target};
 use super::relay::{self, Counts};
-use super::resolve::{self, Resolver};
+use super::resolve::{self, Resolver, Share};
 use super::{Direction, Observer};
 use crate::desired::{EgressPolicy, split_host_port};
 
@@ -54,12 +56,18 @@ pub struct Limits {
     pub lookup_timeout: Duration,
     /// Name lookups running at once, all sessions together.
     pub lookups: usize,
+    /// Of those, the most one session may hold (a session's slow names
+    /// never hold them all).
+    pub lookups_per_session: usize,
     /// Connections of one session at once (then `503`).
     pub per_session: usize,
     /// Descriptors of all the proxies together: an agent's connection and
     /// its upstream are two, and the two pipes a relay splices through four
     /// more (a relay without them copies instead).
     pub descriptors: usize,
+    /// Of those, the most one session holds: a session's connections wait
+    /// (or relay without pipes) rather than take another session's share.
+    pub session_descriptors: usize,
     /// Largest relay buffer per direction of a connection that copies (no
     /// pipes to splice through); each starts at 16 KiB and doubles while
     /// reads fill it.
@@ -77,8 +85,12 @@ impl Default for Limits {
             connect_timeout: Duration::from_secs(10),
             lookup_timeout: Duration::from_secs(10),
             lookups: 16,
+            lookups_per_session: 4,
             per_session: 64,
             descriptors: 4096,
+            // 64 connections of six descriptors each, and the one the
+            // accept loop holds while it waits.
+            session_descriptors: 64 * 6 + 1,
             buffer: 64 * 1024,
             reply_timeout: Duration::from_secs(5),
         }
@@ -96,7 +108,11 @@ pub struct Hub {
 impl Hub {
     pub fn new(limits: Limits) -> Arc<Hub> {
         Arc::new(Hub {
-            resolver: Resolver::new(limits.lookups, limits.lookup_timeout),
+            resolver: Resolver::new(
+                limits.lookups,
+                limits.lookups_per_session,
+                limits.lookup_timeout,
+            ),
             descriptors: Arc::new(Semaphore::new(limits.descriptors.max(2))),
             limits,
         })
@@ -159,6 +175,10 @@ struct Ctx {
     log: Arc<EgressLog>,
     observer: Arc<dyn Observer>,
     per_session: Arc<Semaphore>,
+    /// The session's part of the hub's descriptors.
+    fds: Arc<Semaphore>,
+    /// The session's part of the hub's name lookups.
+    lookups: Share,
     cancel: CancellationToken,
     inject: Option<Arc<dyn Interception>>,
 }
@@ -184,6 +204,8 @@ pub fn serve(
         log: Arc::clone(&log),
         observer,
         per_session: Arc::new(Semaphore::new(hub.limits.per_session.max(1))),
+        fds: Arc::new(Semaphore::new(hub.limits.session_descriptors.max(2))),
+        lookups: hub.resolver.share(),
         cancel: cancel.clone(),
         inject,
     });
@@ -215,14 +237,52 @@ impl Running {
     }
 }
 
+/// Descriptors held by one connection: from the session's share and from
+/// the hub's budget together, released together.
+struct Fds {
+    _session: OwnedSemaphorePermit,
+    _hub: OwnedSemaphorePermit,
+}
+
+impl Ctx {
+    /// `n` descriptors now, or `None` when the session's share or the
+    /// hub's budget is short.
+    fn try_fds(&self, n: u32) -> Option<Fds> {
+        let session = Arc::clone(&self.fds).try_acquire_many_owned(n).ok()?;
+        let hub = Arc::clone(&self.hub.descriptors)
+            .try_acquire_many_owned(n)
+            .ok()?;
+        Some(Fds {
+            _session: session,
+            _hub: hub,
+        })
+    }
+
+    /// One descriptor, waiting for the session's share first (a session
+    /// at its share waits without holding any of the hub's), then for
+    /// the hub's budget. `None` once the semaphores are closed.
+    async fn fd(&self) -> Option<Fds> {
+        let session = Arc::clone(&self.fds).acquire_owned().await.ok()?;
+        let hub = Arc::clone(&self.hub.descriptors)
+            .acquire_owned()
+            .await
+            .ok()?;
+        Some(Fds {
+            _session: session,
+            _hub: hub,
+        })
+    }
+}
+
 async fn accept_loop(ctx: Arc<Ctx>, listener: TcpListener, tracker: TaskTracker) {
     loop {
         // A descriptor for the agent's socket before accepting it: with
-        // the budget spent, connections wait in the listen backlog.
+        // the session's share or the budget spent, connections wait in the
+        // listen backlog.
         let fd = tokio::select! {
-            p = Arc::clone(&ctx.hub.descriptors).acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
+            p = ctx.fd() => match p {
+                Some(p) => p,
+                None => return,
             },
             () = ctx.cancel.cancelled() => return,
         };
@@ -407,15 +467,15 @@ async fn serve_one(
             .check_plaintext(head, &target)
             .map_err(|why| reply(403, why))?;
     }
-    let addrs = match &target.host {
-        Host::Ip(ip) => vec![SocketAddr::new(*ip, target.port)],
+    let (addrs, host) = match &target.host {
+        Host::Ip(ip) => (vec![SocketAddr::new(*ip, target.port)], Vec::new()),
         Host::Name(name) => {
             let looked = tokio::select! {
-                r = ctx.hub.resolver.lookup(name, target.port) => r,
+                r = ctx.hub.resolver.lookup(&ctx.lookups, name, target.port) => r,
                 () = ctx.cancel.cancelled() => return Err(reply(503, "the session ended")),
             };
             match looked {
-                Ok(a) => a,
+                Ok(r) => (r.addrs, r.host),
                 Err(e) => {
                     line.decision = Decision::Allowed;
                     ctx.observer.connection(Decision::Allowed);
@@ -424,7 +484,7 @@ async fn serve_one(
             }
         }
     };
-    let addrs = policy::admit(rule, &addrs).map_err(|r| reply(403, r.0))?;
+    let addrs = policy::admit(rule, &addrs, &host).map_err(|r| reply(403, r.0))?;
     line.decision = Decision::Allowed;
     ctx.observer.connection(Decision::Allowed);
     match route(ctx, forward.is_some(), &target) {
@@ -510,9 +570,9 @@ async fn tunnel(
     counts: &Counts,
 ) -> Result<String, Reply> {
     let limits = &ctx.hub.limits;
-    let _fd: OwnedSemaphorePermit = Arc::clone(&ctx.hub.descriptors)
-        .try_acquire_owned()
-        .map_err(|_| reply(503, "the proxy is at its limit of open connections"))?;
+    let _fd = ctx
+        .try_fds(1)
+        .ok_or_else(|| reply(503, "the proxy is at its limit of open connections"))?;
     let connected = tokio::select! {
         c = resolve::connect(addrs, limits.connect_timeout) => c,
         () = ctx.cancel.cancelled() => return Err(reply(503, "the session ended")),
@@ -547,9 +607,7 @@ async fn tunnel(
         ctx.observer.bytes(Direction::Out, first.len() as u64);
     }
     // Two pipes to splice through, when the descriptor budget has them.
-    let pipes = Arc::clone(&ctx.hub.descriptors)
-        .try_acquire_many_owned(4)
-        .ok();
+    let pipes = ctx.try_fds(4);
     let opts = relay::Opts {
         until,
         buffer: limits.buffer,

@@ -65,6 +65,11 @@ struct Setup {
 
 impl Setup {
     async fn new(rules: Vec<EgressRule>, limits: Limits) -> Setup {
+        Setup::on(&Hub::new(limits), rules).await
+    }
+
+    /// A session's proxy on a hub other sessions share.
+    async fn on(hub: &Arc<Hub>, rules: Vec<EgressRule>) -> Setup {
         let dir = tempfile::tempdir().expect("tmp");
         let log_path = dir.path().join("egress.jsonl");
         let log = Arc::new(EgressLog::open(&log_path).expect("log"));
@@ -72,7 +77,7 @@ impl Setup {
         let proxy = listener.local_addr().expect("addr");
         let observer = Arc::new(Counted::default());
         let running = serve(
-            &Hub::new(limits),
+            hub,
             listener,
             EgressPolicy { rules },
             log,
@@ -388,6 +393,43 @@ async fn connections_over_the_session_cap_get_503_at_once_issue_19() {
             .count(),
         1
     );
+}
+
+#[tokio::test]
+async fn a_flooding_session_leaves_another_its_descriptors_issue_19() {
+    let (up, _) = echo_server().await;
+    let hub = Hub::new(Limits {
+        descriptors: 40,
+        session_descriptors: 20,
+        per_session: 64,
+        head_timeout: Duration::from_secs(5),
+        ..test_limits()
+    });
+    let rules = vec![rule("127.0.0.1", up.port(), false)];
+    let flood = Setup::on(&hub, rules.clone()).await;
+    let other = Setup::on(&hub, rules).await;
+    // As many silent connections as the whole budget.
+    let mut held = Vec::new();
+    for _ in 0..40 {
+        held.push(TcpStream::connect(flood.proxy).await.expect("connect"));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    let mut s = TcpStream::connect(other.proxy).await.expect("connect");
+    s.write_all(format!("CONNECT 127.0.0.1:{} HTTP/1.1\r\n\r\nhi", up.port()).as_bytes())
+        .await
+        .expect("write");
+    let want = "HTTP/1.1 200 Connection established\r\n\r\necho:hi";
+    let got = read_some(&mut s, want.len()).await;
+    assert_eq!(got, want);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the other session waited {:?} for a descriptor",
+        started.elapsed()
+    );
+    drop((held, s));
+    flood.stop().await;
+    other.stop().await;
 }
 
 #[tokio::test]

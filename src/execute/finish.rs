@@ -45,6 +45,8 @@ pub enum FinishError {
     Remove(RuntimeError),
     #[error("finishing: cannot write console log: {0}")]
     Console(RuntimeError),
+    #[error("finishing: cannot reopen a record a crash left half-sealed: {0}")]
+    Reopen(crate::audit::AuditError),
     #[error("finishing: cannot read {}/agentd/session.json", .0.display())]
     ReadRecord(PathBuf),
     #[error("finishing: sealing the audit record: {0}")]
@@ -265,6 +267,7 @@ async fn try_finish(sh: &Arc<Shared>, request: &str, cancelled: bool) -> Result<
         let work = sh.settings.work_dir(sid);
         if finalized.is_none() {
             fault::point("finish-before-audit");
+            record.reopen().map_err(FinishError::Reopen)?;
             let cap = sh.settings.audit_max_bytes;
             let collected = sh
                 .runtime

@@ -87,26 +87,24 @@ pub struct SessionEgress {
 
 impl Default for SessionEgress {
     fn default() -> SessionEgress {
-        SessionEgress::new()
+        SessionEgress::new(1)
     }
 }
 
 impl SessionEgress {
-    /// The proxies of a daemon. They get at most half of its descriptor
-    /// limit (and never more than the default budget), so its own git and
-    /// podman never meet `EMFILE` because of an agent. The limit is left as
-    /// it is (the units raise it): raising it here would raise it for every
-    /// child too.
-    pub fn new() -> SessionEgress {
-        let limit = nofile();
-        let mut limits = Limits::default();
-        limits.descriptors = limits
-            .descriptors
-            .min(usize::try_from(limit / 2).unwrap_or(usize::MAX))
-            .max(16);
+    /// The proxies of a daemon running up to `max_sessions` at once. They
+    /// get at most half of its descriptor limit (and never more than the
+    /// default budget), so its own git and podman never meet `EMFILE`
+    /// because of an agent, and one session at most its fair part of that
+    /// (so a session's flood leaves the others theirs). The limit is left
+    /// as it is (the units raise it): raising it here would raise it for
+    /// every child too.
+    pub fn new(max_sessions: u32) -> SessionEgress {
+        let limits = budget(nofile(), max_sessions);
         tracing::debug!(
-            nofile = limit,
+            nofile = nofile(),
             descriptors = limits.descriptors,
+            session_descriptors = limits.session_descriptors,
             "egress proxy descriptor budget"
         );
         SessionEgress {
@@ -266,6 +264,25 @@ fn write_state(path: &Path, bytes: &[u8]) -> io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// The proxies' bounds for a descriptor limit of `nofile` and up to
+/// `max_sessions` sessions: half the limit, at most the default budget;
+/// each session at most its part of it, at most the default share, and
+/// never less than its connections need without pipes (two each, and the
+/// one the accept loop holds).
+fn budget(nofile: u64, max_sessions: u32) -> Limits {
+    let mut limits = Limits::default();
+    limits.descriptors = limits
+        .descriptors
+        .min(usize::try_from(nofile / 2).unwrap_or(usize::MAX))
+        .max(16);
+    let sessions = usize::try_from(max_sessions.max(1)).unwrap_or(1);
+    let without_pipes = 2 * limits.per_session + 1;
+    limits.session_descriptors = (limits.descriptors / sessions)
+        .min(limits.session_descriptors)
+        .max(without_pipes);
+    limits
+}
+
 /// The soft `RLIMIT_NOFILE` (1024 when it cannot be read).
 fn nofile() -> u64 {
     nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
@@ -380,6 +397,18 @@ pub async fn adopt(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_session_gets_its_part_of_the_descriptor_budget_issue_19() {
+        let units = budget(65536, 4);
+        assert_eq!((units.descriptors, units.session_descriptors), (4096, 385));
+        let shell = budget(1024, 4);
+        assert_eq!((shell.descriptors, shell.session_descriptors), (512, 129));
+        let many = budget(65536, 64);
+        assert_eq!((many.descriptors, many.session_descriptors), (4096, 129));
+        let tiny = budget(20, 1000);
+        assert_eq!((tiny.descriptors, tiny.session_descriptors), (16, 129));
+    }
 
     #[test]
     fn the_session_sees_the_proxy_in_every_variable_and_its_loopback_direct_issue_19() {

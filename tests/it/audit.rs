@@ -287,6 +287,44 @@ fn a_crash_during_finalization_leaves_the_incomplete_signal_until_restart() {
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains(": ok"));
 }
 
+/// Found by `scripts/chaos --egress --rootless` while checking issue 19: a
+/// kill -9 after the seal made the record read-only but before its final
+/// `session.json` left a rootless daemon retrying "cannot write console
+/// log" forever (root writes read-only files anyway, so only the rootless
+/// pass can fail here).
+#[test]
+fn a_crash_in_the_middle_of_sealing_is_sealed_again_after_the_restart_issue_19() {
+    if !require_podman() {
+        return;
+    }
+    let mut w = World::new();
+    w.sh_profile("p", "echo hi", "");
+    w.request("r", "profile = \"p\"\n");
+    w.start_daemon_with(&[("AGENTD_FAULT", "seal-before-session-json")], &[]);
+    assert!(w.wait_daemon(MIN).is_some_and(|s| !s.success()));
+    let dir = w.audit_dir("r");
+    let console = dir.join("agentd/console.log");
+    let mode = std::fs::metadata(&console)
+        .expect("console.log")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o444, "the crash came after the seal's chmod");
+    w.start_daemon();
+    let s = w.wait_done("r");
+    assert_eq!(s["outcome"], "success", "{s}");
+    assert_eq!(std::fs::read_to_string(&console).expect("console"), "hi\n");
+    let out = w
+        .agentd()
+        .args(["audit", "verify"])
+        .output()
+        .expect("verify");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains(": ok"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
 #[test]
 fn session_folder_is_private_to_the_session_user_while_it_runs() {
     if !require_podman() {

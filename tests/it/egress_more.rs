@@ -344,13 +344,18 @@ tr -d '\r' <&3 | grep -qx ok
         p = server.port
     );
     egress_profile(&w, "quick", &quick, &allowed, "");
-    // The hostile one: a megabyte of header, then 1,000 connections at
-    // once that never send a byte (two shells, 500 each: the container
-    // allows 1,024 descriptors), held until the test says stop.
+    // The hostile one: a CONNECT tunnel that never sends a byte, a
+    // megabyte of header, then 1,000 connections at once that never send
+    // a byte (two shells, 500 each: the container allows 1,024
+    // descriptors), all held until the test says stop.
     let hostile = format!(
         r#"{SH_LIB}
 port=$(proxy_port)
 flood() {{ for i in $(seq 500); do exec {{fd}}<>/dev/tcp/127.0.0.1/$port || echo FAILED_OPEN; done; touch /x/flood$1; until [ -e /x/end ]; do sleep 0.1; done; }}
+exec 5<>/dev/tcp/127.0.0.1/$port
+printf 'CONNECT 127.0.0.1:{p} HTTP/1.1\r\n\r\n' >&5
+read -r tunnel <&5
+echo "TUNNEL: ${{tunnel%$'\r'}}"
 exec 3<>/dev/tcp/127.0.0.1/$port
 {{ printf 'GET http://127.0.0.1:{p}/ HTTP/1.1\r\nX: '; head -c 1048576 /dev/zero | tr '\0' a; }} >&3 2>/dev/null
 echo "BIG: $(timeout 10 head -n1 <&3 | tr -d '\r')"
@@ -418,6 +423,10 @@ wait
     let console = w.console("h");
     assert_eq!(s["outcome"], "success", "{console}");
     assert!(console.contains("BIG: HTTP/1.1 431 "), "{console}");
+    assert!(
+        console.contains("TUNNEL: HTTP/1.1 200 Connection established"),
+        "{console}"
+    );
     assert!(!console.contains("FAILED_OPEN"), "{console}");
     let rss_after = rss_kib(pid);
     eprintln!(
@@ -444,11 +453,19 @@ wait
         "{}",
         lines.len()
     );
-    assert_eq!(count("no complete request head within 10s"), 64);
+    // The silent tunnel holds one of the session's 64 slots to the end.
+    assert_eq!(count("no complete request head within 10s"), 63);
     assert_eq!(count("the request head is larger than 16384 bytes"), 1);
+    let tunnels: Vec<_> = lines
+        .iter()
+        .filter(|l| l["decision"] == "allowed")
+        .collect();
+    assert_eq!(tunnels.len(), 1, "{tunnels:?}");
+    assert_eq!(tunnels[0]["port"], server.port);
+    assert_eq!(tunnels[0]["bytes_out"], 0, "{}", tunnels[0]);
     assert_eq!(
         server.seen(),
-        3,
-        "only the quick sessions reached the server"
+        4,
+        "only the quick sessions and the silent tunnel reached the server"
     );
 }
