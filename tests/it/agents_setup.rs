@@ -99,23 +99,18 @@ impl FakeModel {
         format!("{}://{}", self.scheme, self.addr())
     }
 
-    /// One line per request received: method, path, status and the fake's
-    /// summary (what it answered), for failure messages.
+    /// One line per request received: method, path, status, TLS or not and
+    /// the fake's summary (what it answered), or the TLS handshake's
+    /// failure; for failure messages.
     pub fn summary(&self) -> String {
         self.requests()
             .iter()
-            .map(|r| {
-                format!(
-                    "{} {} {} tls={} {}{}",
-                    r["method"],
-                    r["path"],
-                    r["status"],
-                    r["tls"],
-                    r["summary"],
-                    r.get("tls_error")
-                        .map(|e| format!(" {e}"))
-                        .unwrap_or_default()
-                )
+            .map(|r| match r.get("tls_error") {
+                Some(e) => format!("a TLS handshake that failed: {e}"),
+                None => format!(
+                    "{} {} {} tls={} {}",
+                    r["method"], r["path"], r["status"], r["tls"], r["summary"]
+                ),
             })
             .collect::<Vec<_>>()
             .join("\n")
