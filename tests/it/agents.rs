@@ -7,271 +7,74 @@
 //! commit comes back in the sealed record's `changes.bundle` and is pushed
 //! by the daemon to a branch on a local https git server. The API key and
 //! the git tokens appear nowhere in the record, the status or the logs.
+//! Claude Code's example injects its key (issue 21): its fake speaks HTTPS
+//! with a test CA the daemon trusts by `--egress-ca-file`, the session holds
+//! a placeholder, and the fake receives the real key on every request.
 //! Runs rootful, and rootless in scripts/test's second pass.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::agents_setup::{
+    Agent, ENV_LINE, FakeModel, Key, NOTE_FILE, NOTE_SUBJECT, NOTE_TEXT,
+    drop_limits_rootless_cannot_enforce, git, profile_for, require_agent_image, secret_file,
+};
 use crate::git_server::{GitServer, bare_repo, self_signed};
-use crate::util::{World, leak_haystacks, read_json, repo_root, running_rootless};
+use crate::inject::ca_and_leaf;
+use crate::util::{World, leak_haystacks, read_json};
 
-/// One agent CLI: its example folder and how the test points it at its fake.
-struct Agent {
-    /// The folder under examples/agents/ and the profile's name.
-    cli: &'static str,
-    /// The fake model server under tests/support/.
-    fake: &'static str,
-    /// The model API, the only `egress` entry of the example profile.
-    api: &'static str,
-    /// The systemd credential the example profile reads the API key from.
-    key_credential: &'static str,
-    /// Lines of the CLI's own output that must be in `console.log`.
-    console_has: &'static [&'static str],
-}
-
-/// What the fake model makes the agent do (fake_model_common.py's default).
-const NOTE_FILE: &str = "AGENT_NOTE.md";
-const NOTE_TEXT: &str = "Written by the agent under agentd.";
-const NOTE_SUBJECT: &str = "Add the agent's note";
+/// A failing run ends in minutes, not after the example's 30m: the
+/// request shortens the timeout (the CLIs take seconds here, see
+/// examples/agents/README.md), and the test waits a little longer.
+const REQUEST_TIMEOUT: &str = "3m";
+const WAIT_FOR_DONE: Duration = Duration::from_secs(300);
 
 /// The CLIs share the machine's two cores: one agent session at a time.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-/// A scripted fake model server on 127.0.0.1, killed on drop.
-struct FakeModel {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl FakeModel {
-    fn start(script: &str, dir: &Path) -> FakeModel {
-        std::fs::create_dir_all(dir).expect("mkdir");
-        let (port_file, log) = (dir.join("port"), dir.join("requests.jsonl"));
-        let child = Command::new("python3")
-            .arg(repo_root().join("tests/support").join(script))
-            .arg("--port-file")
-            .arg(&port_file)
-            .arg("--log")
-            .arg(&log)
-            .args(["--file", NOTE_FILE, "--text", NOTE_TEXT])
-            .args(["--commit-message", NOTE_SUBJECT])
-            .spawn()
-            .expect("python3 runs the fake model server");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let port = loop {
-            if let Some(p) = std::fs::read_to_string(&port_file)
-                .ok()
-                .and_then(|t| t.trim().parse().ok())
-            {
-                break p;
-            }
-            assert!(Instant::now() < deadline, "{script} did not start");
-            std::thread::sleep(Duration::from_millis(25));
-        };
-        FakeModel { child, port, log }
-    }
-
-    /// One line per request received: method, path, status and the fake's
-    /// summary (what it answered), for failure messages.
-    fn summary(&self) -> String {
-        self.requests()
-            .iter()
-            .map(|r| {
-                format!(
-                    "{} {} {} {}",
-                    r["method"], r["path"], r["status"], r["summary"]
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    /// The requests it received, one JSON object each.
-    fn requests(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
-            .collect()
-    }
-}
-
-impl Drop for FakeModel {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// git on the host, with no configuration but the arguments.
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// A private file holding `value`.
-fn secret_file(path: &Path, value: &str) {
-    std::fs::write(path, format!("{value}\n")).expect("write");
-    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .expect("chmod");
-}
-
-/// The example's profile, parsed.
-fn example_profile(cli: &str) -> toml::Table {
-    let path = repo_root().join(format!("examples/agents/{cli}/profiles/{cli}.toml"));
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
-    toml::from_str(&text).unwrap_or_else(|e| panic!("{path:?}: {e}"))
-}
-
-/// The image must be there: built by examples/agents/build-all, which also
-/// copies it into the rootless test user's storage. Missing is a failure.
-fn require_agent_image(image: &str) {
-    let out = Command::new("podman")
-        .args(["image", "exists", image])
-        .output()
-        .expect("podman runs");
-    assert!(
-        out.status.success(),
-        "the agent image {image} is missing from this user's Podman storage: run \
-         examples/agents/build-all as root (scripts/test does; it builds what is missing and \
-         copies the images into the rootless test user's storage). {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn table<'a>(t: &'a mut toml::Table, key: &str) -> &'a mut toml::Table {
-    t.entry(key)
-        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-        .as_table_mut()
-        .unwrap_or_else(|| panic!("`{key}` is a table"))
-}
-
-fn strings(v: &[&str]) -> toml::Value {
-    toml::Value::Array(v.iter().map(|s| toml::Value::from(*s)).collect())
-}
-
-/// The example profile pointed at this test's servers, everything else as
-/// the example has it: the model API is the fake (base URL set as each
-/// CLI's README says, its address the only `egress` entry), the repository
-/// the local https server. Loopback is direct by agentd's `NO_PROXY`, and
-/// the fake is on the host's loopback, not the session's: the command runs
-/// with `NO_PROXY` unset so the CLI goes through the proxy, as it would to
-/// the real API.
-fn profile_for(
-    agent: &Agent,
-    fake: &FakeModel,
-    repo_url: &str,
-    files: &Path,
-) -> (toml::Table, String) {
-    let mut p = example_profile(agent.cli);
-    assert_eq!(
-        p.get("egress"),
-        Some(&strings(&[agent.api])),
-        "the example lists only the model API"
-    );
-    assert!(p.get("network").is_none(), "egress, not a network");
-    let image = p["base_image"].as_str().expect("base_image").to_string();
-    let base = format!("http://127.0.0.1:{}", fake.port);
-    p.insert("repo".into(), repo_url.into());
-    p.insert("allowed_repos".into(), strings(&[repo_url]));
-    p.insert(
-        "egress".into(),
-        strings(&[&format!("127.0.0.1:{}", fake.port)]),
-    );
-    let mut command: Vec<toml::Value> = p["command"].as_array().expect("command").clone();
-    let env = table(&mut p, "env");
-    match agent.cli {
-        "claude-code" => {
-            env.insert("ANTHROPIC_BASE_URL".into(), base.as_str().into());
-        }
-        "codex" => {
-            // The fake's model: for the default model (gpt-6.2-sol in
-            // 0.171.0) Codex offers a code-mode tool set (`exec`, `wait`,
-            // ...) instead of the shell tools the fake scripts.
-            let prompt = command.pop().expect("the prompt is last");
-            command.push("-m".into());
-            command.push("fake-model".into());
-            command.push("-c".into());
-            command.push(format!("openai_base_url=\"{base}/v1\"").into());
-            command.push(prompt);
-        }
-        "aider" => {
-            // The fake answers in Aider's `whole` edit format. The metadata
-            // file describes the model and its weak model (commit messages),
-            // so Aider fetches no price list from raw.githubusercontent.com.
-            let meta = files.join("model-metadata.json");
-            let info = r#"{"max_input_tokens": 128000, "max_output_tokens": 8192, "input_cost_per_token": 0, "output_cost_per_token": 0, "litellm_provider": "openai", "mode": "chat"}"#;
-            let models = ["openai/gpt-4.1", "openai/gpt-4.1-mini", "gpt-4.1-mini"];
-            let entries: Vec<String> = models.iter().map(|m| format!("\"{m}\": {info}")).collect();
-            std::fs::write(&meta, format!("{{{}}}", entries.join(", "))).expect("write");
-            let target = "/etc/agentd-test-model-metadata.json";
-            env.insert("OPENAI_API_BASE".into(), format!("{base}/v1").into());
-            env.insert("AIDER_EDIT_FORMAT".into(), "whole".into());
-            env.insert("AIDER_MODEL_METADATA_FILE".into(), target.into());
-            let mut mount = toml::Table::new();
-            mount.insert("source".into(), meta.display().to_string().into());
-            mount.insert("target".into(), target.into());
-            p.insert(
-                "mounts".into(),
-                toml::Value::Array(vec![toml::Value::Table(mount)]),
-            );
-        }
-        other => panic!("no such agent {other}"),
-    }
-    let mut wrapped: Vec<toml::Value> = ["env", "-u", "NO_PROXY", "-u", "no_proxy"]
-        .iter()
-        .map(|s| toml::Value::from(*s))
+/// An injected key: the session's variable held a placeholder (the
+/// environment the command printed, `ENV_LINE`), and every request reached
+/// the fake over TLS with the real key in `header`, none with the
+/// placeholder. The placeholder.
+fn injected_key_checks(
+    console: &str,
+    key_var: &str,
+    header: &str,
+    api_key: &str,
+    reqs: &[serde_json::Value],
+) -> String {
+    let prefix = format!("{ENV_LINE}{key_var}=");
+    let held: Vec<&str> = console
+        .lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
         .collect();
-    wrapped.extend(command);
-    p.insert("command".into(), toml::Value::Array(wrapped));
-    (p, image)
-}
-
-/// Rootless Podman enforces `memory`, `cpus` and `pids_limit` only on a
-/// cgroup v2 host that delegates the controller to the daemon's user; on
-/// any other host agentd refuses such a profile (`start_failed`, see
-/// rootless.rs). So the rootless pass drops from the example's profile the
-/// limits its host cannot enforce (the daemon's host.json says which), and
-/// says so; rootful, the profile keeps them all.
-fn drop_limits_rootless_cannot_enforce(w: &World, profile: &mut toml::Table) {
-    if !running_rootless() {
-        return;
+    let [placeholder] = held[..] else {
+        panic!("the session's {key_var} is not in the console once: {held:?}\n{console}");
+    };
+    let hex = placeholder.strip_prefix("agentd-ph-").unwrap_or_default();
+    assert!(
+        hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
+        "the session's {key_var} is no placeholder: {placeholder:?}"
+    );
+    assert!(
+        console.lines().filter(|l| l.starts_with(ENV_LINE)).count() > 1,
+        "the whole environment was printed: {console}"
+    );
+    assert!(!reqs.is_empty(), "the fake received nothing");
+    for r in reqs {
+        assert_eq!(r["tls"], true, "every request over TLS: {r}");
+        assert_eq!(
+            r["headers"][header].as_str(),
+            Some(api_key),
+            "request {} did not carry the real key in {header}",
+            r["n"]
+        );
+        assert!(
+            !r.to_string().contains(placeholder),
+            "the placeholder reached the fake: {r}"
+        );
     }
-    let host_json = w.state.join("host.json");
-    w.eventually("the daemon's host.json", Duration::from_secs(30), || {
-        host_json.exists()
-    });
-    let host = read_json(&host_json);
-    for (field, controller) in [
-        ("memory", "memory"),
-        ("cpus", "cpu"),
-        ("pids_limit", "pids"),
-    ] {
-        let delegated = host["cgroup_version"] == "v2"
-            && host["cgroup_controllers"]
-                .as_array()
-                .is_some_and(|a| a.iter().any(|c| c == controller));
-        if !delegated && profile.remove(field).is_some() {
-            eprintln!(
-                "rootless on {} without the `{controller}` controller: `{field}` dropped",
-                host["cgroup_version"]
-            );
-        }
-    }
+    placeholder.to_string()
 }
 
 fn run_agent_end_to_end(agent: &Agent) {
@@ -310,8 +113,17 @@ fn run_agent_end_to_end(agent: &Agent) {
     );
 
     // The model API, and the credentials the example profile names, as
-    // systemd would hand them over.
-    let fake = FakeModel::start(agent.fake, &w.path().join("fake"));
+    // systemd would hand them over. An injected key travels over TLS only:
+    // the fake speaks HTTPS with a leaf of a test CA the daemon trusts.
+    let mut daemon_args: Vec<String> = Vec::new();
+    let fake = if agent.key == Key::InSession {
+        FakeModel::start(agent.fake, &w.path().join("fake"), None)
+    } else {
+        let (ca, cert, key) = ca_and_leaf(&w.path().join("fake-tls"));
+        daemon_args.push("--egress-ca-file".into());
+        daemon_args.push(ca.display().to_string());
+        FakeModel::start(agent.fake, &w.path().join("fake"), Some((&cert, &key)))
+    };
     let files = w.path().join("files");
     let creds = w.path().join("credentials");
     for d in [&files, &creds] {
@@ -321,14 +133,14 @@ fn run_agent_end_to_end(agent: &Agent) {
     secret_file(&creds.join("service-git-token"), &clone_tok);
     secret_file(&creds.join("service-git-push-token"), &push_tok);
 
-    let (mut profile, image) = profile_for(agent, &fake, &srv.url("repo.git"), &files);
+    let (mut profile, image, key_var) = profile_for(agent, &fake, &srv.url("repo.git"), &files);
     require_agent_image(&image);
     w.start_daemon_with(
         &[
             ("CREDENTIALS_DIRECTORY", creds.to_str().expect("utf8")),
             ("GIT_SSL_CAINFO", cert.to_str().expect("utf8")),
         ],
-        &[],
+        &daemon_args.iter().map(String::as_str).collect::<Vec<_>>(),
     );
     drop_limits_rootless_cannot_enforce(&w, &mut profile);
     w.profile(
@@ -339,19 +151,26 @@ fn run_agent_end_to_end(agent: &Agent) {
     w.request(
         "task",
         &format!(
-            "profile = \"{}\"\nrequest = \"Write {NOTE_FILE} and commit it.\"\n",
+            "profile = \"{}\"\nrequest = \"Write {NOTE_FILE} and commit it.\"\n\
+             timeout = \"{REQUEST_TIMEOUT}\"\n",
             agent.cli
         ),
     );
-    let s = w.wait_for("task", Duration::from_secs(600), |s| s["phase"] == "done");
+    // `invalid` is final too: a profile the daemon refuses fails the test
+    // at once, with the daemon's message, rather than at the deadline.
+    let s = w.wait_for("task", WAIT_FOR_DONE, |s| {
+        s["phase"] == "done" || s["phase"] == "invalid"
+    });
     let session_secs = session_start.elapsed().as_secs_f64();
     let dir = w.audit_dir("task");
     let console = std::fs::read_to_string(dir.join("agentd/console.log")).unwrap_or_default();
     assert_eq!(
         s["outcome"],
         "success",
-        "{s}\n--- console.log ---\n{console}\n--- fake model's requests ---\n{}\n--- daemon log ---\n{}",
+        "{s}\n--- console.log ---\n{console}\n--- fake model's requests ---\n{}\n\
+         --- egress ---\n{:?}\n--- daemon log ---\n{}",
         fake.summary(),
+        crate::egress::egress_lines(&dir),
         w.log()
     );
 
@@ -419,6 +238,10 @@ fn run_agent_end_to_end(agent: &Agent) {
         })
         .count();
     assert!(with_key >= 1, "the key reached the fake: {reqs:?}");
+    if let Key::Injected { header } = agent.key {
+        let placeholder = injected_key_checks(&console, &key_var, header, &api_key, &reqs);
+        eprintln!("{key_var} in the session: {placeholder}, injected as {header}");
+    }
     let egress = crate::egress::egress_lines(&dir);
     assert!(!egress.is_empty(), "no egress lines");
     for l in &egress {
@@ -459,7 +282,10 @@ fn run_agent_end_to_end(agent: &Agent) {
         outputs.push((format!("agentd {args:?}"), out.stdout));
         outputs.push((format!("agentd {args:?} (stderr)"), out.stderr));
     }
+    outputs.push(("console.log".into(), console.clone().into_bytes()));
+    let mut saw_record = false;
     for (name, bytes) in leak_haystacks(&w, outputs) {
+        saw_record |= name.ends_with("agentd/session.json");
         let text = String::from_utf8_lossy(&bytes);
         for (what, secret) in [
             ("the API key", &api_key),
@@ -469,6 +295,7 @@ fn run_agent_end_to_end(agent: &Agent) {
             assert!(!text.contains(secret.as_str()), "{what} in {name}");
         }
     }
+    assert!(saw_record, "the record was searched");
     // What the run looked like, for the record of the issue.
     let lines: Vec<&str> = console.lines().collect();
     let excerpt: Vec<String> = lines
@@ -496,6 +323,9 @@ fn claude_code_commits_through_the_egress_proxy_and_the_commit_is_pushed_issue_2
         api: "api.anthropic.com:443",
         fake: "fake-anthropic.py",
         key_credential: "anthropic-api-key",
+        key: Key::Injected {
+            header: "x-api-key",
+        },
         console_has: &[
             "\"name\":\"Write\"",
             "\"name\":\"Bash\"",
@@ -512,6 +342,7 @@ fn codex_commits_through_the_egress_proxy_and_the_commit_is_pushed_issue_20() {
         api: "api.openai.com:443",
         fake: "fake-openai-responses.py",
         key_credential: "openai-api-key",
+        key: Key::InSession,
         console_has: &[
             "\"type\":\"thread.started\"",
             "\"type\":\"command_execution\"",
@@ -527,6 +358,7 @@ fn aider_commits_through_the_egress_proxy_and_the_commit_is_pushed_issue_20() {
         api: "api.openai.com:443",
         fake: "fake-openai-chat.py",
         key_credential: "openai-api-key",
+        key: Key::InSession,
         console_has: &["Applied edit to AGENT_NOTE.md", "Add the agent's note"],
     });
 }

@@ -18,7 +18,7 @@ use crate::util::{World, leak_haystacks, require_podman, sample_ps, test_image, 
 
 /// A CA and a leaf for 127.0.0.1 it signed (a self-signed leaf is not a
 /// trust anchor TLS libraries accept): `(ca.pem, cert.pem, key.pem)`.
-fn ca_and_leaf(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+pub fn ca_and_leaf(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     std::fs::create_dir_all(dir).expect("mkdir");
     let p = |n: &str| dir.join(n);
     let run = |args: &[&str]| {

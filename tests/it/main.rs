@@ -2,6 +2,7 @@
 //! dirs, and real Podman where sessions are involved.
 
 mod agents;
+mod agents_setup;
 mod audit;
 mod cli;
 mod convergence;
