@@ -1,6 +1,6 @@
 //! Serving the registry: `--metrics-listen` on its own thread with its own
 //! current-thread runtime, loopback unless allowed otherwise, a cap on
-//! connections (the oldest without a request head makes room), and
+//! connections (the oldest that has sent nothing makes room), and
 //! timeouts on every part of a request.
 
 use std::net::{SocketAddr, TcpListener};
@@ -10,9 +10,12 @@ use std::time::Duration;
 use super::Metrics;
 
 /// At most this many scrape connections at once. A new connection past it
-/// closes the oldest one that has not finished its request head (all
-/// clients may be 127.0.0.1, so a per-peer cap would not help); when every
-/// one has (they are being answered), the new one is closed instead.
+/// closes the oldest one that has not sent a byte yet, else the oldest one
+/// that has not finished its request head (all clients may be 127.0.0.1, so
+/// a per-peer cap would not help); when every one has (they are being
+/// answered), the new one is closed instead. A scraper whose request is
+/// waiting to be read is thus never pushed out by idle connections opened
+/// after it, however busy the machine.
 pub const MAX_CONNECTIONS: usize = 8;
 /// A client must send its first byte within this time (issue 17).
 pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -76,19 +79,38 @@ struct Conn {
     task: tokio::task::JoinHandle<()>,
     /// Set once its request head was read (the request is being answered).
     answered: Arc<std::sync::atomic::AtomicBool>,
+    /// A second descriptor of the same socket (non-blocking, shared with
+    /// the task's), only to peek: has the client sent anything yet? The
+    /// task shuts the socket down when it ends, so this descriptor never
+    /// keeps a connection open.
+    probe: Option<Arc<std::net::TcpStream>>,
+}
+
+impl Conn {
+    /// True unless bytes from the client are waiting to be read.
+    fn sent_nothing(&self) -> bool {
+        let Some(probe) = &self.probe else {
+            return true;
+        };
+        let mut b = [0u8; 1];
+        !matches!(probe.peek(&mut b), Ok(n) if n > 0)
+    }
 }
 
 /// Make room for a new connection among `conns` (oldest first): forget the
-/// ended ones; at the cap, close the oldest one still waiting for its
-/// request head. `false` when every open connection is being answered.
+/// ended ones; at the cap, close the oldest one that has sent nothing, else
+/// the oldest one still waiting for its request head. `false` when every
+/// open connection is being answered.
 fn make_room(conns: &mut std::collections::VecDeque<Conn>) -> bool {
     conns.retain(|c| !c.task.is_finished());
     if conns.len() < MAX_CONNECTIONS {
         return true;
     }
+    let waiting = |c: &Conn| !c.answered.load(std::sync::atomic::Ordering::Relaxed);
     let idle = conns
         .iter()
-        .position(|c| !c.answered.load(std::sync::atomic::Ordering::Relaxed));
+        .position(|c| waiting(c) && c.sent_nothing())
+        .or_else(|| conns.iter().position(waiting));
     match idle.and_then(|i| conns.remove(i)) {
         Some(c) => {
             c.task.abort();
@@ -122,14 +144,20 @@ async fn accept_loop(listener: TcpListener, metrics: Arc<Metrics>) {
             drop(stream);
             continue;
         }
+        let probe = probe_of(&stream);
         let answered = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let task = tokio::spawn(serve_connection(
             stream,
+            ShutdownOnDrop(probe.clone()),
             peer,
             Arc::clone(&answered),
             Arc::clone(&metrics),
         ));
-        conns.push_back(Conn { task, answered });
+        conns.push_back(Conn {
+            task,
+            answered,
+            probe,
+        });
         // Let the connections just accepted read their heads before the
         // next accept can push them out (the yield waits for the I/O
         // driver, which tells them their bytes arrived).
@@ -137,10 +165,35 @@ async fn accept_loop(listener: TcpListener, metrics: Arc<Metrics>) {
     }
 }
 
+/// A duplicate of the connection's descriptor to peek with (`None` when
+/// the process is out of descriptors: the connection then counts as having
+/// sent nothing, as before its first byte).
+fn probe_of(stream: &tokio::net::TcpStream) -> Option<Arc<std::net::TcpStream>> {
+    let fd = std::os::fd::AsFd::as_fd(stream).try_clone_to_owned().ok()?;
+    let probe = std::net::TcpStream::from(fd);
+    // Already so (tokio's sockets are), and it must be: a peek that
+    // blocked would stop the accept loop.
+    probe.set_nonblocking(true).ok()?;
+    Some(Arc::new(probe))
+}
+
+/// Shuts the connection's socket down when the connection's task ends or
+/// is aborted, whatever other descriptor of it is still open.
+struct ShutdownOnDrop(Option<Arc<std::net::TcpStream>>);
+
+impl Drop for ShutdownOnDrop {
+    fn drop(&mut self) {
+        if let Some(s) = &self.0 {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
 /// One connection: its first byte within `FIRST_BYTE_TIMEOUT`, its head
 /// within `HEADER_TIMEOUT`, all of it within `CONNECTION_TIMEOUT`.
 async fn serve_connection(
     stream: tokio::net::TcpStream,
+    _shutdown: ShutdownOnDrop,
     peer: SocketAddr,
     answered: Arc<std::sync::atomic::AtomicBool>,
     metrics: Arc<Metrics>,
@@ -252,6 +305,7 @@ mod tests {
         let conn = |answered: bool| Conn {
             task: tokio::spawn(std::future::pending()),
             answered: Arc::new(AtomicBool::new(answered)),
+            probe: None,
         };
         // The two oldest are being answered; the third is the oldest idle.
         let mut conns: std::collections::VecDeque<Conn> =
@@ -275,6 +329,62 @@ mod tests {
         conns.push_back(conn(true));
         assert!(!make_room(&mut conns));
         assert_eq!(conns.len(), MAX_CONNECTIONS);
+        for c in conns {
+            c.task.abort();
+        }
+    }
+
+    #[tokio::test]
+    async fn at_the_cap_a_client_whose_request_waits_is_not_pushed_out_by_newer_idle_ones_issue_17()
+    {
+        use std::io::Write;
+        use std::sync::atomic::AtomicBool;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut clients = Vec::new();
+        let mut conns = std::collections::VecDeque::new();
+        for i in 0..MAX_CONNECTIONS {
+            let mut c = std::net::TcpStream::connect(addr).expect("connect");
+            if i == 0 {
+                // The oldest: a scraper whose request is not read yet.
+                c.write_all(b"GET /metrics HTTP/1.1\r\n\r\n")
+                    .expect("write");
+            }
+            clients.push(c);
+            let (server_side, _) = listener.accept().expect("accept");
+            server_side.set_nonblocking(true).expect("nonblocking");
+            let stream = tokio::net::TcpStream::from_std(server_side).expect("tokio");
+            conns.push_back(Conn {
+                probe: probe_of(&stream),
+                task: tokio::spawn(async move {
+                    let _keep = stream;
+                    std::future::pending::<()>().await
+                }),
+                answered: Arc::new(AtomicBool::new(false)),
+            });
+        }
+        // Its bytes have arrived (loopback), so it is skipped.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let scraper = conns[0].task.abort_handle();
+        let first_idle = conns[1].task.abort_handle();
+        assert!(conns[1].sent_nothing() && !conns[0].sent_nothing());
+        assert!(make_room(&mut conns));
+        tokio::task::yield_now().await;
+        assert!(!scraper.is_finished(), "the waiting scraper was closed");
+        assert!(first_idle.is_finished(), "the oldest idle one stays open");
+        // With every waiting one having sent bytes, the oldest goes.
+        for c in conns.iter_mut().skip(1) {
+            c.probe = None;
+            c.answered.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        conns.push_back(Conn {
+            task: tokio::spawn(std::future::pending()),
+            answered: Arc::new(AtomicBool::new(true)),
+            probe: None,
+        });
+        assert!(make_room(&mut conns));
+        tokio::task::yield_now().await;
+        assert!(scraper.is_finished());
         for c in conns {
             c.task.abort();
         }
