@@ -107,6 +107,7 @@ async fn try_fail_start(
         .remove(&name)
         .await
         .map_err(FinishError::RemoveHalfCreated)?;
+    sh.container_gone(&name, None);
     lock(&sh.containers).by_request.remove(request);
     sh.close_gate(request);
     let now = jiff::Timestamp::now();
@@ -213,6 +214,7 @@ async fn try_finish(sh: &Arc<Shared>, request: &str, cancelled: bool) -> Result<
                     .await
                     .map_err(FinishError::RemoveUnprepared)?;
             }
+            sh.container_gone(&name, inspected.as_ref().map(|i| i.id.as_str()));
             tracing::info!(
                 request,
                 "container of an unfinished start ended before its command ran; starting again"
@@ -233,6 +235,7 @@ async fn try_finish(sh: &Arc<Shared>, request: &str, cancelled: bool) -> Result<
         .as_ref()
         .is_some_and(|i| matches!(i.state, ContainerState::Exited(_)));
     let rm_first = inspected.is_some() && !exited;
+    let id = inspected.as_ref().map(|i| i.id.clone());
     let Verdict {
         outcome,
         exit_code,
@@ -305,6 +308,7 @@ async fn try_finish(sh: &Arc<Shared>, request: &str, cancelled: bool) -> Result<
     sh.succeeded(request);
     sh.close_gate(request);
     if !exited {
+        sh.container_gone(&name, id.as_deref());
         lock(&sh.containers).by_request.remove(request);
     }
     sh.update_status(request, |s| {
@@ -337,7 +341,7 @@ async fn try_finish(sh: &Arc<Shared>, request: &str, cancelled: bool) -> Result<
     }
     if exited {
         fault::point("finish-after-done");
-        remove_exited(sh, request, &name).await;
+        remove_exited(sh, request, &name, id.as_deref()).await;
         fault::point("finish-after-rm");
     }
     Ok(())
@@ -345,13 +349,13 @@ async fn try_finish(sh: &Arc<Shared>, request: &str, cancelled: bool) -> Result<
 
 /// Remove the exited container of a done session. A failure is only
 /// logged: the planner removes containers of done requests on later passes.
-async fn remove_exited(sh: &Shared, request: &str, name: &str) {
+/// Once removed, the runtime's late reports of it (its `create`, `start`,
+/// `died` events lag) never put it back in the table, where the planner
+/// would remove it a second time (issue 18 item 6).
+async fn remove_exited(sh: &Shared, request: &str, name: &str, id: Option<&str>) {
     match sh.runtime.remove(name).await {
         Ok(()) => {
-            let mut t = lock(&sh.containers);
-            if t.by_request.get(request).is_some_and(|c| c.name == name) {
-                t.by_request.remove(request);
-            }
+            sh.container_gone(name, id);
             tracing::debug!(request, container = name, "container removed");
         }
         Err(e) => {
