@@ -230,7 +230,9 @@ impl Shared {
     /// Write `go` into a session's gate, never waiting
     /// (`workdir::WorkDir::send_go`).
     pub fn send_go(&self, session_id: &str) -> std::io::Result<std::fs::File> {
-        workdir::WorkDir::send_go(&self.settings.work_dir(session_id).join("gate"))
+        let work = self.settings.work_dir(session_id);
+        workdir::WorkDir::mark_gate_opened(&work)?;
+        workdir::WorkDir::send_go(&work.join("gate"))
     }
 
     /// Let the session's command start, and wait (briefly) until it has read
