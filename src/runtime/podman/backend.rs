@@ -34,6 +34,20 @@ impl Runtime for Podman {
                     format!("cannot create the console capture: {e}"),
                 )
             })?;
+            if run.remove_on_exit {
+                // Before the container exists: a daemon killed while
+                // `podman run` runs still finds its end (`ended.rs`).
+                let pending = ended::Recorded {
+                    id: String::new(),
+                    created_after: Some(jiff::Timestamp::now().as_millisecond()),
+                    image_id: None,
+                    image_digest: None,
+                    removes_itself: true,
+                };
+                if let Err(e) = pending.write(&spec.runtime_dir) {
+                    tracing::warn!(container = %spec.name, error = %e, "cannot record the container of a session");
+                }
+            }
             // The image is learned beside `podman run`, off the session's
             // critical path (`known.rs`).
             let (ran, image) =
@@ -64,6 +78,7 @@ impl Runtime for Podman {
             }
             let record = ended::Recorded {
                 id: id.clone(),
+                created_after: None,
                 image_id: image.as_ref().map(|i| i.id.clone()),
                 image_digest: image.and_then(|i| i.digest),
                 removes_itself: run.remove_on_exit,

@@ -11,11 +11,18 @@
 //! event log (`podman events --stream=false`), where the `died` event
 //! carries the code and its time.
 //!
-//! Which container: when `podman run` returns, `run` writes
-//! `container.json` into the session's runtime folder, beside the pid file:
-//! the container's id, the image it ran and that it removes itself. The
-//! event log is searched for that id, so an earlier container of the same
-//! name (a start tried again) is never taken for it.
+//! Which container: before `podman run`, `run` writes `container.json`
+//! into the session's runtime folder, beside the pid file: that the
+//! container removes itself, and the time before it was created; when
+//! `podman run` returns, it adds the container's id and the image it ran.
+//! The event log is searched for that id, so an earlier container of the
+//! same name (a start tried again) is never taken for it. A daemon killed
+//! while `podman run` ran (its container then adopted by the next one)
+//! never learned the id: the container is the first one of that name
+//! created after the recorded time (`create` events). An earlier container
+//! of the name cannot be: a start runs a container only once it found
+//! none of that name, and Podman records a container's exit before it
+//! removes it.
 //!
 //! Trust: the runtime folder is the daemon's, outside every mount of the
 //! session, and Podman's event log is outside every mount too (the control
@@ -44,8 +51,11 @@ use crate::runtime::{ContainerInfo, ImageIdentity};
 /// What `run` records of a session's container (`container.json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Recorded {
-    /// The container's id.
+    /// The container's id; empty until `podman run` returned.
     pub id: String,
+    /// A time before the container was created (unix ms).
+    #[serde(default)]
+    pub created_after: Option<i64>,
     /// The image it was created from, when known at its start.
     pub image_id: Option<String>,
     pub image_digest: Option<String>,
@@ -66,11 +76,13 @@ impl Recorded {
     }
 
     /// The record of the session whose runtime folder is `session_dir`, if
-    /// it names a container id.
+    /// it names a container id, or (written before `podman run`) the time
+    /// before its container was created.
     pub fn read(session_dir: &Path) -> Option<Recorded> {
         let bytes = std::fs::read(super::args::record_file(session_dir)).ok()?;
         let r: Recorded = serde_json::from_slice(&bytes).ok()?;
-        is_container_id(&r.id).then_some(r)
+        let named = is_container_id(&r.id) || (r.id.is_empty() && r.created_after.is_some());
+        named.then_some(r)
     }
 
     fn image(&self) -> ImageIdentity {
@@ -86,14 +98,31 @@ fn is_container_id(id: &str) -> bool {
     id.len() == 64 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-/// PURE: the end of container `rec` from the lines of `podman events
-/// --format=json` (any order, any containers): its last `died` event, with
-/// its `start` as the start. `None` without a `died` event of that id.
-pub fn from_events(rec: &Recorded, lines: &str) -> Option<ContainerInfo> {
+/// PURE: the end of container `rec` (named `name`) from the lines of
+/// `podman events --format=json` (in the log's order, any containers): its
+/// last `died` event, with its `start` as the start. `None` without a
+/// `died` event of that id. A record without an id (written before `podman
+/// run`) names the first container `name` created after its time.
+pub fn from_events(rec: &Recorded, name: &str, lines: &str) -> Option<ContainerInfo> {
+    let events: Vec<_> = lines.lines().filter_map(events::parse_event).collect();
+    let id = if rec.id.is_empty() {
+        let after = rec.created_after?;
+        events
+            .iter()
+            .find(|ev| {
+                ev.status == "create"
+                    && ev.name == name
+                    && ev.time.is_some_and(|t| t.as_millisecond() >= after)
+            })?
+            .id
+            .clone()
+    } else {
+        rec.id.clone()
+    };
     let mut started = None;
     let mut died = None;
-    for ev in lines.lines().filter_map(events::parse_event) {
-        if ev.id != rec.id {
+    for ev in events {
+        if ev.id != id {
             continue;
         }
         match ev.status.as_str() {
@@ -105,7 +134,7 @@ pub fn from_events(rec: &Recorded, lines: &str) -> Option<ContainerInfo> {
     let died = died?;
     let code = died.exit_code.unwrap_or(0);
     Some(ContainerInfo {
-        id: rec.id.clone(),
+        id,
         state: ContainerState::Exited(code),
         exit_code: code,
         image: rec.image(),
@@ -137,20 +166,23 @@ impl Podman {
             .ok()
             .and_then(|t| jiff::Timestamp::try_from(t).ok())
             .and_then(|t| t.checked_sub(jiff::SignedDuration::from_secs(300)).ok());
+        // By id, or (no id recorded) by name: `from_events` picks the
+        // container created after the record's time.
+        let which = if rec.id.is_empty() { name } else { &rec.id };
         let mut args = vec![
             "events".to_string(),
             "--stream=false".into(),
             "--format=json".into(),
-            format!("--filter=container={}", rec.id),
+            format!("--filter=container={which}"),
         ];
         if let Some(t) = since {
             args.push(format!("--since={}", t.strftime("%Y-%m-%dT%H:%M:%SZ")));
         }
         let out = self.call(&args, self.timeout).await?;
-        let found = from_events(&rec, &out);
+        let found = from_events(&rec, name, &out);
         tracing::info!(
             container = name,
-            id = %rec.id,
+            id = found.as_ref().map_or("", |i| i.id.as_str()),
             exit_code = found.as_ref().map(|i| i.exit_code),
             "a container that removed itself: its exit read from podman's event log"
         );
@@ -165,6 +197,7 @@ mod tests {
     fn rec() -> Recorded {
         Recorded {
             id: "a".repeat(64),
+            created_after: Some(0),
             image_id: Some("0e25".into()),
             image_digest: None,
             removes_itself: true,
@@ -201,7 +234,7 @@ mod tests {
             "garbage".to_string(),
         ]
         .join("\n");
-        let i = from_events(&rec(), &log).expect("found");
+        let i = from_events(&rec(), "agentd-i-r", &log).expect("found");
         assert_eq!((i.state, i.exit_code), (ContainerState::Exited(5), 5));
         assert_eq!(i.image.id, "0e25");
         assert_eq!(i.deadline, Some(1_795_337_999_000));
@@ -216,10 +249,68 @@ mod tests {
         assert!(i.removes_itself && !i.oom_killed);
         // Podman leaves a zero code out.
         let ok = line(&a, "died", "", "2026-12-07T09:00:03Z");
-        assert_eq!(from_events(&rec(), &ok).map(|i| i.exit_code), Some(0));
+        assert_eq!(
+            from_events(&rec(), "agentd-i-r", &ok).map(|i| i.exit_code),
+            Some(0)
+        );
         // No `died` of that id (rotated away, another container's): none.
-        assert_eq!(from_events(&rec(), &log.replace(&a, &b)), None);
-        assert_eq!(from_events(&rec(), ""), None);
+        assert_eq!(
+            from_events(&rec(), "agentd-i-r", &log.replace(&a, &b)),
+            None
+        );
+        assert_eq!(from_events(&rec(), "agentd-i-r", ""), None);
+    }
+
+    #[test]
+    fn without_an_id_the_first_container_of_the_name_created_after_the_record_is_it_issue_18() {
+        // The daemon died while `podman run` ran: the record has no id.
+        let at = |t: &str| t.parse::<jiff::Timestamp>().expect("time").as_millisecond();
+        let pending = Recorded {
+            id: String::new(),
+            created_after: Some(at("2026-12-07T09:00:01Z")),
+            ..rec()
+        };
+        let (a, b, c) = ("a".repeat(64), "b".repeat(64), "c".repeat(64));
+        let other = |id: &str, status: &str, extra: &str, time: &str| {
+            line(id, status, extra, time).replace("agentd-i-r", "agentd-i-other")
+        };
+        let log = [
+            // An earlier container of the name, created before the record.
+            line(&b, "create", "", "2026-12-07T09:00:00Z"),
+            line(
+                &b,
+                "died",
+                r#""ContainerExitCode":9,"#,
+                "2026-12-07T09:00:00.5Z",
+            ),
+            // Another name, created after it.
+            other(&c, "create", "", "2026-12-07T09:00:01.2Z"),
+            line(&a, "create", "", "2026-12-07T09:00:01.5Z"),
+            line(&a, "start", "", "2026-12-07T09:00:02Z"),
+            line(
+                &a,
+                "died",
+                r#""ContainerExitCode":6,"#,
+                "2026-12-07T09:00:03Z",
+            ),
+        ]
+        .join("\n");
+        let i = from_events(&pending, "agentd-i-r", &log).expect("found");
+        assert_eq!((i.id.as_str(), i.exit_code), (a.as_str(), 6));
+        // Nothing of that name created after it: not found.
+        let before = log.replace("09:00:01.5Z", "09:00:00.9Z");
+        assert_eq!(from_events(&pending, "agentd-i-r", &before), None);
+        // Neither an id nor a time: never read.
+        let dir = tempfile::tempdir().expect("tempdir");
+        Recorded {
+            created_after: None,
+            ..pending.clone()
+        }
+        .write(dir.path())
+        .expect("write");
+        assert_eq!(Recorded::read(dir.path()), None);
+        pending.write(dir.path()).expect("write");
+        assert_eq!(Recorded::read(dir.path()), Some(pending));
     }
 
     #[test]
