@@ -1,6 +1,6 @@
 //! Small filesystem helpers every writer shares: atomic replace (temp file in
 //! the same folder, fsync, rename, fsync the folder) so a reader or a crash
-//! never sees a half-written file.
+//! never sees a half-written file; and where a program is on `PATH`.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -106,6 +106,33 @@ pub fn symlink_component(path: &Path) -> Option<std::path::PathBuf> {
     None
 }
 
+/// `name` as the path a child process runs: a name without a slash is
+/// looked up in this process's `PATH` as `execvp` does (the first
+/// executable regular file); anything else, or a name found nowhere, is
+/// returned as it is (and fails to spawn as before).
+///
+/// Why: the standard library starts a child with `posix_spawn` (a
+/// `vfork`-like clone sharing the parent's memory until `exec`) unless the
+/// child's environment sets `PATH` and the program is a bare name; then it
+/// must `fork`, which copies the daemon's page tables and leaves the parent
+/// copy-on-write faults. Every `podman` and `git` the daemon runs gets a
+/// scrubbed environment with `PATH` (issue 18: the CPU of a session).
+pub fn program_path(name: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    if name.contains('/') {
+        return name.into();
+    }
+    let found = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .filter(|dir| dir.is_absolute())
+            .map(|dir| dir.join(name))
+            .find(|p| {
+                fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            })
+    });
+    found.unwrap_or_else(|| name.into())
+}
+
 /// Make a rename or create in `dir` durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
@@ -114,6 +141,19 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_program_is_found_on_path_as_exec_would_issue_18() {
+        let sh = program_path("sh");
+        assert!(sh.is_absolute(), "{}", sh.display());
+        assert!(sh.ends_with("sh"));
+        assert_eq!(program_path("/bin/true"), Path::new("/bin/true"));
+        assert_eq!(program_path("./x"), Path::new("./x"));
+        assert_eq!(
+            program_path("agentd-no-such-program"),
+            Path::new("agentd-no-such-program")
+        );
+    }
 
     /// A value whose serialisation fails, as a map with non-string keys or
     /// a failing `Serialize` would.

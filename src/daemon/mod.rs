@@ -182,13 +182,19 @@ async fn resync_containers(sh: &Shared) {
     // ran (a start's run returning mid-listing): keep what the
     // table knows of them rather than a listing older than their change.
     let busy_before = sh.busy_now();
+    let listed = std::time::Instant::now();
     match sh.runtime.list().await {
         Ok(listing) => {
             let mut keep = busy_before;
             keep.extend(sh.busy_now());
             // The store's lock, then the table's: the order planning uses.
             let store = guard(&sh.store);
-            guard(&sh.containers).replace(listing, &keep, &|r| store.get(r).is_some());
+            guard(&sh.containers).replace_listed(
+                listing,
+                &keep,
+                &|r| store.get(r).is_some(),
+                listed,
+            );
         }
         Err(e) => {
             tracing::warn!(error = %e, "cannot list containers; retrying at the next resync");

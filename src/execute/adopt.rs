@@ -63,6 +63,7 @@ async fn try_adopt(sh: &Arc<Shared>, request: &str) -> Result<Adopted, AdoptErro
         );
         let name = container.unwrap_or_else(|| sh.settings.container_name(request));
         sh.runtime.remove(&name).await.map_err(AdoptError::Remove)?;
+        sh.container_gone(&name, None);
         lock(&sh.containers).by_request.remove(request);
         return Ok(Adopted::Restarted);
     }

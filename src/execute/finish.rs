@@ -109,6 +109,7 @@ async fn try_fail_start(
         .remove(&name)
         .await
         .map_err(FinishError::RemoveHalfCreated)?;
+    sh.container_gone(&name, None);
     lock(&sh.containers).by_request.remove(request);
     sh.close_gate(request);
     let now = jiff::Timestamp::now();
@@ -169,11 +170,24 @@ async fn try_finish(sh: &Arc<Shared>, request: &str, cancelled: bool) -> Result<
         .and_then(Record::read_session)
         .filter(|r| r.outcome.is_some());
 
-    let inspected = sh
+    let mut inspected = sh
         .runtime
         .inspect(&name)
         .await
         .map_err(FinishError::Inspect)?;
+    // Gone: a container that removed itself after its exit (issue 18
+    // item 6) is judged from what the runtime recorded of that exit (a
+    // daemon restarted since never saw it).
+    if inspected.is_none()
+        && finalized.is_none()
+        && let Some(sid) = &status.session_id
+    {
+        inspected = sh
+            .runtime
+            .ended(&name, &sh.settings.work_dir(sid))
+            .await
+            .map_err(FinishError::Inspect)?;
+    }
     let stopping = status.stop_reason.is_some() || cancelled;
     // The command passes its gate only after the work folder is marked
     // prepared, so a session whose folder never was cannot have run its
@@ -209,12 +223,13 @@ async fn try_finish(sh: &Arc<Shared>, request: &str, cancelled: bool) -> Result<
         }
         Step::StartAgain => {
             sh.egress.stop(request).await;
-            if inspected.is_some() {
+            if inspected.as_ref().is_some_and(|i| !removed_by_runtime(i)) {
                 sh.runtime
                     .remove(&name)
                     .await
                     .map_err(FinishError::RemoveUnprepared)?;
             }
+            sh.container_gone(&name, inspected.as_ref().map(|i| i.id.as_str()));
             tracing::info!(
                 request,
                 "container of an unfinished start ended before its command ran; starting again"
@@ -229,12 +244,15 @@ async fn try_finish(sh: &Arc<Shared>, request: &str, cancelled: bool) -> Result<
     // The container has ended: so does its proxy, before the record is sealed.
     sh.egress.stop(request).await;
 
-    // An exited container goes after `done` (off the critical path);
-    // anything else (created, never started) before, as a start would.
+    // An exited container goes after `done` (off the critical path), or
+    // goes by itself; anything else (created, never started) before, as a
+    // start would.
     let exited = inspected
         .as_ref()
         .is_some_and(|i| matches!(i.state, ContainerState::Exited(_)));
     let rm_first = inspected.is_some() && !exited;
+    let id = inspected.as_ref().map(|i| i.id.clone());
+    let removes_itself = inspected.as_ref().is_some_and(removed_by_runtime);
     let Verdict {
         outcome,
         exit_code,
@@ -283,7 +301,10 @@ async fn try_finish(sh: &Arc<Shared>, request: &str, cancelled: bool) -> Result<
             let captured = super::results::capture(sh, sid, record, outcome).await;
             add_note(&mut message, captured.note());
             results = captured.clone();
-            let image = inspected.as_ref().map(|i| i.image.clone());
+            let image = inspected
+                .as_ref()
+                .map(|i| i.image.clone())
+                .filter(|i| !i.id.is_empty());
             let final_message = message.clone();
             let note = seal_record(sh, request, record, move |rec| {
                 (rec.changes, rec.push) = (captured.changes, captured.push);
@@ -308,6 +329,7 @@ async fn try_finish(sh: &Arc<Shared>, request: &str, cancelled: bool) -> Result<
     sh.succeeded(request);
     sh.close_gate(request);
     if !exited {
+        sh.container_gone(&name, id.as_deref());
         lock(&sh.containers).by_request.remove(request);
     }
     sh.update_status(request, |s| {
@@ -340,21 +362,35 @@ async fn try_finish(sh: &Arc<Shared>, request: &str, cancelled: bool) -> Result<
     }
     if exited {
         fault::point("finish-after-done");
-        remove_exited(sh, request, &name).await;
+        if removes_itself {
+            // Podman's clean-up removes it (`run --rm`): no `rm` of ours.
+            // Should that fail, a later listing shows it and the planner
+            // removes it (`table::GONE_GRACE`).
+            sh.container_gone(&name, id.as_deref());
+            tracing::debug!(request, container = %name, "container removes itself");
+        } else {
+            remove_exited(sh, request, &name, id.as_deref()).await;
+        }
         fault::point("finish-after-rm");
     }
     Ok(())
 }
 
+/// The runtime removes this container itself: it exited, and it was made
+/// to go once it did.
+fn removed_by_runtime(i: &crate::runtime::ContainerInfo) -> bool {
+    i.removes_itself && matches!(i.state, ContainerState::Exited(_))
+}
+
 /// Remove the exited container of a done session. A failure is only
 /// logged: the planner removes containers of done requests on later passes.
-async fn remove_exited(sh: &Shared, request: &str, name: &str) {
+/// Once removed, the runtime's late reports of it (its `create`, `start`,
+/// `died` events lag) never put it back in the table, where the planner
+/// would remove it a second time (issue 18 item 6).
+async fn remove_exited(sh: &Shared, request: &str, name: &str, id: Option<&str>) {
     match sh.runtime.remove(name).await {
         Ok(()) => {
-            let mut t = lock(&sh.containers);
-            if t.by_request.get(request).is_some_and(|c| c.name == name) {
-                t.by_request.remove(request);
-            }
+            sh.container_gone(name, id);
             tracing::debug!(request, container = name, "container removed");
         }
         Err(e) => {

@@ -225,10 +225,18 @@ impl Shared {
         );
     }
 
+    /// The container `name` (of id `id`, when known) is gone: the table
+    /// drops it and ignores the runtime's late reports of it.
+    pub fn container_gone(&self, name: &str, id: Option<&str>) {
+        lock(&self.containers).went(name, id, std::time::Instant::now());
+    }
+
     /// Write `go` into a session's gate, never waiting
     /// (`workdir::WorkDir::send_go`).
     pub fn send_go(&self, session_id: &str) -> std::io::Result<std::fs::File> {
-        workdir::WorkDir::send_go(&self.settings.work_dir(session_id).join("gate"))
+        let work = self.settings.work_dir(session_id);
+        workdir::WorkDir::mark_gate_opened(&work)?;
+        workdir::WorkDir::send_go(&work.join("gate"))
     }
 
     /// Let the session's command start, and wait (briefly) until it has read
@@ -414,11 +422,7 @@ impl Shared {
                 self.spawn_for(key, async move {
                     tracing::info!(container = %container, why = %why, "removing container");
                     match sh.runtime.remove(&container).await {
-                        Ok(()) => {
-                            let mut t = lock(&sh.containers);
-                            t.orphans.retain(|c| c.name != container);
-                            t.by_request.retain(|_, c| c.name != container);
-                        }
+                        Ok(()) => sh.container_gone(&container, None),
                         Err(e) => tracing::warn!(container = %container, error = %e, "cannot remove container"),
                     }
                 });

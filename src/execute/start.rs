@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use super::prepare::prepare;
+use super::workdir::WorkDir;
 use super::{Shared, lock};
 use crate::audit::{Record, SessionRecord};
 use crate::desired::{Profile, Request, SecretSource};
@@ -195,6 +196,22 @@ async fn try_start(
             sh.remember(request, prior.as_deref(), &i);
             // Persist the `starting` that `apply` set in memory only.
             sh.update_status(request, |_| {});
+            return Ok(Started::HandedOver);
+        }
+        // No container, but its folder was prepared and its gate opened:
+        // the command may have run in a container that removed itself once
+        // it exited (issue 18). Its end is finishing's to record, never a
+        // second run.
+        let may_have_run = |sid: &str| {
+            let work = st.work_dir(sid);
+            WorkDir::is_prepared(&work) && WorkDir::gate_opened(&work)
+        };
+        if prior.as_deref().is_some_and(may_have_run) {
+            tracing::info!(
+                request,
+                "the container of an earlier attempt ran and is gone; finishing it"
+            );
+            sh.update_status(request, |s| s.phase = Phase::Finishing);
             return Ok(Started::HandedOver);
         }
     }

@@ -149,6 +149,20 @@ impl WorkDir {
         }
     }
 
+    /// The daemon is about to write `go` into the gate at `root`: from
+    /// now on the command may run. Written before every `go` (not synced:
+    /// a restart of the daemon loses no written page, a restart of the host
+    /// ends the container). A start tried again finds it and never runs
+    /// the command a second time (issue 18: a container that removed itself
+    /// after its command ran leaves nothing else behind).
+    pub fn mark_gate_opened(root: &Path) -> io::Result<()> {
+        fs::write(root.join("gate-opened"), b"")
+    }
+
+    pub fn gate_opened(root: &Path) -> bool {
+        root.join("gate-opened").exists()
+    }
+
     /// Everything the session needs is in place (clone, home, record).
     pub fn mark_prepared(&self) -> io::Result<()> {
         fs::write(self.root.join("prepared"), b"")

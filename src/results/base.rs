@@ -104,11 +104,6 @@ pub async fn record(work_root: &Path, git_home: &Path, plan: Plan) -> Result<(),
         unsupported: None,
     };
     let git = Git::new(git_home, Duration::from_secs(120));
-    git.cmd(&repo, "init")
-        .args(["init", "--bare", "--quiet"])
-        .run()
-        .await
-        .map_err(|e| e.to_string())?;
     let (from, to) = (
         work_root.join("home/repo/.git/objects"),
         repo.join("objects"),
@@ -121,6 +116,7 @@ pub async fn record(work_root: &Path, git_home: &Path, plan: Plan) -> Result<(),
     let json = serde_json::to_vec_pretty(&base).unwrap_or_default();
     let (repo2, base_path) = (repo.clone(), base_file(work_root));
     tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        init_bare(&repo2)?;
         copy_tree(&from, &to)?;
         crate::fsutil::write_atomic(&repo2.join("packed-refs"), &lines, 0o600)?;
         crate::fsutil::write_atomic(&base_path, &json, 0o600)
@@ -143,6 +139,30 @@ pub async fn record(work_root: &Path, git_home: &Path, plan: Plan) -> Result<(),
             .map_err(|e| format!("recording the clone's tree for results: {e}"))?;
     }
     Ok(())
+}
+
+/// What `git init --bare` makes with an empty template folder and no
+/// configuration (git 2.x, SHA-1), made without running git (issue 18: a
+/// process costs more CPU than the whole rest of this step): `HEAD` naming
+/// `master`, the core settings of a bare repository, and the object and
+/// ref folders. `repo` is a new folder in the daemon's own `results/`.
+pub fn init_bare(repo: &Path) -> std::io::Result<()> {
+    std::fs::create_dir(repo)?;
+    for d in [
+        "objects",
+        "objects/info",
+        "objects/pack",
+        "refs",
+        "refs/heads",
+        "refs/tags",
+    ] {
+        std::fs::create_dir(repo.join(d))?;
+    }
+    std::fs::write(repo.join("HEAD"), "ref: refs/heads/master\n")?;
+    std::fs::write(
+        repo.join("config"),
+        "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = true\n",
+    )
 }
 
 /// Copy the object files of the daemon's fresh clone (packs, their
@@ -174,4 +194,61 @@ pub fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .open(path)?;
     f.write_all(bytes)?;
     f.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// Every path under `root` (sorted) with a file's content.
+    fn tree(root: &Path) -> Vec<(String, Option<Vec<u8>>)> {
+        let mut out = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).expect("read_dir") {
+                let p = e.expect("entry").path();
+                let rel = p.strip_prefix(root).expect("under").display().to_string();
+                if p.is_dir() {
+                    stack.push(p);
+                    out.push((rel, None));
+                } else {
+                    out.push((rel, Some(std::fs::read(&p).expect("read"))));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn the_quarantine_repository_is_what_git_init_bare_makes_issue_18() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let empty = dir.path().join("template");
+        std::fs::create_dir(&empty).expect("mkdir");
+        let by_git = dir.path().join("git.git");
+        let out = std::process::Command::new("git")
+            .args(["init", "--bare", "--quiet"])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", &empty)
+            .env("GIT_TEMPLATE_DIR", &empty)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_DIR", &by_git)
+            .output()
+            .expect("git");
+        assert!(out.status.success(), "{out:?}");
+        let ours = dir.path().join("ours.git");
+        super::init_bare(&ours).expect("init");
+        assert_eq!(tree(&ours), tree(&by_git));
+        let verify = std::process::Command::new("git")
+            .args(["--git-dir"])
+            .arg(&ours)
+            .args(["rev-parse", "--is-bare-repository"])
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .output()
+            .expect("git");
+        assert_eq!(String::from_utf8_lossy(&verify.stdout).trim(), "true");
+    }
 }

@@ -128,7 +128,7 @@ impl Git {
     /// `git <args>` on the repository `git_dir` (one the daemon made).
     /// `what` names the step in messages.
     pub fn cmd(&self, git_dir: &Path, what: &str) -> GitCmd {
-        let mut cmd = tokio::process::Command::new("git");
+        let mut cmd = tokio::process::Command::new(crate::fsutil::program_path("git"));
         cmd.env_clear();
         for k in PASS_ENV {
             if let Some(v) = std::env::var_os(k) {

@@ -53,6 +53,11 @@ pub struct Script {
     pub secrets: BTreeSet<String>,
     /// Every call, as `verb name`.
     pub calls: Vec<String>,
+    /// Containers remove themselves once they exit (as Podman's `--rm`);
+    /// their ends are kept in `ended`.
+    pub removes_itself: bool,
+    /// What `ended` answers, per container name.
+    pub ended: BTreeMap<String, ContainerInfo>,
     next_id: u64,
 }
 
@@ -109,9 +114,11 @@ impl Fake {
 
     /// The container `name` exits with `code` (as if its command ended).
     pub fn exit(&self, name: &str, code: i32) {
-        if let Some(c) = lock(&self.script).containers.get_mut(name) {
+        let mut s = lock(&self.script);
+        if let Some(c) = s.containers.get_mut(name) {
             c.state = ContainerState::Exited(code);
         }
+        s.clean_up(name);
     }
 
     /// Record a call of `verb`; the failure queued for it, if any.
@@ -124,6 +131,22 @@ impl Fake {
                 format!("fake {verb} of {name} failed ({kind:?})"),
             )),
             None => Ok(()),
+        }
+    }
+}
+
+impl Script {
+    /// A container that removes itself and exited goes, its end kept.
+    fn clean_up(&mut self, name: &str) {
+        let exited = self
+            .containers
+            .get(name)
+            .is_some_and(|c| matches!(c.state, ContainerState::Exited(_)));
+        if self.removes_itself
+            && exited
+            && let Some(c) = self.containers.remove(name)
+        {
+            self.ended.insert(name.to_string(), info_of(&c, true));
         }
     }
 }
@@ -154,6 +177,7 @@ fn play_gate(script: Arc<Mutex<Script>>, name: String, gate: PathBuf) {
                     c.passed_gate = true;
                     if let Some(code) = exit {
                         c.state = ContainerState::Exited(code);
+                        s.clean_up(&name);
                     }
                 }
             }
@@ -165,7 +189,7 @@ fn play_gate(script: Arc<Mutex<Script>>, name: String, gate: PathBuf) {
     });
 }
 
-fn info_of(c: &FakeContainer) -> ContainerInfo {
+fn info_of(c: &FakeContainer, removes_itself: bool) -> ContainerInfo {
     ContainerInfo {
         id: c.id.clone(),
         state: c.state,
@@ -182,6 +206,7 @@ fn info_of(c: &FakeContainer) -> ContainerInfo {
         oom_killed: false,
         deadline: Some(c.spec.identity.deadline),
         namespaces: None,
+        removes_itself,
     }
 }
 
@@ -223,11 +248,13 @@ impl Runtime for Fake {
     fn stop<'a>(&'a self, name: &'a str, _grace: Duration) -> Call<'a, ()> {
         Box::pin(async move {
             self.called("stop", name)?;
-            if let Some(c) = lock(&self.script).containers.get_mut(name)
+            let mut s = lock(&self.script);
+            if let Some(c) = s.containers.get_mut(name)
                 && c.state == ContainerState::Running
             {
                 c.state = ContainerState::Exited(143);
             }
+            s.clean_up(name);
             Ok(())
         })
     }
@@ -243,7 +270,19 @@ impl Runtime for Fake {
     fn inspect<'a>(&'a self, name: &'a str) -> Call<'a, Option<ContainerInfo>> {
         Box::pin(async move {
             self.called("inspect", name)?;
-            Ok(lock(&self.script).containers.get(name).map(info_of))
+            let s = lock(&self.script);
+            Ok(s.containers.get(name).map(|c| info_of(c, s.removes_itself)))
+        })
+    }
+
+    fn ended<'a>(
+        &'a self,
+        name: &'a str,
+        _session_dir: &'a Path,
+    ) -> Call<'a, Option<ContainerInfo>> {
+        Box::pin(async move {
+            self.called("ended", name)?;
+            Ok(lock(&self.script).ended.get(name).cloned())
         })
     }
 

@@ -49,8 +49,18 @@ pub trait Runtime: Send + Sync {
 
     /// State, exit, image identity and deadline of a container; `None`
     /// when it does not exist. A backend may answer without a round trip
-    /// when what it already knows is certain (Podman: `podman/known.rs`).
+    /// when what it already knows is certain (Podman: `podman/known.rs`),
+    /// and for a container that removed itself after an exit it saw.
     fn inspect<'a>(&'a self, name: &'a str) -> Call<'a, Option<ContainerInfo>>;
+
+    /// How the session's container `name` ended, when it is gone because
+    /// it removed itself ([`ContainerInfo::removes_itself`]): from what the
+    /// runtime recorded of it, for a daemon that was not there to see the
+    /// exit (a restart). `session_dir` is the session's runtime folder as
+    /// given to `run`. `None` when nothing recorded says how it ended (or
+    /// it was not a container that removes itself).
+    fn ended<'a>(&'a self, name: &'a str, session_dir: &'a Path)
+    -> Call<'a, Option<ContainerInfo>>;
 
     /// Every container of this daemon's instance.
     fn list(&self) -> Call<'_, Vec<Container>>;
@@ -129,6 +139,9 @@ pub struct ContainerInfo {
     pub deadline: Option<i64>,
     /// Its namespaces, while it runs.
     pub namespaces: Option<Namespaces>,
+    /// The runtime removes the container itself once it has exited (the
+    /// end of a session then runs no removal of its own).
+    pub removes_itself: bool,
 }
 
 /// Which image a container ran.

@@ -264,18 +264,66 @@ fn exit_while_the_daemon_was_down_is_collected() {
     w.kill9();
     w.open_gate();
     let name = format!("agentd-{}-r", w.instance());
+    // Exited, or already gone: a session container removes itself once it
+    // exits (issue 18 item 6).
     w.eventually("the container to exit", MIN, || {
         let out = Command::new("podman")
             .args(["inspect", "--format", "{{.State.Status}}", &name])
             .output()
             .expect("inspect");
-        String::from_utf8_lossy(&out.stdout).trim() == "exited"
+        !out.status.success() || String::from_utf8_lossy(&out.stdout).trim() == "exited"
     });
     w.start_daemon();
     let s = w.wait_done("r");
     assert_eq!(s["outcome"], "work_failed", "{s}");
     assert_eq!(s["exit_code"], 5);
     assert!(w.containers_after_removal().is_empty());
+}
+
+/// The container exited and removed itself while the daemon was down: no
+/// container, no exit file left. The restarted daemon reads the exit from
+/// Podman's own record of it (its event log), for the container id the
+/// daemon recorded at its start; the command never runs a second time.
+#[test]
+fn an_exit_while_the_daemon_was_down_is_read_from_podmans_record_issue_18() {
+    if !require_podman() {
+        return;
+    }
+    let mut w = World::new();
+    w.gate_profile("g", "echo ran; exit 4", "");
+    w.request("r", "profile = \"g\"\n");
+    w.start_daemon();
+    w.wait_for("r", MIN, running);
+    w.kill9();
+    w.open_gate();
+    let name = format!("agentd-{}-r", w.instance());
+    w.eventually("the container to remove itself", MIN, || {
+        !Command::new("podman")
+            .args(["container", "exists", &name])
+            .status()
+            .expect("podman container exists")
+            .success()
+    });
+    w.start_daemon();
+    let s = w.wait_done("r");
+    assert_eq!(s["outcome"], "nothing_ready", "{s}\n{}", w.log());
+    assert_eq!(s["exit_code"], 4, "{s}");
+    let rec = w.session_record("r");
+    assert_eq!(rec["exit_code"], 4, "{rec}");
+    assert!(
+        rec["image_id"].as_str().is_some_and(|i| !i.is_empty()),
+        "{rec}"
+    );
+    assert_eq!(w.console("r"), "ran\n");
+    assert_eq!(w.containers_created_for("r"), 1, "the command ran once");
+    assert_eq!(w.audit_records("g").len(), 1);
+    assert!(
+        w.log().contains("its exit read from podman's event log"),
+        "{}",
+        w.log()
+    );
+    assert!(w.containers_after_removal().is_empty());
+    assert_eq!(w.work_dirs_after_removal(), 0);
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! The path from a container's exit to `done` holds only what the status
 //! and the audit record need (issue 12 item 3): the exit code from conmon's
-//! exit file, the image learned at the start, and the container removed
-//! after `done` is written.
+//! exit file, the image learned at the start. The container removes itself
+//! (`run --rm`, issue 18 item 6); one with a memory limit is removed after
+//! `done` is written.
 
 use std::time::Duration;
 
@@ -46,7 +47,7 @@ fn calls(w: &World) -> Vec<String> {
 }
 
 #[test]
-fn done_is_written_before_the_container_is_removed_and_nothing_is_inspected_issue_12() {
+fn the_end_of_a_session_inspects_nothing_and_the_container_removes_itself_issue_18() {
     if !require_podman() {
         return;
     }
@@ -77,13 +78,15 @@ fn done_is_written_before_the_container_is_removed_and_nothing_is_inspected_issu
     );
     // `image inspect` may run again when something else on the host changed
     // the image store meanwhile (a build, a tag): that is the cache doing
-    // its job. What never runs is `container inspect`.
+    // its job. What never runs is `container inspect`, nor any `rm`: the
+    // container removes itself (`run --rm`, issue 18 item 6), so no second
+    // removal can run either.
     let second: Vec<String> = calls(&w)[before..]
         .iter()
         .filter(|c| *c != "image inspect")
         .cloned()
         .collect();
-    assert_eq!(second, ["run", "rm after done"], "{second:?}\n{}", w.log());
+    assert_eq!(second, ["run"], "{second:?}\n{}", w.log());
     // The record still names the image the session ran.
     let rec = w.session_record("second");
     let out = std::process::Command::new("podman")
@@ -198,4 +201,32 @@ fn a_session_with_a_memory_limit_is_judged_by_podman_issue_12() {
         "{:?}",
         w.containers()
     );
+}
+
+/// A session with a memory limit keeps its container until its end has
+/// asked Podman (no `run --rm`): it is removed once, after `done`.
+#[test]
+fn a_session_with_a_memory_limit_is_removed_once_after_done_issue_18() {
+    if !require_podman() {
+        return;
+    }
+    let mut w = World::new();
+    w.sh_profile("limited", "exit 0", "memory = \"256m\"");
+    w.request("m", "profile = \"limited\"\n");
+    let podman = logging_podman(&w, "m");
+    w.start_daemon_with(&[("AGENTD_PODMAN", podman.as_str())], &[]);
+    assert_eq!(w.wait_done("m")["outcome"], "success");
+    assert!(
+        w.containers_after_removal().is_empty(),
+        "{:?}",
+        w.containers()
+    );
+    // Late reports of the removed container never bring it back for a
+    // second removal: wait past the resync that could.
+    std::thread::sleep(Duration::from_secs(2));
+    let rms: Vec<String> = calls(&w)
+        .into_iter()
+        .filter(|c| c.starts_with("rm"))
+        .collect();
+    assert_eq!(rms, ["rm after done"], "{}", w.log());
 }

@@ -89,7 +89,7 @@ impl Git<'_> {
             Some(s) => s
                 .sandbox
                 .command(s.source, s.keep, self.home, s.trust, "git"),
-            None => Command::new("git"),
+            None => Command::new(crate::fsutil::program_path("git")),
         };
         cmd.env_clear();
         for k in PASS_ENV {

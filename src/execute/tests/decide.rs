@@ -21,6 +21,7 @@ fn exited(code: i32, finished: i64, deadline: i64, oom: bool) -> ContainerInfo {
         oom_killed: oom,
         deadline: Some(deadline),
         namespaces: None,
+        removes_itself: false,
     }
 }
 

@@ -7,6 +7,7 @@ mod adopt;
 mod decide;
 mod egress;
 mod finish;
+mod removal;
 mod start;
 mod status;
 

@@ -50,12 +50,20 @@ pub struct RunSpec {
     pub pids_limit: Option<i64>,
     /// argv inside the container.
     pub command: Vec<String>,
+    /// `--rm`: Podman's clean-up after the exit removes the container.
+    pub remove_on_exit: bool,
 }
 
 /// Where the OCI runtime writes the container's host pid, in the
 /// session's runtime folder (outside every mount of the session).
 pub fn pid_file(runtime_dir: &Path) -> PathBuf {
     runtime_dir.join("container.pid")
+}
+
+/// Where the backend records which container a session's `podman run`
+/// created and the image it ran (`ended.rs`), beside the pid file.
+pub fn record_file(runtime_dir: &Path) -> PathBuf {
+    runtime_dir.join("container.json")
 }
 
 impl RunSpec {
@@ -97,22 +105,25 @@ impl RunSpec {
             cpus: spec.cpus,
             pids_limit: spec.pids_limit,
             command: spec.command.clone(),
+            remove_on_exit: false,
         }
     }
 }
 
 /// argv after `podman` for `podman run -d ...`.
 pub fn run_args(spec: &RunSpec) -> Vec<String> {
-    let mut a: Vec<String> = vec![
-        "run".into(),
-        "--detach".into(),
+    let mut a: Vec<String> = vec!["run".into(), "--detach".into()];
+    if spec.remove_on_exit {
+        a.push("--rm".into());
+    }
+    a.extend([
         // A missing image is a start failure, never a registry pull.
         "--pull=never".into(),
         // catatonit as PID 1 forwards `podman stop`'s SIGTERM to the command.
         "--init".into(),
         "--security-opt=no-new-privileges".into(),
         format!("--name={}", spec.name),
-    ];
+    ]);
     for (k, v) in &spec.labels {
         a.push(format!("--label={k}={v}"));
     }
@@ -208,6 +219,7 @@ mod tests {
             cpus: Some(1.5),
             pids_limit: Some(100),
             command: vec!["/bin/sh".into(), "-c".into(), "echo $HOME".into()],
+            remove_on_exit: false,
         }
     }
 
@@ -224,6 +236,16 @@ mod tests {
              --log-driver=k8s-file --log-opt=path=/w/console.k8s.log --log-opt=max-size=2048 --pidfile=/w/container.pid --network=none --memory=512m \
              --cpus=1.5 --pids-limit=100 localhost/img:1 /bin/sh -c echo $HOME"
         );
+    }
+
+    #[test]
+    fn a_container_that_removes_itself_is_run_with_rm_issue_18() {
+        let mut s = spec();
+        s.remove_on_exit = true;
+        let a = run_args(&s);
+        assert_eq!(a[..3], ["run", "--detach", "--rm"]);
+        assert_eq!(a.len(), run_args(&spec()).len() + 1);
+        assert!(!run_args(&spec()).contains(&"--rm".to_string()));
     }
 
     #[test]

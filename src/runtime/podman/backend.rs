@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::{Podman, RunSpec, console, events, exits, json, labels, surface};
+use super::{Podman, RunSpec, console, ended, events, exits, json, labels, surface};
 use crate::observed::{Container, ContainerState};
 use crate::runtime::{
     Call, Changes, ConsoleCollected, ContainerInfo, ErrorKind, Limit, RunningSession, Runtime,
@@ -26,13 +26,28 @@ fn read_pid(pid_file: &Path) -> Option<u32> {
 impl Runtime for Podman {
     fn run<'a>(&'a self, spec: &'a SessionSpec) -> Call<'a, RunningSession> {
         Box::pin(async move {
-            let run = RunSpec::for_session(spec, self.rootless());
+            let mut run = RunSpec::for_session(spec, self.rootless());
+            run.remove_on_exit = self.removes_sessions(spec);
             console::prepare(&spec.runtime_dir).map_err(|e| {
                 RuntimeError::new(
                     ErrorKind::Failed,
                     format!("cannot create the console capture: {e}"),
                 )
             })?;
+            if run.remove_on_exit {
+                // Before the container exists: a daemon killed while
+                // `podman run` runs still finds its end (`ended.rs`).
+                let pending = ended::Recorded {
+                    id: String::new(),
+                    created_after: Some(jiff::Timestamp::now().as_millisecond()),
+                    image_id: None,
+                    image_digest: None,
+                    removes_itself: true,
+                };
+                if let Err(e) = pending.write(&spec.runtime_dir) {
+                    tracing::warn!(container = %spec.name, error = %e, "cannot record the container of a session");
+                }
+            }
             // The image is learned beside `podman run`, off the session's
             // critical path (`known.rs`).
             let (ran, image) =
@@ -42,16 +57,37 @@ impl Runtime for Podman {
             // resolved the name. A session with a memory limit records
             // nothing: whether the kernel killed one of its processes for
             // memory only Podman knows, so its end asks `container inspect`.
-            let image = image
+            let mut image = image
                 .filter(|(stamp, _)| spec.memory.is_none() && self.images_stamp() == Some(*stamp))
                 .map(|(_, info)| info);
+            if run.remove_on_exit && image.is_none() {
+                // The image store changed while it started (or the image is
+                // new): ask the container now, while it waits at its gate;
+                // once it exited it is gone, and its image with it.
+                image = self.image_of(&id).await;
+            }
             lock(&self.known).ran(
                 &spec.name,
                 &id,
-                image,
+                image.clone(),
                 run.pid_file.clone(),
                 spec.identity.deadline,
             );
+            if run.remove_on_exit {
+                lock(&self.known).removes_itself(&spec.name);
+            }
+            let record = ended::Recorded {
+                id: id.clone(),
+                created_after: None,
+                image_id: image.as_ref().map(|i| i.id.clone()),
+                image_digest: image.and_then(|i| i.digest),
+                removes_itself: run.remove_on_exit,
+            };
+            if let Err(e) = record.write(&spec.runtime_dir) {
+                // Only a restarted daemon needs it; without it, a session
+                // whose container exited meanwhile ends as disappeared.
+                tracing::warn!(container = %spec.name, error = %e, "cannot record the container of a session");
+            }
             Ok(RunningSession {
                 id,
                 namespaces: self.namespaces_of(read_pid(&run.pid_file)),
@@ -98,7 +134,14 @@ impl Runtime for Podman {
                 return Ok(Some(info));
             }
             let Some(i) = self.inspect_container(name).await? else {
-                lock(&self.known).forget(name);
+                // Gone: a container that removed itself after an exit we
+                // saw is answered from that exit (`known.rs`).
+                let mut known = lock(&self.known);
+                if let Some(info) = known.gone_exit(name) {
+                    tracing::debug!(container = name, "removed itself; its exit as seen");
+                    return Ok(Some(info));
+                }
+                known.forget(name);
                 return Ok(None);
             };
             let running = i.state == ContainerState::Running;
@@ -115,7 +158,21 @@ impl Runtime for Podman {
                 oom_killed: i.oom_killed,
                 deadline: i.deadline,
                 namespaces: self.namespaces_of(i.pid.filter(|_| running)),
+                removes_itself: i.auto_remove,
             }))
+        })
+    }
+
+    fn ended<'a>(
+        &'a self,
+        name: &'a str,
+        session_dir: &'a Path,
+    ) -> Call<'a, Option<ContainerInfo>> {
+        Box::pin(async move {
+            if let Some(info) = lock(&self.known).gone_exit(name) {
+                return Ok(Some(info));
+            }
+            Ok(self.ended_from_log(name, session_dir).await?)
         })
     }
 

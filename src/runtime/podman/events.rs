@@ -32,8 +32,10 @@ pub struct ContainerEvent {
     pub session_id: Option<String>,
     /// Unix ms, from the deadline label.
     pub deadline: Option<i64>,
-    /// On `died`.
+    /// On `died` (Podman leaves out a code of 0: `Some(0)` then).
     pub exit_code: Option<i32>,
+    /// When Podman recorded it (the event's own time).
+    pub time: Option<jiff::Timestamp>,
 }
 
 #[derive(Deserialize)]
@@ -48,6 +50,8 @@ struct Raw {
     kind: String,
     #[serde(rename = "ContainerExitCode")]
     exit_code: Option<i32>,
+    #[serde(rename = "Time", default)]
+    time: String,
     #[serde(rename = "Attributes", default)]
     attributes: BTreeMap<String, String>,
 }
@@ -62,10 +66,14 @@ pub fn parse_event(line: &str) -> Option<ContainerEvent> {
             .attributes
             .get(labels::DEADLINE)
             .and_then(|d| d.parse().ok()),
+        // Podman 4.3 omits a zero `ContainerExitCode` from the JSON.
+        exit_code: raw
+            .exit_code
+            .or_else(|| (raw.status == "died").then_some(0)),
+        time: raw.time.parse().ok(),
         id: raw.id,
         status: raw.status,
         name: raw.name,
-        exit_code: raw.exit_code,
     })
 }
 
@@ -221,7 +229,7 @@ pub async fn follow(
                 while let Some(ev) = stream.next().await {
                     backoff = Duration::from_millis(500);
                     if ev.status == "died" {
-                        lock(&known).exited(&ev.id, ev.exit_code, true);
+                        lock(&known).exited_at(&ev.id, ev.exit_code, ev.time, true);
                     }
                     if tx.send(change_of(ev)).await.is_err() {
                         return;
@@ -256,10 +264,22 @@ mod tests {
                 request: Some("r1".into()),
                 session_id: None,
                 deadline: None,
-                exit_code: Some(3)
+                exit_code: Some(3),
+                time: "2026-11-22T08:50:36.121641452Z".parse().ok(),
             }
         );
         assert_eq!(parse_event("garbage"), None);
         assert_eq!(parse_event(r#"{"Type":"image","Status":"pull"}"#), None);
+    }
+
+    #[test]
+    fn a_died_event_without_a_code_is_an_exit_0_issue_18() {
+        // Podman 4.3 leaves a zero `ContainerExitCode` out of the JSON.
+        let line = r#"{"ID":"6f5a","Image":"localhost/x","Name":"agentd-x-r1","Status":"died","Time":"2026-12-07T09:18:40.193480678Z","Type":"container","Attributes":{}}"#;
+        let ev = parse_event(line).expect("parses");
+        assert_eq!(ev.exit_code, Some(0));
+        assert_eq!(ev.time, "2026-12-07T09:18:40.193480678Z".parse().ok());
+        let start = line.replace("died", "start");
+        assert_eq!(parse_event(&start).expect("parses").exit_code, None);
     }
 }

@@ -33,6 +33,9 @@ pub struct ExitFile {
     /// The exit code, when the file could still be read (Podman's clean-up
     /// may delete it first).
     pub exit_code: Option<i32>,
+    /// Its mtime: when conmon wrote it, right after the container's process
+    /// ended (the `FinishedAt` Podman records is this same mtime).
+    pub at: Option<jiff::Timestamp>,
 }
 
 /// The folder conmon writes exit files to, when this daemon can watch it:
@@ -122,9 +125,14 @@ pub fn watch(dir: &Path, tx: mpsc::Sender<ExitFile>) -> notify::Result<notify::R
                 .ok()
                 .as_deref()
                 .and_then(parse_exit_code);
+            let at = std::fs::metadata(path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| jiff::Timestamp::try_from(t).ok());
             let _ = tx.try_send(ExitFile {
                 id: id.to_string(),
                 exit_code,
+                at,
             });
         }
     };
@@ -159,7 +167,7 @@ pub fn follow(
         tracing::debug!(dir = %dir.display(), "watching Podman's exit folder");
         while let Some(exit) = exits.recv().await {
             tracing::debug!(id = %exit.id, exit_code = exit.exit_code, "exit file");
-            lock(&known).exited(&exit.id, exit.exit_code, false);
+            lock(&known).exited_at(&exit.id, exit.exit_code, exit.at, false);
             let change = Change::Exited {
                 id: exit.id,
                 code: exit.exit_code,

@@ -117,6 +117,24 @@ struct InfoVersion {
     version: String,
 }
 
+/// Where `podman info --format json` says Podman records its events
+/// (`file`, `journald`, `none`; empty when it does not say).
+pub fn event_logger(json: &str) -> String {
+    #[derive(Deserialize)]
+    struct Info {
+        host: InfoEvents,
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct InfoEvents {
+        #[serde(default)]
+        event_logger: String,
+    }
+    serde_json::from_str::<Info>(json)
+        .map(|i| i.host.event_logger)
+        .unwrap_or_default()
+}
+
 impl Host {
     /// Parse `podman info --format json`.
     pub fn parse(json: &str) -> Result<Host, String> {
@@ -413,5 +431,15 @@ mod tests {
         );
         let all = rootless_v2(&["cpuset", "cpu", "io", "memory", "pids"]);
         assert!(Limit::ALL.iter().all(|l| all.enforces(*l)));
+    }
+
+    #[test]
+    fn the_event_logger_is_read_from_podman_info_issue_18() {
+        assert_eq!(
+            super::event_logger(r#"{"host":{"eventLogger":"file","security":{"rootless":false}}}"#),
+            "file"
+        );
+        assert_eq!(super::event_logger(ROOTFUL_V1), "");
+        assert_eq!(super::event_logger("garbage"), "");
     }
 }

@@ -73,6 +73,8 @@ pub struct Inspected {
     pub deadline: Option<i64>,
     /// The host pid of its first process while it runs.
     pub pid: Option<u32>,
+    /// Created with `--rm`: Podman removes it once it exited.
+    pub auto_remove: bool,
 }
 
 #[derive(Deserialize)]
@@ -85,6 +87,15 @@ struct InspectEntry {
     state: InspectState,
     #[serde(default)]
     config: Option<InspectConfig>,
+    #[serde(default)]
+    host_config: Option<InspectHostConfig>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct InspectHostConfig {
+    #[serde(default)]
+    auto_remove: bool,
 }
 
 #[derive(Deserialize)]
@@ -127,6 +138,7 @@ pub fn parse_inspect(out: &str) -> Result<Inspected, PodmanError> {
         finished_at: e.state.finished_at.as_deref().and_then(parse_time),
         oom_killed: e.state.oom_killed,
         pid: u32::try_from(e.state.pid).ok().filter(|p| *p > 0),
+        auto_remove: e.host_config.is_some_and(|h| h.auto_remove),
         deadline: e
             .config
             .and_then(|c| c.labels)
@@ -173,5 +185,13 @@ mod tests {
         assert_eq!(i.image_digest.as_deref(), Some("sha256:5f5b"));
         assert!(i.started_at.is_some() && i.finished_at.is_none() && i.oom_killed);
         assert_eq!(i.deadline, Some(1_795_337_999_000));
+        assert!(!i.auto_remove);
+    }
+
+    #[test]
+    fn a_container_that_removes_itself_says_so_issue_18() {
+        let out = r#"[{"Id":"6f5a","Image":"0e25","State":{"Status":"exited","ExitCode":0},
+            "HostConfig":{"AutoRemove":true,"Memory":0}}]"#;
+        assert!(parse_inspect(out).expect("parses").auto_remove);
     }
 }

@@ -10,6 +10,7 @@
 mod args;
 mod backend;
 pub mod console;
+mod ended;
 mod events;
 mod exits;
 mod host;
@@ -217,6 +218,9 @@ pub struct Podman {
     instance: String,
     /// What `podman info` said at start-up (`check_available`).
     host: Arc<OnceLock<Host>>,
+    /// Where that Podman records its events (`podman info`'s
+    /// `eventLogger`): `none` keeps no record of an exit (`ended.rs`).
+    event_logger: Arc<OnceLock<String>>,
     /// The storage's image list, learned from `podman info` at start-up
     /// (`images.rs`); unset when it is not a local file.
     images_file: Arc<OnceLock<PathBuf>>,
@@ -249,6 +253,7 @@ impl Podman {
                 .unwrap_or(Duration::from_secs(60)),
             instance: instance.to_string(),
             host: Arc::default(),
+            event_logger: Arc::default(),
             images_file: Arc::default(),
             observer: None,
             known: Arc::default(),
@@ -274,6 +279,17 @@ impl Podman {
     fn rootless(&self) -> bool {
         self.host.get().is_some_and(|h| h.rootless)
     }
+
+    /// Whether the session `spec` runs in a container that removes itself
+    /// once it exits (`run --rm`: Podman's clean-up, which runs anyway,
+    /// removes it, and the end of the session runs no `podman rm`, issue
+    /// 18 item 6). Not with a `memory` limit: whether the kernel killed one
+    /// of its processes for memory only `container inspect` says, after the
+    /// exit. Not when Podman keeps no event log: a daemon restarted after
+    /// the exit reads the exit from it (`ended.rs`).
+    fn removes_sessions(&self, spec: &SessionSpec) -> bool {
+        spec.memory.is_none() && self.event_logger.get().is_some_and(|l| l != "none")
+    }
 }
 
 impl Podman {
@@ -297,7 +313,7 @@ impl Podman {
         timeout: Duration,
     ) -> Result<String, PodmanError> {
         let verb = verb_of(args);
-        let mut cmd = Command::new(&self.program);
+        let mut cmd = Command::new(crate::fsutil::program_path(&self.program));
         scrub_env(&mut cmd);
         cmd.args(args)
             .stdin(Stdio::null())
@@ -356,6 +372,7 @@ impl Podman {
                     let _ = self.images_file.set(f);
                 }
                 let _ = self.host.set(host.clone());
+                let _ = self.event_logger.set(host::event_logger(&out));
                 Ok(host)
             }
             Err(PodmanError::Spawn { program, source }) => {
@@ -388,6 +405,21 @@ impl Podman {
             Ok(out) => json::parse_inspect(&out).map(Some),
             Err(e) if e.is_no_such_container() => Ok(None),
             Err(e) => Err(e),
+        }
+    }
+
+    /// The image container `id` was created from (`container inspect`);
+    /// `None` when Podman cannot say.
+    async fn image_of(&self, id: &str) -> Option<crate::runtime::ImageIdentity> {
+        match self.inspect_container(id).await {
+            Ok(i) => i.map(|i| crate::runtime::ImageIdentity {
+                id: i.image_id,
+                digest: i.image_digest,
+            }),
+            Err(e) => {
+                tracing::debug!(container = id, error = %e, "cannot learn the image a container ran");
+                None
+            }
         }
     }
 
