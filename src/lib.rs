@@ -15,6 +15,7 @@ mod execute;
 mod fault;
 mod fdtree;
 mod fsutil;
+mod git_auth;
 mod inject;
 mod metrics;
 mod observed;

@@ -217,16 +217,7 @@ impl GitCmd {
     /// environment (never argv), with redirects off so it never goes
     /// anywhere else.
     pub fn token(mut self, token: &str) -> Self {
-        let header = format!(
-            "Authorization: Basic {}",
-            base64(format!("x-access-token:{token}").as_bytes())
-        );
-        self.cmd
-            .env("GIT_CONFIG_COUNT", "2")
-            .env("GIT_CONFIG_KEY_0", "http.extraHeader")
-            .env("GIT_CONFIG_VALUE_0", header)
-            .env("GIT_CONFIG_KEY_1", "http.followRedirects")
-            .env("GIT_CONFIG_VALUE_1", "false");
+        self.cmd.envs(crate::git_auth::token_env(token));
         self
     }
 
@@ -387,28 +378,6 @@ fn tail(stderr: &[u8]) -> Option<String> {
     (!t.is_empty()).then_some(t)
 }
 
-/// Standard base64 (RFC 4648) for the HTTP auth header.
-pub fn base64(bytes: &[u8]) -> String {
-    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ABC[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -441,17 +410,5 @@ mod tests {
             .await
             .expect_err("fails");
         assert!(e.to_string().starts_with("git rev-parse failed:"), "{e}");
-    }
-
-    #[test]
-    fn base64_matches_rfc4648_vectors() {
-        for (i, o) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foobar", "Zm9vYmFy"),
-        ] {
-            assert_eq!(base64(i.as_bytes()), o);
-        }
     }
 }

@@ -122,18 +122,8 @@ impl Git<'_> {
             .process_group(0)
             .kill_on_drop(true);
         if let Some(t) = token {
-            // The header is not scoped to a host: a redirect would move
-            // git's base URL and take the token to wherever it points
-            // (issue 17). With a token, no redirect is followed at all.
-            let header = format!(
-                "Authorization: Basic {}",
-                base64(format!("x-access-token:{t}").as_bytes())
-            );
-            cmd.env("GIT_CONFIG_COUNT", "2")
-                .env("GIT_CONFIG_KEY_0", "http.extraHeader")
-                .env("GIT_CONFIG_VALUE_0", header)
-                .env("GIT_CONFIG_KEY_1", "http.followRedirects")
-                .env("GIT_CONFIG_VALUE_1", "false");
+            // Redirects off with the token (issue 17): `git_auth`.
+            cmd.envs(crate::git_auth::token_env(t));
         }
         let child = cmd.spawn().map_err(GitError::Spawn)?;
         let pgid = child.id();
@@ -175,28 +165,6 @@ fn redirected(stderr: &str) -> bool {
         .any(|code| stderr.contains(&format!("returned error: {code}")))
 }
 
-/// Standard base64 (RFC 4648) for the HTTP auth header.
-fn base64(bytes: &[u8]) -> String {
-    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ABC[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,20 +177,5 @@ mod tests {
         assert!(redirected("The requested URL returned error: 308"));
         assert!(!redirected("The requested URL returned error: 404"));
         assert!(!redirected("fatal: repository not found"));
-    }
-
-    #[test]
-    fn base64_matches_rfc4648_vectors() {
-        for (i, o) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-        ] {
-            assert_eq!(super::base64(i.as_bytes()), o);
-        }
     }
 }
