@@ -527,16 +527,8 @@ async fn intercepted(
     counts: &Counts,
 ) -> Result<String, Reply> {
     let limits = &ctx.hub.limits;
-    let _fd: OwnedSemaphorePermit = Arc::clone(&ctx.hub.descriptors)
-        .try_acquire_owned()
-        .map_err(|_| reply(503, "the proxy is at its limit of open connections"))?;
-    let connected = tokio::select! {
-        c = resolve::connect(addrs, limits.connect_timeout) => c,
-        () = ctx.cancel.cancelled() => return Err(reply(503, "the session ended")),
-    };
-    let (upstream, addr) = connected.map_err(|e| reply(502, format!("cannot connect: {e}")))?;
+    let (_fd, upstream, _) = connect(ctx, addrs, line).await?;
     let _ = upstream.set_nodelay(true);
-    line.addr = Some(addr);
     client
         .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
         .await
@@ -558,6 +550,27 @@ async fn intercepted(
     Ok(done.reason)
 }
 
+/// The upstream connection of an allowed client, tunnelled or intercepted:
+/// one descriptor of the session's share and of the hub's budget (held
+/// while the connection lives), then the first admitted address that
+/// answers, recorded in the line.
+async fn connect(
+    ctx: &Ctx,
+    addrs: &[SocketAddr],
+    line: &mut Line,
+) -> Result<(Fds, TcpStream, SocketAddr), Reply> {
+    let fd = ctx
+        .try_fds(1)
+        .ok_or_else(|| reply(503, "the proxy is at its limit of open connections"))?;
+    let connected = tokio::select! {
+        c = resolve::connect(addrs, ctx.hub.limits.connect_timeout) => c,
+        () = ctx.cancel.cancelled() => return Err(reply(503, "the session ended")),
+    };
+    let (upstream, addr) = connected.map_err(|e| reply(502, format!("cannot connect: {e}")))?;
+    line.addr = Some(addr);
+    Ok((fd, upstream, addr))
+}
+
 /// Connect to the first admitted address that answers, answer a CONNECT
 /// with `200` (or send the absolute-form request's head), and relay.
 async fn tunnel(
@@ -570,15 +583,7 @@ async fn tunnel(
     counts: &Counts,
 ) -> Result<String, Reply> {
     let limits = &ctx.hub.limits;
-    let _fd = ctx
-        .try_fds(1)
-        .ok_or_else(|| reply(503, "the proxy is at its limit of open connections"))?;
-    let connected = tokio::select! {
-        c = resolve::connect(addrs, limits.connect_timeout) => c,
-        () = ctx.cancel.cancelled() => return Err(reply(503, "the session ended")),
-    };
-    let (mut upstream, addr) = connected.map_err(|e| reply(502, format!("cannot connect: {e}")))?;
-    line.addr = Some(addr);
+    let (_fd, mut upstream, addr) = connect(ctx, addrs, line).await?;
     let until = match forward {
         None => relay::Until::BothClosed,
         Some(_) => relay::Until::UpstreamClosed,
