@@ -53,8 +53,4 @@ pub trait Observer: Send + Sync {
     fn bytes(&self, direction: Direction, n: u64);
 }
 
-/// Lock a std mutex, recovering from poisoning (the data is plain counts
-/// and a file handle).
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+use crate::sync::lock;

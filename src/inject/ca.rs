@@ -226,10 +226,7 @@ impl DaemonCa {
     /// taken from the cache while younger than a day), ALPN `http/1.1`.
     pub fn server_config(&self, host: &Host) -> Result<Arc<ServerConfig>, CaError> {
         let now = jiff::Timestamp::now().as_second();
-        let mut leaves = self
-            .leaves
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut leaves = crate::sync::lock(&self.leaves);
         let key = host.to_string();
         if let Some((config, made)) = leaves.get(&key)
             && now - made < LEAF_REFRESH_SECS

@@ -35,6 +35,7 @@ use super::check::{self, Refusal};
 use super::io::{Meter, Metered, Rewind};
 use super::{Injection, Placeholder};
 use crate::egress::policy::{Host, Target};
+use crate::sync::lock;
 
 /// Bounds of one intercepted connection.
 #[derive(Debug, Clone)]
@@ -178,10 +179,6 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A response of the proxy's own: a one-line reason, then close.
@@ -416,7 +413,7 @@ where
             () = cancel.cancelled() => break "closed: the session ended".to_string(),
             () = tokio::time::sleep(left) => {
                 if meter.idle() >= limits.idle {
-                    break format!("closed after {} s idle", limits.idle.as_secs());
+                    break crate::egress::relay::End::Idle.reason(limits.idle);
                 }
             }
         }
