@@ -50,15 +50,22 @@ impl Runtime for Podman {
             }
             // The image is learned beside `podman run`, off the session's
             // critical path (`known.rs`).
-            let (ran, image) =
-                tokio::join!(self.run_container(&run), self.learn_image(&spec.image));
+            // A session with a memory limit records no image (below), so
+            // its start asks nothing.
+            let learn = async {
+                match spec.memory {
+                    None => self.learn_image(&spec.image).await,
+                    Some(_) => None,
+                }
+            };
+            let (ran, image) = tokio::join!(self.run_container(&run), learn);
             let id = ran.map_err(|e| self.run_error(e, spec))?;
             // Recorded only if no tag can have moved while `podman run`
             // resolved the name. A session with a memory limit records
             // nothing: whether the kernel killed one of its processes for
             // memory only Podman knows, so its end asks `container inspect`.
             let mut image = image
-                .filter(|(stamp, _)| spec.memory.is_none() && self.images_stamp() == Some(*stamp))
+                .filter(|(stamp, _)| self.images_stamp() == Some(*stamp))
                 .map(|(_, info)| info);
             if run.remove_on_exit && image.is_none() {
                 // The image store changed while it started (or the image is
@@ -76,17 +83,21 @@ impl Runtime for Podman {
             if run.remove_on_exit {
                 lock(&self.known).removes_itself(&spec.name);
             }
-            let record = ended::Recorded {
-                id: id.clone(),
-                created_after: None,
-                image_id: image.as_ref().map(|i| i.id.clone()),
-                image_digest: image.and_then(|i| i.digest),
-                removes_itself: run.remove_on_exit,
-            };
-            if let Err(e) = record.write(&spec.runtime_dir) {
-                // Only a restarted daemon needs it; without it, a session
-                // whose container exited meanwhile ends as disappeared.
-                tracing::warn!(container = %spec.name, error = %e, "cannot record the container of a session");
+            // Read only for a container that removes itself (`ended.rs`):
+            // the others stay until the daemon removes them.
+            if run.remove_on_exit {
+                let record = ended::Recorded {
+                    id: id.clone(),
+                    created_after: None,
+                    image_id: image.as_ref().map(|i| i.id.clone()),
+                    image_digest: image.and_then(|i| i.digest),
+                    removes_itself: true,
+                };
+                if let Err(e) = record.write(&spec.runtime_dir) {
+                    // Only a restarted daemon needs it; without it, a session
+                    // whose container exited meanwhile ends as disappeared.
+                    tracing::warn!(container = %spec.name, error = %e, "cannot record the container of a session");
+                }
             }
             Ok(RunningSession {
                 id,
@@ -168,12 +179,8 @@ impl Runtime for Podman {
         name: &'a str,
         session_dir: &'a Path,
     ) -> Call<'a, Option<ContainerInfo>> {
-        Box::pin(async move {
-            if let Some(info) = lock(&self.known).gone_exit(name) {
-                return Ok(Some(info));
-            }
-            Ok(self.ended_from_log(name, session_dir).await?)
-        })
+        // An exit this daemon saw is answered by `inspect` already.
+        Box::pin(async move { Ok(self.ended_from_log(name, session_dir).await?) })
     }
 
     fn list(&self) -> Call<'_, Vec<Container>> {

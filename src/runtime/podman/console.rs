@@ -78,20 +78,6 @@ fn line_to_raw(line: &str, out: &mut Vec<u8>) {
     }
 }
 
-/// Create `dest` empty. A capture left read-only by a seal that a crash
-/// interrupted (sealing makes a record's files 0444) is replaced: the
-/// daemon owns the folder, and without `CAP_DAC_OVERRIDE` (rootless) it
-/// cannot open its own read-only file for writing.
-fn create_replacing(dest: &Path) -> io::Result<File> {
-    match File::create(dest) {
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-            fs::remove_file(dest)?;
-            File::create(dest)
-        }
-        r => r,
-    }
-}
-
 /// Convert a whole k8s-file log into plain bytes at `dest`; returns bytes written.
 /// `cap` bounds the output; past it a marker line is appended.
 /// `head_dropped`: the source lost its beginning (conmon's own cap), so the
@@ -108,13 +94,13 @@ pub fn k8s_to_raw(
         Ok(f) => BufReader::new(f),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             if !dest.exists() {
-                create_replacing(dest)?;
+                File::create(dest)?;
             }
             return Ok((0, false));
         }
         Err(e) => return Err(e),
     };
-    let mut out = create_replacing(dest)?;
+    let mut out = File::create(dest)?;
     let mut written = 0u64;
     if head_dropped {
         let marker = format!(
