@@ -87,6 +87,12 @@ pub async fn run(
     // Sessions with injected credentials use the CA kept in `<state>/ca`.
     let egress = crate::execute::SessionEgress::new(settings.max_sessions)
         .with_inject(settings.state.join("ca"), settings.egress_ca_file.clone());
+    // Seed clones are indexed in memory (`execute::clone::seed`): what an
+    // earlier run left is junk now.
+    let seeds = crate::execute::clone::seeds_root(&settings.state.join("cache/git"));
+    if let Err(e) = crate::execute::clone::seed::clear(&seeds) {
+        tracing::warn!(dir = %seeds.display(), error = %e, "cannot remove an earlier run's seed clones");
+    }
     let sh = Arc::new(Shared {
         settings,
         runtime,

@@ -39,6 +39,7 @@
 //!   clone; a mirror in use is never pruned.
 
 mod git;
+pub mod seed;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -69,6 +70,8 @@ pub struct MirrorCache {
     /// the same key would let two fetches into one mirror. There is one
     /// entry per repository the daemon has cloned since it started.
     locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    /// Clones of local repositories, kept per state of their git folder.
+    seeds: seed::Seeds,
 }
 
 impl MirrorCache {
@@ -137,42 +140,7 @@ pub async fn clone(
             path: dest.to_path_buf(),
             source,
         })?;
-        let trust = trusted(&local);
-        let git = Git {
-            home: env.git_home,
-            timeout: env.timeout,
-            sandbox: Some(Sandboxed {
-                sandbox: env.sandbox,
-                source: &local,
-                keep: dest,
-                trust: &trust,
-            }),
-        };
-        // Through git's transport, like its file:// URL (see the module doc).
-        return git
-            .run(
-                &[
-                    "clone".as_ref(),
-                    "--quiet".as_ref(),
-                    "--no-local".as_ref(),
-                    "--".as_ref(),
-                    local.as_os_str(),
-                    dest.as_os_str(),
-                ],
-                FileTransport::Allow,
-                None,
-            )
-            .await
-            .map_err(|source| CloneError::Local {
-                repo: repo.as_str(),
-                // The sandbox's own refusals carry their hint already.
-                hint: if source.to_string().contains("; hint: ") {
-                    ""
-                } else {
-                    "; hint: name a git repository the daemon's user can read, by its real path; git reads it where nothing else of the host is there, so links out of it lead nowhere"
-                },
-                source,
-            });
+        return clone_local(repo, &local, dest, env).await;
     }
     let git = Git {
         home: env.git_home,
@@ -233,6 +201,116 @@ pub async fn clone(
         tracing::info!(mirror = %r.display(), "pruned a git mirror not used recently");
     }
     Ok(())
+}
+
+/// A local repository: a copy of its seed when its git folder is as it was
+/// when the seed was made (`seed.rs`), else git's clone in the sandbox,
+/// kept as the seed when the folder did not change meanwhile. Clones of
+/// one repository take turns, so the ones after the first copy its seed.
+async fn clone_local(
+    repo: &Repo,
+    local: &Path,
+    dest: &Path,
+    env: &CloneEnv<'_>,
+) -> Result<(), CloneError> {
+    let _turn = env
+        .cache
+        .lock_for(&format!("seed\0{}", local.display()))
+        .lock_owned()
+        .await;
+    let seeds = &env.cache.seeds;
+    let at = local.to_path_buf();
+    let before = blocking(move || seed::state(&at)).await.flatten();
+    if let Some(from) = before.as_deref().and_then(|s| seeds.get(local, s)) {
+        let to = dest.to_path_buf();
+        match blocking(move || seed::copy_tree(&from, &to)).await {
+            Some(Ok(())) => {
+                tracing::debug!(repo = %local.display(), "copied the seed clone");
+                return Ok(());
+            }
+            failed => {
+                tracing::warn!(repo = %local.display(), error = ?failed, "cannot copy a seed clone; cloning");
+                seeds.forget(local);
+                empty_folder(dest)?;
+            }
+        }
+    }
+    let trust = trusted(local);
+    let git = Git {
+        home: env.git_home,
+        timeout: env.timeout,
+        sandbox: Some(Sandboxed {
+            sandbox: env.sandbox,
+            source: local,
+            keep: dest,
+            trust: &trust,
+        }),
+    };
+    // Through git's transport, like its file:// URL (see the module doc).
+    git
+        .run(
+            &[
+                "clone".as_ref(),
+                "--quiet".as_ref(),
+                "--no-local".as_ref(),
+                "--".as_ref(),
+                local.as_os_str(),
+                dest.as_os_str(),
+            ],
+            FileTransport::Allow,
+            None,
+        )
+        .await
+        .map_err(|source| CloneError::Local {
+            repo: repo.as_str(),
+            // The sandbox's own refusals carry their hint already.
+            hint: if source.to_string().contains("; hint: ") {
+                ""
+            } else {
+                "; hint: name a git repository the daemon's user can read, by its real path; git reads it where nothing else of the host is there, so links out of it lead nowhere"
+            },
+            source,
+        })?;
+    if let Some(state) = before {
+        let (root, seeds, at, clone) = (
+            seeds_root(env.cache_root),
+            seeds.clone(),
+            local.to_path_buf(),
+            dest.to_path_buf(),
+        );
+        let kept = blocking(move || {
+            // Kept only when no change can have slipped in during the clone.
+            if seed::state(&at).as_deref() != Some(state.as_str()) {
+                return Ok(());
+            }
+            seeds.keep(&root, &at, state, &clone)
+        })
+        .await;
+        if let Some(Err(e)) = kept {
+            tracing::warn!(repo = %local.display(), error = %e, "cannot keep a seed clone");
+        }
+    }
+    Ok(())
+}
+
+/// `<state>/cache/seeds` beside the mirrors' `<state>/cache/git`.
+pub fn seeds_root(cache_root: &Path) -> PathBuf {
+    cache_root.with_file_name("seeds")
+}
+
+/// Run blocking file work off the runtime; `None` if it panicked.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    tokio::task::spawn_blocking(f).await.ok()
+}
+
+/// Make `dest` an empty folder again after a copy that failed half way.
+fn empty_folder(dest: &Path) -> Result<(), CloneError> {
+    crate::fdtree::remove_tree(dest)
+        .and_then(|()| std::fs::create_dir_all(dest))
+        .map_err(|source| CloneError::Create {
+            path: dest.to_path_buf(),
+            source,
+        })
 }
 
 /// Create or update the bare mirror of `url` at `cache`.

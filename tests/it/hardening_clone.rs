@@ -15,6 +15,7 @@ use crate::util::{World, leak_haystacks, repo_root, require_podman, test_image, 
 
 /// The sandbox's view: nothing of the host but git and the repository.
 mod sandbox;
+mod seeds;
 
 /// git with no configuration of the test user's, in `cwd`; its stdout.
 fn git(args: &[&str], cwd: &Path) -> Result<String, String> {

@@ -1,0 +1,485 @@
+//! Seed clones (issue 18): a local repository is cloned through git's
+//! transport, in the sandbox, once per state of its git folder; the
+//! sessions that follow while that folder is unchanged get a plain copy
+//! of that clone instead of six git processes each.
+//!
+//! What a clone of a local repository copies is decided by its git folder
+//! alone (refs, packed refs, `HEAD`, objects, its configuration), never by
+//! its work tree, and git changes that folder by writing new files and
+//! renaming them into place. So the state is read from the metadata of the
+//! git folder's own entries, of everything under `refs/` and `reftable/`,
+//! and of the entries of `objects/`, `objects/pack`, `objects/info` and
+//! `info/`: inode, size, mode, change and modification times. Any write
+//! there changes at least one change time, which no one but the kernel
+//! sets. Nothing is read but folder listings and `lstat`s, every name is
+//! opened relative to its parent's descriptor without following a link,
+//! and a link anywhere in those folders, a `.git` that is not a folder, a
+//! linked work tree (`commondir`) or more than [`MAX_ENTRIES`] entries mean
+//! no seed: that clone always runs in the sandbox.
+//!
+//! A seed is made from a sandboxed clone whose source state was the same
+//! before and after it, is used only by the daemon that made it (the
+//! index lives in memory; seeds left by an earlier run are removed at
+//! start), and is copied without following links into the session's fresh
+//! folder: the session gets exactly what the sandboxed clone gave, never
+//! anything of the host.
+
+use std::collections::HashMap;
+use std::ffi::{CStr, CString, OsStr};
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use nix::dir::Dir;
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{FileStat, Mode, SFlag, fstatat};
+
+use crate::desired::sha256_hex;
+use crate::fdtree::{dir_flags, file_kind, read_names};
+
+/// At most this many seeds are kept; the least recently used goes first.
+pub const MAX_SEEDS: usize = 32;
+
+/// A git folder showing more entries than this (in the folders read) gets
+/// no seed.
+pub const MAX_ENTRIES: usize = 20_000;
+
+/// How deep `refs/` and `reftable/` are read.
+const MAX_DEPTH: usize = 32;
+
+/// The seeds of one daemon: which local repository has one, in which
+/// state, and when it was last used.
+#[derive(Debug, Default, Clone)]
+pub struct Seeds {
+    index: Arc<Mutex<HashMap<PathBuf, Seed>>>,
+}
+
+#[derive(Debug)]
+struct Seed {
+    state: String,
+    dir: PathBuf,
+    used: Instant,
+}
+
+impl Seeds {
+    /// The seed of `source` made in `state`, marked used.
+    pub fn get(&self, source: &Path, state: &str) -> Option<PathBuf> {
+        let mut index = crate::sync::lock(&self.index);
+        let seed = index.get_mut(source).filter(|s| s.state == state)?;
+        seed.used = Instant::now();
+        Some(seed.dir.clone())
+    }
+
+    /// Forget the seed of `source` (its copy failed).
+    pub fn forget(&self, source: &Path) {
+        crate::sync::lock(&self.index).remove(source);
+    }
+
+    /// Keep `clone` (a finished clone of `source` in `state`) as its seed
+    /// under `root`, replacing the one before; beyond [`MAX_SEEDS`] the
+    /// least recently used seed goes. Blocking: copies the clone.
+    pub fn keep(&self, root: &Path, source: &Path, state: String, clone: &Path) -> io::Result<()> {
+        let dir = root.join(&sha256_hex(source.as_os_str().as_bytes())[..16]);
+        let tmp = dir.with_extension("tmp");
+        std::fs::create_dir_all(root)?;
+        remove_if_there(&tmp)?;
+        std::fs::create_dir(&tmp)?;
+        copy_tree(clone, &tmp)?;
+        // The old seed is no longer named before its folder goes.
+        self.forget(source);
+        remove_if_there(&dir)?;
+        std::fs::rename(&tmp, &dir)?;
+        let evicted = {
+            let mut index = crate::sync::lock(&self.index);
+            index.insert(
+                source.to_path_buf(),
+                Seed {
+                    state,
+                    dir,
+                    used: Instant::now(),
+                },
+            );
+            let oldest = (index.len() > MAX_SEEDS)
+                .then(|| {
+                    index
+                        .iter()
+                        .min_by_key(|(_, s)| s.used)
+                        .map(|(k, _)| k.clone())
+                })
+                .flatten();
+            oldest.and_then(|k| index.remove(&k))
+        };
+        if let Some(old) = evicted {
+            remove_if_there(&old.dir)?;
+        }
+        Ok(())
+    }
+}
+
+/// Remove the seeds a previous run left under `root` (their index is gone
+/// with that run).
+pub fn clear(root: &Path) -> io::Result<()> {
+    remove_if_there(root)
+}
+
+fn remove_if_there(p: &Path) -> io::Result<()> {
+    match crate::fdtree::remove_tree(p) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// The state of the git folder of the local repository `source` (see the
+/// module doc), or `None` when it cannot be read safely or gets no seed.
+pub fn state(source: &Path) -> Option<String> {
+    let top = open_plain(source)?;
+    let mut acc = Acc::default();
+    let mut git = match fstatat(&top, c".git", AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Err(Errno::ENOENT) => top,
+        Ok(st) if file_kind(&st) == SFlag::S_IFDIR => {
+            acc.record(c".git", &st)?;
+            Dir::openat(&top, c".git", dir_flags(), Mode::empty()).ok()?
+        }
+        _ => return None,
+    };
+    acc.walk(&mut git, "", 0, Depth::GitDir)?;
+    Some(sha256_hex(&acc.bytes))
+}
+
+/// How far below a folder is read.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Depth {
+    /// The git folder: its entries, and what lies below some of them.
+    GitDir,
+    /// `objects/`: its entries, and those of `pack/` and `info/`.
+    Objects,
+    /// Every level (`refs/`, `reftable/`).
+    All,
+    /// The entries only (no level below is read).
+    Entries,
+}
+
+#[derive(Default)]
+struct Acc {
+    bytes: Vec<u8>,
+    entries: usize,
+}
+
+impl Acc {
+    /// Add one entry's metadata; `None` for a link or past the cap.
+    fn record(&mut self, name: &CStr, st: &FileStat) -> Option<()> {
+        self.entries += 1;
+        if self.entries > MAX_ENTRIES || file_kind(st) == SFlag::S_IFLNK {
+            return None;
+        }
+        self.bytes.extend_from_slice(name.to_bytes_with_nul());
+        for n in [
+            u64::from(st.st_mode),
+            st.st_ino,
+            st.st_dev,
+            st.st_size as u64,
+            st.st_mtime as u64,
+            st.st_mtime_nsec as u64,
+            st.st_ctime as u64,
+            st.st_ctime_nsec as u64,
+        ] {
+            self.bytes.extend_from_slice(&n.to_le_bytes());
+        }
+        Some(())
+    }
+
+    fn walk(&mut self, dir: &mut Dir, at: &str, level: usize, depth: Depth) -> Option<()> {
+        if level > MAX_DEPTH {
+            return None;
+        }
+        for name in sorted_names(dir)? {
+            if depth == Depth::GitDir && name.as_c_str() == c"commondir" {
+                return None;
+            }
+            let st = fstatat(&*dir, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW).ok()?;
+            let path = CString::new(format!("{at}/{}", name.to_string_lossy())).ok()?;
+            self.record(&path, &st)?;
+            let below = match (depth, name.to_bytes()) {
+                (Depth::All, _) => Depth::All,
+                (Depth::GitDir, b"refs" | b"reftable") => Depth::All,
+                (Depth::GitDir, b"objects") => Depth::Objects,
+                (Depth::GitDir, b"info") | (Depth::Objects, b"pack" | b"info") => Depth::Entries,
+                _ => continue,
+            };
+            if file_kind(&st) != SFlag::S_IFDIR {
+                continue;
+            }
+            let mut sub = Dir::openat(&*dir, name.as_c_str(), dir_flags(), Mode::empty()).ok()?;
+            self.walk(&mut sub, &path.to_string_lossy(), level + 1, below)?;
+        }
+        Some(())
+    }
+}
+
+/// The names in `dir`, sorted; `None` past [`MAX_ENTRIES`].
+fn sorted_names(dir: &mut Dir) -> Option<Vec<CString>> {
+    let (names, more) = read_names(dir, MAX_ENTRIES, &Default::default()).ok()?;
+    if more {
+        return None;
+    }
+    let mut names: Vec<CString> = names.into_iter().map(|(n, _)| n).collect();
+    names.sort();
+    Some(names)
+}
+
+/// Open the absolute `p` as a folder one component at a time, following no
+/// link and refusing `..`.
+fn open_plain(p: &Path) -> Option<Dir> {
+    let path_flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let names: Vec<&OsStr> = p
+        .components()
+        .map(|c| match c {
+            Component::Normal(n) => Some(Some(n)),
+            Component::RootDir | Component::CurDir => Some(None),
+            Component::ParentDir | Component::Prefix(_) => None,
+        })
+        .collect::<Option<Vec<_>>>()?
+        .into_iter()
+        .flatten()
+        .collect();
+    if !p.is_absolute() {
+        return None;
+    }
+    let (last, parents) = names.split_last()?;
+    let mut fd: OwnedFd = nix::fcntl::open("/", path_flags, Mode::empty()).ok()?;
+    for n in parents {
+        fd = nix::fcntl::openat(&fd, *n, path_flags, Mode::empty()).ok()?;
+    }
+    Dir::openat(&fd, *last, dir_flags(), Mode::empty()).ok()
+}
+
+/// Copy the daemon's own tree `from` into the existing folder `to`:
+/// folders, regular files (with their permission bits) and links (as
+/// links); anything else is an error.
+pub fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        let meta = std::fs::symlink_metadata(&src)?;
+        let ft = meta.file_type();
+        if ft.is_dir() {
+            std::fs::create_dir(&dst)?;
+            copy_tree(&src, &dst)?;
+            let mode = std::os::unix::fs::MetadataExt::mode(&meta) & 0o777;
+            std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(mode))?;
+        } else if ft.is_file() {
+            std::fs::copy(&src, &dst)?;
+        } else if ft.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dst)?;
+        } else {
+            return Err(io::Error::other(format!(
+                "{}: neither a folder, a file nor a link",
+                src.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    /// A work tree with a git folder as git lays one out.
+    fn repo(root: &Path) -> PathBuf {
+        let r = root.join("app");
+        for d in [
+            ".git/refs/heads",
+            ".git/refs/tags",
+            ".git/objects/pack",
+            ".git/objects/info",
+            ".git/info",
+        ] {
+            std::fs::create_dir_all(r.join(d)).expect("mkdir");
+        }
+        std::fs::write(r.join(".git/HEAD"), "ref: refs/heads/main\n").expect("HEAD");
+        std::fs::write(r.join(".git/config"), "[core]\n").expect("config");
+        std::fs::write(r.join(".git/refs/heads/main"), "1111\n").expect("ref");
+        std::fs::write(r.join(".git/objects/pack/pack-1.pack"), "p").expect("pack");
+        std::fs::write(r.join("README"), "hi\n").expect("work tree");
+        r
+    }
+
+    /// What git does to a file: a new one renamed over it.
+    fn rewrite(p: &Path, body: &str) {
+        let tmp = p.with_extension("lock");
+        std::fs::write(&tmp, body).expect("write");
+        std::fs::rename(&tmp, p).expect("rename");
+    }
+
+    #[test]
+    fn the_state_changes_with_every_write_to_the_git_folder_that_a_clone_reads_issue_18() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = repo(dir.path());
+        let mut seen = vec![state(&r).expect("a plain repository has a state")];
+        let mut changed = |what: &str| {
+            let now = state(&r).expect("still a state");
+            assert!(!seen.contains(&now), "{what} left the state as it was");
+            seen.push(now);
+        };
+        rewrite(&r.join(".git/refs/heads/main"), "2222\n");
+        changed("a branch moved");
+        std::fs::create_dir_all(r.join(".git/refs/heads/team")).expect("mkdir");
+        std::fs::write(r.join(".git/refs/heads/team/x"), "3333\n").expect("ref");
+        changed("a nested branch made");
+        rewrite(&r.join(".git/packed-refs"), "4444 refs/tags/v1\n");
+        changed("packed refs written");
+        std::fs::write(r.join(".git/objects/pack/pack-2.pack"), "q").expect("pack");
+        changed("a pack added");
+        std::fs::create_dir(r.join(".git/objects/ab")).expect("fanout");
+        changed("a loose object folder made");
+        std::fs::write(r.join(".git/objects/ab/cdef"), "o").expect("loose");
+        changed("a loose object written");
+        rewrite(
+            &r.join(".git/config"),
+            "[uploadpack]\n\thideRefs = refs/tags\n",
+        );
+        changed("the configuration changed");
+        rewrite(&r.join(".git/HEAD"), "ref: refs/heads/team/x\n");
+        changed("HEAD moved");
+        std::fs::remove_file(r.join(".git/refs/heads/team/x")).expect("rm");
+        changed("a branch deleted");
+    }
+
+    #[test]
+    fn the_work_tree_is_not_part_of_the_state_issue_18() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = repo(dir.path());
+        let before = state(&r);
+        std::fs::write(r.join("README"), "edited\n").expect("edit");
+        std::fs::create_dir(r.join("src")).expect("mkdir");
+        std::fs::write(r.join("src/new.rs"), "fn main() {}\n").expect("new file");
+        assert!(before.is_some());
+        assert_eq!(before, state(&r));
+    }
+
+    #[test]
+    fn a_bare_repository_has_a_state_too_issue_18() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = repo(dir.path());
+        let bare = r.join(".git");
+        let before = state(&bare).expect("bare");
+        rewrite(&bare.join("refs/heads/main"), "5555\n");
+        assert_ne!(Some(before), state(&bare));
+    }
+
+    #[test]
+    fn links_linked_work_trees_odd_paths_and_huge_folders_get_no_seed_issue_18() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let r = repo(d);
+        assert!(state(&r).is_some());
+        // A link among the refs: what it points at could change unseen.
+        symlink(d.join("elsewhere"), r.join(".git/refs/heads/link")).expect("link");
+        assert_eq!(state(&r), None, "a link in refs/");
+        std::fs::remove_file(r.join(".git/refs/heads/link")).expect("rm");
+        symlink("pack", r.join(".git/objects/linked")).expect("link");
+        assert_eq!(state(&r), None, "a link in objects/");
+        std::fs::remove_file(r.join(".git/objects/linked")).expect("rm");
+        assert!(state(&r).is_some());
+        // The source reached through a link, or with `..`, or relative.
+        symlink(&r, d.join("via-link")).expect("link");
+        assert_eq!(state(&d.join("via-link")), None);
+        assert_eq!(state(&r.join("../app")), None);
+        assert_eq!(state(Path::new("app")), None);
+        // A `.git` file (a linked work tree or submodule), and a git
+        // folder of a linked work tree.
+        let wt = d.join("wt");
+        std::fs::create_dir(&wt).expect("mkdir");
+        std::fs::write(wt.join(".git"), "gitdir: /elsewhere\n").expect("gitfile");
+        assert_eq!(state(&wt), None);
+        std::fs::write(r.join(".git/commondir"), "../..\n").expect("commondir");
+        assert_eq!(state(&r), None);
+        std::fs::remove_file(r.join(".git/commondir")).expect("rm");
+        // More entries than are read.
+        let many = r.join(".git/refs/tags");
+        for i in 0..=MAX_ENTRIES {
+            std::fs::write(many.join(format!("t{i}")), "").expect("tag");
+        }
+        assert_eq!(state(&r), None);
+    }
+
+    #[test]
+    fn a_copy_has_the_folders_files_modes_and_links_of_the_seed_issue_18() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (from, to) = (dir.path().join("seed"), dir.path().join("dest"));
+        std::fs::create_dir_all(from.join(".git/objects/pack")).expect("mkdir");
+        std::fs::write(from.join(".git/objects/pack/p.pack"), "pack").expect("pack");
+        std::fs::set_permissions(
+            from.join(".git/objects/pack/p.pack"),
+            std::fs::Permissions::from_mode(0o444),
+        )
+        .expect("chmod");
+        std::fs::write(from.join("run.sh"), "#!/bin/sh\n").expect("script");
+        std::fs::set_permissions(from.join("run.sh"), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        symlink("/etc/passwd", from.join("link")).expect("link");
+        std::fs::create_dir(&to).expect("dest");
+        copy_tree(&from, &to).expect("copy");
+        let mode = |p: &str| {
+            std::os::unix::fs::MetadataExt::mode(&std::fs::symlink_metadata(to.join(p)).expect(p))
+                & 0o777
+        };
+        assert_eq!(
+            std::fs::read_to_string(to.join(".git/objects/pack/p.pack")).expect("pack"),
+            "pack"
+        );
+        assert_eq!(mode(".git/objects/pack/p.pack"), 0o444);
+        assert_eq!(mode("run.sh"), 0o755);
+        assert_eq!(
+            std::fs::read_link(to.join("link")).expect("a link"),
+            Path::new("/etc/passwd")
+        );
+    }
+
+    #[test]
+    fn a_seed_is_found_only_in_its_state_and_the_least_recently_used_goes_issue_18() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("seeds");
+        let clone = dir.path().join("clone");
+        std::fs::create_dir_all(&clone).expect("mkdir");
+        std::fs::write(clone.join("README"), "x").expect("file");
+        let seeds = Seeds::default();
+        let a = Path::new("/srv/a.git");
+        seeds.keep(&root, a, "s1".into(), &clone).expect("keep");
+        let dir_a = seeds.get(a, "s1").expect("kept");
+        assert!(dir_a.join("README").is_file());
+        assert_eq!(seeds.get(a, "s2"), None, "another state");
+        assert_eq!(
+            seeds.get(Path::new("/srv/b.git"), "s1"),
+            None,
+            "another repository"
+        );
+        seeds.keep(&root, a, "s2".into(), &clone).expect("replace");
+        assert_eq!(seeds.get(a, "s1"), None);
+        assert!(seeds.get(a, "s2").is_some());
+        for i in 0..MAX_SEEDS {
+            seeds
+                .keep(
+                    &root,
+                    &PathBuf::from(format!("/srv/r{i}.git")),
+                    "s".into(),
+                    &clone,
+                )
+                .expect("keep");
+        }
+        assert_eq!(seeds.get(a, "s2"), None, "the least recently used went");
+        assert!(!dir_a.exists(), "and its folder with it");
+        assert_eq!(std::fs::read_dir(&root).expect("root").count(), MAX_SEEDS);
+        seeds.forget(Path::new("/srv/r0.git"));
+        assert_eq!(seeds.get(Path::new("/srv/r0.git"), "s"), None);
+        clear(&root).expect("clear");
+        assert!(!root.exists());
+    }
+}
