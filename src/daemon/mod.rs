@@ -103,6 +103,7 @@ pub async fn run(
         wake: tx.clone(),
         tasks: TaskTracker::new(),
         clone_cache: Default::default(),
+        listings: Default::default(),
         clone_sandbox,
         backoff: Mutex::new(Default::default()),
         gates: Mutex::new(Default::default()),

@@ -133,6 +133,8 @@ pub struct Shared {
     pub tasks: TaskTracker,
     /// Per-repository locks of the git mirror cache.
     pub clone_cache: MirrorCache,
+    /// HEAD tree listings of recent base commits (results).
+    pub listings: crate::results::Listings,
     /// Where local clones run (`clone_sandbox::Sandbox::for_daemon`).
     pub clone_sandbox: clone_sandbox::Sandbox,
     /// Requests whose last operation failed: attempts so far and when the

@@ -34,7 +34,8 @@ pub fn plan(profile: &Profile, repo: &Repo, session_id: &str, spec: &Request) ->
 
 /// Record the base of the fresh clone in `work_root` (before the gate).
 pub async fn record_base(sh: &Shared, work_root: &Path, plan: Plan) -> Result<(), BaseError> {
-    crate::results::record_base(work_root, &sh.settings.state.join("git-home"), plan)
+    let git_home = sh.settings.state.join("git-home");
+    crate::results::record_base(work_root, &git_home, plan, &sh.listings)
         .await
         .map_err(BaseError)
 }

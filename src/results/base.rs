@@ -51,7 +51,12 @@ pub fn read(work_root: &Path) -> Option<Base> {
 
 /// Record the base of the fresh clone at `<work_root>/home/repo`. Errors
 /// are the session's `start_failed` message.
-pub async fn record(work_root: &Path, git_home: &Path, plan: Plan) -> Result<(), String> {
+pub async fn record(
+    work_root: &Path,
+    git_home: &Path,
+    plan: Plan,
+    listings: &Listings,
+) -> Result<(), String> {
     let dir = dir(work_root);
     let repo = repo(work_root);
     let work = work_root.to_path_buf();
@@ -128,17 +133,59 @@ pub async fn record(work_root: &Path, git_home: &Path, plan: Plan) -> Result<(),
     // HEAD's tree now, off the end's critical path: a session that leaves
     // HEAD where it was needs no git at all to compare its work tree.
     if let Some(head) = &base.head {
-        let listed = git
-            .cmd(&repo, "ls-tree")
-            .args(["ls-tree", "-r", "-l", "-z", "--full-tree", head])
-            .capture(1 << 30)
-            .run()
-            .await
-            .map_err(|e| format!("listing the clone's tree for results: {e}"))?;
-        crate::fsutil::write_atomic(&tree_file(work_root), &listed.stdout, 0o600)
+        let listed = match listings.get(head) {
+            Some(known) => known,
+            None => {
+                let listed = git
+                    .cmd(&repo, "ls-tree")
+                    .args(["ls-tree", "-r", "-l", "-z", "--full-tree", head])
+                    .capture(1 << 30)
+                    .run()
+                    .await
+                    .map_err(|e| format!("listing the clone's tree for results: {e}"))?;
+                listings.put(head, listed.stdout)
+            }
+        };
+        crate::fsutil::write_atomic(&tree_file(work_root), &listed, 0o600)
             .map_err(|e| format!("recording the clone's tree for results: {e}"))?;
     }
     Ok(())
+}
+
+/// HEAD's tree listings by commit id, for the sessions that start from a
+/// commit an earlier one started from (the common case with seed clones):
+/// a commit's tree lists the same every time, so they need no git for it.
+/// At most [`LISTINGS_MAX`] listings of at most [`LISTING_MAX_BYTES`] each
+/// are kept, the most recently used.
+#[derive(Debug, Default)]
+pub struct Listings {
+    recent: std::sync::Mutex<std::collections::VecDeque<(String, std::sync::Arc<Vec<u8>>)>>,
+}
+
+pub const LISTINGS_MAX: usize = 16;
+pub const LISTING_MAX_BYTES: usize = 1 << 20;
+
+impl Listings {
+    fn get(&self, commit: &str) -> Option<std::sync::Arc<Vec<u8>>> {
+        let mut recent = crate::sync::lock(&self.recent);
+        let at = recent.iter().position(|(c, _)| c == commit)?;
+        let hit = recent.remove(at)?;
+        let listed = std::sync::Arc::clone(&hit.1);
+        recent.push_front(hit);
+        Some(listed)
+    }
+
+    /// Keep `listed` (when small enough); hand it back.
+    fn put(&self, commit: &str, listed: Vec<u8>) -> std::sync::Arc<Vec<u8>> {
+        let listed = std::sync::Arc::new(listed);
+        if listed.len() <= LISTING_MAX_BYTES {
+            let mut recent = crate::sync::lock(&self.recent);
+            recent.retain(|(c, _)| c != commit);
+            recent.push_front((commit.to_string(), std::sync::Arc::clone(&listed)));
+            recent.truncate(LISTINGS_MAX);
+        }
+        listed
+    }
 }
 
 /// What `git init --bare` makes with an empty template folder and no
@@ -194,6 +241,28 @@ pub fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .open(path)?;
     f.write_all(bytes)?;
     f.sync_all()
+}
+
+#[cfg(test)]
+mod listing_tests {
+    use super::*;
+
+    #[test]
+    fn listings_are_kept_by_commit_few_and_small_issue_18() {
+        let l = Listings::default();
+        assert_eq!(l.get("c0"), None);
+        assert_eq!(*l.put("c0", b"a".to_vec()), b"a");
+        assert_eq!(l.get("c0").as_deref().map(Vec::as_slice), Some(&b"a"[..]));
+        for i in 1..=LISTINGS_MAX {
+            l.put(&format!("c{i}"), vec![b'x'; 4]);
+            // c0 stays the most recent one.
+            assert!(l.get("c0").is_some(), "{i}");
+        }
+        assert_eq!(l.get("c1"), None, "the least recently used went");
+        let big = vec![0u8; LISTING_MAX_BYTES + 1];
+        assert_eq!(l.put("big", big.clone()).len(), big.len(), "handed back");
+        assert_eq!(l.get("big"), None, "but not kept");
+    }
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ mod worktree;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-pub use base::record as record_base;
+pub use base::{Listings, record as record_base};
 pub use model::{Changes, Plan, PushResult};
 pub use push::ReadSecret;
 

@@ -78,7 +78,7 @@ async fn session_of(plan: Plan, commits: bool) -> Session {
     );
     let home = tmp.path().join("git-home");
     std::fs::create_dir_all(&home).expect("mkdir");
-    record_base(&work, &home, plan)
+    record_base(&work, &home, plan, &Default::default())
         .await
         .expect("base recorded");
     let record = tmp.path().join("record");
@@ -593,7 +593,7 @@ async fn a_sha256_repository_runs_and_its_record_says_changes_were_not_captured_
     );
     let home = tmp.path().join("git-home");
     std::fs::create_dir_all(&home).expect("mkdir");
-    record_base(&work, &home, plan(1 << 20))
+    record_base(&work, &home, plan(1 << 20), &Default::default())
         .await
         .expect("the start goes on");
     let record = tmp.path().join("record");

@@ -106,6 +106,7 @@ pub fn harness() -> Harness {
         wake,
         tasks: TaskTracker::new(),
         clone_cache: Default::default(),
+        listings: Default::default(),
         clone_sandbox: no_sandbox(&root),
         backoff: Mutex::default(),
         gates: Mutex::default(),

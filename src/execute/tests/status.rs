@@ -40,6 +40,7 @@ fn shared(state: &std::path::Path) -> Arc<Shared> {
         wake,
         tasks: TaskTracker::new(),
         clone_cache: Default::default(),
+        listings: Default::default(),
         clone_sandbox: super::no_sandbox(state),
         backoff: Mutex::default(),
         gates: Mutex::default(),
