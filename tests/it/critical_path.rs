@@ -230,3 +230,33 @@ fn a_session_with_a_memory_limit_is_removed_once_after_done_issue_18() {
         .collect();
     assert_eq!(rms, ["rm after done"], "{}", w.log());
 }
+
+/// Sessions that start together (a burst) ask about their image once: the
+/// others wait for that answer instead of each running `image inspect`.
+#[test]
+fn sessions_starting_together_ask_about_their_image_once_issue_18() {
+    if !require_podman() {
+        return;
+    }
+    let mut w = World::new();
+    w.sh_profile("quick", "true", "");
+    for i in 0..4 {
+        w.request(&format!("b{i}"), "profile = \"quick\"\n");
+    }
+    let podman = logging_podman(&w, "b0");
+    w.start_daemon_with(
+        &[("AGENTD_PODMAN", podman.as_str())],
+        &["--max-sessions", "4"],
+    );
+    for i in 0..4 {
+        let s = w.wait_done(&format!("b{i}"));
+        assert_eq!(s["outcome"], "success", "{s}");
+    }
+    let calls = calls(&w);
+    let runs = calls.iter().filter(|c| *c == "run").count();
+    let inspects = calls.iter().filter(|c| *c == "image inspect").count();
+    assert_eq!(runs, 4, "{calls:?}");
+    // One, or two when another test changed the image store meanwhile
+    // (the first answer no longer holds); four without the single flight.
+    assert!(inspects <= 2, "{inspects} image inspects: {calls:?}");
+}

@@ -228,6 +228,9 @@ pub struct Podman {
     observer: Option<Arc<dyn CallObserver>>,
     /// Images and exits of the sessions run (`known.rs`).
     known: Arc<Mutex<Known>>,
+    /// Held while an image is asked about: sessions starting together
+    /// (a burst) ask once, and the others take that answer.
+    learning: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for Podman {
@@ -257,6 +260,7 @@ impl Podman {
             images_file: Arc::default(),
             observer: None,
             known: Arc::default(),
+            learning: Arc::default(),
         }
     }
 
@@ -431,6 +435,10 @@ impl Podman {
         image: &str,
     ) -> Option<(images::ImagesStamp, crate::runtime::ImageIdentity)> {
         let before = self.images_stamp()?;
+        if let Some(info) = lock(&self.known).image(image, before) {
+            return Some((before, info));
+        }
+        let _turn = self.learning.lock().await;
         if let Some(info) = lock(&self.known).image(image, before) {
             return Some((before, info));
         }
