@@ -220,8 +220,9 @@ async fn clone_local(
         .await;
     let seeds = &env.cache.seeds;
     let at = local.to_path_buf();
+    let read_at = SystemTime::now();
     let before = blocking(move || seed::state(&at)).await.flatten();
-    if let Some(from) = before.as_deref().and_then(|s| seeds.get(local, s)) {
+    if let Some(from) = before.as_ref().and_then(|s| seeds.get(local, &s.digest)) {
         let to = dest.to_path_buf();
         match blocking(move || seed::copy_tree(&from, &to)).await {
             Some(Ok(())) => {
@@ -271,7 +272,7 @@ async fn clone_local(
             },
             source,
         })?;
-    if let Some(state) = before {
+    if let Some(state) = before.filter(|s| s.settled(read_at)) {
         let (root, seeds, at, clone) = (
             seeds_root(env.cache_root),
             seeds.clone(),
@@ -280,10 +281,10 @@ async fn clone_local(
         );
         let kept = blocking(move || {
             // Kept only when no change can have slipped in during the clone.
-            if seed::state(&at).as_deref() != Some(state.as_str()) {
+            if seed::state(&at).as_ref() != Some(&state) {
                 return Ok(());
             }
-            seeds.keep(&root, &at, state, &clone)
+            seeds.keep(&root, &at, state.digest, &clone)
         })
         .await;
         if let Some(Err(e)) = kept {

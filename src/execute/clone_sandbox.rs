@@ -231,8 +231,13 @@ pub fn main_if_invoked() -> Option<ExitCode> {
                 // An identity of its own for the clone's reflog: without
                 // one git looks the user up in /etc/passwd and the host's
                 // name up in DNS, neither of which is there.
+                // The template folder is an empty one beside the config:
+                // git copies its template into every repository it makes,
+                // and the home holds the config.
+                let template = config.with_file_name(view::TEMPLATE);
                 let e = std::process::Command::new(&args.program)
                     .args(&args.args)
+                    .env("GIT_TEMPLATE_DIR", template)
                     .env("GIT_CONFIG_GLOBAL", config)
                     .env("GIT_COMMITTER_NAME", "agentd")
                     .env("GIT_COMMITTER_EMAIL", "agentd@localhost")

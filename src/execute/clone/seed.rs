@@ -18,7 +18,10 @@
 //! no seed: that clone always runs in the sandbox.
 //!
 //! A seed is made from a sandboxed clone whose source state was the same
-//! before and after it, is used only by the daemon that made it (the
+//! before and after it and had not changed for [`SETTLE`] before it was
+//! read (so a later write, even on a file system with one-second
+//! timestamps, always reads differently), is used only by the daemon that
+//! made it (the
 //! index lives in memory; seeds left by an earlier run are removed at
 //! start), and is copied without following links into the session's fresh
 //! folder: the session gets exactly what the sandboxed clone gave, never
@@ -32,7 +35,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use nix::dir::Dir;
 use nix::errno::Errno;
@@ -134,9 +137,31 @@ fn remove_if_there(p: &Path) -> io::Result<()> {
     }
 }
 
+/// How long every change time in a state must lie before the state is read
+/// for a clone of it to be kept: a file system with one-second timestamps
+/// could otherwise give a rewrite in the same second the same metadata (an
+/// inode number reused, the same size and times), which git calls racy.
+pub const SETTLE: Duration = Duration::from_secs(2);
+
+/// What [`state`] read: its digest, and the newest change time in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct State {
+    pub digest: String,
+    newest_change: SystemTime,
+}
+
+impl State {
+    /// Whether a clone of this state may be kept: read at `read_at`, no
+    /// change in it was newer than [`SETTLE`] before. Any later write then
+    /// has a newer change time than all of it, so it never reads the same.
+    pub fn settled(&self, read_at: SystemTime) -> bool {
+        self.newest_change + SETTLE <= read_at
+    }
+}
+
 /// The state of the git folder of the local repository `source` (see the
 /// module doc), or `None` when it cannot be read safely or gets no seed.
-pub fn state(source: &Path) -> Option<String> {
+pub fn state(source: &Path) -> Option<State> {
     let top = open_plain(source)?;
     let mut acc = Acc::default();
     let mut git = match fstatat(&top, c".git", AtFlags::AT_SYMLINK_NOFOLLOW) {
@@ -148,7 +173,14 @@ pub fn state(source: &Path) -> Option<String> {
         _ => return None,
     };
     acc.walk(&mut git, "", 0, Depth::GitDir)?;
-    Some(sha256_hex(&acc.bytes))
+    Some(State {
+        digest: sha256_hex(&acc.bytes),
+        newest_change: SystemTime::UNIX_EPOCH
+            + Duration::new(
+                u64::try_from(acc.newest.0).ok()?,
+                u32::try_from(acc.newest.1).ok()?,
+            ),
+    })
 }
 
 /// How far below a folder is read.
@@ -168,6 +200,8 @@ enum Depth {
 struct Acc {
     bytes: Vec<u8>,
     entries: usize,
+    /// The newest change time recorded: seconds, nanoseconds.
+    newest: (i64, i64),
 }
 
 impl Acc {
@@ -177,6 +211,7 @@ impl Acc {
         if self.entries > MAX_ENTRIES || file_kind(st) == SFlag::S_IFLNK {
             return None;
         }
+        self.newest = self.newest.max((st.st_ctime, st.st_ctime_nsec));
         self.bytes.extend_from_slice(name.to_bytes_with_nul());
         for n in [
             u64::from(st.st_mode),
@@ -322,9 +357,9 @@ mod tests {
     fn the_state_changes_with_every_write_to_the_git_folder_that_a_clone_reads_issue_18() {
         let dir = tempfile::tempdir().expect("tempdir");
         let r = repo(dir.path());
-        let mut seen = vec![state(&r).expect("a plain repository has a state")];
+        let mut seen = vec![state(&r).expect("a plain repository has a state").digest];
         let mut changed = |what: &str| {
-            let now = state(&r).expect("still a state");
+            let now = state(&r).expect("still a state").digest;
             assert!(!seen.contains(&now), "{what} left the state as it was");
             seen.push(now);
         };
@@ -372,6 +407,17 @@ mod tests {
         let before = state(&bare).expect("bare");
         rewrite(&bare.join("refs/heads/main"), "5555\n");
         assert_ne!(Some(before), state(&bare));
+    }
+
+    #[test]
+    fn a_state_changed_within_the_settle_time_is_not_kept_issue_18() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = repo(dir.path());
+        let now = SystemTime::now();
+        let s = state(&r).expect("state");
+        assert!(!s.settled(now), "just written");
+        assert!(!s.settled(now + SETTLE / 2));
+        assert!(s.settled(now + SETTLE + Duration::from_millis(10)));
     }
 
     #[test]

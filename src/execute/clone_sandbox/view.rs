@@ -44,6 +44,10 @@ const DEVICES: [&str; 5] = ["null", "zero", "full", "random", "urandom"];
 /// loader's default folders, `/usr/local/lib` say, are found through it).
 const ETC: [&str; 1] = ["ld.so.cache"];
 
+/// An empty folder in git's home, its template folder: a repository git
+/// makes gets nothing of the home (where the config is).
+pub(super) const TEMPLATE: &str = "template";
+
 /// Where the host's root goes during `pivot_root`, inside the new root.
 const OLD_ROOT: &str = ".old-root";
 
@@ -172,6 +176,7 @@ pub(super) fn enter(a: &Args, config_text: &str) -> Result<PathBuf, SandboxError
     tmpfs(&git_home, "0700", MsFlags::empty())?;
     let config = home.join("gitconfig");
     std::fs::write(at(&config), config_text).map_err(step("write", &config))?;
+    mkdir_all(&at(&home.join(TEMPLATE)))?;
     // The destination, writable.
     mkdir_all(&at(&keep))?;
     bind(&fd_path(&keep_fd), &at(&keep))?;

@@ -33,6 +33,12 @@ fn session(w: &World, id: &str) -> String {
     w.console(id)
 }
 
+/// Wait out the settle time of the repository's last change: only then is
+/// a clone of it kept (`seed::SETTLE`, one-second timestamps).
+fn settle() {
+    std::thread::sleep(std::time::Duration::from_millis(2_200));
+}
+
 fn copies(w: &World) -> usize {
     w.log().matches("copied the seed clone").count()
 }
@@ -49,13 +55,19 @@ fn a_changed_repository_clones_its_new_state_an_unchanged_one_a_clean_copy_issue
         "p",
         "git log --format='log %s' --branches; git for-each-ref --format='ref %(refname)'; \
          ls .git/leftover 2>/dev/null && echo 'LEFTOVER'; git status --porcelain | sed 's/^/dirty /'; \
+         ls -A .git | grep -qx gitconfig && echo 'GITCONFIG IN THE CLONE'; \
          git -c user.name=a -c user.email=a@a commit -q --allow-empty -m 'agent commit'; \
          git branch agent-branch; echo x > .git/leftover; echo edit >> README.md",
         "",
     );
     w.start_daemon();
+    settle();
     let first = session(&w, "s1");
     assert!(first.contains("log first commit"), "{first}");
+    assert!(
+        !first.contains("GITCONFIG"),
+        "the sandbox's config was copied:\n{first}"
+    );
     assert_eq!(copies(&w), 0, "the first session clones");
     let clean = |out: &str, id: &str| {
         for junk in ["agent commit", "agent-branch", "LEFTOVER", "dirty"] {
@@ -85,6 +97,7 @@ fn a_changed_repository_clones_its_new_state_an_unchanged_one_a_clean_copy_issue
         &work,
         &["push", "-q", "origin", "HEAD:main", "HEAD:refs/heads/next"],
     );
+    settle();
     let third = session(&w, "s3");
     assert!(third.contains("log second commit"), "{third}");
     assert!(third.contains("ref refs/remotes/origin/next"), "{third}");
@@ -100,6 +113,11 @@ fn a_changed_repository_clones_its_new_state_an_unchanged_one_a_clean_copy_issue
     let fifth = session(&w, "s5");
     assert!(fifth.contains("ref refs/tags/v1"), "{fifth}");
     assert_eq!(copies(&w), 2);
+    // Cloned within the settle time of that change: not kept, so the next
+    // session clones too.
+    let again = session(&w, "s5b");
+    assert_eq!(again, fifth);
+    assert_eq!(copies(&w), 2, "a state changed moments before is not kept");
 
     // A restarted daemon keeps no seed of its earlier run.
     let seeds = w.path().join("state/cache/seeds");
