@@ -8,26 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::git_server::{GitServer, bare_repo};
-use crate::util::{World, require_podman, test_image, toml_string};
-
-/// git on the host, for checking what the record holds.
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
-        .args(["-c", "init.defaultBranch=main"])
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
+use crate::util::{World, git, require_podman, test_image, toml_string};
 
 /// The agent's git: a name and address for its commits.
 const AGENT_GIT: &str = "g() { git -c user.name=agent -c user.email=agent@example.com \"$@\"; }; ";

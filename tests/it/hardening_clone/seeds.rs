@@ -4,26 +4,8 @@
 //! repository, nothing of another session's, nothing of an earlier run's.
 
 use std::path::Path;
-use std::process::Command;
 
-use crate::util::{World, require_podman};
-
-/// git on the host, isolated from the host user's configuration.
-fn git(dir: &Path, args: &[&str]) {
-    let out = Command::new("git")
-        .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use crate::util::{World, git, require_podman};
 
 /// One session of profile `p`: what it printed.
 fn session(w: &World, id: &str) -> String {
