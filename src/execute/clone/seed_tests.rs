@@ -1,0 +1,207 @@
+//! Seed clones: the state of a git folder, the copy, the index.
+
+use super::*;
+use std::os::unix::fs::symlink;
+
+/// A work tree with a git folder as git lays one out.
+fn repo(root: &Path) -> PathBuf {
+    let r = root.join("app");
+    for d in [
+        ".git/refs/heads",
+        ".git/refs/tags",
+        ".git/objects/pack",
+        ".git/objects/info",
+        ".git/info",
+    ] {
+        std::fs::create_dir_all(r.join(d)).expect("mkdir");
+    }
+    std::fs::write(r.join(".git/HEAD"), "ref: refs/heads/main\n").expect("HEAD");
+    std::fs::write(r.join(".git/config"), "[core]\n").expect("config");
+    std::fs::write(r.join(".git/refs/heads/main"), "1111\n").expect("ref");
+    std::fs::write(r.join(".git/objects/pack/pack-1.pack"), "p").expect("pack");
+    std::fs::write(r.join("README"), "hi\n").expect("work tree");
+    r
+}
+
+/// What git does to a file: a new one renamed over it.
+fn rewrite(p: &Path, body: &str) {
+    let tmp = p.with_extension("lock");
+    std::fs::write(&tmp, body).expect("write");
+    std::fs::rename(&tmp, p).expect("rename");
+}
+
+#[test]
+fn the_state_changes_with_every_write_to_the_git_folder_that_a_clone_reads_issue_18() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = repo(dir.path());
+    let mut seen = vec![state(&r).expect("a plain repository has a state").digest];
+    let mut changed = |what: &str| {
+        let now = state(&r).expect("still a state").digest;
+        assert!(!seen.contains(&now), "{what} left the state as it was");
+        seen.push(now);
+    };
+    rewrite(&r.join(".git/refs/heads/main"), "2222\n");
+    changed("a branch moved");
+    std::fs::create_dir_all(r.join(".git/refs/heads/team")).expect("mkdir");
+    std::fs::write(r.join(".git/refs/heads/team/x"), "3333\n").expect("ref");
+    changed("a nested branch made");
+    rewrite(&r.join(".git/packed-refs"), "4444 refs/tags/v1\n");
+    changed("packed refs written");
+    std::fs::write(r.join(".git/objects/pack/pack-2.pack"), "q").expect("pack");
+    changed("a pack added");
+    std::fs::create_dir(r.join(".git/objects/ab")).expect("fanout");
+    changed("a loose object folder made");
+    std::fs::write(r.join(".git/objects/ab/cdef"), "o").expect("loose");
+    changed("a loose object written");
+    rewrite(
+        &r.join(".git/config"),
+        "[uploadpack]\n\thideRefs = refs/tags\n",
+    );
+    changed("the configuration changed");
+    rewrite(&r.join(".git/HEAD"), "ref: refs/heads/team/x\n");
+    changed("HEAD moved");
+    std::fs::remove_file(r.join(".git/refs/heads/team/x")).expect("rm");
+    changed("a branch deleted");
+}
+
+#[test]
+fn the_work_tree_is_not_part_of_the_state_issue_18() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = repo(dir.path());
+    let before = state(&r);
+    std::fs::write(r.join("README"), "edited\n").expect("edit");
+    std::fs::create_dir(r.join("src")).expect("mkdir");
+    std::fs::write(r.join("src/new.rs"), "fn main() {}\n").expect("new file");
+    assert!(before.is_some());
+    assert_eq!(before, state(&r));
+}
+
+#[test]
+fn a_bare_repository_has_a_state_too_issue_18() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = repo(dir.path());
+    let bare = r.join(".git");
+    let before = state(&bare).expect("bare");
+    rewrite(&bare.join("refs/heads/main"), "5555\n");
+    assert_ne!(Some(before), state(&bare));
+}
+
+#[test]
+fn a_state_changed_within_the_settle_time_is_not_kept_issue_18() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = repo(dir.path());
+    let now = SystemTime::now();
+    let s = state(&r).expect("state");
+    assert!(!s.settled(now), "just written");
+    assert!(!s.settled(now + SETTLE / 2));
+    assert!(s.settled(now + SETTLE + Duration::from_millis(10)));
+}
+
+#[test]
+fn links_linked_work_trees_odd_paths_and_huge_folders_get_no_seed_issue_18() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let r = repo(d);
+    assert!(state(&r).is_some());
+    // A link among the refs: what it points at could change unseen.
+    symlink(d.join("elsewhere"), r.join(".git/refs/heads/link")).expect("link");
+    assert_eq!(state(&r), None, "a link in refs/");
+    std::fs::remove_file(r.join(".git/refs/heads/link")).expect("rm");
+    symlink("pack", r.join(".git/objects/linked")).expect("link");
+    assert_eq!(state(&r), None, "a link in objects/");
+    std::fs::remove_file(r.join(".git/objects/linked")).expect("rm");
+    assert!(state(&r).is_some());
+    // The source reached through a link, or with `..`, or relative.
+    symlink(&r, d.join("via-link")).expect("link");
+    assert_eq!(state(&d.join("via-link")), None);
+    assert_eq!(state(&r.join("../app")), None);
+    assert_eq!(state(Path::new("app")), None);
+    // A `.git` file (a linked work tree or submodule), and a git
+    // folder of a linked work tree.
+    let wt = d.join("wt");
+    std::fs::create_dir(&wt).expect("mkdir");
+    std::fs::write(wt.join(".git"), "gitdir: /elsewhere\n").expect("gitfile");
+    assert_eq!(state(&wt), None);
+    std::fs::write(r.join(".git/commondir"), "../..\n").expect("commondir");
+    assert_eq!(state(&r), None);
+    std::fs::remove_file(r.join(".git/commondir")).expect("rm");
+    // More entries than are read.
+    let many = r.join(".git/refs/tags");
+    for i in 0..=MAX_ENTRIES {
+        std::fs::write(many.join(format!("t{i}")), "").expect("tag");
+    }
+    assert_eq!(state(&r), None);
+}
+
+#[test]
+fn a_copy_has_the_folders_files_modes_and_links_of_the_seed_issue_18() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (from, to) = (dir.path().join("seed"), dir.path().join("dest"));
+    std::fs::create_dir_all(from.join(".git/objects/pack")).expect("mkdir");
+    std::fs::write(from.join(".git/objects/pack/p.pack"), "pack").expect("pack");
+    std::fs::set_permissions(
+        from.join(".git/objects/pack/p.pack"),
+        std::fs::Permissions::from_mode(0o444),
+    )
+    .expect("chmod");
+    std::fs::write(from.join("run.sh"), "#!/bin/sh\n").expect("script");
+    std::fs::set_permissions(from.join("run.sh"), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod");
+    symlink("/etc/passwd", from.join("link")).expect("link");
+    std::fs::create_dir(&to).expect("dest");
+    copy_tree(&from, &to).expect("copy");
+    let mode = |p: &str| {
+        std::os::unix::fs::MetadataExt::mode(&std::fs::symlink_metadata(to.join(p)).expect(p))
+            & 0o777
+    };
+    assert_eq!(
+        std::fs::read_to_string(to.join(".git/objects/pack/p.pack")).expect("pack"),
+        "pack"
+    );
+    assert_eq!(mode(".git/objects/pack/p.pack"), 0o444);
+    assert_eq!(mode("run.sh"), 0o755);
+    assert_eq!(
+        std::fs::read_link(to.join("link")).expect("a link"),
+        Path::new("/etc/passwd")
+    );
+}
+
+#[test]
+fn a_seed_is_found_only_in_its_state_and_the_least_recently_used_goes_issue_18() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("seeds");
+    let clone = dir.path().join("clone");
+    std::fs::create_dir_all(&clone).expect("mkdir");
+    std::fs::write(clone.join("README"), "x").expect("file");
+    let seeds = Seeds::default();
+    let a = Path::new("/srv/a.git");
+    seeds.keep(&root, a, "s1".into(), &clone).expect("keep");
+    let dir_a = seeds.get(a, "s1").expect("kept");
+    assert!(dir_a.join("README").is_file());
+    assert_eq!(seeds.get(a, "s2"), None, "another state");
+    assert_eq!(
+        seeds.get(Path::new("/srv/b.git"), "s1"),
+        None,
+        "another repository"
+    );
+    seeds.keep(&root, a, "s2".into(), &clone).expect("replace");
+    assert_eq!(seeds.get(a, "s1"), None);
+    assert!(seeds.get(a, "s2").is_some());
+    for i in 0..MAX_SEEDS {
+        seeds
+            .keep(
+                &root,
+                &PathBuf::from(format!("/srv/r{i}.git")),
+                "s".into(),
+                &clone,
+            )
+            .expect("keep");
+    }
+    assert_eq!(seeds.get(a, "s2"), None, "the least recently used went");
+    assert!(!dir_a.exists(), "and its folder with it");
+    assert_eq!(std::fs::read_dir(&root).expect("root").count(), MAX_SEEDS);
+    seeds.forget(Path::new("/srv/r0.git"));
+    assert_eq!(seeds.get(Path::new("/srv/r0.git"), "s"), None);
+    clear(&root).expect("clear");
+    assert!(!root.exists());
+}
