@@ -236,6 +236,68 @@ async fn clone_local(
             }
         }
     }
+    let Some(state) = before.filter(|s| s.settled(read_at)) else {
+        // No seed will be made: git clones into the session's folder.
+        return sandboxed_clone(repo, local, dest, env).await;
+    };
+    // A seed is cloned where only the daemon reaches it, then copied: the
+    // session's container is being created meanwhile, and nothing it could
+    // write into its own folder may reach a later session.
+    let root = seeds_root(env.cache_root);
+    let private = seed::Seeds::folder(&root, local).with_extension("clone");
+    let p = private.clone();
+    let r = root.clone();
+    blocking(move || {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&r)
+            .and_then(|()| seed::remove_if_there(&p))
+            .and_then(|()| std::fs::create_dir(&p))
+    })
+    .await
+    .unwrap_or_else(|| Err(std::io::Error::other("the preparation panicked")))
+    .map_err(|source| CloneError::Create {
+        path: private.clone(),
+        source,
+    })?;
+    if let Err(e) = sandboxed_clone(repo, local, &private, env).await {
+        let p = private.clone();
+        let _ = blocking(move || seed::remove_if_there(&p)).await;
+        return Err(e);
+    }
+    let (from, to) = (private.clone(), dest.to_path_buf());
+    blocking(move || seed::copy_tree(&from, &to))
+        .await
+        .unwrap_or_else(|| Err(std::io::Error::other("the copy panicked")))
+        .map_err(|source| CloneError::Create {
+            path: dest.to_path_buf(),
+            source,
+        })?;
+    let (seeds, at) = (seeds.clone(), local.to_path_buf());
+    let kept = blocking(move || {
+        // Kept only when no change can have slipped in during the clone.
+        if seed::state(&at).as_ref() == Some(&state) {
+            seeds.keep(&root, &at, state.digest, &private)
+        } else {
+            seed::remove_if_there(&private)
+        }
+    })
+    .await;
+    if let Some(Err(e)) = kept {
+        tracing::warn!(repo = %local.display(), error = %e, "cannot keep a seed clone");
+    }
+    Ok(())
+}
+
+/// git's clone of the local repository `local` into `dest`, in the sandbox.
+async fn sandboxed_clone(
+    repo: &Repo,
+    local: &Path,
+    dest: &Path,
+    env: &CloneEnv<'_>,
+) -> Result<(), CloneError> {
     let trust = trusted(local);
     let git = Git {
         home: env.git_home,
@@ -248,50 +310,29 @@ async fn clone_local(
         }),
     };
     // Through git's transport, like its file:// URL (see the module doc).
-    git
-        .run(
-            &[
-                "clone".as_ref(),
-                "--quiet".as_ref(),
-                "--no-local".as_ref(),
-                "--".as_ref(),
-                local.as_os_str(),
-                dest.as_os_str(),
-            ],
-            FileTransport::Allow,
-            None,
-        )
-        .await
-        .map_err(|source| CloneError::Local {
-            repo: repo.as_str(),
-            // The sandbox's own refusals carry their hint already.
-            hint: if source.to_string().contains("; hint: ") {
-                ""
-            } else {
-                "; hint: name a git repository the daemon's user can read, by its real path; git reads it where nothing else of the host is there, so links out of it lead nowhere"
-            },
-            source,
-        })?;
-    if let Some(state) = before.filter(|s| s.settled(read_at)) {
-        let (root, seeds, at, clone) = (
-            seeds_root(env.cache_root),
-            seeds.clone(),
-            local.to_path_buf(),
-            dest.to_path_buf(),
-        );
-        let kept = blocking(move || {
-            // Kept only when no change can have slipped in during the clone.
-            if seed::state(&at).as_ref() != Some(&state) {
-                return Ok(());
-            }
-            seeds.keep(&root, &at, state.digest, &clone)
-        })
-        .await;
-        if let Some(Err(e)) = kept {
-            tracing::warn!(repo = %local.display(), error = %e, "cannot keep a seed clone");
-        }
-    }
-    Ok(())
+    git.run(
+        &[
+            "clone".as_ref(),
+            "--quiet".as_ref(),
+            "--no-local".as_ref(),
+            "--".as_ref(),
+            local.as_os_str(),
+            dest.as_os_str(),
+        ],
+        FileTransport::Allow,
+        None,
+    )
+    .await
+    .map_err(|source| CloneError::Local {
+        repo: repo.as_str(),
+        // The sandbox's own refusals carry their hint already.
+        hint: if source.to_string().contains("; hint: ") {
+            ""
+        } else {
+            "; hint: name a git repository the daemon's user can read, by its real path; git reads it where nothing else of the host is there, so links out of it lead nowhere"
+        },
+        source,
+    })
 }
 
 /// `<state>/cache/seeds` beside the mirrors' `<state>/cache/git`.

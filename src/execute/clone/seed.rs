@@ -20,12 +20,13 @@
 //! A seed is made from a sandboxed clone whose source state was the same
 //! before and after it and had not changed for [`SETTLE`] before it was
 //! read (so a later write, even on a file system with one-second
-//! timestamps, always reads differently), is used only by the daemon that
-//! made it (the
-//! index lives in memory; seeds left by an earlier run are removed at
-//! start), and is copied without following links into the session's fresh
-//! folder: the session gets exactly what the sandboxed clone gave, never
-//! anything of the host.
+//! timestamps, always reads differently). It is cloned into a folder of
+//! the daemon's and copied into the session's from there, never taken from
+//! a folder that a container (created beside the clone) may already reach.
+//! It is used only by the daemon run that made it (the index lives in
+//! memory; seeds left by an earlier run are removed at start), and copied
+//! without following links into the session's fresh folder: the session
+//! gets exactly what the sandboxed clone gave, never anything of the host.
 
 use std::collections::HashMap;
 use std::ffi::{CStr, CString, OsStr};
@@ -83,20 +84,21 @@ impl Seeds {
         crate::sync::lock(&self.index).remove(source);
     }
 
-    /// Keep `clone` (a finished clone of `source` in `state`) as its seed
-    /// under `root`, replacing the one before; beyond [`MAX_SEEDS`] the
-    /// least recently used seed goes. Blocking: copies the clone.
+    /// Where the seed of `source` lives under `root`.
+    pub fn folder(root: &Path, source: &Path) -> PathBuf {
+        root.join(&sha256_hex(source.as_os_str().as_bytes())[..16])
+    }
+
+    /// Keep `clone` (a finished clone of `source` in `state`, a folder of
+    /// the daemon's under `root` that no session ever saw) as its seed,
+    /// replacing the one before; beyond [`MAX_SEEDS`] the least recently
+    /// used seed goes. Blocking.
     pub fn keep(&self, root: &Path, source: &Path, state: String, clone: &Path) -> io::Result<()> {
-        let dir = root.join(&sha256_hex(source.as_os_str().as_bytes())[..16]);
-        let tmp = dir.with_extension("tmp");
-        std::fs::create_dir_all(root)?;
-        remove_if_there(&tmp)?;
-        std::fs::create_dir(&tmp)?;
-        copy_tree(clone, &tmp)?;
+        let dir = Self::folder(root, source);
         // The old seed is no longer named before its folder goes.
         self.forget(source);
         remove_if_there(&dir)?;
-        std::fs::rename(&tmp, &dir)?;
+        std::fs::rename(clone, &dir)?;
         let evicted = {
             let mut index = crate::sync::lock(&self.index);
             index.insert(
@@ -130,7 +132,8 @@ pub fn clear(root: &Path) -> io::Result<()> {
     remove_if_there(root)
 }
 
-fn remove_if_there(p: &Path) -> io::Result<()> {
+/// Remove the folder (or file) `p` if it is there.
+pub fn remove_if_there(p: &Path) -> io::Result<()> {
     match crate::fdtree::remove_tree(p) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         other => other,

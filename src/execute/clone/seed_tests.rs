@@ -170,31 +170,43 @@ fn a_copy_has_the_folders_files_modes_and_links_of_the_seed_issue_18() {
 fn a_seed_is_found_only_in_its_state_and_the_least_recently_used_goes_issue_18() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path().join("seeds");
-    let clone = dir.path().join("clone");
-    std::fs::create_dir_all(&clone).expect("mkdir");
-    std::fs::write(clone.join("README"), "x").expect("file");
+    std::fs::create_dir_all(&root).expect("mkdir");
+    let clone = |name: &str| {
+        let c = root.join(format!("{name}.clone"));
+        std::fs::create_dir_all(&c).expect("mkdir");
+        std::fs::write(c.join("README"), name).expect("file");
+        c
+    };
     let seeds = Seeds::default();
     let a = Path::new("/srv/a.git");
-    seeds.keep(&root, a, "s1".into(), &clone).expect("keep");
+    let first = clone("a1");
+    seeds.keep(&root, a, "s1".into(), &first).expect("keep");
+    assert!(!first.exists(), "the clone became the seed");
     let dir_a = seeds.get(a, "s1").expect("kept");
-    assert!(dir_a.join("README").is_file());
+    assert_eq!(dir_a, Seeds::folder(&root, a));
+    assert_eq!(
+        std::fs::read_to_string(dir_a.join("README")).expect("file"),
+        "a1"
+    );
     assert_eq!(seeds.get(a, "s2"), None, "another state");
     assert_eq!(
         seeds.get(Path::new("/srv/b.git"), "s1"),
         None,
         "another repository"
     );
-    seeds.keep(&root, a, "s2".into(), &clone).expect("replace");
+    seeds
+        .keep(&root, a, "s2".into(), &clone("a2"))
+        .expect("replace");
     assert_eq!(seeds.get(a, "s1"), None);
-    assert!(seeds.get(a, "s2").is_some());
+    let dir_a = seeds.get(a, "s2").expect("replaced");
+    assert_eq!(
+        std::fs::read_to_string(dir_a.join("README")).expect("file"),
+        "a2"
+    );
     for i in 0..MAX_SEEDS {
+        let source = PathBuf::from(format!("/srv/r{i}.git"));
         seeds
-            .keep(
-                &root,
-                &PathBuf::from(format!("/srv/r{i}.git")),
-                "s".into(),
-                &clone,
-            )
+            .keep(&root, &source, "s".into(), &clone(&format!("r{i}")))
             .expect("keep");
     }
     assert_eq!(seeds.get(a, "s2"), None, "the least recently used went");
