@@ -16,6 +16,26 @@ use std::path::Path;
 /// `path` is replaced by the rename, never followed) and never blocks (a
 /// FIFO at the temp name fails `O_EXCL` too). Another name is tried then.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    replace(path, bytes, mode, Durable::Yes)
+}
+
+/// [`write_atomic`] without the two `fsync`s: a reader still never sees a
+/// half-written file, but a crash of the host may lose the write. For the
+/// scratch files of a session's work folder, which an OS crash makes moot
+/// anyway (the session's container ends with it, and the clone beside
+/// them was never synced either); on a virtual machine each `fsync` costs
+/// an exit to the hypervisor.
+pub fn write_atomic_scratch(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    replace(path, bytes, mode, Durable::No)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Durable {
+    Yes,
+    No,
+}
+
+fn replace(path: &Path, bytes: &[u8], mode: u32, durable: Durable) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
@@ -39,6 +59,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     };
     let result = (|| {
         f.write_all(bytes)?;
+        if durable == Durable::No {
+            return fs::rename(&tmp, path);
+        }
         f.sync_all()?;
         fs::rename(&tmp, path)?;
         sync_dir(dir)
@@ -183,12 +206,18 @@ mod tests {
 
     #[test]
     fn replaces_whole_files_and_leaves_no_temp() {
-        let d = tempfile::tempdir().expect("tempdir");
-        let p = d.path().join("x.json");
-        write_atomic(&p, b"one", 0o644).expect("write");
-        write_atomic(&p, b"two", 0o644).expect("write");
-        assert_eq!(fs::read(&p).expect("read"), b"two");
-        assert_eq!(fs::read_dir(d.path()).expect("ls").count(), 1);
+        for write in [write_atomic, write_atomic_scratch] {
+            let d = tempfile::tempdir().expect("tempdir");
+            let p = d.path().join("x.json");
+            write(&p, b"one", 0o644).expect("write");
+            write(&p, b"two", 0o600).expect("write");
+            assert_eq!(fs::read(&p).expect("read"), b"two");
+            let mode = std::os::unix::fs::PermissionsExt::mode(
+                &fs::metadata(&p).expect("stat").permissions(),
+            );
+            assert_eq!(mode & 0o777, 0o600);
+            assert_eq!(fs::read_dir(d.path()).expect("ls").count(), 1);
+        }
     }
 
     #[test]

@@ -50,7 +50,8 @@ pub fn read(work_root: &Path) -> Option<Base> {
 }
 
 /// Record the base of the fresh clone at `<work_root>/home/repo`. Errors
-/// are the session's `start_failed` message.
+/// are the session's `start_failed` message. Its files are scratch of the
+/// work folder: written atomically, not synced (`write_atomic_scratch`).
 pub async fn record(
     work_root: &Path,
     git_home: &Path,
@@ -97,7 +98,7 @@ pub async fn record(
             ),
         };
         let json = serde_json::to_vec_pretty(&base).unwrap_or_default();
-        return crate::fsutil::write_atomic(&base_file(work_root), &json, 0o600)
+        return crate::fsutil::write_atomic_scratch(&base_file(work_root), &json, 0o600)
             .map_err(|e| format!("recording the clone's base for results: {e}"));
     }
     let (head_oid, head_ref) = refs::resolve_head(head.as_ref(), &refs_v);
@@ -123,8 +124,8 @@ pub async fn record(
     tokio::task::spawn_blocking(move || -> std::io::Result<()> {
         init_bare(&repo2)?;
         copy_tree(&from, &to)?;
-        crate::fsutil::write_atomic(&repo2.join("packed-refs"), &lines, 0o600)?;
-        crate::fsutil::write_atomic(&base_path, &json, 0o600)
+        crate::fsutil::write_atomic_scratch(&repo2.join("packed-refs"), &lines, 0o600)?;
+        crate::fsutil::write_atomic_scratch(&base_path, &json, 0o600)
     })
     .await
     .map_err(|e| e.to_string())
@@ -146,7 +147,7 @@ pub async fn record(
                 listings.put(head, listed.stdout)
             }
         };
-        crate::fsutil::write_atomic(&tree_file(work_root), &listed, 0o600)
+        crate::fsutil::write_atomic_scratch(&tree_file(work_root), &listed, 0o600)
             .map_err(|e| format!("recording the clone's tree for results: {e}"))?;
     }
     Ok(())

@@ -485,8 +485,9 @@ pub fn snapshot(
         .cloned()
         .collect();
     w.snap.changes.extend(gone.into_iter().map(Change::Delete));
+    // Read back by `git fast-import` in this same capture: a scratch file
+    // of the work folder, not synced.
     w.out.flush()?;
-    w.out.get_ref().sync_all()?;
     Ok(w.snap)
 }
 
