@@ -205,24 +205,27 @@ pub async fn clone(
 
 /// A local repository: a copy of its seed when its git folder is as it was
 /// when the seed was made (`seed.rs`), else git's clone in the sandbox,
-/// kept as the seed when the folder did not change meanwhile. Clones of
-/// one repository take turns, so the ones after the first copy its seed.
+/// kept as the seed when the folder had settled and did not change
+/// meanwhile. Clones that may make a seed take turns per repository path,
+/// so the ones after the first copy its seed; the others run side by side.
 async fn clone_local(
     repo: &Repo,
     local: &Path,
     dest: &Path,
     env: &CloneEnv<'_>,
 ) -> Result<(), CloneError> {
-    let _turn = env
-        .cache
-        .lock_for(&format!("seed\0{}", local.display()))
-        .lock_owned()
-        .await;
+    let key = seed::Seeds::key(local);
+    let turn = env.cache.lock_for(&seed_lock(&key)).lock_owned().await;
     let seeds = &env.cache.seeds;
     let at = local.to_path_buf();
     let read_at = SystemTime::now();
-    let before = blocking(move || seed::state(&at)).await.flatten();
-    if let Some(from) = before.as_ref().and_then(|s| seeds.get(local, &s.digest)) {
+    // Bounded like git's run: a hung file system must not hold the turn.
+    let before = tokio::time::timeout(env.timeout, blocking(move || seed::state(&at)))
+        .await
+        .ok()
+        .flatten()
+        .flatten();
+    if let Some(from) = before.as_ref().and_then(|s| seeds.get(&key, &s.digest)) {
         let to = dest.to_path_buf();
         match blocking(move || seed::copy_tree(&from, &to)).await {
             Some(Ok(())) => {
@@ -231,22 +234,30 @@ async fn clone_local(
             }
             failed => {
                 tracing::warn!(repo = %local.display(), error = ?failed, "cannot copy a seed clone; cloning");
-                seeds.forget(local);
-                empty_folder(dest)?;
+                seeds.forget(&key);
+                let to = dest.to_path_buf();
+                blocking(move || seed::empty(&to))
+                    .await
+                    .unwrap_or_else(|| Err(std::io::Error::other("emptying panicked")))
+                    .map_err(|source| CloneError::Create {
+                        path: dest.to_path_buf(),
+                        source,
+                    })?;
             }
         }
     }
     let Some(state) = before.filter(|s| s.settled(read_at)) else {
-        // No seed will be made: git clones into the session's folder.
+        // No seed will be made: git clones into the session's folder, and
+        // other sessions of this repository need not wait for it.
+        drop(turn);
         return sandboxed_clone(repo, local, dest, env).await;
     };
     // A seed is cloned where only the daemon reaches it, then copied: the
     // session's container is being created meanwhile, and nothing it could
     // write into its own folder may reach a later session.
     let root = seeds_root(env.cache_root);
-    let private = seed::Seeds::folder(&root, local).with_extension("clone");
-    let p = private.clone();
-    let r = root.clone();
+    let private = seed::Seeds::folder(&root, &key).with_extension("clone");
+    let (r, p) = (root.clone(), private.clone());
     blocking(move || {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()
@@ -262,24 +273,28 @@ async fn clone_local(
         path: private.clone(),
         source,
     })?;
-    if let Err(e) = sandboxed_clone(repo, local, &private, env).await {
-        let p = private.clone();
-        let _ = blocking(move || seed::remove_if_there(&p)).await;
-        return Err(e);
-    }
+    let cloned = sandboxed_clone(repo, local, &private, env).await;
     let (from, to) = (private.clone(), dest.to_path_buf());
-    blocking(move || seed::copy_tree(&from, &to))
-        .await
-        .unwrap_or_else(|| Err(std::io::Error::other("the copy panicked")))
-        .map_err(|source| CloneError::Create {
-            path: dest.to_path_buf(),
-            source,
-        })?;
-    let (seeds, at) = (seeds.clone(), local.to_path_buf());
+    let copied = match cloned {
+        Ok(()) => blocking(move || seed::copy_tree(&from, &to))
+            .await
+            .unwrap_or_else(|| Err(std::io::Error::other("the copy panicked")))
+            .map_err(|source| CloneError::Create {
+                path: dest.to_path_buf(),
+                source,
+            }),
+        Err(e) => Err(e),
+    };
+    let (seeds2, at, key2, ok) = (
+        seeds.clone(),
+        local.to_path_buf(),
+        key.clone(),
+        copied.is_ok(),
+    );
     let kept = blocking(move || {
         // Kept only when no change can have slipped in during the clone.
-        if seed::state(&at).as_ref() == Some(&state) {
-            seeds.keep(&root, &at, state.digest, &private)
+        if ok && seed::state(&at).as_ref() == Some(&state) {
+            seeds2.keep(&root, &key2, state.digest, &private)
         } else {
             seed::remove_if_there(&private)
         }
@@ -288,7 +303,30 @@ async fn clone_local(
     if let Some(Err(e)) = kept {
         tracing::warn!(repo = %local.display(), error = %e, "cannot keep a seed clone");
     }
+    drop(turn);
+    copied?;
+    evict_seeds(env).await;
     Ok(())
+}
+
+/// The lock of the seed `key` (one namespace with the mirrors' locks).
+fn seed_lock(key: &str) -> String {
+    format!("seed\0{key}")
+}
+
+/// Remove the seeds past the cap whose lock is free; one in use is a copy
+/// under way, and stays until a later clone finds it free.
+async fn evict_seeds(env: &CloneEnv<'_>) {
+    for key in env.cache.seeds.over_cap() {
+        let Ok(turn) = env.cache.lock_for(&seed_lock(&key)).try_lock_owned() else {
+            continue;
+        };
+        let seeds = env.cache.seeds.clone();
+        if let Some(Err(e)) = blocking(move || seeds.evict(&key)).await {
+            tracing::warn!(error = %e, "cannot remove a seed clone");
+        }
+        drop(turn);
+    }
 }
 
 /// git's clone of the local repository `local` into `dest`, in the sandbox.
@@ -343,16 +381,6 @@ pub fn seeds_root(cache_root: &Path) -> PathBuf {
 /// Run blocking file work off the runtime; `None` if it panicked.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
     tokio::task::spawn_blocking(f).await.ok()
-}
-
-/// Make `dest` an empty folder again after a copy that failed half way.
-fn empty_folder(dest: &Path) -> Result<(), CloneError> {
-    crate::fdtree::remove_tree(dest)
-        .and_then(|()| std::fs::create_dir_all(dest))
-        .map_err(|source| CloneError::Create {
-            path: dest.to_path_buf(),
-            source,
-        })
 }
 
 /// Create or update the bare mirror of `url` at `cache`.

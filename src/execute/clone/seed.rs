@@ -33,7 +33,6 @@ use std::ffi::{CStr, CString, OsStr};
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -57,10 +56,12 @@ pub const MAX_ENTRIES: usize = 20_000;
 const MAX_DEPTH: usize = 32;
 
 /// The seeds of one daemon: which local repository has one, in which
-/// state, and when it was last used.
+/// state, and when it was last used. Keyed by [`Seeds::key`], the hash of
+/// the repository's path exactly as written: two spellings of one folder
+/// (`/srv/a`, `/srv/a/`) are two seeds, each with its own lock and folder.
 #[derive(Debug, Default, Clone)]
 pub struct Seeds {
-    index: Arc<Mutex<HashMap<PathBuf, Seed>>>,
+    index: Arc<Mutex<HashMap<String, Seed>>>,
 }
 
 #[derive(Debug)]
@@ -71,58 +72,72 @@ struct Seed {
 }
 
 impl Seeds {
-    /// The seed of `source` made in `state`, marked used.
-    pub fn get(&self, source: &Path, state: &str) -> Option<PathBuf> {
+    /// The key of `source`: its seed's folder name and lock.
+    pub fn key(source: &Path) -> String {
+        sha256_hex(source.as_os_str().as_bytes())[..16].to_string()
+    }
+
+    /// The seed of `key` made in `state`, marked used.
+    pub fn get(&self, key: &str, state: &str) -> Option<PathBuf> {
         let mut index = crate::sync::lock(&self.index);
-        let seed = index.get_mut(source).filter(|s| s.state == state)?;
+        let seed = index.get_mut(key).filter(|s| s.state == state)?;
         seed.used = Instant::now();
         Some(seed.dir.clone())
     }
 
-    /// Forget the seed of `source` (its copy failed).
-    pub fn forget(&self, source: &Path) {
-        crate::sync::lock(&self.index).remove(source);
+    /// Forget the seed of `key` (its copy failed).
+    pub fn forget(&self, key: &str) {
+        crate::sync::lock(&self.index).remove(key);
     }
 
-    /// Where the seed of `source` lives under `root`.
-    pub fn folder(root: &Path, source: &Path) -> PathBuf {
-        root.join(&sha256_hex(source.as_os_str().as_bytes())[..16])
+    /// Where the seed of `key` lives under `root`.
+    pub fn folder(root: &Path, key: &str) -> PathBuf {
+        root.join(key)
     }
 
-    /// Keep `clone` (a finished clone of `source` in `state`, a folder of
-    /// the daemon's under `root` that no session ever saw) as its seed,
-    /// replacing the one before; beyond [`MAX_SEEDS`] the least recently
-    /// used seed goes. Blocking.
-    pub fn keep(&self, root: &Path, source: &Path, state: String, clone: &Path) -> io::Result<()> {
-        let dir = Self::folder(root, source);
+    /// Keep `clone` (a finished clone in `state`, a folder of the daemon's
+    /// under `root` that no session ever saw) as the seed of `key`,
+    /// replacing the one before. Blocking; the caller holds `key`'s lock,
+    /// so nothing copies the seed it replaces.
+    pub fn keep(&self, root: &Path, key: &str, state: String, clone: &Path) -> io::Result<()> {
+        let dir = Self::folder(root, key);
         // The old seed is no longer named before its folder goes.
-        self.forget(source);
+        self.forget(key);
         remove_if_there(&dir)?;
         std::fs::rename(clone, &dir)?;
-        let evicted = {
-            let mut index = crate::sync::lock(&self.index);
-            index.insert(
-                source.to_path_buf(),
-                Seed {
-                    state,
-                    dir,
-                    used: Instant::now(),
-                },
-            );
-            let oldest = (index.len() > MAX_SEEDS)
-                .then(|| {
-                    index
-                        .iter()
-                        .min_by_key(|(_, s)| s.used)
-                        .map(|(k, _)| k.clone())
-                })
-                .flatten();
-            oldest.and_then(|k| index.remove(&k))
-        };
-        if let Some(old) = evicted {
-            remove_if_there(&old.dir)?;
-        }
+        crate::sync::lock(&self.index).insert(
+            key.to_string(),
+            Seed {
+                state,
+                dir,
+                used: Instant::now(),
+            },
+        );
         Ok(())
+    }
+
+    /// The keys past [`MAX_SEEDS`], least recently used first: to be
+    /// removed ([`Seeds::evict`]) by whoever gets their lock.
+    pub fn over_cap(&self) -> Vec<String> {
+        let index = crate::sync::lock(&self.index);
+        let mut by_use: Vec<(&String, Instant)> = index.iter().map(|(k, s)| (k, s.used)).collect();
+        by_use.sort_by_key(|(_, used)| *used);
+        let extra = by_use.len().saturating_sub(MAX_SEEDS);
+        by_use
+            .into_iter()
+            .take(extra)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// Remove the seed of `key` and its folder. Blocking; the caller holds
+    /// `key`'s lock, so no copy of it is under way.
+    pub fn evict(&self, key: &str) -> io::Result<()> {
+        let gone = crate::sync::lock(&self.index).remove(key);
+        match gone {
+            Some(seed) => remove_if_there(&seed.dir),
+            None => Ok(()),
+        }
     }
 }
 
@@ -166,15 +181,30 @@ impl State {
 /// module doc), or `None` when it cannot be read safely or gets no seed.
 pub fn state(source: &Path) -> Option<State> {
     let top = open_plain(source)?;
+    if !local_file_system(&top) {
+        return None;
+    }
     let mut acc = Acc::default();
-    let mut git = match fstatat(&top, c".git", AtFlags::AT_SYMLINK_NOFOLLOW) {
+    // Which folder it is (a folder swapped in at the same path is another
+    // repository), not its times: the work tree's changes are not the
+    // clone's.
+    let me = nix::sys::stat::fstat(&top).ok()?;
+    acc.bytes.extend_from_slice(&me.st_dev.to_le_bytes());
+    acc.bytes.extend_from_slice(&me.st_ino.to_le_bytes());
+    let has = |name: &CStr| fstatat(&top, name, AtFlags::AT_SYMLINK_NOFOLLOW);
+    let mut git = match has(c".git") {
         Err(Errno::ENOENT) => top,
-        Ok(st) if file_kind(&st) == SFlag::S_IFDIR => {
+        // git serves the top folder when `.git` is no repository: which one
+        // it takes is not for this walk to guess.
+        Ok(st) if file_kind(&st) == SFlag::S_IFDIR && has(c"HEAD").is_err() => {
             acc.record(c".git", &st)?;
             Dir::openat(&top, c".git", dir_flags(), Mode::empty()).ok()?
         }
         _ => return None,
     };
+    if includes_other_files(&git)? {
+        return None;
+    }
     acc.walk(&mut git, "", 0, Depth::GitDir)?;
     Some(State {
         digest: sha256_hex(&acc.bytes),
@@ -184,6 +214,57 @@ pub fn state(source: &Path) -> Option<State> {
                 u32::try_from(acc.newest.1).ok()?,
             ),
     })
+}
+
+/// File systems whose metadata the kernel keeps itself, so a change is
+/// seen at once: not a network file system (attributes cached for up to a
+/// minute, times from another clock) nor FUSE.
+fn local_file_system(dir: &Dir) -> bool {
+    use nix::sys::statfs::{
+        BTRFS_SUPER_MAGIC, EXT2_SUPER_MAGIC, EXT4_SUPER_MAGIC, F2FS_SUPER_MAGIC,
+        OVERLAYFS_SUPER_MAGIC, TMPFS_MAGIC, XFS_SUPER_MAGIC,
+    };
+    let Ok(fs) = nix::sys::statfs::fstatfs(dir) else {
+        return false;
+    };
+    [
+        EXT4_SUPER_MAGIC, // also ext2 and ext3
+        EXT2_SUPER_MAGIC,
+        XFS_SUPER_MAGIC,
+        BTRFS_SUPER_MAGIC,
+        TMPFS_MAGIC,
+        OVERLAYFS_SUPER_MAGIC,
+        F2FS_SUPER_MAGIC,
+    ]
+    .contains(&fs.filesystem_type())
+}
+
+/// Whether the git folder's configuration may include other files
+/// (`include.path`, `includeIf`): what those say (a hidden ref, say)
+/// changes what a clone gets without changing the git folder. `None` when
+/// the configuration cannot be read plainly: a regular file of at most
+/// 1 MiB, opened without following a link or blocking.
+fn includes_other_files(git: &Dir) -> Option<bool> {
+    use std::io::Read;
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+    let fd = match nix::fcntl::openat(git, c"config", flags, Mode::empty()) {
+        Err(Errno::ENOENT) => return Some(false),
+        other => other.ok()?,
+    };
+    let st = nix::sys::stat::fstat(&fd).ok()?;
+    if file_kind(&st) != SFlag::S_IFREG || st.st_size > 1 << 20 {
+        return None;
+    }
+    let mut text = Vec::new();
+    std::fs::File::from(fd)
+        .take(1 << 20)
+        .read_to_end(&mut text)
+        .ok()?;
+    Some(
+        text.to_ascii_lowercase()
+            .windows(7)
+            .any(|w| w == b"include"),
+    )
 }
 
 /// How far below a folder is read.
@@ -298,28 +379,58 @@ fn open_plain(p: &Path) -> Option<Dir> {
 
 /// Copy the daemon's own tree `from` into the existing folder `to`:
 /// folders, regular files (with their permission bits) and links (as
-/// links); anything else is an error.
+/// links); anything else is an error. `to` may be reachable from a
+/// container already (its start runs beside the clone): every name there
+/// is made new relative to its parent's descriptor, never through a link,
+/// and one that exists is an error, never written through.
 pub fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
+    let dst = crate::fdtree::open_dir(to)?;
+    copy_into(from, &dst)
+}
+
+fn copy_into(from: &Path, dst: &Dir) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
     for e in std::fs::read_dir(from)? {
         let e = e?;
-        let (src, dst) = (e.path(), to.join(e.file_name()));
+        let src = e.path();
+        let name = CString::new(e.file_name().as_bytes()).map_err(io::Error::other)?;
         let meta = std::fs::symlink_metadata(&src)?;
         let ft = meta.file_type();
+        let mode = Mode::from_bits_truncate(meta.mode() & 0o777);
         if ft.is_dir() {
-            std::fs::create_dir(&dst)?;
-            copy_tree(&src, &dst)?;
-            let mode = std::os::unix::fs::MetadataExt::mode(&meta) & 0o777;
-            std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(mode))?;
+            nix::sys::stat::mkdirat(dst, name.as_c_str(), Mode::S_IRWXU)?;
+            let sub = Dir::openat(dst, name.as_c_str(), dir_flags(), Mode::empty())?;
+            copy_into(&src, &sub)?;
+            nix::sys::stat::fchmod(&sub, mode)?;
         } else if ft.is_file() {
-            std::fs::copy(&src, &dst)?;
+            let flags = OFlag::O_WRONLY
+                | OFlag::O_CREAT
+                | OFlag::O_EXCL
+                | OFlag::O_NOFOLLOW
+                | OFlag::O_CLOEXEC;
+            let mut out =
+                std::fs::File::from(nix::fcntl::openat(dst, name.as_c_str(), flags, mode)?);
+            io::copy(&mut std::fs::File::open(&src)?, &mut out)?;
+            nix::sys::stat::fchmod(&out, mode)?;
         } else if ft.is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dst)?;
+            nix::unistd::symlinkat(&std::fs::read_link(&src)?, dst, name.as_c_str())?;
         } else {
             return Err(io::Error::other(format!(
                 "{}: neither a folder, a file nor a link",
                 src.display()
             )));
         }
+    }
+    Ok(())
+}
+
+/// Remove everything in the folder `to` (a copy that failed half way),
+/// keeping the folder itself: a container may have it open already.
+pub fn empty(to: &Path) -> io::Result<()> {
+    let mut dir = crate::fdtree::open_dir(to)?;
+    let (names, _) = read_names(&mut dir, usize::MAX, &Default::default())?;
+    for (name, _) in names {
+        crate::fdtree::remove_tree_at(&dir, &name)?;
     }
     Ok(())
 }

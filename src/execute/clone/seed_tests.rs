@@ -1,7 +1,7 @@
 //! Seed clones: the state of a git folder, the copy, the index.
 
 use super::*;
-use std::os::unix::fs::symlink;
+use std::os::unix::fs::{PermissionsExt, symlink};
 
 /// A work tree with a git folder as git lays one out.
 fn repo(root: &Path) -> PathBuf {
@@ -178,42 +178,127 @@ fn a_seed_is_found_only_in_its_state_and_the_least_recently_used_goes_issue_18()
         c
     };
     let seeds = Seeds::default();
-    let a = Path::new("/srv/a.git");
+    let a = Seeds::key(Path::new("/srv/a.git"));
+    assert_ne!(
+        a,
+        Seeds::key(Path::new("/srv/a.git/")),
+        "each spelling its own"
+    );
     let first = clone("a1");
-    seeds.keep(&root, a, "s1".into(), &first).expect("keep");
+    seeds.keep(&root, &a, "s1".into(), &first).expect("keep");
     assert!(!first.exists(), "the clone became the seed");
-    let dir_a = seeds.get(a, "s1").expect("kept");
-    assert_eq!(dir_a, Seeds::folder(&root, a));
+    let dir_a = seeds.get(&a, "s1").expect("kept");
+    assert_eq!(dir_a, Seeds::folder(&root, &a));
     assert_eq!(
         std::fs::read_to_string(dir_a.join("README")).expect("file"),
         "a1"
     );
-    assert_eq!(seeds.get(a, "s2"), None, "another state");
-    assert_eq!(
-        seeds.get(Path::new("/srv/b.git"), "s1"),
-        None,
-        "another repository"
-    );
+    assert_eq!(seeds.get(&a, "s2"), None, "another state");
+    assert_eq!(seeds.get("other", "s1"), None, "another repository");
     seeds
-        .keep(&root, a, "s2".into(), &clone("a2"))
+        .keep(&root, &a, "s2".into(), &clone("a2"))
         .expect("replace");
-    assert_eq!(seeds.get(a, "s1"), None);
-    let dir_a = seeds.get(a, "s2").expect("replaced");
+    assert_eq!(seeds.get(&a, "s1"), None);
+    let dir_a = seeds.get(&a, "s2").expect("replaced");
     assert_eq!(
         std::fs::read_to_string(dir_a.join("README")).expect("file"),
         "a2"
     );
+    assert!(seeds.over_cap().is_empty());
     for i in 0..MAX_SEEDS {
-        let source = PathBuf::from(format!("/srv/r{i}.git"));
         seeds
-            .keep(&root, &source, "s".into(), &clone(&format!("r{i}")))
+            .keep(
+                &root,
+                &format!("r{i}"),
+                "s".into(),
+                &clone(&format!("r{i}")),
+            )
             .expect("keep");
     }
-    assert_eq!(seeds.get(a, "s2"), None, "the least recently used went");
-    assert!(!dir_a.exists(), "and its folder with it");
+    // Past the cap: the least recently used first, removed by whoever
+    // holds its lock.
+    assert_eq!(seeds.over_cap(), vec![a.clone()]);
+    seeds.evict(&a).expect("evict");
+    assert_eq!(seeds.get(&a, "s2"), None);
+    assert!(!dir_a.exists(), "its folder went with it");
+    assert!(seeds.over_cap().is_empty());
     assert_eq!(std::fs::read_dir(&root).expect("root").count(), MAX_SEEDS);
-    seeds.forget(Path::new("/srv/r0.git"));
-    assert_eq!(seeds.get(Path::new("/srv/r0.git"), "s"), None);
+    seeds.forget("r0");
+    assert_eq!(seeds.get("r0", "s"), None);
     clear(&root).expect("clear");
     assert!(!root.exists());
+}
+
+#[test]
+fn a_copy_never_writes_through_a_name_planted_in_the_destination_issue_18() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (from, to) = (dir.path().join("seed"), dir.path().join("dest"));
+    std::fs::create_dir_all(from.join(".git")).expect("mkdir");
+    std::fs::write(from.join(".git/config"), "[core]\n").expect("file");
+    std::fs::write(from.join("README"), "seed").expect("file");
+    let victim = dir.path().join("victim");
+    std::fs::create_dir(&victim).expect("mkdir");
+    std::fs::write(victim.join("config"), "untouched").expect("file");
+    // What a container could plant in its folder before the copy: a link
+    // where a folder of the seed goes, one where a file goes.
+    for (plant, at) in [(".git", victim.clone()), ("README", victim.join("config"))] {
+        std::fs::create_dir_all(&to).expect("mkdir");
+        symlink(&at, to.join(plant)).expect("link");
+        assert!(copy_tree(&from, &to).is_err(), "{plant}");
+        assert_eq!(
+            std::fs::read_to_string(victim.join("config")).expect("victim"),
+            "untouched",
+            "{plant}"
+        );
+        empty(&to).expect("empty");
+        assert_eq!(std::fs::read_dir(&to).expect("ls").count(), 0);
+        assert!(victim.join("config").exists(), "empty() follows no link");
+    }
+    // The destination itself a link: refused.
+    std::fs::remove_dir(&to).expect("rmdir");
+    symlink(&victim, &to).expect("link");
+    assert!(copy_tree(&from, &to).is_err());
+    assert!(empty(&to).is_err());
+    assert!(victim.join("config").exists());
+}
+
+#[test]
+fn a_configuration_that_includes_other_files_or_an_ambiguous_git_folder_gets_no_seed_issue_18() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = repo(dir.path());
+    assert!(state(&r).is_some());
+    rewrite(
+        &r.join(".git/config"),
+        "[core]\n[Include]\n\tpath = ../hidden-refs\n",
+    );
+    assert_eq!(state(&r), None, "include.path");
+    rewrite(
+        &r.join(".git/config"),
+        "[includeIf \"onbranch:main\"]\n\tpath = x\n",
+    );
+    assert_eq!(state(&r), None, "includeIf");
+    rewrite(&r.join(".git/config"), "[core]\n");
+    assert!(state(&r).is_some());
+    // A configuration that is not a plain file.
+    std::fs::remove_file(r.join(".git/config")).expect("rm");
+    nix::unistd::mkfifo(&r.join(".git/config"), Mode::S_IRWXU).expect("mkfifo");
+    assert_eq!(state(&r), None, "a FIFO is never opened for reading");
+    std::fs::remove_file(r.join(".git/config")).expect("rm");
+    std::fs::write(r.join(".git/config"), "[core]\n").expect("config");
+    // The top folder looks like a repository too: git may serve either.
+    std::fs::write(r.join("HEAD"), "ref: refs/heads/main\n").expect("HEAD");
+    assert_eq!(state(&r), None);
+    std::fs::remove_file(r.join("HEAD")).expect("rm");
+    // Another folder swapped in at the same path is another repository.
+    let before = state(&r).expect("state");
+    let moved = dir.path().join("moved");
+    std::fs::rename(&r, &moved).expect("mv");
+    copy_tree_for_test(&moved, &r);
+    assert_ne!(state(&r), Some(before));
+}
+
+/// A plain recursive copy (`cp -a` without the process).
+fn copy_tree_for_test(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    copy_tree(from, to).expect("copy");
 }

@@ -228,9 +228,11 @@ pub struct Podman {
     observer: Option<Arc<dyn CallObserver>>,
     /// Images and exits of the sessions run (`known.rs`).
     known: Arc<Mutex<Known>>,
-    /// Held while an image is asked about: sessions starting together
-    /// (a burst) ask once, and the others take that answer.
-    learning: Arc<tokio::sync::Mutex<()>>,
+    /// Per image name, held while it is asked about: sessions of one image
+    /// starting together (a burst) ask once, and the others take that
+    /// answer; sessions of other images do not wait. One entry per image
+    /// name this daemon ran.
+    learning: Arc<Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 impl std::fmt::Debug for Podman {
@@ -438,7 +440,8 @@ impl Podman {
         if let Some(info) = lock(&self.known).image(image, before) {
             return Some((before, info));
         }
-        let _turn = self.learning.lock().await;
+        let turn = Arc::clone(lock(&self.learning).entry(image.to_string()).or_default());
+        let _turn = turn.lock().await;
         if let Some(info) = lock(&self.known).image(image, before) {
             return Some((before, info));
         }
