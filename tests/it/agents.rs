@@ -17,11 +17,11 @@ use std::time::{Duration, Instant};
 
 use crate::agents_setup::{
     Agent, ENV_LINE, FakeModel, Key, NOTE_FILE, NOTE_SUBJECT, NOTE_TEXT,
-    drop_limits_rootless_cannot_enforce, git, profile_for, require_agent_image, secret_file,
+    drop_limits_rootless_cannot_enforce, profile_for, require_agent_image, secret_file,
 };
 use crate::git_server::{GitServer, bare_repo, self_signed};
 use crate::inject::ca_and_leaf;
-use crate::util::{World, leak_haystacks, read_json};
+use crate::util::{World, git, leak_haystacks, read_json};
 
 /// A failing run ends in minutes, not after the example's 30m: the
 /// request shortens the timeout (the CLIs take seconds here, see

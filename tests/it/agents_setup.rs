@@ -133,23 +133,6 @@ impl Drop for FakeModel {
     }
 }
 
-/// git on the host, with no configuration but the arguments.
-pub fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 /// A private file holding `value`.
 pub fn secret_file(path: &Path, value: &str) {
     std::fs::write(path, format!("{value}\n")).expect("write");
