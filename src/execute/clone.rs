@@ -39,6 +39,7 @@
 //!   clone; a mirror in use is never pruned.
 
 mod git;
+mod local;
 pub mod seed;
 
 use std::collections::HashMap;
@@ -47,7 +48,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 pub use self::git::GitError;
-use self::git::{FileTransport, Git, Sandboxed};
+use self::git::{FileTransport, Git};
 use super::clone_sandbox::Sandbox;
 use crate::desired::{Repo, sha256_hex};
 
@@ -140,7 +141,7 @@ pub async fn clone(
             path: dest.to_path_buf(),
             source,
         })?;
-        return clone_local(repo, &local, dest, env).await;
+        return local::clone_local(repo, &local, dest, env).await;
     }
     let git = Git {
         home: env.git_home,
@@ -196,181 +197,11 @@ pub async fn clone(
     )
     .await?;
     let (root, locks) = (env.cache_root.to_path_buf(), env.cache.clone());
-    let pruned = tokio::task::spawn_blocking(move || prune(&root, &locks, SystemTime::now()));
+    let pruned = blocking(move || prune(&root, &locks, SystemTime::now()));
     for r in pruned.await.unwrap_or_default() {
         tracing::info!(mirror = %r.display(), "pruned a git mirror not used recently");
     }
     Ok(())
-}
-
-/// A local repository: a copy of its seed when its git folder is as it was
-/// when the seed was made (`seed.rs`), else git's clone in the sandbox,
-/// kept as the seed when the folder had settled and did not change
-/// meanwhile. Clones that may make a seed take turns per repository path,
-/// so the ones after the first copy its seed; the others run side by side.
-async fn clone_local(
-    repo: &Repo,
-    local: &Path,
-    dest: &Path,
-    env: &CloneEnv<'_>,
-) -> Result<(), CloneError> {
-    let key = seed::Seeds::key(local);
-    let turn = env.cache.lock_for(&seed_lock(&key)).lock_owned().await;
-    let seeds = &env.cache.seeds;
-    let at = local.to_path_buf();
-    let read_at = SystemTime::now();
-    // Bounded like git's run: a hung file system must not hold the turn.
-    let before = tokio::time::timeout(env.timeout, blocking(move || seed::state(&at)))
-        .await
-        .ok()
-        .flatten()
-        .flatten();
-    if let Some(from) = before.as_ref().and_then(|s| seeds.get(&key, &s.digest)) {
-        let to = dest.to_path_buf();
-        match blocking(move || seed::copy_tree(&from, &to)).await {
-            Some(Ok(())) => {
-                tracing::debug!(repo = %local.display(), "copied the seed clone");
-                return Ok(());
-            }
-            failed => {
-                tracing::warn!(repo = %local.display(), error = ?failed, "cannot copy a seed clone; cloning");
-                seeds.forget(&key);
-                let to = dest.to_path_buf();
-                blocking(move || seed::empty(&to))
-                    .await
-                    .unwrap_or_else(|| Err(std::io::Error::other("emptying panicked")))
-                    .map_err(|source| CloneError::Create {
-                        path: dest.to_path_buf(),
-                        source,
-                    })?;
-            }
-        }
-    }
-    let Some(state) = before.filter(|s| s.settled(read_at)) else {
-        // No seed will be made: git clones into the session's folder, and
-        // other sessions of this repository need not wait for it.
-        drop(turn);
-        return sandboxed_clone(repo, local, dest, env).await;
-    };
-    // A seed is cloned where only the daemon reaches it, then copied: the
-    // session's container is being created meanwhile, and nothing it could
-    // write into its own folder may reach a later session.
-    let root = seeds_root(env.cache_root);
-    let private = seed::Seeds::folder(&root, &key).with_extension("clone");
-    let (r, p) = (root.clone(), private.clone());
-    blocking(move || {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&r)
-            .and_then(|()| seed::remove_if_there(&p))
-            .and_then(|()| std::fs::create_dir(&p))
-    })
-    .await
-    .unwrap_or_else(|| Err(std::io::Error::other("the preparation panicked")))
-    .map_err(|source| CloneError::Create {
-        path: private.clone(),
-        source,
-    })?;
-    let cloned = sandboxed_clone(repo, local, &private, env).await;
-    let (from, to) = (private.clone(), dest.to_path_buf());
-    let copied = match cloned {
-        Ok(()) => blocking(move || seed::copy_tree(&from, &to))
-            .await
-            .unwrap_or_else(|| Err(std::io::Error::other("the copy panicked")))
-            .map_err(|source| CloneError::Create {
-                path: dest.to_path_buf(),
-                source,
-            }),
-        Err(e) => Err(e),
-    };
-    let (seeds2, at, key2, ok) = (
-        seeds.clone(),
-        local.to_path_buf(),
-        key.clone(),
-        copied.is_ok(),
-    );
-    let kept = blocking(move || {
-        // Kept only when no change can have slipped in during the clone.
-        if ok && seed::state(&at).as_ref() == Some(&state) {
-            seeds2.keep(&root, &key2, state.digest, &private)
-        } else {
-            seed::remove_if_there(&private)
-        }
-    })
-    .await;
-    if let Some(Err(e)) = kept {
-        tracing::warn!(repo = %local.display(), error = %e, "cannot keep a seed clone");
-    }
-    drop(turn);
-    copied?;
-    evict_seeds(env).await;
-    Ok(())
-}
-
-/// The lock of the seed `key` (one namespace with the mirrors' locks).
-fn seed_lock(key: &str) -> String {
-    format!("seed\0{key}")
-}
-
-/// Remove the seeds past the cap whose lock is free; one in use is a copy
-/// under way, and stays until a later clone finds it free.
-async fn evict_seeds(env: &CloneEnv<'_>) {
-    for key in env.cache.seeds.over_cap() {
-        let Ok(turn) = env.cache.lock_for(&seed_lock(&key)).try_lock_owned() else {
-            continue;
-        };
-        let seeds = env.cache.seeds.clone();
-        if let Some(Err(e)) = blocking(move || seeds.evict(&key)).await {
-            tracing::warn!(error = %e, "cannot remove a seed clone");
-        }
-        drop(turn);
-    }
-}
-
-/// git's clone of the local repository `local` into `dest`, in the sandbox.
-async fn sandboxed_clone(
-    repo: &Repo,
-    local: &Path,
-    dest: &Path,
-    env: &CloneEnv<'_>,
-) -> Result<(), CloneError> {
-    let trust = trusted(local);
-    let git = Git {
-        home: env.git_home,
-        timeout: env.timeout,
-        sandbox: Some(Sandboxed {
-            sandbox: env.sandbox,
-            source: local,
-            keep: dest,
-            trust: &trust,
-        }),
-    };
-    // Through git's transport, like its file:// URL (see the module doc).
-    git.run(
-        &[
-            "clone".as_ref(),
-            "--quiet".as_ref(),
-            "--no-local".as_ref(),
-            "--".as_ref(),
-            local.as_os_str(),
-            dest.as_os_str(),
-        ],
-        FileTransport::Allow,
-        None,
-    )
-    .await
-    .map_err(|source| CloneError::Local {
-        repo: repo.as_str(),
-        // The sandbox's own refusals carry their hint already.
-        hint: if source.to_string().contains("; hint: ") {
-            ""
-        } else {
-            "; hint: name a git repository the daemon's user can read, by its real path; git reads it where nothing else of the host is there, so links out of it lead nowhere"
-        },
-        source,
-    })
 }
 
 /// `<state>/cache/seeds` beside the mirrors' `<state>/cache/git`.
@@ -381,6 +212,16 @@ pub fn seeds_root(cache_root: &Path) -> PathBuf {
 /// Run blocking file work off the runtime; `None` if it panicked.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
     tokio::task::spawn_blocking(f).await.ok()
+}
+
+/// [`blocking`] for file work that returns an `io::Result`: a panic is
+/// one more error.
+async fn blocking_io<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    blocking(f)
+        .await
+        .unwrap_or_else(|| Err(std::io::Error::other("the file work panicked")))
 }
 
 /// Create or update the bare mirror of `url` at `cache`.

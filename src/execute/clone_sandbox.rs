@@ -39,6 +39,8 @@
 mod mounts;
 mod view;
 
+pub(super) use view::open_real;
+
 use std::ffi::{OsStr, OsString};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};

@@ -29,11 +29,10 @@
 //! gets exactly what the sandboxed clone gave, never anything of the host.
 
 use std::collections::HashMap;
-use std::ffi::{CStr, CString, OsStr};
+use std::ffi::{CStr, CString};
 use std::io;
-use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -116,6 +115,26 @@ impl Seeds {
         Ok(())
     }
 
+    /// Keep `clone` (in `private_folder`) as the seed of `key` when the
+    /// repository at `source` still reads as `state`: no change can have
+    /// slipped in during the clone. Otherwise, or when `copied` is false,
+    /// remove it. Blocking; the caller holds `key`'s lock.
+    pub fn keep_if_unchanged(
+        &self,
+        root: &Path,
+        key: &str,
+        source: &Path,
+        state: State,
+        clone: &Path,
+        copied: bool,
+    ) -> io::Result<()> {
+        if copied && self::state(source).as_ref() == Some(&state) {
+            self.keep(root, key, state.digest, clone)
+        } else {
+            remove_if_there(clone)
+        }
+    }
+
     /// The keys past [`MAX_SEEDS`], least recently used first: to be
     /// removed ([`Seeds::evict`]) by whoever gets their lock.
     pub fn over_cap(&self) -> Vec<String> {
@@ -139,6 +158,20 @@ impl Seeds {
             None => Ok(()),
         }
     }
+}
+
+/// A new, empty folder of the daemon's for the clone that may become the
+/// seed of `key`: under `root` (made 0700), never seen by a session.
+pub fn private_folder(root: &Path, key: &str) -> io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let private = Seeds::folder(root, key).with_extension("clone");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(root)?;
+    remove_if_there(&private)?;
+    std::fs::create_dir(&private)?;
+    Ok(private)
 }
 
 /// Remove the seeds a previous run left under `root` (their index is gone
@@ -351,30 +384,14 @@ fn sorted_names(dir: &mut Dir) -> Option<Vec<CString>> {
     Some(names)
 }
 
-/// Open the absolute `p` as a folder one component at a time, following no
-/// link and refusing `..`.
+/// Open the absolute `p` as a folder, one component at a time, following
+/// no link and refusing `..`: the sandbox's own opener.
 fn open_plain(p: &Path) -> Option<Dir> {
-    let path_flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    let names: Vec<&OsStr> = p
-        .components()
-        .map(|c| match c {
-            Component::Normal(n) => Some(Some(n)),
-            Component::RootDir | Component::CurDir => Some(None),
-            Component::ParentDir | Component::Prefix(_) => None,
-        })
-        .collect::<Option<Vec<_>>>()?
-        .into_iter()
-        .flatten()
-        .collect();
     if !p.is_absolute() {
         return None;
     }
-    let (last, parents) = names.split_last()?;
-    let mut fd: OwnedFd = nix::fcntl::open("/", path_flags, Mode::empty()).ok()?;
-    for n in parents {
-        fd = nix::fcntl::openat(&fd, *n, path_flags, Mode::empty()).ok()?;
-    }
-    Dir::openat(&fd, *last, dir_flags(), Mode::empty()).ok()
+    let (_, fd) = crate::execute::clone_sandbox::open_real(p).ok()?;
+    Dir::openat(&fd, c".", dir_flags(), Mode::empty()).ok()
 }
 
 /// Copy the daemon's own tree `from` into the existing folder `to`:

@@ -295,8 +295,9 @@ fn open_real_at(p: &Path) -> Result<(PathBuf, OwnedFd), SandboxError> {
     Ok((path, fd))
 }
 
-/// The source repository: a folder, opened without following links.
-fn open_real(p: &Path) -> Result<(PathBuf, OwnedFd), SandboxError> {
+/// The source repository: a folder, opened without following links. Also
+/// what the seed clones read a repository's state through (`clone/seed.rs`).
+pub(in crate::execute) fn open_real(p: &Path) -> Result<(PathBuf, OwnedFd), SandboxError> {
     let (path, fd) = open_real_at(p)?;
     if !is_dir(&fd) {
         return Err(SandboxError::Source {
