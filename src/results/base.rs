@@ -12,9 +12,11 @@
 //!   the bundle, patches and push are made from it. A copy, not hard
 //!   links: the clone's files are handed to the session user next.
 
+use std::collections::VecDeque;
 use std::io::Write;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::clone_files;
@@ -160,29 +162,29 @@ pub async fn record(
 /// are kept, the most recently used.
 #[derive(Debug, Default)]
 pub struct Listings {
-    recent: std::sync::Mutex<std::collections::VecDeque<(String, std::sync::Arc<Vec<u8>>)>>,
+    recent: Mutex<VecDeque<(String, Arc<Vec<u8>>)>>,
 }
 
 pub const LISTINGS_MAX: usize = 16;
 pub const LISTING_MAX_BYTES: usize = 1 << 20;
 
 impl Listings {
-    fn get(&self, commit: &str) -> Option<std::sync::Arc<Vec<u8>>> {
+    fn get(&self, commit: &str) -> Option<Arc<Vec<u8>>> {
         let mut recent = crate::sync::lock(&self.recent);
         let at = recent.iter().position(|(c, _)| c == commit)?;
         let hit = recent.remove(at)?;
-        let listed = std::sync::Arc::clone(&hit.1);
+        let listed = Arc::clone(&hit.1);
         recent.push_front(hit);
         Some(listed)
     }
 
     /// Keep `listed` (when small enough); hand it back.
-    fn put(&self, commit: &str, listed: Vec<u8>) -> std::sync::Arc<Vec<u8>> {
-        let listed = std::sync::Arc::new(listed);
+    fn put(&self, commit: &str, listed: Vec<u8>) -> Arc<Vec<u8>> {
+        let listed = Arc::new(listed);
         if listed.len() <= LISTING_MAX_BYTES {
             let mut recent = crate::sync::lock(&self.recent);
             recent.retain(|(c, _)| c != commit);
-            recent.push_front((commit.to_string(), std::sync::Arc::clone(&listed)));
+            recent.push_front((commit.to_string(), Arc::clone(&listed)));
             recent.truncate(LISTINGS_MAX);
         }
         listed
@@ -245,30 +247,25 @@ pub fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 #[cfg(test)]
-mod listing_tests {
-    use super::*;
+mod tests {
+    use std::path::Path;
 
     #[test]
     fn listings_are_kept_by_commit_few_and_small_issue_18() {
-        let l = Listings::default();
+        let l = super::Listings::default();
         assert_eq!(l.get("c0"), None);
         assert_eq!(*l.put("c0", b"a".to_vec()), b"a");
         assert_eq!(l.get("c0").as_deref().map(Vec::as_slice), Some(&b"a"[..]));
-        for i in 1..=LISTINGS_MAX {
+        for i in 1..=super::LISTINGS_MAX {
             l.put(&format!("c{i}"), vec![b'x'; 4]);
             // c0 stays the most recent one.
             assert!(l.get("c0").is_some(), "{i}");
         }
         assert_eq!(l.get("c1"), None, "the least recently used went");
-        let big = vec![0u8; LISTING_MAX_BYTES + 1];
+        let big = vec![0u8; super::LISTING_MAX_BYTES + 1];
         assert_eq!(l.put("big", big.clone()).len(), big.len(), "handed back");
         assert_eq!(l.get("big"), None, "but not kept");
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::path::Path;
 
     /// Every path under `root` (sorted) with a file's content.
     fn tree(root: &Path) -> Vec<(String, Option<Vec<u8>>)> {
