@@ -29,6 +29,7 @@
 //! crates are built optimised, see `Cargo.toml`), so both figures are
 //! upper bounds of what the release daemon spends.
 //! `AGENTD_TEST_COSTS=1 cargo test --lib -- --nocapture` prints every cost.
+//! Also [`git`], the one host git of the unit tests.
 
 pub mod corpus;
 
@@ -272,6 +273,32 @@ pub fn assert_none(problems: &[String]) {
         problems.len(),
         problems.join("\n")
     );
+}
+
+/// git on the host in `dir`, isolated from the host user's configuration
+/// (no global or system config, a fixed identity, `main`, no signing): its
+/// output, trimmed. Panics, naming the arguments, when git fails.
+pub fn git(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+        .args([
+            "-c",
+            "init.defaultBranch=main",
+            "-c",
+            "commit.gpgsign=false",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 #[cfg(test)]

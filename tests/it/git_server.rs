@@ -7,33 +7,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use crate::util::repo_root;
+use crate::util::{git, repo_root};
 
 /// A bare repository at `dir` whose README.md holds `readme`.
 pub fn bare_repo(dir: &Path, readme: &str) {
     let src = dir.with_extension("src");
-    let git = |args: &[&str], cwd: &Path| {
-        let out = Command::new("git")
-            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
-            .args(["-c", "init.defaultBranch=main"])
-            .args(args)
-            .current_dir(cwd)
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .output()
-            .expect("git runs");
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
     std::fs::create_dir_all(&src).expect("mkdir");
-    git(&["init", "-q"], &src);
+    git(&src, &["init", "-q"]);
     std::fs::write(src.join("README.md"), format!("{readme}\n")).expect("write");
-    git(&["add", "."], &src);
-    git(&["commit", "-qm", "first"], &src);
+    git(&src, &["add", "."]);
+    git(&src, &["commit", "-qm", "first"]);
     let parent = dir.parent().expect("parent");
     git(
+        parent,
         &[
             "clone",
             "-q",
@@ -41,7 +27,6 @@ pub fn bare_repo(dir: &Path, readme: &str) {
             src.to_str().expect("utf8"),
             dir.to_str().expect("utf8"),
         ],
-        parent,
     );
 }
 

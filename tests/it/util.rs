@@ -162,32 +162,13 @@ impl World {
         let state = root.path().join("state");
         let bare = root.path().join("repo.git");
         let work = root.path().join("repo-src");
-        let git = |args: &[&str], dir: &Path| {
-            let out = Command::new("git")
-                .args([
-                    "-c",
-                    "user.name=t",
-                    "-c",
-                    "user.email=t@example.com",
-                    "-c",
-                    "init.defaultBranch=main",
-                ])
-                .args(args)
-                .current_dir(dir)
-                .output()
-                .expect("git runs");
-            assert!(
-                out.status.success(),
-                "git {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
         std::fs::create_dir_all(&work).expect("mkdir");
-        git(&["init", "-q"], &work);
+        git(&work, &["init", "-q"]);
         std::fs::write(work.join("README.md"), "agentd test repo\n").expect("write");
-        git(&["add", "."], &work);
-        git(&["commit", "-qm", "first commit"], &work);
+        git(&work, &["add", "."]);
+        git(&work, &["commit", "-qm", "first commit"]);
         git(
+            root.path(),
             &[
                 "clone",
                 "-q",
@@ -195,7 +176,6 @@ impl World {
                 work.to_str().expect("utf8"),
                 bare.to_str().expect("utf8"),
             ],
-            root.path(),
         );
         World {
             repo_url: format!("file://{}", bare.display()),

@@ -35,21 +35,6 @@ pub struct Harness {
     _wake: mpsc::Receiver<Event>,
 }
 
-fn git(args: &[&str]) {
-    let out = std::process::Command::new("git")
-        .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
-        .args(args)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .output()
-        .expect("git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A clone "sandbox" that only runs the program: the real helper is the
 /// agentd binary (`agentd __clone-sandbox`), which a unit test binary is
 /// not; the sandbox itself is tested by `tests/it/hardening_clone.rs`.
@@ -72,9 +57,9 @@ pub fn harness() -> Harness {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path().to_path_buf();
     let repo = root.join("repo");
-    let repo_s = repo.to_str().expect("utf-8 path");
-    git(&["init", "-q", repo_s]);
-    git(&["-C", repo_s, "commit", "-q", "--allow-empty", "-m", "init"]);
+    std::fs::create_dir(&repo).expect("repo");
+    crate::testkit::git(&repo, &["init", "-q"]);
+    crate::testkit::git(&repo, &["commit", "-q", "--allow-empty", "-m", "init"]);
     let state = root.join("state");
     std::fs::create_dir_all(&state).expect("state");
     let fake = Fake::default();
