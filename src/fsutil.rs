@@ -20,7 +20,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
 }
 
 /// [`write_atomic`] without the two `fsync`s: a reader still never sees a
-/// half-written file, but a crash of the host may lose the write. For the
+/// half-written file, but a crash of the host may lose the write, or (on a
+/// file system that may make the rename durable before the bytes) leave
+/// the file empty. For the
 /// scratch files of a session's work folder, which an OS crash makes moot
 /// anyway (the session's container ends with it, and the clone beside
 /// them was never synced either); on a virtual machine each `fsync` costs

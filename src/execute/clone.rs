@@ -42,9 +42,8 @@ mod git;
 mod local;
 pub mod seed;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 pub use self::git::GitError;
@@ -66,18 +65,15 @@ const USED_MARKER: &str = "agentd-used";
 /// for each other.
 #[derive(Debug, Default, Clone)]
 pub struct MirrorCache {
-    /// Keyed by the mirror's folder stem. Entries are never removed: a task
-    /// may hold a clone of the `Arc` while waiting, and a second lock for
-    /// the same key would let two fetches into one mirror. There is one
-    /// entry per repository the daemon has cloned since it started.
-    locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    /// Keyed by the mirror's folder stem (and `seed\0<key>` for seeds).
+    locks: crate::sync::KeyedLocks,
     /// Clones of local repositories, kept per state of their git folder.
     seeds: seed::Seeds,
 }
 
 impl MirrorCache {
     fn lock_for(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
-        Arc::clone(super::lock(&self.locks).entry(key.to_string()).or_default())
+        self.locks.of(key)
     }
 }
 

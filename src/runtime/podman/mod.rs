@@ -230,9 +230,8 @@ pub struct Podman {
     known: Arc<Mutex<Known>>,
     /// Per image name, held while it is asked about: sessions of one image
     /// starting together (a burst) ask once, and the others take that
-    /// answer; sessions of other images do not wait. One entry per image
-    /// name this daemon ran.
-    learning: Arc<Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    /// answer; sessions of other images do not wait.
+    learning: crate::sync::KeyedLocks,
 }
 
 impl std::fmt::Debug for Podman {
@@ -262,7 +261,7 @@ impl Podman {
             images_file: Arc::default(),
             observer: None,
             known: Arc::default(),
-            learning: Arc::default(),
+            learning: crate::sync::KeyedLocks::default(),
         }
     }
 
@@ -440,7 +439,7 @@ impl Podman {
         if let Some(info) = lock(&self.known).image(image, before) {
             return Some((before, info));
         }
-        let turn = Arc::clone(lock(&self.learning).entry(image.to_string()).or_default());
+        let turn = self.learning.of(image);
         let _turn = turn.lock().await;
         if let Some(info) = lock(&self.known).image(image, before) {
             return Some((before, info));
