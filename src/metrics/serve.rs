@@ -9,14 +9,24 @@ use std::time::Duration;
 
 use super::Metrics;
 
-/// At most this many scrape connections at once. A new connection past it
-/// closes the oldest one that has not sent a byte yet, else the oldest one
-/// that has not finished its request head (all clients may be 127.0.0.1, so
-/// a per-peer cap would not help); when every one has (they are being
-/// answered), the new one is closed instead. A scraper whose request is
-/// waiting to be read is thus never pushed out by idle connections opened
-/// after it, however busy the machine.
+/// Past this many scrape connections, a new one makes room: it closes the
+/// oldest connection that has sent nothing for `IDLE_GRACE` (all clients
+/// may be 127.0.0.1, so a per-peer cap would not help). When none has had
+/// its grace yet, the newcomer is held as well, up to `MAX_HELD`; there,
+/// the oldest that has not sent a byte is closed whatever its age, else the
+/// oldest that has not finished its request head. When every open one is
+/// being answered, the newcomer is closed instead. A scraper that has
+/// connected but not yet written (descheduled on a busy machine) is thus
+/// pushed out neither by the next few idle connections nor, below
+/// `MAX_HELD`, within its grace; one whose request waits to be read never
+/// is, while an idle one is open.
 pub const MAX_CONNECTIONS: usize = 8;
+/// The hard cap on open scrape connections (a descriptor and a parked task
+/// each; only those answered cost more).
+pub const MAX_HELD: usize = 64;
+/// How long a connection past `MAX_CONNECTIONS` may stay silent before a
+/// newcomer may close it.
+pub const IDLE_GRACE: Duration = Duration::from_millis(250);
 /// A client must send its first byte within this time (issue 17).
 pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(1);
 /// A client must send its whole request head within this time.
@@ -76,6 +86,8 @@ pub fn serve(listener: TcpListener, metrics: Arc<Metrics>) -> Result<(), ListenE
 
 /// One open scrape connection, as the accept loop tracks it.
 struct Conn {
+    /// When it was accepted.
+    opened: std::time::Instant,
     task: tokio::task::JoinHandle<()>,
     /// Set once its request head was read (the request is being answered).
     answered: Arc<std::sync::atomic::AtomicBool>,
@@ -97,26 +109,36 @@ impl Conn {
     }
 }
 
-/// Make room for a new connection among `conns` (oldest first): forget the
-/// ended ones; at the cap, close the oldest one that has sent nothing, else
-/// the oldest one still waiting for its request head. `false` when every
-/// open connection is being answered.
-fn make_room(conns: &mut std::collections::VecDeque<Conn>) -> bool {
+/// Make room for a new connection among `conns` (oldest first) at `now`:
+/// forget the ended ones; past `MAX_CONNECTIONS`, close the oldest silent
+/// one older than `IDLE_GRACE`, else hold the newcomer too; at `MAX_HELD`,
+/// close the oldest silent one, else the oldest still waiting for its
+/// request head. `false` (close the newcomer) when every open connection
+/// is being answered, or at `MAX_HELD` with none waiting.
+fn make_room(conns: &mut std::collections::VecDeque<Conn>, now: std::time::Instant) -> bool {
     conns.retain(|c| !c.task.is_finished());
     if conns.len() < MAX_CONNECTIONS {
         return true;
     }
     let waiting = |c: &Conn| !c.answered.load(std::sync::atomic::Ordering::Relaxed);
-    let idle = conns
-        .iter()
-        .position(|c| waiting(c) && c.sent_nothing())
-        .or_else(|| conns.iter().position(waiting));
-    match idle.and_then(|i| conns.remove(i)) {
+    let silent = |c: &Conn| waiting(c) && c.sent_nothing();
+    let full = conns.len() >= MAX_HELD;
+    let victim = if full {
+        conns
+            .iter()
+            .position(silent)
+            .or_else(|| conns.iter().position(waiting))
+    } else {
+        conns
+            .iter()
+            .position(|c| silent(c) && now.saturating_duration_since(c.opened) >= IDLE_GRACE)
+    };
+    match victim.and_then(|i| conns.remove(i)) {
         Some(c) => {
             c.task.abort();
             true
         }
-        None => false,
+        None => !full && conns.iter().any(waiting),
     }
 }
 
@@ -128,7 +150,7 @@ async fn accept_loop(listener: TcpListener, metrics: Arc<Metrics>) {
             return;
         }
     };
-    let mut conns = std::collections::VecDeque::with_capacity(MAX_CONNECTIONS);
+    let mut conns = std::collections::VecDeque::with_capacity(MAX_HELD);
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -139,7 +161,7 @@ async fn accept_loop(listener: TcpListener, metrics: Arc<Metrics>) {
                 continue;
             }
         };
-        if !make_room(&mut conns) {
+        if !make_room(&mut conns, std::time::Instant::now()) {
             tracing::debug!(%peer, "metrics: every connection is being answered; closing");
             drop(stream);
             continue;
@@ -154,6 +176,7 @@ async fn accept_loop(listener: TcpListener, metrics: Arc<Metrics>) {
             Arc::clone(&metrics),
         ));
         conns.push_back(Conn {
+            opened: std::time::Instant::now(),
             task,
             answered,
             probe,
@@ -290,6 +313,12 @@ fn response(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
+
+    /// A moment at which every connection opened so far has had its grace.
+    fn after_grace() -> Instant {
+        Instant::now() + IDLE_GRACE
+    }
 
     #[test]
     fn non_loopback_addresses_need_the_explicit_flag_issue_11() {
@@ -303,6 +332,7 @@ mod tests {
     async fn at_the_cap_the_oldest_connection_without_a_request_head_is_closed_issue_17() {
         use std::sync::atomic::{AtomicBool, Ordering};
         let conn = |answered: bool| Conn {
+            opened: Instant::now(),
             task: tokio::spawn(std::future::pending()),
             answered: Arc::new(AtomicBool::new(answered)),
             probe: None,
@@ -311,14 +341,14 @@ mod tests {
         let mut conns: std::collections::VecDeque<Conn> =
             (0..MAX_CONNECTIONS).map(|i| conn(i < 2)).collect();
         let victim = conns[2].task.abort_handle();
-        assert!(make_room(&mut conns));
+        assert!(make_room(&mut conns, after_grace()));
         assert_eq!(conns.len(), MAX_CONNECTIONS - 1);
         tokio::task::yield_now().await;
         assert!(victim.is_finished());
         assert!(conns.iter().all(|c| !c.task.is_finished()));
         // Below the cap nothing is closed.
         let open: Vec<_> = conns.iter().map(|c| c.task.abort_handle()).collect();
-        assert!(make_room(&mut conns));
+        assert!(make_room(&mut conns, after_grace()));
         tokio::task::yield_now().await;
         assert!(open.iter().all(|h| !h.is_finished()));
         assert_eq!(conns.len(), MAX_CONNECTIONS - 1);
@@ -327,7 +357,7 @@ mod tests {
             c.answered.store(true, Ordering::Relaxed);
         }
         conns.push_back(conn(true));
-        assert!(!make_room(&mut conns));
+        assert!(!make_room(&mut conns, after_grace()));
         assert_eq!(conns.len(), MAX_CONNECTIONS);
         for c in conns {
             c.task.abort();
@@ -355,6 +385,7 @@ mod tests {
             server_side.set_nonblocking(true).expect("nonblocking");
             let stream = tokio::net::TcpStream::from_std(server_side).expect("tokio");
             conns.push_back(Conn {
+                opened: Instant::now(),
                 probe: probe_of(&stream),
                 task: tokio::spawn(async move {
                     let _keep = stream;
@@ -368,23 +399,70 @@ mod tests {
         let scraper = conns[0].task.abort_handle();
         let first_idle = conns[1].task.abort_handle();
         assert!(conns[1].sent_nothing() && !conns[0].sent_nothing());
-        assert!(make_room(&mut conns));
+        assert!(make_room(&mut conns, after_grace()));
         tokio::task::yield_now().await;
         assert!(!scraper.is_finished(), "the waiting scraper was closed");
         assert!(first_idle.is_finished(), "the oldest idle one stays open");
-        // With every waiting one having sent bytes, the oldest goes.
+        // With every other one being answered, the waiting scraper is held
+        // up to the hard cap; there, it is the one to go.
         for c in conns.iter_mut().skip(1) {
             c.probe = None;
             c.answered.store(true, std::sync::atomic::Ordering::Relaxed);
         }
-        conns.push_back(Conn {
-            task: tokio::spawn(std::future::pending()),
-            answered: Arc::new(AtomicBool::new(true)),
-            probe: None,
-        });
-        assert!(make_room(&mut conns));
+        while conns.len() < MAX_HELD {
+            assert!(make_room(&mut conns, after_grace()));
+            conns.push_back(Conn {
+                opened: Instant::now(),
+                task: tokio::spawn(std::future::pending()),
+                answered: Arc::new(AtomicBool::new(true)),
+                probe: None,
+            });
+        }
+        tokio::task::yield_now().await;
+        assert!(!scraper.is_finished(), "held below the hard cap");
+        assert!(make_room(&mut conns, after_grace()));
         tokio::task::yield_now().await;
         assert!(scraper.is_finished());
+        for c in conns {
+            c.task.abort();
+        }
+    }
+
+    #[tokio::test]
+    async fn past_the_cap_silent_connections_within_their_grace_are_held_up_to_the_hard_cap() {
+        let silent = || Conn {
+            opened: Instant::now(),
+            task: tokio::spawn(std::future::pending()),
+            answered: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            probe: None,
+        };
+        let now = Instant::now();
+        let mut conns: std::collections::VecDeque<Conn> = std::iter::repeat_with(silent)
+            .take(MAX_CONNECTIONS)
+            .collect();
+        let handles: Vec<_> = conns.iter().map(|c| c.task.abort_handle()).collect();
+        // A scraper that connected but has not written yet (the oldest) is
+        // not pushed out by the newer idle ones while its grace lasts.
+        while conns.len() < MAX_HELD {
+            assert!(make_room(&mut conns, now));
+            conns.push_back(silent());
+        }
+        tokio::task::yield_now().await;
+        assert!(handles.iter().all(|h| !h.is_finished()), "none closed");
+        assert_eq!(conns.len(), MAX_HELD);
+        // At the hard cap the oldest silent one goes, whatever its age.
+        assert!(make_room(&mut conns, now));
+        tokio::task::yield_now().await;
+        assert!(handles[0].is_finished());
+        assert!(handles[1..].iter().all(|h| !h.is_finished()));
+        assert_eq!(conns.len(), MAX_HELD - 1);
+        // Past the cap, once its grace is over, the oldest silent one goes
+        // without waiting for the hard cap.
+        conns.truncate(MAX_CONNECTIONS + 1);
+        assert!(make_room(&mut conns, after_grace()));
+        tokio::task::yield_now().await;
+        assert!(handles[1].is_finished());
+        assert_eq!(conns.len(), MAX_CONNECTIONS);
         for c in conns {
             c.task.abort();
         }
