@@ -230,7 +230,8 @@ pub fn main_if_invoked() -> Option<ExitCode> {
     let err = match Args::parse(argv) {
         Ok(args) => match set_up(&args) {
             Ok(config) => {
-                // An identity of its own for the clone's reflog: without
+                // An identity of its own for anything git records (clones
+                // write no reflog: `core.logAllRefUpdates=false`): without
                 // one git looks the user up in /etc/passwd and the host's
                 // name up in DNS, neither of which is there.
                 // The template folder is an empty one beside the config:

@@ -113,6 +113,10 @@ impl Git<'_> {
             .args(["-c", "credential.helper="])
             .args(["-c", file_allow, "-c", "submodule.recurse=false"])
             .args(["-c", "core.hooksPath=/dev/null"])
+            // No reflog of the clone itself (`logs/`: eight files and
+            // folders a session, issue 18); the agent's own ref updates
+            // are logged as usual, the repository's settings unchanged.
+            .args(["-c", "core.logAllRefUpdates=false"])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
