@@ -119,6 +119,25 @@ pub enum CloneError {
     Git(#[from] GitError),
 }
 
+/// What a finished clone leaves for the results base (issue 18).
+#[derive(Debug, Default)]
+pub struct Cloned {
+    /// When the clone is a copy of a seed: the seed's git object folder,
+    /// and the seed's lock, held so the seed can be neither replaced nor
+    /// evicted while the base links its objects from there. The seed is
+    /// the daemon's own, never seen by a session: unlike the session's
+    /// copy, it can be read before the gate opens whatever the session's
+    /// user may already do in its folder.
+    pub seed_objects: Option<(PathBuf, tokio::sync::OwnedMutexGuard<()>)>,
+}
+
+impl Cloned {
+    /// The seed's object folder, while the seed is held.
+    pub fn seed_objects(&self) -> Option<&Path> {
+        self.seed_objects.as_ref().map(|(p, _)| p.as_path())
+    }
+}
+
 /// Clone `repo` into `dest`. `token` (the value of `repo_token_source`, only
 /// when the profile's rules send it to this repo) is handed to git through
 /// its environment as an HTTP header, never argv. `owner` (the profile)
@@ -129,7 +148,7 @@ pub async fn clone(
     token: Option<&str>,
     owner: &str,
     env: &CloneEnv<'_>,
-) -> Result<(), CloneError> {
+) -> Result<Cloned, CloneError> {
     prepare_git_home(env.git_home)?;
     if let Some(local) = repo.local_path() {
         // The sandbox keeps an existing folder as the destination.
@@ -197,7 +216,7 @@ pub async fn clone(
     for r in pruned.await.unwrap_or_default() {
         tracing::info!(mirror = %r.display(), "pruned a git mirror not used recently");
     }
-    Ok(())
+    Ok(Cloned::default())
 }
 
 /// `<state>/cache/seeds` beside the mirrors' `<state>/cache/git`.

@@ -332,7 +332,7 @@ impl CloneJob {
             cache: &sh.clone_cache,
             sandbox: &sh.clone_sandbox,
         };
-        super::clone::clone(
+        let cloned = super::clone::clone(
             &self.repo,
             &self.work.repo(),
             self.token.as_deref(),
@@ -340,7 +340,10 @@ impl CloneJob {
             &env,
         )
         .await?;
-        super::results::record_base(sh, &self.work.root, self.results).await?;
+        let seed = cloned.seed_objects();
+        super::results::record_base(sh, &self.work.root, self.results, seed).await?;
+        // The seed (when the clone was a copy of one) is free again.
+        drop(cloned);
         self.work
             .give_home_to(sh.settings.host_session_uid())
             .map_err(StartError::GiveHome)?;

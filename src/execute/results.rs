@@ -32,10 +32,16 @@ pub fn plan(profile: &Profile, repo: &Repo, session_id: &str, spec: &Request) ->
     )
 }
 
-/// Record the base of the fresh clone in `work_root` (before the gate).
-pub async fn record_base(sh: &Shared, work_root: &Path, plan: Plan) -> Result<(), BaseError> {
+/// Record the base of the fresh clone in `work_root` (before the gate);
+/// `seed_objects`: the object folder of the held seed it was copied from.
+pub async fn record_base(
+    sh: &Shared,
+    work_root: &Path,
+    plan: Plan,
+    seed_objects: Option<&Path>,
+) -> Result<(), BaseError> {
     let git_home = sh.settings.state.join("git-home");
-    crate::results::record_base(work_root, &git_home, plan, &sh.listings)
+    crate::results::record_base(work_root, &git_home, plan, &sh.listings, seed_objects)
         .await
         .map_err(BaseError)
 }

@@ -9,8 +9,13 @@
 //!   of the clone's objects and one ref per base object
 //!   (`refs/agentd/base/<oid>`). It is the quarantine repository of the
 //!   capture: the agent's new objects are fetched into it (checked), and
-//!   the bundle, patches and push are made from it. A copy, not hard
-//!   links: the clone's files are handed to the session user next.
+//!   the bundle, patches and push are made from it. When the clone is a
+//!   copy of a seed (the daemon's own clone, which no session ever sees),
+//!   its object files are hard links to the seed's: no copy, no new
+//!   inodes, and nothing read from the session's folder, which the
+//!   session's user may reach before the gate opens. Otherwise they are a
+//!   copy of the clone's, never links: the clone's files are handed to the
+//!   session user next.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -51,14 +56,17 @@ pub fn read(work_root: &Path) -> Option<Base> {
     serde_json::from_slice(&bytes).ok()
 }
 
-/// Record the base of the fresh clone at `<work_root>/home/repo`. Errors
-/// are the session's `start_failed` message. Its files are scratch of the
-/// work folder: written atomically, not synced (`write_atomic_scratch`).
+/// Record the base of the fresh clone at `<work_root>/home/repo`;
+/// `seed_objects`: the object folder of the seed it is a copy of, held by
+/// the caller until this returns. Errors are the session's `start_failed`
+/// message. Its files are scratch of the work folder: written atomically,
+/// not synced (`write_atomic_scratch`).
 pub async fn record(
     work_root: &Path,
     git_home: &Path,
     plan: Plan,
     listings: &Listings,
+    seed_objects: Option<&Path>,
 ) -> Result<(), String> {
     let dir = dir(work_root);
     let repo = repo(work_root);
@@ -123,9 +131,23 @@ pub async fn record(
         .collect();
     let json = serde_json::to_vec_pretty(&base).unwrap_or_default();
     let (repo2, base_path) = (repo.clone(), base_file(work_root));
+    let seed = seed_objects.map(Path::to_path_buf);
     tokio::task::spawn_blocking(move || -> std::io::Result<()> {
         init_bare(&repo2)?;
-        copy_tree(&from, &to)?;
+        let linked = match seed.map(|seed| (put_objects(&seed, &to, link), seed)) {
+            None => false,
+            Some((Ok(()), _)) => true,
+            Some((Err(e), seed)) => {
+                // Another file system, say: copy after all.
+                tracing::debug!(seed = %seed.display(), error = %e, "cannot link a seed's objects; copying the clone's");
+                crate::fdtree::remove_tree(&to)?;
+                make_objects_dirs(&to)?;
+                false
+            }
+        };
+        if !linked {
+            put_objects(&from, &to, copy)?;
+        }
         crate::fsutil::write_atomic_scratch(&repo2.join("packed-refs"), &lines, 0o600)?;
         crate::fsutil::write_atomic_scratch(&base_path, &json, 0o600)
     })
@@ -198,14 +220,8 @@ impl Listings {
 /// ref folders. `repo` is a new folder in the daemon's own `results/`.
 pub fn init_bare(repo: &Path) -> std::io::Result<()> {
     std::fs::create_dir(repo)?;
-    for d in [
-        "objects",
-        "objects/info",
-        "objects/pack",
-        "refs",
-        "refs/heads",
-        "refs/tags",
-    ] {
+    make_objects_dirs(&repo.join("objects"))?;
+    for d in ["refs", "refs/heads", "refs/tags"] {
         std::fs::create_dir(repo.join(d))?;
     }
     std::fs::write(repo.join("HEAD"), "ref: refs/heads/master\n")?;
@@ -215,9 +231,29 @@ pub fn init_bare(repo: &Path) -> std::io::Result<()> {
     )
 }
 
-/// Copy the object files of the daemon's fresh clone (packs, their
-/// indexes, loose objects) into `to`; `info/` is not copied.
-fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+/// An empty object folder as `git init` makes it.
+fn make_objects_dirs(objects: &Path) -> std::io::Result<()> {
+    std::fs::create_dir(objects)?;
+    std::fs::create_dir(objects.join("info"))?;
+    std::fs::create_dir(objects.join("pack"))
+}
+
+fn copy(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::copy(from, to).map(drop)
+}
+
+fn link(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::hard_link(from, to)
+}
+
+/// Put the object files of a daemon's clone or seed at `from` (packs, their
+/// indexes, loose objects) into `to` with `put`; `info/` is left out, and
+/// so is anything neither a folder nor a file.
+fn put_objects(
+    from: &Path,
+    to: &Path,
+    put: fn(&Path, &Path) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     for e in std::fs::read_dir(from)? {
         let e = e?;
         let name = e.file_name();
@@ -228,9 +264,9 @@ fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
         let dest = to.join(&name);
         if t.is_dir() {
             std::fs::create_dir_all(&dest)?;
-            copy_tree(&e.path(), &dest)?;
+            put_objects(&e.path(), &dest, put)?;
         } else if t.is_file() {
-            std::fs::copy(e.path(), &dest)?;
+            put(&e.path(), &dest)?;
         }
     }
     Ok(())

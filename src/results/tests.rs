@@ -56,7 +56,7 @@ async fn session_of(plan: Plan, commits: bool) -> Session {
     );
     let home = tmp.path().join("git-home");
     std::fs::create_dir_all(&home).expect("mkdir");
-    record_base(&work, &home, plan, &Default::default())
+    record_base(&work, &home, plan, &Default::default(), None)
         .await
         .expect("base recorded");
     let record = tmp.path().join("record");
@@ -571,7 +571,7 @@ async fn a_sha256_repository_runs_and_its_record_says_changes_were_not_captured_
     );
     let home = tmp.path().join("git-home");
     std::fs::create_dir_all(&home).expect("mkdir");
-    record_base(&work, &home, plan(1 << 20), &Default::default())
+    record_base(&work, &home, plan(1 << 20), &Default::default(), None)
         .await
         .expect("the start goes on");
     let record = tmp.path().join("record");
@@ -579,4 +579,129 @@ async fn a_sha256_repository_runs_and_its_record_says_changes_were_not_captured_
     let c = finish(&work, &record, Outcome::Success, &host(&home)).await;
     let ch = c.changes.expect("changes");
     assert!(ch.truncated && ch.cut[0].contains("SHA-256"), "{ch:?}");
+}
+
+/// A repository with two commits, its clone in `<tmp>/seed` (the daemon's
+/// seed) and a copy of that in `<tmp>/work/home/repo` (the session's).
+fn seeded(tmp: &Path) -> (PathBuf, PathBuf, String) {
+    let src = tmp.join("src");
+    std::fs::create_dir_all(&src).expect("mkdir");
+    git(&src, &["init", "-q"]);
+    std::fs::write(src.join("README.md"), "hello\n").expect("write");
+    git(&src, &["add", "."]);
+    git(&src, &["commit", "-qm", "first"]);
+    let head = git(&src, &["rev-parse", "HEAD"]).trim().to_string();
+    let seed = tmp.join("seed");
+    git(
+        tmp,
+        &[
+            "clone",
+            "-q",
+            "--no-local",
+            src.to_str().expect("utf8"),
+            seed.to_str().expect("utf8"),
+        ],
+    );
+    let work = tmp.join("work");
+    std::fs::create_dir_all(work.join("home")).expect("mkdir");
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(&seed)
+        .arg(work.join("home/repo"))
+        .status()
+        .expect("cp");
+    assert!(copied.success());
+    (seed, work, head)
+}
+
+/// `(device, inode)` of every pack file under `objects/pack`, by name.
+fn pack_inodes(objects: &Path) -> Vec<(String, (u64, u64))> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out: Vec<_> = std::fs::read_dir(objects.join("pack"))
+        .expect("pack folder")
+        .map(|e| {
+            let e = e.expect("entry");
+            let m = e.metadata().expect("metadata");
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                (m.dev(), m.ino()),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn base_has(work: &Path, oid: &str) -> bool {
+    Command::new("git")
+        .arg("--git-dir")
+        .arg(super::base::repo(work))
+        .args(["cat-file", "-e", &format!("{oid}^{{commit}}")])
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .status()
+        .expect("git")
+        .success()
+}
+
+#[tokio::test]
+async fn the_base_links_the_seeds_objects_and_never_reads_the_sessions_copy_issue_18() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (seed, work, head) = seeded(tmp.path());
+    // What the session's user could do to its copy before the gate opens:
+    // the base must not take it.
+    let clone_packs = work.join("home/repo/.git/objects/pack");
+    for e in std::fs::read_dir(&clone_packs).expect("packs") {
+        let p = e.expect("entry").path();
+        std::fs::remove_file(&p).expect("rm");
+        std::fs::write(&p, b"planted").expect("write");
+    }
+    let home = tmp.path().join("git-home");
+    std::fs::create_dir_all(&home).expect("mkdir");
+    let seed_objects = seed.join(".git/objects");
+    record_base(
+        &work,
+        &home,
+        plan(1 << 20),
+        &Default::default(),
+        Some(&seed_objects),
+    )
+    .await
+    .expect("base recorded");
+    let base_objects = super::base::repo(&work).join("objects");
+    assert_eq!(pack_inodes(&base_objects), pack_inodes(&seed_objects));
+    assert!(!pack_inodes(&base_objects).is_empty());
+    assert!(base_has(&work, &head), "the base holds the clone's HEAD");
+}
+
+#[tokio::test]
+async fn without_a_usable_seed_the_base_copies_the_clones_objects_issue_18() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (seed, work, head) = seeded(tmp.path());
+    let home = tmp.path().join("git-home");
+    std::fs::create_dir_all(&home).expect("mkdir");
+    // A seed that went away (or cannot be linked): a half-linked folder
+    // must not be left behind either.
+    let gone = seed.join(".git/objects-gone");
+    record_base(
+        &work,
+        &home,
+        plan(1 << 20),
+        &Default::default(),
+        Some(&gone),
+    )
+    .await
+    .expect("base recorded");
+    let base_objects = super::base::repo(&work).join("objects");
+    let clone_objects = work.join("home/repo/.git/objects");
+    let (ours, theirs) = (pack_inodes(&base_objects), pack_inodes(&clone_objects));
+    assert_eq!(
+        ours.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+        theirs.iter().map(|(n, _)| n).collect::<Vec<_>>()
+    );
+    assert!(
+        ours.iter().zip(&theirs).all(|(a, b)| a.1 != b.1),
+        "copies, not links"
+    );
+    assert!(base_has(&work, &head));
 }

@@ -306,8 +306,8 @@ fn two_hundred_clones_racing_a_swapped_objects_link_never_copy_the_mirror_issue_
                 failed += 1;
                 first_error.get_or_insert(e);
             }
-            Ok(()) if holds(&dest, &commit) => leaked.push(i),
-            Ok(()) => clean += 1,
+            Ok(_) if holds(&dest, &commit) => leaked.push(i),
+            Ok(_) => clean += 1,
         }
     }
     stop.store(true, Ordering::Relaxed);

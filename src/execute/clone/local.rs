@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use super::git::{FileTransport, Git, Sandboxed};
-use super::{CloneEnv, CloneError, blocking, blocking_io, seed, seeds_root, trusted};
+use super::{CloneEnv, CloneError, Cloned, blocking, blocking_io, seed, seeds_root, trusted};
 use crate::desired::Repo;
 
 /// A local repository: a copy of its seed when its git folder is as it was
@@ -19,7 +19,7 @@ pub(super) async fn clone_local(
     local: &Path,
     dest: &Path,
     env: &CloneEnv<'_>,
-) -> Result<(), CloneError> {
+) -> Result<Cloned, CloneError> {
     let create = |path: &Path| {
         let path = path.to_path_buf();
         move |source| CloneError::Create { path, source }
@@ -36,11 +36,16 @@ pub(super) async fn clone_local(
         .flatten()
         .flatten();
     if let Some(from) = before.as_ref().and_then(|s| seeds.get(&key, &s.digest)) {
+        let from_objects = from.join(".git/objects");
         let to = dest.to_path_buf();
         match blocking_io(move || seed::copy_tree(&from, &to)).await {
             Ok(()) => {
                 tracing::debug!(repo = %local.display(), "copied the seed clone");
-                return Ok(());
+                // The seed stays locked until the results base has its
+                // objects from it.
+                return Ok(Cloned {
+                    seed_objects: Some((from_objects, turn)),
+                });
             }
             Err(e) => {
                 tracing::warn!(repo = %local.display(), error = %e, "cannot copy a seed clone; cloning");
@@ -56,7 +61,8 @@ pub(super) async fn clone_local(
         // No seed will be made: git clones into the session's folder, and
         // other sessions of this repository need not wait for it.
         drop(turn);
-        return sandboxed_clone(repo, local, dest, env).await;
+        sandboxed_clone(repo, local, dest, env).await?;
+        return Ok(Cloned::default());
     };
     // A seed is cloned where only the daemon reaches it, then copied: the
     // session's container is being created meanwhile, and nothing it could
@@ -84,7 +90,7 @@ pub(super) async fn clone_local(
     drop(turn);
     copied?;
     evict_seeds(env).await;
-    Ok(())
+    Ok(Cloned::default())
 }
 
 /// The lock of the seed `key` (one namespace with the mirrors' locks).
