@@ -88,6 +88,11 @@ pub fn prepare(state: &Path, audit_root: &Path) -> Result<(), PrivateError> {
     for (rel, what) in STATE_FOLDERS {
         ensure_dir(what, &state.join(rel), me, false)?;
     }
+    // Each session's work folder is a hierarchy of its own, made and
+    // removed whole: ext4 spreads them over its block groups (issue 18).
+    if let Err(e) = crate::fsutil::spread_subfolders(&state.join("work")) {
+        tracing::debug!(error = %e, "cannot mark the work folder top of its hierarchies (chattr +T); sessions run as before");
+    }
     tighten_files("status folder", &state.join("status"), 0o600)
 }
 
