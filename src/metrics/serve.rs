@@ -12,17 +12,20 @@ use super::Metrics;
 /// Past this many scrape connections, a new one makes room: it closes the
 /// oldest connection that has sent nothing for `IDLE_GRACE` (all clients
 /// may be 127.0.0.1, so a per-peer cap would not help). When none has had
-/// its grace yet, the newcomer is held as well, up to `MAX_HELD`; there,
-/// the oldest that has not sent a byte is closed whatever its age, else the
-/// oldest that has not finished its request head. When every open one is
-/// being answered, the newcomer is closed instead. A scraper that has
-/// connected but not yet written (descheduled on a busy machine) is thus
-/// pushed out neither by the next few idle connections nor, below
-/// `MAX_HELD`, within its grace; one whose request waits to be read never
-/// is, while an idle one is open.
+/// its grace yet, or every open one is being answered, the newcomer is
+/// held as well, up to `MAX_HELD`. There, the oldest that has not sent a
+/// byte is closed whatever its age, else the oldest that has not finished
+/// its request head, else (every one being answered) the newcomer itself.
+/// A scraper that has connected but not yet written (descheduled on a busy
+/// machine) is thus pushed out neither by the next few idle connections
+/// nor, below `MAX_HELD`, within its grace; a client that keeps 8 requests
+/// unanswered (by not reading) holds no one else out. At `MAX_HELD` the
+/// grace no longer applies: a flood of idle connections pushes a silent
+/// scraper out after `MAX_HELD - 1` newer ones.
 pub const MAX_CONNECTIONS: usize = 8;
-/// The hard cap on open scrape connections (a descriptor and a parked task
-/// each; only those answered cost more).
+/// The hard cap on open scrape connections: two descriptors each (the
+/// socket and its peek duplicate) and a parked task; only those being
+/// answered cost more.
 pub const MAX_HELD: usize = 64;
 /// How long a connection past `MAX_CONNECTIONS` may stay silent before a
 /// newcomer may close it.
@@ -113,8 +116,8 @@ impl Conn {
 /// forget the ended ones; past `MAX_CONNECTIONS`, close the oldest silent
 /// one older than `IDLE_GRACE`, else hold the newcomer too; at `MAX_HELD`,
 /// close the oldest silent one, else the oldest still waiting for its
-/// request head. `false` (close the newcomer) when every open connection
-/// is being answered, or at `MAX_HELD` with none waiting.
+/// request head. `false` (close the newcomer) at `MAX_HELD` when every
+/// open connection is being answered.
 fn make_room(conns: &mut std::collections::VecDeque<Conn>, now: std::time::Instant) -> bool {
     conns.retain(|c| !c.task.is_finished());
     if conns.len() < MAX_CONNECTIONS {
@@ -129,16 +132,17 @@ fn make_room(conns: &mut std::collections::VecDeque<Conn>, now: std::time::Insta
             .position(silent)
             .or_else(|| conns.iter().position(waiting))
     } else {
+        // The age first: a peek is a system call.
         conns
             .iter()
-            .position(|c| silent(c) && now.saturating_duration_since(c.opened) >= IDLE_GRACE)
+            .position(|c| now.saturating_duration_since(c.opened) >= IDLE_GRACE && silent(c))
     };
     match victim.and_then(|i| conns.remove(i)) {
         Some(c) => {
             c.task.abort();
             true
         }
-        None => !full && conns.iter().any(waiting),
+        None => !full,
     }
 }
 
@@ -352,13 +356,18 @@ mod tests {
         tokio::task::yield_now().await;
         assert!(open.iter().all(|h| !h.is_finished()));
         assert_eq!(conns.len(), MAX_CONNECTIONS - 1);
-        // Every one answered: the newcomer is the one refused.
+        // Every one answered: the newcomer is held too (a client that
+        // does not read its answers holds no one out), up to the hard cap,
+        // where it is the one refused.
         for c in &conns {
             c.answered.store(true, Ordering::Relaxed);
         }
-        conns.push_back(conn(true));
+        while conns.len() < MAX_HELD {
+            assert!(make_room(&mut conns, after_grace()), "{}", conns.len());
+            conns.push_back(conn(true));
+        }
         assert!(!make_room(&mut conns, after_grace()));
-        assert_eq!(conns.len(), MAX_CONNECTIONS);
+        assert_eq!(conns.len(), MAX_HELD);
         for c in conns {
             c.task.abort();
         }
