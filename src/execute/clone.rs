@@ -122,19 +122,19 @@ pub enum CloneError {
 /// What a finished clone leaves for the results base (issue 18).
 #[derive(Debug, Default)]
 pub struct Cloned {
-    /// When the clone is a copy of a seed: the seed's git object folder,
-    /// and the seed's lock, held so the seed can be neither replaced nor
-    /// evicted while the base links its objects from there. The seed is
-    /// the daemon's own, never seen by a session: unlike the session's
-    /// copy, it can be read before the gate opens whatever the session's
-    /// user may already do in its folder.
-    pub seed_objects: Option<(PathBuf, tokio::sync::OwnedMutexGuard<()>)>,
+    /// When the clone is a copy of a seed: the seed's git folder, and the
+    /// seed's lock, held so the seed can be neither replaced nor evicted
+    /// until the base has read its refs and linked its objects.
+    pub seed: Option<(PathBuf, tokio::sync::OwnedMutexGuard<()>)>,
 }
 
 impl Cloned {
-    /// The seed's object folder, while the seed is held.
-    pub fn seed_objects(&self) -> Option<&Path> {
-        self.seed_objects.as_ref().map(|(p, _)| p.as_path())
+    /// The seed as the results base takes it (its lock moves along).
+    pub fn into_seed(self) -> Option<crate::results::Seed> {
+        self.seed.map(|(git_dir, guard)| crate::results::Seed {
+            git_dir,
+            hold: Box::new(guard),
+        })
     }
 }
 

@@ -340,10 +340,10 @@ impl CloneJob {
             &env,
         )
         .await?;
-        let seed = cloned.seed_objects();
+        // The seed, when the clone is a copy of one, is let go as soon as
+        // the base has what it needs from it.
+        let seed = cloned.into_seed();
         super::results::record_base(sh, &self.work.root, self.results, seed).await?;
-        // The seed (when the clone was a copy of one) is free again.
-        drop(cloned);
         self.work
             .give_home_to(sh.settings.host_session_uid())
             .map_err(StartError::GiveHome)?;

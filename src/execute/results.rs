@@ -32,16 +32,16 @@ pub fn plan(profile: &Profile, repo: &Repo, session_id: &str, spec: &Request) ->
     )
 }
 
-/// Record the base of the fresh clone in `work_root` (before the gate);
-/// `seed_objects`: the object folder of the held seed it was copied from.
+/// Record the base of the fresh clone in `work_root` (before the gate),
+/// from the held `seed` it is a copy of when there is one.
 pub async fn record_base(
     sh: &Shared,
     work_root: &Path,
     plan: Plan,
-    seed_objects: Option<&Path>,
+    seed: Option<crate::results::Seed>,
 ) -> Result<(), BaseError> {
     let git_home = sh.settings.state.join("git-home");
-    crate::results::record_base(work_root, &git_home, plan, &sh.listings, seed_objects)
+    crate::results::record_base(work_root, &git_home, plan, &sh.listings, seed)
         .await
         .map_err(BaseError)
 }

@@ -5,17 +5,20 @@
 //! Kept in the session's work folder, outside every mount of the session:
 //! - `results/base.json`: HEAD and every ref of the clone (branches,
 //!   remote-tracking refs, tags), and the session's capture and push plan;
-//! - `results/repo.git`: a bare repository of the daemon's holding a copy
-//!   of the clone's objects and one ref per base object
+//! - `results/repo.git`: a bare repository of the daemon's holding the
+//!   clone's objects and one ref per base object
 //!   (`refs/agentd/base/<oid>`). It is the quarantine repository of the
 //!   capture: the agent's new objects are fetched into it (checked), and
-//!   the bundle, patches and push are made from it. When the clone is a
-//!   copy of a seed (the daemon's own clone, which no session ever sees),
-//!   its object files are hard links to the seed's: no copy, no new
-//!   inodes, and nothing read from the session's folder, which the
-//!   session's user may reach before the gate opens. Otherwise they are a
-//!   copy of the clone's, never links: the clone's files are handed to the
-//!   session user next.
+//!   the bundle, patches and push are made from it.
+//!
+//! When the clone is a copy of a seed (the daemon's own clone, which no
+//! session ever sees), the refs, the config and the objects are read from
+//! the seed, held unchanged meanwhile, and the object files are hard links
+//! to the seed's: no copy, no new inodes, and nothing read from the
+//! session's folder, which a rootless session's user may reach before the
+//! gate opens. Otherwise all of it is read from the clone and its object
+//! files are copies, never links: the clone's files are handed to the
+//! session user next.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -56,41 +59,64 @@ pub fn read(work_root: &Path) -> Option<Base> {
     serde_json::from_slice(&bytes).ok()
 }
 
-/// Record the base of the fresh clone at `<work_root>/home/repo`;
-/// `seed_objects`: the object folder of the seed it is a copy of, held by
-/// the caller until this returns. Errors are the session's `start_failed`
-/// message. Its files are scratch of the work folder: written atomically,
-/// not synced (`write_atomic_scratch`).
+/// The seed a session's clone is an exact copy of: a clone of the
+/// daemon's that no session ever sees, so unlike the session's copy it can
+/// be read before the gate opens, whatever the session's user may already
+/// do in its own folder.
+pub struct Seed {
+    /// The seed's git folder.
+    pub git_dir: PathBuf,
+    /// What keeps the seed as it is (its lock): dropped as soon as the
+    /// base has read its refs and linked its objects.
+    pub hold: Box<dyn std::any::Any + Send>,
+}
+
+/// Record the base of the fresh clone at `<work_root>/home/repo`, reading
+/// its refs and objects from `seed` when it is a copy of one. Errors are
+/// the session's `start_failed` message. Its files are scratch of the work
+/// folder: written atomically, not synced (`write_atomic_scratch`).
 pub async fn record(
     work_root: &Path,
     git_home: &Path,
     plan: Plan,
     listings: &Listings,
-    seed_objects: Option<&Path>,
+    seed: Option<Seed>,
 ) -> Result<(), String> {
     let dir = dir(work_root);
     let repo = repo(work_root);
     let work = work_root.to_path_buf();
     let d = dir.clone();
+    let seed_git = seed.as_ref().map(|s| s.git_dir.clone());
     // A retried start may find an earlier attempt's folder: start over.
-    let read = tokio::task::spawn_blocking(
-        move || -> std::io::Result<(Option<refs::Head>, Vec<super::model::RefTip>, bool)> {
-            crate::fdtree::remove_tree(&d)?;
-            std::fs::DirBuilder::new().mode(0o700).create(&d)?;
-            let clone = clone_files::open_clone(&work)?;
-            let dotgit = clone
+    type Read = (Option<refs::Head>, Vec<super::model::RefTip>, bool, bool);
+    let read = tokio::task::spawn_blocking(move || -> std::io::Result<Read> {
+        crate::fdtree::remove_tree(&d)?;
+        std::fs::DirBuilder::new().mode(0o700).create(&d)?;
+        // A seed that cannot be opened (it was never to go while held):
+        // everything comes from the clone then, as without one.
+        let seeded = seed_git.and_then(|g| match crate::fdtree::open_dir(&g) {
+                Ok(dir) => Some(dir),
+                Err(e) => {
+                    tracing::debug!(seed = %g.display(), error = %e, "cannot open a seed; reading the clone");
+                    None
+                }
+            });
+        let from_seed = seeded.is_some();
+        let dotgit = match seeded {
+            Some(dir) => dir,
+            None => clone_files::open_clone(&work)?
                 .dotgit
-                .ok_or_else(|| std::io::Error::other("the clone has no .git folder"))?;
-            let read = clone_files::read_refs(&dotgit, "refs/")?;
-            // The clone's config was written by git a moment ago.
-            let config = clone_files::read_small(&dotgit, c"config", 1 << 20)?.unwrap_or_default();
-            let sha256 = String::from_utf8_lossy(&config)
-                .to_ascii_lowercase()
-                .contains("objectformat = sha256");
-            Ok((read.head, read.refs, sha256))
-        },
-    );
-    let (head, refs_v, sha256) = read
+                .ok_or_else(|| std::io::Error::other("the clone has no .git folder"))?,
+        };
+        let read = clone_files::read_refs(&dotgit, "refs/")?;
+        // The clone's config was written by git a moment ago.
+        let config = clone_files::read_small(&dotgit, c"config", 1 << 20)?.unwrap_or_default();
+        let sha256 = String::from_utf8_lossy(&config)
+            .to_ascii_lowercase()
+            .contains("objectformat = sha256");
+        Ok((read.head, read.refs, sha256, from_seed))
+    });
+    let (head, refs_v, sha256, from_seed) = read
         .await
         .map_err(|e| e.to_string())
         .and_then(|r| r.map_err(|e| e.to_string()))
@@ -131,22 +157,23 @@ pub async fn record(
         .collect();
     let json = serde_json::to_vec_pretty(&base).unwrap_or_default();
     let (repo2, base_path) = (repo.clone(), base_file(work_root));
-    let seed = seed_objects.map(Path::to_path_buf);
     tokio::task::spawn_blocking(move || -> std::io::Result<()> {
         init_bare(&repo2)?;
-        let linked = match seed.map(|seed| (put_objects(&seed, &to, link), seed)) {
-            None => false,
-            Some((Ok(()), _)) => true,
-            Some((Err(e), seed)) => {
-                // Another file system, say: copy after all.
-                tracing::debug!(seed = %seed.display(), error = %e, "cannot link a seed's objects; copying the clone's");
-                crate::fdtree::remove_tree(&to)?;
-                make_objects_dirs(&to)?;
-                false
+        match seed.filter(|_| from_seed) {
+            Some(seed) => {
+                // The objects of the refs just read: the seed's.
+                let objects = seed.git_dir.join("objects");
+                if let Err(e) = put_objects(&objects, &to, link) {
+                    // Another file system, say: copies of the seed's.
+                    tracing::debug!(from = %objects.display(), to = %to.display(), error = %e, "cannot link a seed's objects; copying them");
+                    crate::fdtree::remove_tree(&to)?;
+                    make_objects_dirs(&to)?;
+                    put_objects(&objects, &to, copy)?;
+                }
+                // The seed is let go here, before any git runs.
+                drop(seed);
             }
-        };
-        if !linked {
-            put_objects(&from, &to, copy)?;
+            None => put_objects(&from, &to, copy)?,
         }
         crate::fsutil::write_atomic_scratch(&repo2.join("packed-refs"), &lines, 0o600)?;
         crate::fsutil::write_atomic_scratch(&base_path, &json, 0o600)

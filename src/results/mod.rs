@@ -4,8 +4,8 @@
 //!
 //! Two moments of a session call in here (`execute` owns the calls):
 //! - right after the host-side clone, before the start gate opens:
-//!   [`record_base`] keeps the clone's refs and a copy of its objects in
-//!   the work folder (`base`);
+//!   [`record_base`] keeps the clone's refs and its objects (links to its
+//!   seed's, or a copy) in the work folder (`base`);
 //! - at the end of every session that ran, before the record is sealed:
 //!   [`finish`] captures the changes (`capture`), places the bundle and
 //!   patches into the record within `results_max_bytes`, and pushes
@@ -28,7 +28,7 @@ mod worktree;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-pub use base::{Listings, record as record_base};
+pub use base::{Listings, Seed, record as record_base};
 pub use model::{Changes, Plan, PushResult};
 pub use push::ReadSecret;
 

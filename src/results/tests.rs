@@ -645,53 +645,93 @@ fn base_has(work: &Path, oid: &str) -> bool {
 }
 
 #[tokio::test]
-async fn the_base_links_the_seeds_objects_and_never_reads_the_sessions_copy_issue_18() {
+async fn the_base_reads_the_seed_links_its_objects_and_never_reads_the_sessions_copy_issue_18() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (seed, work, head) = seeded(tmp.path());
     // What the session's user could do to its copy before the gate opens:
-    // the base must not take it.
-    let clone_packs = work.join("home/repo/.git/objects/pack");
-    for e in std::fs::read_dir(&clone_packs).expect("packs") {
+    // the base must take none of it, neither objects nor refs nor config.
+    let clone_git = work.join("home/repo/.git");
+    for e in std::fs::read_dir(clone_git.join("objects/pack")).expect("packs") {
         let p = e.expect("entry").path();
         std::fs::remove_file(&p).expect("rm");
         std::fs::write(&p, b"planted").expect("write");
     }
+    let planted = "1".repeat(40);
+    std::fs::write(clone_git.join("HEAD"), format!("{planted}\n")).expect("write");
+    std::fs::write(
+        clone_git.join("packed-refs"),
+        format!("{planted} refs/tags/planted\n"),
+    )
+    .expect("write");
+    std::fs::write(
+        clone_git.join("config"),
+        "[core]\n\trepositoryformatversion = 1\n[extensions]\n\tobjectformat = sha256\n",
+    )
+    .expect("write");
     let home = tmp.path().join("git-home");
     std::fs::create_dir_all(&home).expect("mkdir");
-    let seed_objects = seed.join(".git/objects");
+    let (held, hold) = held_seed();
+    let seed_git = seed.join(".git");
+    let given = Seed {
+        git_dir: seed_git.clone(),
+        hold,
+    };
     record_base(
         &work,
         &home,
         plan(1 << 20),
         &Default::default(),
-        Some(&seed_objects),
+        Some(given),
     )
     .await
     .expect("base recorded");
+    assert_eq!(
+        std::sync::Arc::strong_count(&held),
+        1,
+        "the seed was let go"
+    );
     let base_objects = super::base::repo(&work).join("objects");
+    let seed_objects = seed_git.join("objects");
     assert_eq!(pack_inodes(&base_objects), pack_inodes(&seed_objects));
     assert!(!pack_inodes(&base_objects).is_empty());
     assert!(base_has(&work, &head), "the base holds the clone's HEAD");
+    let base = super::base::read(&work).expect("base.json");
+    assert_eq!(base.head.as_deref(), Some(head.as_str()), "{base:?}");
+    assert!(base.unsupported.is_none(), "{base:?}");
+    assert!(
+        base.refs.iter().all(|r| !r.name.contains("planted")),
+        "{base:?}"
+    );
+}
+
+/// A stand-in for a seed's lock: the `Arc` is unique again once the hold
+/// is dropped.
+fn held_seed() -> (std::sync::Arc<()>, Box<dyn std::any::Any + Send>) {
+    let held = std::sync::Arc::new(());
+    let hold = Box::new(std::sync::Arc::clone(&held));
+    (held, hold)
 }
 
 #[tokio::test]
-async fn without_a_usable_seed_the_base_copies_the_clones_objects_issue_18() {
+async fn without_a_usable_seed_the_base_reads_and_copies_the_clone_issue_18() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (seed, work, head) = seeded(tmp.path());
     let home = tmp.path().join("git-home");
     std::fs::create_dir_all(&home).expect("mkdir");
-    // A seed that went away (or cannot be linked): a half-linked folder
-    // must not be left behind either.
-    let gone = seed.join(".git/objects-gone");
-    record_base(
-        &work,
-        &home,
-        plan(1 << 20),
-        &Default::default(),
-        Some(&gone),
-    )
-    .await
-    .expect("base recorded");
+    // A seed that cannot be opened: everything comes from the clone.
+    let (held, hold) = held_seed();
+    let gone = Seed {
+        git_dir: seed.join(".git-gone"),
+        hold,
+    };
+    record_base(&work, &home, plan(1 << 20), &Default::default(), Some(gone))
+        .await
+        .expect("base recorded");
+    assert_eq!(
+        std::sync::Arc::strong_count(&held),
+        1,
+        "the seed was let go"
+    );
     let base_objects = super::base::repo(&work).join("objects");
     let clone_objects = work.join("home/repo/.git/objects");
     let (ours, theirs) = (pack_inodes(&base_objects), pack_inodes(&clone_objects));
@@ -704,4 +744,6 @@ async fn without_a_usable_seed_the_base_copies_the_clones_objects_issue_18() {
         "copies, not links"
     );
     assert!(base_has(&work, &head));
+    let base = super::base::read(&work).expect("base.json");
+    assert_eq!(base.head.as_deref(), Some(head.as_str()), "{base:?}");
 }

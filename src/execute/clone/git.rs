@@ -114,8 +114,10 @@ impl Git<'_> {
             .args(["-c", file_allow, "-c", "submodule.recurse=false"])
             .args(["-c", "core.hooksPath=/dev/null"])
             // No reflog of the clone itself (`logs/`: eight files and
-            // folders a session, issue 18); the agent's own ref updates
-            // are logged as usual, the repository's settings unchanged.
+            // folders a session, issue 18). The clone's config then has no
+            // `logallrefupdates = true`, which is git's default for a
+            // repository with a work tree anyway: the agent's own ref
+            // updates are logged as usual.
             .args(["-c", "core.logAllRefUpdates=false"])
             .args(args)
             .stdin(Stdio::null())

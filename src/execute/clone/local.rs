@@ -36,15 +36,15 @@ pub(super) async fn clone_local(
         .flatten()
         .flatten();
     if let Some(from) = before.as_ref().and_then(|s| seeds.get(&key, &s.digest)) {
-        let from_objects = from.join(".git/objects");
+        let seed_git = from.join(".git");
         let to = dest.to_path_buf();
         match blocking_io(move || seed::copy_tree(&from, &to)).await {
             Ok(()) => {
                 tracing::debug!(repo = %local.display(), "copied the seed clone");
-                // The seed stays locked until the results base has its
-                // objects from it.
+                // The seed stays locked until the results base has read
+                // its refs and linked its objects.
                 return Ok(Cloned {
-                    seed_objects: Some((from_objects, turn)),
+                    seed: Some((seed_git, turn)),
                 });
             }
             Err(e) => {
