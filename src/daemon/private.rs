@@ -90,8 +90,9 @@ pub fn prepare(state: &Path, audit_root: &Path) -> Result<(), PrivateError> {
     }
     // Each session's work folder is a hierarchy of its own, made and
     // removed whole: ext4 spreads them over its block groups (issue 18).
-    if let Err(e) = crate::fsutil::spread_subfolders(&state.join("work")) {
-        tracing::debug!(error = %e, "cannot mark the work folder top of its hierarchies (chattr +T); sessions run as before");
+    let work = state.join("work");
+    if let Err(e) = crate::fsutil::spread_subfolders(&work) {
+        tracing::debug!(path = %work.display(), error = %e, "cannot mark the work folder top of its hierarchies (chattr +T); sessions run as before");
     }
     tighten_files("status folder", &state.join("status"), 0o600)
 }
