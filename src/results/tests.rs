@@ -670,26 +670,8 @@ async fn the_base_reads_the_seed_links_its_objects_and_never_reads_the_sessions_
     .expect("write");
     let home = tmp.path().join("git-home");
     std::fs::create_dir_all(&home).expect("mkdir");
-    let (held, hold) = held_seed();
     let seed_git = seed.join(".git");
-    let given = Seed {
-        git_dir: seed_git.clone(),
-        hold,
-    };
-    record_base(
-        &work,
-        &home,
-        plan(1 << 20),
-        &Default::default(),
-        Some(given),
-    )
-    .await
-    .expect("base recorded");
-    assert_eq!(
-        std::sync::Arc::strong_count(&held),
-        1,
-        "the seed was let go"
-    );
+    record_seeded(&work, &home, seed_git.clone()).await;
     let base_objects = super::base::repo(&work).join("objects");
     let seed_objects = seed_git.join("objects");
     assert_eq!(pack_inodes(&base_objects), pack_inodes(&seed_objects));
@@ -704,12 +686,22 @@ async fn the_base_reads_the_seed_links_its_objects_and_never_reads_the_sessions_
     );
 }
 
-/// A stand-in for a seed's lock: the `Arc` is unique again once the hold
-/// is dropped.
-fn held_seed() -> (std::sync::Arc<()>, Box<dyn std::any::Any + Send>) {
+/// Record `work`'s base from the seed whose git folder is `git_dir`, held
+/// by a stand-in for its lock, and check the hold was let go.
+async fn record_seeded(work: &Path, home: &Path, git_dir: PathBuf) {
     let held = std::sync::Arc::new(());
-    let hold = Box::new(std::sync::Arc::clone(&held));
-    (held, hold)
+    let seed = Seed {
+        git_dir,
+        hold: Box::new(std::sync::Arc::clone(&held)),
+    };
+    record_base(work, home, plan(1 << 20), &Default::default(), Some(seed))
+        .await
+        .expect("base recorded");
+    assert_eq!(
+        std::sync::Arc::strong_count(&held),
+        1,
+        "the seed was let go"
+    );
 }
 
 #[tokio::test]
@@ -719,19 +711,7 @@ async fn without_a_usable_seed_the_base_reads_and_copies_the_clone_issue_18() {
     let home = tmp.path().join("git-home");
     std::fs::create_dir_all(&home).expect("mkdir");
     // A seed that cannot be opened: everything comes from the clone.
-    let (held, hold) = held_seed();
-    let gone = Seed {
-        git_dir: seed.join(".git-gone"),
-        hold,
-    };
-    record_base(&work, &home, plan(1 << 20), &Default::default(), Some(gone))
-        .await
-        .expect("base recorded");
-    assert_eq!(
-        std::sync::Arc::strong_count(&held),
-        1,
-        "the seed was let go"
-    );
+    record_seeded(&work, &home, seed.join(".git-gone")).await;
     let base_objects = super::base::repo(&work).join("objects");
     let clone_objects = work.join("home/repo/.git/objects");
     let (ours, theirs) = (pack_inodes(&base_objects), pack_inodes(&clone_objects));
