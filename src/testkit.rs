@@ -275,31 +275,11 @@ pub fn assert_none(problems: &[String]) {
     );
 }
 
-/// git on the host in `dir`, isolated from the host user's configuration
-/// (no global or system config, a fixed identity, `main`, no signing): its
-/// output, trimmed. Panics, naming the arguments, when git fails.
-pub fn git(dir: &std::path::Path, args: &[&str]) -> String {
-    let out = std::process::Command::new("git")
-        .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
-        .args([
-            "-c",
-            "init.defaultBranch=main",
-            "-c",
-            "commit.gpgsign=false",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
+// One source for the unit tests and the integration tests (`tests/it`
+// includes the same file by path: a crate's test module and its
+// integration tests cannot share a function otherwise).
+mod host_git;
+pub use host_git::git;
 
 #[cfg(test)]
 mod tests {
