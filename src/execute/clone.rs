@@ -119,36 +119,20 @@ pub enum CloneError {
     Git(#[from] GitError),
 }
 
-/// What a finished clone leaves for the results base (issue 18).
-#[derive(Debug, Default)]
-pub struct Cloned {
-    /// When the clone is a copy of a seed: the seed's git folder, and the
-    /// seed's lock, held so the seed can be neither replaced nor evicted
-    /// until the base has read its refs and linked its objects.
-    pub seed: Option<(PathBuf, tokio::sync::OwnedMutexGuard<()>)>,
-}
-
-impl Cloned {
-    /// The seed as the results base takes it (its lock moves along).
-    pub fn into_seed(self) -> Option<crate::results::Seed> {
-        self.seed.map(|(git_dir, guard)| crate::results::Seed {
-            git_dir,
-            hold: Box::new(guard),
-        })
-    }
-}
-
 /// Clone `repo` into `dest`. `token` (the value of `repo_token_source`, only
 /// when the profile's rules send it to this repo) is handed to git through
 /// its environment as an HTTP header, never argv. `owner` (the profile)
-/// keys a tokened mirror.
+/// keys a tokened mirror. When the clone is a copy of a seed, that seed
+/// comes back for the results base, its lock held so it can be neither
+/// replaced nor evicted until the base has read its refs and linked its
+/// objects (issue 18).
 pub async fn clone(
     repo: &Repo,
     dest: &Path,
     token: Option<&str>,
     owner: &str,
     env: &CloneEnv<'_>,
-) -> Result<Cloned, CloneError> {
+) -> Result<Option<crate::results::Seed>, CloneError> {
     prepare_git_home(env.git_home)?;
     if let Some(local) = repo.local_path() {
         // The sandbox keeps an existing folder as the destination.
@@ -216,7 +200,7 @@ pub async fn clone(
     for r in pruned.await.unwrap_or_default() {
         tracing::info!(mirror = %r.display(), "pruned a git mirror not used recently");
     }
-    Ok(Cloned::default())
+    Ok(None)
 }
 
 /// `<state>/cache/seeds` beside the mirrors' `<state>/cache/git`.

@@ -332,7 +332,9 @@ impl CloneJob {
             cache: &sh.clone_cache,
             sandbox: &sh.clone_sandbox,
         };
-        let cloned = super::clone::clone(
+        // The seed, when the clone is a copy of one, is let go as soon as
+        // the base has what it needs from it.
+        let seed = super::clone::clone(
             &self.repo,
             &self.work.repo(),
             self.token.as_deref(),
@@ -340,9 +342,6 @@ impl CloneJob {
             &env,
         )
         .await?;
-        // The seed, when the clone is a copy of one, is let go as soon as
-        // the base has what it needs from it.
-        let seed = cloned.into_seed();
         super::results::record_base(sh, &self.work.root, self.results, seed).await?;
         self.work
             .give_home_to(sh.settings.host_session_uid())

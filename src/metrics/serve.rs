@@ -165,7 +165,8 @@ async fn accept_loop(listener: TcpListener, metrics: Arc<Metrics>) {
                 continue;
             }
         };
-        if !make_room(&mut conns, std::time::Instant::now()) {
+        let now = std::time::Instant::now();
+        if !make_room(&mut conns, now) {
             tracing::debug!(%peer, "metrics: every connection is being answered; closing");
             drop(stream);
             continue;
@@ -180,7 +181,7 @@ async fn accept_loop(listener: TcpListener, metrics: Arc<Metrics>) {
             Arc::clone(&metrics),
         ));
         conns.push_back(Conn {
-            opened: std::time::Instant::now(),
+            opened: now,
             task,
             answered,
             probe,

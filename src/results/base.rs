@@ -71,6 +71,14 @@ pub struct Seed {
     pub hold: Box<dyn std::any::Any + Send>,
 }
 
+impl std::fmt::Debug for Seed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Seed")
+            .field("git_dir", &self.git_dir)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Record the base of the fresh clone at `<work_root>/home/repo`, reading
 /// its refs and objects from `seed` when it is a copy of one. Errors are
 /// the session's `start_failed` message. Its files are scratch of the work
@@ -92,15 +100,7 @@ pub async fn record(
     let read = tokio::task::spawn_blocking(move || -> std::io::Result<Read> {
         crate::fdtree::remove_tree(&d)?;
         std::fs::DirBuilder::new().mode(0o700).create(&d)?;
-        // A seed that cannot be opened (it was never to go while held):
-        // everything comes from the clone then, as without one.
-        let seeded = seed_git.and_then(|g| match crate::fdtree::open_dir(&g) {
-                Ok(dir) => Some(dir),
-                Err(e) => {
-                    tracing::debug!(seed = %g.display(), error = %e, "cannot open a seed; reading the clone");
-                    None
-                }
-            });
+        let seeded = seed_git.as_deref().and_then(open_seed);
         let from_seed = seeded.is_some();
         let dotgit = match seeded {
             Some(dir) => dir,
@@ -256,6 +256,17 @@ pub fn init_bare(repo: &Path) -> std::io::Result<()> {
         repo.join("config"),
         "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = true\n",
     )
+}
+
+/// The seed's git folder, opened; `None` (logged) when it cannot be, which
+/// it never should while held: everything then comes from the clone, as
+/// without a seed.
+fn open_seed(git_dir: &Path) -> Option<nix::dir::Dir> {
+    crate::fdtree::open_dir(git_dir)
+        .inspect_err(|e| {
+            tracing::debug!(seed = %git_dir.display(), error = %e, "cannot open a seed; reading the clone");
+        })
+        .ok()
 }
 
 /// An empty object folder as `git init` makes it.

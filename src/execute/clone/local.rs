@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use super::git::{FileTransport, Git, Sandboxed};
-use super::{CloneEnv, CloneError, Cloned, blocking, blocking_io, seed, seeds_root, trusted};
+use super::{CloneEnv, CloneError, blocking, blocking_io, seed, seeds_root, trusted};
 use crate::desired::Repo;
 
 /// A local repository: a copy of its seed when its git folder is as it was
@@ -19,7 +19,7 @@ pub(super) async fn clone_local(
     local: &Path,
     dest: &Path,
     env: &CloneEnv<'_>,
-) -> Result<Cloned, CloneError> {
+) -> Result<Option<crate::results::Seed>, CloneError> {
     let create = |path: &Path| {
         let path = path.to_path_buf();
         move |source| CloneError::Create { path, source }
@@ -43,9 +43,10 @@ pub(super) async fn clone_local(
                 tracing::debug!(repo = %local.display(), "copied the seed clone");
                 // The seed stays locked until the results base has read
                 // its refs and linked its objects.
-                return Ok(Cloned {
-                    seed: Some((seed_git, turn)),
-                });
+                return Ok(Some(crate::results::Seed {
+                    git_dir: seed_git,
+                    hold: Box::new(turn),
+                }));
             }
             Err(e) => {
                 tracing::warn!(repo = %local.display(), error = %e, "cannot copy a seed clone; cloning");
@@ -62,7 +63,7 @@ pub(super) async fn clone_local(
         // other sessions of this repository need not wait for it.
         drop(turn);
         sandboxed_clone(repo, local, dest, env).await?;
-        return Ok(Cloned::default());
+        return Ok(None);
     };
     // A seed is cloned where only the daemon reaches it, then copied: the
     // session's container is being created meanwhile, and nothing it could
@@ -90,7 +91,7 @@ pub(super) async fn clone_local(
     drop(turn);
     copied?;
     evict_seeds(env).await;
-    Ok(Cloned::default())
+    Ok(None)
 }
 
 /// The lock of the seed `key` (one namespace with the mirrors' locks).
